@@ -1,0 +1,26 @@
+"""igdm-kit: small robust classifiers by adversarial distillation, with IGDM.
+
+The public API imports lazily so that ``import igdm_kit`` (and ``igdm-kit --help``) does not load torch.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+__all__ = ["create_model", "list_models", "load_model", "hookimpl", "__version__"]
+
+from .hookspecs import hookimpl
+
+__version__ = "0.1.0"
+
+
+def __getattr__(name: str) -> Any:
+    if name in ("create_model", "list_models", "create_dataset"):
+        from . import components
+
+        return getattr(components, name)
+    if name == "load_model":
+        from .checkpoint import load_model
+
+        return load_model
+    raise AttributeError(f"module 'igdm_kit' has no attribute {name!r}")

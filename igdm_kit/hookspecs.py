@@ -1,0 +1,86 @@
+"""The hooks a plugin implements. Built-ins use exactly these hooks too.
+
+A plugin is a module (or object) with functions decorated by ``igdm_kit.hookimpl`` and published under the
+entry-point group ``igdm_kit``::
+
+    [project.entry-points.igdm_kit]
+    my_plugin = "my_package.plugin"
+
+Registration hooks receive a ``register(name, component)`` callback and return nothing. They are called
+once, when the registry of that kind is first needed (not at import time, and not for ``--help``), so a
+plugin should import heavy modules (torch) inside the hook, not at the top of its plugin module. A
+component is a class with a nested ``Options`` pydantic model; see ``igdm_kit.interfaces``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import pluggy
+
+PROJECT = "igdm_kit"
+
+hookspec = pluggy.HookspecMarker(PROJECT)
+hookimpl = pluggy.HookimplMarker(PROJECT)
+
+#: The callback passed to every registration hook: ``register(name, component)``.
+Register = Callable[[str, Any], None]
+
+
+@hookspec
+def register_methods(register: Register) -> None:
+    """Register base methods (outer minimization), subclasses of ``igdm_kit.interfaces.Method``.
+
+    Called when the method registry is first built. Returns nothing.
+    """
+
+
+@hookspec
+def register_modules(register: Register) -> None:
+    """Register gradient modules (IGDM and variants), subclasses of ``interfaces.GradientModule``.
+
+    Called when the module registry is first built. Returns nothing.
+    """
+
+
+@hookspec
+def register_attacks(register: Register) -> None:
+    """Register inner attacks: torchattacks ``Attack`` subclasses with an ``Options`` model
+    (see ``igdm_kit_plugins.attacks``), built as ``cls(student, teacher=..., options=...)``.
+
+    Called when the attack registry is first built. Returns nothing.
+    """
+
+
+@hookspec
+def register_models(register: Register) -> None:
+    """Register model architectures (``interfaces.ModelFactory``: ``Options`` + ``build``).
+
+    Called when the model registry is first built. Returns nothing.
+    """
+
+
+@hookspec
+def register_datasets(register: Register) -> None:
+    """Register datasets, subclasses of ``interfaces.DatasetPlugin``.
+
+    Called when the dataset registry is first built. Returns nothing.
+    """
+
+
+@hookspec
+def register_teacher_loaders(register: Register) -> None:
+    """Register teacher loaders (``interfaces.TeacherLoader``: ``Options`` + ``load``).
+
+    Called when the teacher-loader registry is first built. Returns nothing.
+    """
+
+
+@hookspec
+def register_commands(app: Any) -> None:
+    """Add commands to the ``igdm-kit`` Typer application ``app`` (e.g. ``@app.command()``).
+
+    Called once when the CLI starts, before arguments are parsed. Returns nothing. Keep imports of heavy
+    modules inside the command functions so that ``igdm-kit --help`` stays fast.
+    """
