@@ -11,9 +11,9 @@ Inputs everywhere are images in [0, 1]; normalization is a layer inside the mode
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, ClassVar, Literal, Protocol
+from typing import TYPE_CHECKING, Annotated, Any, ClassVar, Literal, Protocol
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
 
 if TYPE_CHECKING:  # pragma: no cover - typing only
     import torch
@@ -22,6 +22,21 @@ if TYPE_CHECKING:  # pragma: no cover - typing only
 #: Names of the step inputs a method or module can ask the student or the teacher to evaluate.
 #: ``x_plus``/``x_minus`` exist only when a gradient module is active (x ± δ, Eq. 8).
 InputName = Literal["x", "x_adv", "x_plus", "x_minus"]
+
+
+def parse_fraction(value: Any) -> Any:
+    """Let recipes write radii as in papers: ``eps = "8/255"`` means 8/255."""
+    if isinstance(value, str) and "/" in value:
+        num, _, den = value.partition("/")
+        try:
+            return float(num) / float(den)
+        except (ValueError, ZeroDivisionError):
+            return value  # pydantic then reports "not a valid number" with the key's path
+    return value
+
+
+#: A float that may be written as a fraction string in a recipe ("8/255").
+Fraction = Annotated[float, BeforeValidator(parse_fraction)]
 
 
 class Options(BaseModel):
@@ -57,6 +72,8 @@ class Method:
 
     ``loss`` returns the method's *weighted* loss terms by name (e.g. ``{"adv_kl": ..., "nat_ce": ...}``);
     the engine logs each and sums them. A term whose weight is 0 must not be computed at all.
+    The engine reads the instance's ``attack_name`` (not the class's ``default_attack``) to pick the inner
+    attack when the recipe names none, so an option can change it (AdaAD's ``teacher_in_attack = false``).
     """
 
     Options: ClassVar[type[Options]] = NoOptions
@@ -68,6 +85,11 @@ class Method:
 
     def __init__(self, options: Options) -> None:
         self.options = options
+
+    @property
+    def attack_name(self) -> str:
+        """The inner attack this instance uses by default (an option may change it, e.g. AdaAD w/o T_in)."""
+        return self.default_attack
 
     def teacher_inputs(self, epoch: int, epochs: int) -> set[str]:
         """Step inputs the loss will ask the teacher for at this epoch (batched into one forward)."""
@@ -134,8 +156,8 @@ class GradientModule:
 class AttackOptions(Options):
     """Inner-maximization settings shared by every training attack (L∞)."""
 
-    eps: float = Field(8 / 255, ge=0, description="L∞ radius ε")
-    step_size: float = Field(2 / 255, ge=0, description="step size η")
+    eps: Fraction = Field(8 / 255, ge=0, description="L∞ radius ε (a number or a fraction such as \"8/255\")")
+    step_size: Fraction = Field(2 / 255, ge=0, description="step size η")
     steps: int = Field(10, ge=0, description="number of steps K")
     random_start: bool = Field(True, description="start from a random point near x")
     bn_mode: Literal["eval", "train"] = Field(

@@ -1,12 +1,21 @@
-"""Shared behaviour of the training attacks: options, exact mode restoring, teacher plumbing."""
+"""Shared behaviour of the training attacks: options, exact mode restoring, teacher plumbing, the PGD loop.
+
+Every training attack ascends its loss L(z) by K steps of ``z ← Proj(z + η·sign(∇_z L(z)))`` (spec,
+"Inner maximization"); the attacks differ only in L and in the start. ``maximize`` is that loop, and
+``KLAttack`` is the base of the KL-objective attacks (TRADES, RSLAD, AdaAD), which start from
+x + 0.001·N(0, I) and only say which L they maximize.
+"""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import ClassVar
 
 import torch
+from torchattacks.attack import Attack
 from torch import nn
 
+from igdm_kit.errors import RecipeError
 from igdm_kit.interfaces import AttackOptions
 
 
@@ -15,8 +24,10 @@ class TrainingAttackMixin:
 
     torchattacks only puts a model back into train mode after an attack (``_recover_model_mode``), so an
     attack with ``bn_mode="train"`` would leave an eval-mode model training. This mixin records the mode of
-    every submodule before the attack and restores exactly that afterwards. It also pins the attack to the
-    device of its inputs (torchattacks fixes the device when the attack is built).
+    every submodule of the student — and of the teacher, if the attack has one (``self.teacher``) — before
+    the attack and restores exactly that afterwards; the teacher runs in eval mode during the attack. It
+    also pins the attack to the device of its inputs (torchattacks fixes the device when the attack is
+    built).
     """
 
     Options: ClassVar[type[AttackOptions]] = AttackOptions
@@ -27,6 +38,7 @@ class TrainingAttackMixin:
     description: ClassVar[str] = ""
 
     options: AttackOptions
+    teacher: nn.Module | None = None
 
     def _configure(self, options: AttackOptions) -> None:
         self.options = options
@@ -34,12 +46,17 @@ class TrainingAttackMixin:
                                      batchnorm_training=options.bn_mode == "train")
 
     def __call__(self, inputs: torch.Tensor, labels: torch.Tensor | None = None, *args, **kwargs):
-        modes = [m.training for m in self.model.modules()]
+        modules = list(self.model.modules())
+        if self.teacher is not None:
+            modules += list(self.teacher.modules())
+        modes = [m.training for m in modules]
         self.device = inputs.device
         try:
+            if self.teacher is not None:
+                self.teacher.eval()  # the teacher is never evaluated in train mode (spec, notation)
             return super().__call__(inputs, labels, *args, **kwargs)
         finally:
-            for m, mode in zip(self.model.modules(), modes, strict=True):
+            for m, mode in zip(modules, modes, strict=True):
                 m.training = mode
 
 
@@ -54,3 +71,58 @@ def eval_teacher(teacher: nn.Module) -> nn.Module:
     for p in teacher.parameters():
         p.requires_grad_(False)
     return teacher
+
+
+def gaussian_start(x: torch.Tensor, options: AttackOptions) -> torch.Tensor:
+    """x + 0.001·N(0, I) (TRADES/RSLAD/AdaAD's start), or x itself when ``random_start`` is off.
+
+    The references evaluate the model at the unclamped start; we project it, so the model never sees an
+    input outside [0, 1] and ``steps = 0`` already returns a valid point.
+    """
+    if not options.random_start:
+        return x.clone()
+    return project(x + 0.001 * torch.randn_like(x), x, options.eps)
+
+
+def maximize(loss: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, start: torch.Tensor,
+             options: AttackOptions) -> torch.Tensor:
+    """K steps of z ← Proj(z + η·sign(∇_z L(z))) from ``start``; returns the detached z.
+
+    The gradient comes from ``torch.autograd.grad`` with respect to z only, so no parameter's ``.grad``
+    is touched (student or teacher).
+    """
+    x = x.detach()
+    z = start.detach()
+    for _ in range(options.steps):
+        z.requires_grad_(True)
+        (grad,) = torch.autograd.grad(loss(z), z)
+        z = project(z.detach() + options.step_size * grad.sign(), x, options.eps)
+    return z.detach()
+
+
+class KLAttack(TrainingAttackMixin, Attack):
+    """A training attack that maximizes a KL objective from x + 0.001·N(0, I); subclasses give
+    ``objective(x, y, **kwargs)``, which returns L as a function of z (in the attack's model mode)."""
+
+    def __init__(self, model: nn.Module, *, options: AttackOptions | None = None,
+                 teacher: nn.Module | None = None) -> None:
+        super().__init__(type(self).__name__, model)
+        if self.needs_teacher and teacher is None:
+            raise missing_teacher(type(self).__name__.lower())
+        self.teacher = teacher
+        self._configure(options or AttackOptions())
+
+    def objective(self, x: torch.Tensor, y: torch.Tensor | None,
+                  **kwargs) -> Callable[[torch.Tensor], torch.Tensor]:
+        raise NotImplementedError
+
+    def forward(self, images: torch.Tensor, labels: torch.Tensor | None = None, **kwargs) -> torch.Tensor:
+        x = images.detach().to(self.device)
+        loss = self.objective(x, labels, **kwargs)
+        return maximize(loss, x, gaussian_start(x, self.options), self.options)
+
+
+def missing_teacher(attack: str) -> RecipeError:
+    return RecipeError(f"attack {attack!r} needs a teacher and none was given",
+                       "add a [teacher] section to the recipe, or choose an attack on the student alone "
+                       "('pgd', 'trades')")

@@ -5,6 +5,15 @@ from igdm_kit.hookspecs import hookimpl
 
 @hookimpl
 def register_datasets(register):
+    from .cifar import CIFAR10, CIFAR100
     from .digits import Digits
+    from .image_folder import ImageFolder
+    from .svhn import SVHN
+    from .tiny_imagenet import TinyImageNet
 
     register("digits", Digits)
+    register("cifar10", CIFAR10)
+    register("cifar100", CIFAR100)
+    register("svhn", SVHN)
+    register("tiny-imagenet", TinyImageNet)
+    register("image-folder", ImageFolder)

@@ -5,6 +5,20 @@ from igdm_kit.hookspecs import hookimpl
 
 @hookimpl
 def register_methods(register):
+    from .adaad import AdaAD
+    from .adaiad import AdaIAD
+    from .akd import AKD
+    from .ard import ARD
+    from .iad import IAD
     from .pgd_at import PGDAT
+    from .rslad import RSLAD
+    from .trades import TRADES
 
     register("pgd-at", PGDAT)
+    register("trades", TRADES)
+    register("ard", ARD)
+    register("iad", IAD)
+    register("akd", AKD)
+    register("rslad", RSLAD)
+    register("adaad", AdaAD)
+    register("adaiad", AdaIAD)

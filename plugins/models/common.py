@@ -35,3 +35,13 @@ class Classifier(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.net(self.normalize(x))
+
+
+def make_activation(name: str) -> nn.Module:
+    """``relu`` or ``silu`` (SiLU is the "Swish" of DeepMind's and RobustBench's newer WideResNets)."""
+    if name == "relu":
+        return nn.ReLU()
+    if name == "silu":
+        return nn.SiLU()
+    raise ValueError(f"unknown activation {name!r}")
+

@@ -1,0 +1,63 @@
+"""The ``igdm-kit`` command line.
+
+One module per command group registers its commands on the Typer ``app``; plugins add theirs through the
+``register_commands(app)`` hook. Errors are mapped to ``error: message`` + ``hint`` and exit code 1 here,
+in ``main`` alone; set ``IGDM_KIT_DEBUG=1`` for the traceback. Results go to stdout, progress and
+diagnostics to stderr. Nothing here imports torch: the commands import it when they run.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+import click
+import typer
+
+from ..errors import IgdmKitError
+from . import plugins as plugins_cmd
+from . import recipe as recipe_cmd
+from . import run as run_cmd
+from .console import err_console
+
+GROUPS = (run_cmd, recipe_cmd, plugins_cmd)
+
+
+def build_app() -> typer.Typer:
+    app = typer.Typer(name="igdm-kit", no_args_is_help=True, add_completion=False,
+                      pretty_exceptions_enable=False,
+                      help="Robust small classifiers by adversarial distillation, with IGDM.")
+    for group in GROUPS:
+        group.register(app)
+    from ..plugins import get_plugin_manager
+
+    get_plugin_manager().hook.register_commands(app=app)
+    return app
+
+
+def _debug() -> bool:
+    return os.environ.get("IGDM_KIT_DEBUG", "") not in ("", "0")
+
+
+def report(exc: IgdmKitError) -> None:
+    err_console.print(f"[bold red]error:[/] {exc.message}", highlight=False, markup=True, soft_wrap=True)
+    if exc.hint:
+        err_console.print(f"[yellow]hint:[/] {exc.hint}", highlight=False, soft_wrap=True)
+
+
+def main(argv: list[str] | None = None) -> None:
+    try:
+        app = build_app()
+        rc = app(args=argv, prog_name="igdm-kit", standalone_mode=False)
+    except IgdmKitError as exc:
+        if _debug():
+            raise
+        report(exc)
+        sys.exit(1)
+    except click.exceptions.Abort:
+        err_console.print("aborted")
+        sys.exit(130)
+    except click.ClickException as exc:  # usage errors: click's own message, exit 2
+        exc.show()
+        sys.exit(exc.exit_code)
+    sys.exit(rc if isinstance(rc, int) else 0)

@@ -1,0 +1,25 @@
+"""Rich consoles: results on stdout, progress and diagnostics on stderr."""
+
+from __future__ import annotations
+
+import json
+import sys
+from typing import Any
+
+from rich.console import Console
+
+out_console = Console(soft_wrap=True)
+err_console = Console(stderr=True)
+
+
+def print_json(command: str, results: Any) -> None:
+    """The machine-readable envelope every ``--json`` prints on stdout."""
+    sys.stdout.write(json.dumps({"command": command, "results": results}, indent=2, default=str) + "\n")
+    sys.stdout.flush()
+
+
+def make_progress():
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+    return Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                    TimeRemainingColumn(), console=err_console, transient=False)

@@ -1,0 +1,42 @@
+"""``igdm-kit recipe check|show``: validate a recipe whole, or print it fully resolved."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+
+from .console import err_console, out_console
+
+SET_HELP = "override a recipe key, e.g. --set train.epochs=5 (repeatable)"
+
+
+def register(app: typer.Typer) -> None:
+    group = typer.Typer(help="Validate and inspect TOML recipes.", no_args_is_help=True)
+    app.add_typer(group, name="recipe")
+
+    @group.command("check")
+    def check(recipe: Path = typer.Argument(..., help="recipe file (.toml)"),
+              set_: list[str] = typer.Option([], "--set", help=SET_HELP)) -> None:
+        """Validate a recipe (schema, component names, component options) without running it."""
+        from .. import recipe as recipe_mod
+
+        r = recipe_mod.load(recipe, set_)
+        out_console.print(f"[green]ok[/] {recipe} ({r.model.method.name}"
+                          + (f" + {r.model.module.name}" if r.model.module else "") + ")", highlight=False)
+
+    @group.command("show")
+    def show(recipe: Path = typer.Argument(..., help="recipe file (.toml)"),
+             set_: list[str] = typer.Option([], "--set", help=SET_HELP),
+             json_: bool = typer.Option(False, "--json", help="print JSON instead of TOML")) -> None:
+        """Print the fully resolved recipe (extends and overrides applied, defaults included)."""
+        from .. import recipe as recipe_mod
+
+        r = recipe_mod.load(recipe, set_)
+        if json_:
+            from .console import print_json
+
+            print_json("recipe show", r.resolved())
+        else:
+            typer.echo(recipe_mod.to_toml(r.resolved()), nl=False)
+        err_console.print(f"digest {r.digest()[:16]}", style="dim")

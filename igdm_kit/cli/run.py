@@ -1,0 +1,61 @@
+"""``igdm-kit run RECIPE``: validate the recipe whole, train, evaluate, print a summary."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+
+from .console import err_console, make_progress, out_console, print_json
+from .recipe import SET_HELP
+
+METRIC_LABELS = {"clean": "Clean", "fgsm": "FGSM", "pgd20": "PGD-20", "cw": "CW-∞", "autoattack": "AutoAttack"}
+
+
+def register(app: typer.Typer) -> None:
+    @app.command("run")
+    def run(recipe: Path = typer.Argument(..., help="recipe file (.toml)"),
+            set_: list[str] = typer.Option([], "--set", help=SET_HELP),
+            output: Path | None = typer.Option(None, "--output", "-o", help="run folder (default: [output] dir)"),
+            resume: bool = typer.Option(False, "--resume", help="continue the unfinished run in the folder"),
+            overwrite: bool = typer.Option(False, "--overwrite", help="replace a finished run in the folder"),
+            json_: bool = typer.Option(False, "--json", help="print the results as JSON on stdout")) -> None:
+        """Train and evaluate a recipe (validated whole before anything runs)."""
+        from .. import recipe as recipe_mod
+
+        r = recipe_mod.load(recipe, set_)  # every error surfaces here, before torch is even imported
+        from ..engine import run as run_recipe
+
+        with make_progress() as progress:
+            result = run_recipe(r, output_dir=output, resume=resume, overwrite=overwrite,
+                                log=lambda s: progress.console.print(s, style="dim", highlight=False),
+                                progress=progress)
+        if json_:
+            print_json("run", {"output_dir": str(result.output_dir), "results": result.results,
+                               "metrics": result.metrics})
+            return
+        print_summary(result)
+
+
+def print_summary(result) -> None:
+    from rich.table import Table
+
+    table = Table(title=f"{result.recipe.name} — {result.output_dir}")
+    table.add_column("metric")
+    table.add_column("value", justify="right")
+    last = result.metrics[-1] if result.metrics else {}
+    for k, v in last.items():
+        if k in ("epoch", "seconds") or not isinstance(v, (int, float)):
+            continue
+        table.add_row(f"train {k}", f"{v:.4g}")
+    metrics = result.results.get("metrics", {})
+    for key, label in METRIC_LABELS.items():
+        if key in metrics:
+            v = metrics[key]
+            acc = v["accuracy"] if isinstance(v, dict) else v
+            table.add_row(f"test {label} acc (%)", f"{acc:.2f}")
+    for k, v in (result.results.get("alignment") or {}).items():
+        if isinstance(v, (int, float)):
+            table.add_row(f"test {k.upper()}", f"{v:.4f}")
+    out_console.print(table)
+    err_console.print(f"checkpoint: {result.output_dir / 'model.safetensors'}", style="dim")

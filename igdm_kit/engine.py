@@ -1,0 +1,328 @@
+"""The training engine: builds a recipe's components and trains the student.
+
+SGD with momentum and weight decay, a cumulative multistep schedule, seeded data order, augmentation and
+attack random starts; per-epoch metrics with every loss term logged separately; an atomic checkpoint and
+training state after each epoch; the recipe's evaluation at the end. The run folder holds::
+
+    manifest.json      resolved recipe, digest, seeds, versions, teacher digest
+    recipe.toml        the resolved recipe
+    metrics.jsonl      one JSON object per epoch
+    last.safetensors   the latest model (a self-describing checkpoint)
+    train_state.safetensors   optimizer, scheduler, RNG and epoch, for --resume
+    model.safetensors  the final model
+    results.json       the final evaluation; its presence marks the run finished
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import platform
+import shutil
+import subprocess
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from . import recipe as recipe_mod
+from .checkpoint import save_model, toolkit_version
+from .components import create_model
+from .data import augment, epoch_order
+from .errors import IgdmKitError, RecipeError, TrainingError
+from .interfaces import DatasetInfo
+from .io import append_jsonl, atomic_write_json, atomic_write_text, read_jsonl
+from .plugins import registry
+from .recipe import Recipe
+from .train_state import load_train_state, save_train_state
+from .training_step import compute_loss, module_weight
+
+RESULTS, STATE, LAST, FINAL = "results.json", "train_state.safetensors", "last.safetensors", "model.safetensors"
+
+
+@dataclass
+class RunResult:
+    output_dir: Path
+    recipe: Recipe
+    metrics: list[dict[str, Any]] = field(default_factory=list)
+    results: dict[str, Any] = field(default_factory=dict)
+    reused: bool = False
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise IgdmKitError(f"train.device is {name!r} but CUDA is not available", "use device = \"cpu\"")
+    return torch.device(name)
+
+
+def sha256_file(path: str | Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _git_commit() -> str | None:
+    try:
+        out = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5,
+                             cwd=Path(__file__).parent)
+        return out.stdout.strip() or None if out.returncode == 0 else None
+    except (OSError, subprocess.SubprocessError):
+        return None
+
+
+# -- building ---------------------------------------------------------------------------------------------
+
+def load_data(r: Recipe) -> tuple[DatasetInfo, tuple[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]:
+    ds = registry("dataset").get(r.model.data.name)(r.components["data"])
+    info = ds.info()
+    xtr, ytr = ds.load("train")
+    xte, yte = ds.load("test")
+    if r.model.data.train_limit:
+        xtr, ytr = xtr[: r.model.data.train_limit], ytr[: r.model.data.train_limit]
+    if r.model.data.test_limit:
+        xte, yte = xte[: r.model.data.test_limit], yte[: r.model.data.test_limit]
+    return info, (xtr, ytr), (xte, yte)
+
+
+def build_student(r: Recipe, info: DatasetInfo) -> torch.nn.Module:
+    return create_model(r.model.student.model, num_classes=info.num_classes, in_channels=info.in_channels,
+                        image_size=info.image_size, mean=info.mean, std=info.std,
+                        **r.components["student"].model_dump())
+
+
+def load_teacher(r: Recipe, info: DatasetInfo, device: torch.device, *, log: Callable[[str], None]):
+    """The teacher in eval mode with frozen parameters, and the sha256 of its file."""
+    t = r.model.teacher
+    if t is None:
+        return None, None
+    if t.recipe is not None:
+        sub = recipe_mod.load(t.recipe)
+        log(f"teacher: recipe {t.recipe}")
+        result = run(sub, output_dir=None, reuse_finished=True, log=log)
+        path = result.output_dir / FINAL
+    else:
+        path = Path(t.checkpoint)
+    if not path.is_file():
+        raise IgdmKitError(f"teacher checkpoint {str(path)!r} does not exist",
+                           "set teacher.checkpoint to the file's path (relative to the recipe)")
+    loader_name = t.loader if t.loader != "auto" else ("igdm-kit" if path.suffix == ".safetensors"
+                                                        else "state-dict")
+    entry = registry("teacher_loader").entry(loader_name)
+    options = entry.options_model.model_validate(t.loader_options)
+
+    def build():
+        if t.model is None:
+            raise RecipeError(f"teacher.model: the {loader_name!r} loader needs the architecture",
+                              "name it, e.g. model = \"wrn-34-10\"", path="teacher.model")
+        return create_model(t.model, num_classes=info.num_classes, in_channels=info.in_channels,
+                            image_size=info.image_size, mean=t.mean, std=t.std, **t.model_options)
+
+    teacher = entry.component.load(options, path=str(path), build=build)
+    teacher.to(device).eval()
+    for p in teacher.parameters():
+        p.requires_grad_(False)
+    return teacher, sha256_file(path)
+
+
+def build_training(r: Recipe, student, teacher):
+    method = registry("method").get(r.model.method.name)(r.components["method"])
+    module = None
+    if r.model.module is not None:
+        module = registry("module").get(r.model.module.name)(r.components["module"])
+    attack = registry("attack").get(r.attack_name)(student, options=r.components["attack"], teacher=teacher)
+    return method, module, attack
+
+
+# -- the run ------------------------------------------------------------------------------------------------
+
+def _check_output_dir(out: Path, r: Recipe, *, resume: bool, overwrite: bool, reuse_finished: bool) -> str:
+    """Decide what to do with an existing run folder: 'new', 'resume' or 'reuse'."""
+    if not out.exists() or not any(out.iterdir()):
+        return "new"
+    if overwrite:
+        shutil.rmtree(out)
+        return "new"
+    finished = (out / RESULTS).is_file()
+    manifest = out / "manifest.json"
+    same = False
+    if manifest.is_file():
+        import json
+
+        try:
+            same = json.loads(manifest.read_text()).get("recipe_digest") == r.digest()
+        except (OSError, ValueError):
+            same = False
+    if finished and reuse_finished and same:
+        return "reuse"
+    if finished:
+        raise IgdmKitError(f"run folder {str(out)!r} already holds a finished run",
+                           "pass --overwrite to replace it, or --output to write elsewhere")
+    if resume and same and (out / STATE).is_file():
+        return "resume"
+    if resume and not same and manifest.is_file():
+        raise IgdmKitError(f"run folder {str(out)!r} holds a run of a different recipe",
+                           "resume with the same recipe, or pass --overwrite")
+    if resume:
+        return "new" if not (out / STATE).is_file() else "resume"
+    raise IgdmKitError(f"run folder {str(out)!r} holds an unfinished run",
+                       "pass --resume to continue it, or --overwrite to start again")
+
+
+def run(r: Recipe, *, output_dir: str | Path | None = None, resume: bool = False, overwrite: bool = False,
+        reuse_finished: bool = False, log: Callable[[str], None] = lambda s: None,
+        progress: Any = None) -> RunResult:
+    """Train the recipe's student and evaluate it. ``progress`` is an optional Rich ``Progress``."""
+    out = Path(output_dir) if output_dir is not None else r.default_output_dir()
+    mode = _check_output_dir(out, r, resume=resume, overwrite=overwrite, reuse_finished=reuse_finished)
+    if mode == "reuse":
+        import json
+
+        log(f"reusing finished run {out}")
+        return RunResult(out, r, read_jsonl(out / "metrics.jsonl"), json.loads((out / RESULTS).read_text()),
+                         reused=True)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        probe = out / ".write-test"
+        probe.write_text("")
+        probe.unlink()
+    except OSError as exc:
+        raise IgdmKitError(f"output folder {str(out)!r} is not writable ({exc.strerror})",
+                           "choose another folder with --output") from None
+
+    tr = r.model.train
+    device = resolve_device(tr.device)
+    torch.manual_seed(tr.seed)
+    info, (xtr, ytr), (xte, yte) = load_data(r)
+    student = build_student(r, info).to(device)
+    teacher, teacher_digest = load_teacher(r, info, device, log=log)
+    method, module, attack = build_training(r, student, teacher)
+    opt = torch.optim.SGD(student.parameters(), lr=tr.lr, momentum=tr.momentum, weight_decay=tr.weight_decay)
+    sched = torch.optim.lr_scheduler.MultiStepLR(opt, milestones=tr.milestones, gamma=tr.lr_decay)
+
+    start_epoch = 1
+    if mode == "resume":
+        meta = load_train_state(out / STATE, model=student, optimizer=opt, scheduler=sched)
+        start_epoch = meta["epoch"] + 1
+        log(f"resuming {out} after epoch {meta['epoch']}")
+        # metrics of epochs after the saved state (a crash between the two writes) are dropped
+        kept = [m for m in read_jsonl(out / "metrics.jsonl") if m["epoch"] <= meta["epoch"]] \
+            if (out / "metrics.jsonl").exists() else []
+        atomic_write_text(out / "metrics.jsonl", "".join(__import__("json").dumps(m, sort_keys=True) + "\n"
+                                                          for m in kept))
+    else:
+        for stale in ("metrics.jsonl",):
+            (out / stale).unlink(missing_ok=True)
+        atomic_write_text(out / "recipe.toml", recipe_mod.to_toml(r.resolved()))
+        atomic_write_json(out / "manifest.json", {
+            "recipe": r.resolved(), "recipe_digest": r.digest(), "seed": tr.seed,
+            "toolkit_version": toolkit_version(), "torch_version": torch.__version__,
+            "cuda_version": torch.version.cuda, "python_version": platform.python_version(),
+            "device": str(device), "git_commit": _git_commit(), "teacher_sha256": teacher_digest,
+            "recipe_file": str(r.path) if r.path else None,
+        })
+
+    ckpt_meta = {"model": r.model.student.model, "model_options": r.components["student"].model_dump(),
+                 "num_classes": info.num_classes, "in_channels": info.in_channels,
+                 "image_size": info.image_size, "mean": list(info.mean) if info.mean else None,
+                 "std": list(info.std) if info.std else None,
+                 "dataset": {"name": r.model.data.name, "options": r.components["data"].model_dump()},
+                 "recipe_digest": r.digest(), "recipe_name": r.name}
+    metrics = read_jsonl(out / "metrics.jsonl") if mode == "resume" else []
+    n = xtr.shape[0]
+    steps_per_epoch = math.ceil(n / tr.batch_size)
+    task = progress.add_task(f"{r.name}", total=(tr.epochs - start_epoch + 1) * steps_per_epoch) \
+        if progress is not None else None
+
+    for epoch in range(start_epoch, tr.epochs + 1):
+        t0 = time.perf_counter()
+        lr = opt.param_groups[0]["lr"]
+        student.train()
+        order, gen = epoch_order(n, tr.seed, epoch)
+        sums: dict[str, float] = {}
+        correct = seen = 0
+        for step_i in range(steps_per_epoch):
+            idx = order[step_i * tr.batch_size:(step_i + 1) * tr.batch_size]
+            x = augment(xtr[idx], info, gen).to(device, non_blocking=True)
+            y = ytr[idx].to(device, non_blocking=True)
+            res = compute_loss(student, teacher, method, module, attack, x, y, epoch=epoch,
+                               epochs=tr.epochs, cache=not tr.reference_passes)
+            values = {k: float(v.detach()) for k, v in res.terms.items()}
+            for k, v in values.items():
+                if not math.isfinite(v):
+                    raise TrainingError(
+                        f"loss term {k!r} is {v} at epoch {epoch}, step {step_i + 1}",
+                        f"the last good checkpoint is {out / LAST}; lower train.lr or the module's alpha")
+            opt.zero_grad(set_to_none=True)
+            res.loss.backward()
+            opt.step()
+            bs = y.shape[0]
+            for k, v in values.items():
+                sums[k] = sums.get(k, 0.0) + v * bs
+            sums["loss"] = sums.get("loss", 0.0) + sum(values.values()) * bs
+            s_adv = res.step._s.get("x_adv")  # reuse the loss's own forward: no extra pass
+            if s_adv is not None:
+                correct += int((s_adv.detach().argmax(1) == y).sum())
+            seen += bs
+            if progress is not None:
+                progress.update(task, advance=1)
+        sched.step()
+        row: dict[str, Any] = {"epoch": epoch, "lr": lr, "module_weight": module_weight(module, epoch, tr.epochs)}
+        row.update({k: v / seen for k, v in sums.items()})
+        if correct:
+            row["train_adv_acc"] = 100.0 * correct / seen
+        row["test_clean_acc"] = clean_accuracy(student, xte, yte, device)
+        row["seconds"] = round(time.perf_counter() - t0, 3)
+        metrics.append(row)
+        # Order matters for resume: model files first, then the state, then the metrics line.
+        save_model(out / LAST, student, {**ckpt_meta, "epoch": epoch})
+        if tr.save_every_epoch:
+            save_model(out / "checkpoints" / f"epoch_{epoch:03d}.safetensors", student,
+                       {**ckpt_meta, "epoch": epoch})
+        save_train_state(out / STATE, model=student, optimizer=opt, scheduler=sched, epoch=epoch)
+        append_jsonl(out / "metrics.jsonl", row)
+        log(f"epoch {epoch}/{tr.epochs}: " + ", ".join(f"{k}={v:.4g}" for k, v in row.items()
+                                                      if k != "epoch" and isinstance(v, float)))
+
+    save_model(out / FINAL, student, {**ckpt_meta, "epoch": tr.epochs})
+    results = final_evaluation(r, student, teacher, xte, yte, device, log=log)
+    atomic_write_json(out / RESULTS, results)
+    return RunResult(out, r, metrics, results)
+
+
+def clean_accuracy(model, x: torch.Tensor, y: torch.Tensor, device, batch_size: int = 512) -> float:
+    was = model.training
+    model.eval()
+    correct = 0
+    with torch.no_grad():
+        for i in range(0, x.shape[0], batch_size):
+            xb, yb = x[i:i + batch_size].to(device), y[i:i + batch_size].to(device)
+            correct += int((model(xb).argmax(1) == yb).sum())
+    model.train(was)
+    return 100.0 * correct / max(1, x.shape[0])
+
+
+def final_evaluation(r: Recipe, student, teacher, xte, yte, device, *, log) -> dict[str, Any]:
+    ev = r.model.eval
+    x, y = (xte[: ev.limit], yte[: ev.limit]) if ev.limit else (xte, yte)
+    try:
+        from .evaluation import evaluate
+    except ImportError:  # evaluation arrives with its own module; until then report clean accuracy
+        evaluate = None
+    results: dict[str, Any] = {"recipe": r.name, "digest": r.digest(), "n": int(x.shape[0])}
+    if evaluate is None:
+        results["metrics"] = {"clean": clean_accuracy(student, x, y, device)}
+    else:
+        results["metrics"] = evaluate(student, x, y, attacks=tuple(ev.attacks), batch_size=ev.batch_size,
+                                      eps=ev.eps, device=device)
+    if ev.analysis and teacher is not None:
+        from .analysis import gradient_alignment
+
+        results["alignment"] = gradient_alignment(student, teacher, x.to(device), y.to(device))
+    return results

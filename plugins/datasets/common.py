@@ -1,0 +1,133 @@
+"""What the image datasets share: their options, the DatasetInfo they report, and careful file reading.
+
+Every dataset returns images as float32 [0, 1] NCHW tensors and int64 labels; normalization (mean/std) is
+only *reported* in ``DatasetInfo`` so the engine can put it inside the model. Train-time augmentation
+(random crop with ``crop_padding`` and horizontal flip, Appendix B.1: padding 4 for 32×32, 8 for 64×64,
+none for SVHN) is also only declared here; the engine applies it.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+import torch
+from pydantic import Field, model_validator
+
+from igdm_kit.errors import DataError, RecipeError
+from igdm_kit.interfaces import DatasetInfo, Options
+
+IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm")
+
+
+class ImageOptions(Options):
+    """Options every image dataset takes."""
+
+    root: str = Field("data", description="folder holding the dataset's files")
+    crop_padding: int | None = Field(
+        None, ge=0, le=64, description="random-crop padding in pixels during training (default: the "
+                                       "dataset's, e.g. 4 for 32×32 images, 8 for 64×64, 0 for SVHN)")
+    hflip: bool | None = Field(None, description="random horizontal flips during training (default: the "
+                                                 "dataset's; off for SVHN, whose flipped digits change)")
+    mean: tuple[float, ...] | None = Field(
+        None, description="per-channel mean applied inside the model (default: none, the model sees [0, 1])")
+    std: tuple[float, ...] | None = Field(None, description="per-channel std applied inside the model")
+
+    @model_validator(mode="after")
+    def _mean_std_together(self):
+        if (self.mean is None) != (self.std is None):
+            raise ValueError("give both mean and std, or neither")
+        if self.std is not None and any(s <= 0 for s in self.std):
+            raise ValueError("std values must be positive")
+        return self
+
+
+class DownloadOptions(ImageOptions):
+    download: bool = Field(False, description="download the files into root when they are missing "
+                                              "(needs network access)")
+
+
+def make_info(options: ImageOptions, *, num_classes: int, in_channels: int, image_size: int,
+              crop_padding: int, hflip: bool, class_names: Sequence[str] = ()) -> DatasetInfo:
+    """The DatasetInfo of a dataset, with the recipe's overrides applied."""
+    for key in ("mean", "std"):
+        value = getattr(options, key)
+        if value is not None and len(value) != in_channels:
+            raise RecipeError(f"data.{key} has {len(value)} values but the images have {in_channels} "
+                              f"channel(s)", f"give one {key} value per channel", path=f"data.{key}")
+    return DatasetInfo(
+        num_classes=num_classes, in_channels=in_channels, image_size=image_size,
+        mean=options.mean, std=options.std,
+        crop_padding=crop_padding if options.crop_padding is None else options.crop_padding,
+        hflip=hflip if options.hflip is None else options.hflip,
+        class_names=tuple(class_names),
+    )
+
+
+def to_tensors(images: np.ndarray, labels: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
+    """uint8 NCHW images and integer labels → float32 [0, 1] images and int64 labels."""
+    x = torch.from_numpy(np.ascontiguousarray(images)).to(torch.float32).div_(255.0)
+    return x, torch.as_tensor(np.asarray(labels), dtype=torch.long)
+
+
+def check_labels(labels: np.ndarray, num_classes: int, what: str) -> None:
+    if labels.size and (labels.min() < 0 or labels.max() >= num_classes):
+        raise DataError(f"{what} has labels outside 0..{num_classes - 1} "
+                        f"(found {int(labels.min())}..{int(labels.max())})",
+                        "the file is not the dataset it is named as, or is corrupt; re-download it")
+
+
+def list_images(folder: Path) -> list[Path]:
+    """Image files directly in ``folder`` (hidden files skipped), sorted for a stable order."""
+    return sorted(p for p in folder.iterdir()
+                  if p.is_file() and not p.name.startswith(".") and p.suffix.lower() in IMAGE_EXTENSIONS)
+
+
+def read_images(paths: Sequence[Path], *, size: int, grayscale: bool = False,
+                resize: bool = False) -> np.ndarray:
+    """Decode images into a uint8 (N, C, size, size) array.
+
+    With ``resize`` the shorter side is scaled to ``size`` (bilinear) and the centre cropped; without it an
+    image of another size is a DataError. Decoding runs in threads (PIL releases the GIL while decoding).
+    """
+    from PIL import Image, UnidentifiedImageError
+
+    channels = 1 if grayscale else 3
+    out = np.empty((len(paths), channels, size, size), dtype=np.uint8)
+
+    def load(i: int) -> None:
+        path = paths[i]
+        try:
+            with Image.open(path) as img:
+                img = img.convert("L" if grayscale else "RGB")
+                if img.size != (size, size):
+                    if not resize:
+                        raise DataError(f"image {str(path)!r} is {img.size[0]}×{img.size[1]}, expected "
+                                        f"{size}×{size}", "the dataset's images all have that size; "
+                                                          "re-extract the archive")
+                    img = _resize_center_crop(img, size)
+                arr = np.asarray(img, dtype=np.uint8)
+        except (UnidentifiedImageError, OSError) as exc:
+            raise DataError(f"cannot read image {str(path)!r} ({type(exc).__name__})",
+                            "remove or replace the damaged file") from None
+        out[i] = arr[None] if grayscale else arr.transpose(2, 0, 1)
+
+    workers = max(1, min(8, os.cpu_count() or 1))
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        for _ in pool.map(load, range(len(paths))):
+            pass
+    return out
+
+
+def _resize_center_crop(img, size: int):
+    from PIL import Image
+
+    w, h = img.size
+    scale = size / min(w, h)
+    nw, nh = max(size, round(w * scale)), max(size, round(h * scale))
+    img = img.resize((nw, nh), Image.BILINEAR)
+    left, top = (nw - size) // 2, (nh - size) // 2
+    return img.crop((left, top, left + size, top + size))

@@ -1,0 +1,47 @@
+"""AdaAD — Huang, Chen, Wang, Lu, Cheng & Wang, "Boosting Accuracy and Robustness of Student Models via
+Adaptive Adversarial Distillation", CVPR 2023.
+
+Loss: λ·KL(T(x_adv) ‖ S(x_adv)) + (1 − λ)·KL(T(x) ‖ S(x)), λ = 1 (the reference always uses 1), with x_adv
+from the ``adaad`` attack (max KL(T(z) ‖ S(z)), through both models). ``teacher_in_attack = false``
+replaces that attack by ``pgd`` on the student alone ("AdaAD w/o T_in", Table 6 of the IGDM paper); the
+engine learns it from ``attack_name``.
+"""
+
+from __future__ import annotations
+
+from pydantic import Field
+
+from igdm_kit.interfaces import Method, Options
+from igdm_kit.losses import kl_div
+
+
+class AdaAD(Method):
+    description = "AdaAD (Huang et al., 2023): λ·KL(T(x_adv) ‖ S(x_adv)) + (1 − λ)·KL(T(x) ‖ S(x))"
+    default_attack = "adaad"
+    needs_teacher = True
+
+    class Options(Options):
+        lam: float = Field(1.0, ge=0, le=1, description="weight λ of the adversarial term; 1 − λ weighs "
+                           "the clean term KL(T(x) ‖ S(x))")
+        teacher_in_attack: bool = Field(True, description="inner attack through the teacher ('adaad'); false: "
+                                        "'pgd' on the student alone (\"w/o T_in\")")
+
+    @property
+    def attack_name(self) -> str:
+        return self.default_attack if self.options.teacher_in_attack else "pgd"
+
+    def teacher_inputs(self, epoch, epochs):
+        lam = self.options.lam
+        return ({"x_adv"} if lam > 0 else set()) | ({"x"} if lam < 1 else set())
+
+    def student_inputs(self, epoch, epochs):
+        return self.teacher_inputs(epoch, epochs)  # each KL pairs T and S on the same input
+
+    def loss(self, ctx):
+        lam = self.options.lam
+        terms = {}
+        if lam > 0:
+            terms["adv_kl"] = lam * kl_div(ctx.teacher("x_adv"), ctx.student("x_adv"))
+        if lam < 1:
+            terms["nat_kl"] = (1 - lam) * kl_div(ctx.teacher("x"), ctx.student("x"))
+        return terms

@@ -1,0 +1,37 @@
+"""AdaIAD — Huang, Chen, Wang, Lu, Cheng & Wang, "Boosting Accuracy and Robustness of Student Models via
+Adaptive Adversarial Distillation", CVPR 2023 (AdaAD with IAD's introspection: Zhu et al., "Reliable
+Adversarial Distillation with Unreliable Teachers", ICLR 2022).
+
+Loss: AdaAD, λ·KL(T(x_adv) ‖ S(x_adv)) + (1 − λ)·KL(T(x) ‖ S(x)), and after the warmup (e > W, as IAD)
+
+    + (1/B)·Σ_i (1 − w_i)·KL_i(S(x_i) ‖ S(x_adv,i)),   w_i = p(T(x_adv,i))[y_i]^β_iad (a constant),
+
+so the teacher is evaluated at x_adv for both the distillation and w_i (one batched forward). x_adv comes
+from the ``adaad`` attack. Warmup and β_iad work as in IAD (``iad.py``).
+"""
+
+from __future__ import annotations
+
+from .adaad import AdaAD
+from .iad import IntrospectionOptions, introspection_active, introspection_loss
+
+
+class AdaIAD(AdaAD):
+    description = "AdaIAD (Huang et al., 2023): AdaAD + IAD's introspection after warmup"
+
+    class Options(IntrospectionOptions, AdaAD.Options):
+        pass
+
+    def teacher_inputs(self, epoch, epochs):
+        extra = {"x_adv"} if introspection_active(self.options, epoch, epochs) else set()
+        return super().teacher_inputs(epoch, epochs) | extra
+
+    def student_inputs(self, epoch, epochs):
+        extra = {"x", "x_adv"} if introspection_active(self.options, epoch, epochs) else set()
+        return super().student_inputs(epoch, epochs) | extra
+
+    def loss(self, ctx):
+        terms = super().loss(ctx)
+        if introspection_active(self.options, ctx.epoch, ctx.epochs):
+            terms["introspect_kl"] = introspection_loss(ctx, self.options.beta_iad)
+        return terms

@@ -1,0 +1,82 @@
+"""Shared fixtures: run the CLI in-process and capture stdout/stderr and the exit code."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+RECIPES = ROOT / "recipes"
+
+# Two cores are shared by everything: keep torch from oversubscribing them.
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+
+
+@dataclass
+class CliResult:
+    code: int
+    out: str
+    err: str
+
+
+@pytest.fixture
+def cli(capsys):
+    """``cli("recipe", "check", path)`` runs ``igdm-kit`` in-process."""
+    from igdm_kit.cli import main
+
+    def call(*args: str) -> CliResult:
+        capsys.readouterr()
+        try:
+            main([str(a) for a in args])
+            code = 0
+        except SystemExit as exc:
+            code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
+        captured = capsys.readouterr()
+        return CliResult(code, captured.out, captured.err)
+
+    return call
+
+
+def run_cli_subprocess(*args: str, env: dict | None = None, cwd: str | None = None, timeout: float = 600):
+    full_env = {**os.environ, **(env or {})}
+    return subprocess.run([sys.executable, "-m", "igdm_kit", *map(str, args)], capture_output=True,
+                          text=True, env=full_env, cwd=cwd, timeout=timeout)
+
+
+@pytest.fixture
+def write_recipe(tmp_path):
+    """``write_recipe(text, name="r.toml")`` writes a recipe file and returns its path."""
+
+    def write(text: str, name: str = "r.toml") -> Path:
+        p = tmp_path / name
+        p.write_text(text, encoding="utf-8")
+        return p
+
+    return write
+
+
+DIGITS_PGDAT = """
+name = "t"
+[data]
+name = "digits"
+[student]
+model = "small-cnn"
+width = 8
+[method]
+name = "pgd-at"
+[attack]
+eps = 0.1
+step_size = 0.05
+steps = 2
+[train]
+epochs = 1
+batch_size = 64
+milestones = []
+[eval]
+attacks = ["clean"]
+"""

@@ -1,0 +1,71 @@
+"""The command line: help without torch, JSON listing, one-line errors with exit code 1."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from conftest import DIGITS_PGDAT, run_cli_subprocess
+
+
+def test_help_does_not_import_torch():
+    code = ("import sys\nfrom igdm_kit.cli import main\ntry:\n    main(['--help'])\nexcept SystemExit:\n    pass\n"
+            "print('TORCH' if 'torch' in sys.modules else 'NO-TORCH')")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert "run" in out.stdout and "recipe" in out.stdout
+    assert out.stdout.strip().endswith("NO-TORCH"), out.stdout[-300:]
+
+
+def test_python_dash_m_works():
+    res = run_cli_subprocess("--help")
+    assert res.returncode == 0 and "igdm-kit" in res.stdout
+
+
+def test_plugins_list_json_lists_builtins_and_example_plugin(cli):
+    res = cli("plugins", "list", "--json")
+    assert res.code == 0
+    rows = json.loads(res.out)
+    assert {"kind", "name", "plugin"} == set(rows[0])
+    names = {(r["kind"], r["name"]) for r in rows}
+    assert ("method", "pgd-at") in names and ("dataset", "digits") in names and ("attack", "pgd") in names
+    mart = [r for r in rows if r["name"] == "mart"]
+    assert mart == [{"kind": "method", "name": "mart", "plugin": "mart"}]
+
+
+def test_recipe_check_and_show(cli, write_recipe):
+    p = write_recipe(DIGITS_PGDAT)
+    assert cli("recipe", "check", p).code == 0
+    res = cli("recipe", "show", p, "--set", "train.seed=7")
+    assert res.code == 0 and "seed = 7" in res.out and 'bn_mode = "eval"' in res.out
+
+
+@pytest.mark.parametrize("mutate, words", [
+    (lambda t: t + "\nunknown_top = 1\n", ["unknown_top", "unknown key"]),
+    (lambda t: t.replace('name = "pgd-at"', 'name = "pgd-att"'), ["method.name", "pgd-at"]),
+    (lambda t: t.replace("epochs = 1", "epochs = 'one'"), ["train.epochs"]),
+    (lambda t: t + "\n[[[\n", ["not valid TOML"]),
+])
+def test_bad_recipes_exit_1_with_one_line(cli, write_recipe, mutate, words):
+    p = write_recipe(mutate(DIGITS_PGDAT))
+    res = cli("recipe", "check", p)
+    assert res.code == 1
+    first = res.err.strip().splitlines()[0]
+    assert first.startswith("error: ") and all(w in res.err for w in words)
+    assert "Traceback" not in res.err
+    assert cli("run", p).code == 1  # run refuses the same recipe before anything trains
+
+
+def test_missing_recipe_file(cli, tmp_path):
+    res = cli("run", tmp_path / "nope.toml")
+    assert res.code == 1 and "nope.toml" in res.err and "does not exist" in res.err
+
+
+def test_debug_env_shows_traceback(write_recipe):
+    p = write_recipe(DIGITS_PGDAT.replace('name = "pgd-at"', 'name = "nope"'))
+    res = run_cli_subprocess("recipe", "check", p, env={"IGDM_KIT_DEBUG": "1"})
+    assert res.returncode != 0 and "Traceback" in res.stderr
+    res = run_cli_subprocess("recipe", "check", p)
+    assert res.returncode == 1 and "Traceback" not in res.stderr
