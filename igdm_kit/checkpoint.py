@@ -13,11 +13,13 @@ import os
 from pathlib import Path
 from typing import Any
 
-from .errors import CheckpointError
+from .errors import CheckpointError, IgdmKitError
 from .io import atomic_write
 
 FORMAT = "igdm-kit/1"
 META_KEY = "igdm_kit"
+#: Metadata ``load_model`` needs to rebuild the model.
+REQUIRED = frozenset({"model", "model_options", "num_classes", "in_channels", "image_size", "mean", "std"})
 
 
 def toolkit_version() -> str:
@@ -34,8 +36,7 @@ def save_model(path: str | os.PathLike, model, meta: dict[str, Any]) -> Path:
     ``in_channels``, ``image_size``, ``mean``, ``std``) to a safetensors file, atomically."""
     from safetensors.torch import save_file
 
-    required = {"model", "model_options", "num_classes", "in_channels", "image_size", "mean", "std"}
-    missing = required - meta.keys()
+    missing = REQUIRED - meta.keys()
     if missing:
         raise ValueError(f"checkpoint metadata lacks {sorted(missing)}")
     full = {"format": FORMAT, "toolkit_version": toolkit_version(), **meta}
@@ -56,7 +57,7 @@ def read_metadata(path: str | os.PathLike) -> dict[str, Any]:
             meta = fh.metadata() or {}
     except Exception as exc:  # noqa: BLE001 - safetensors raises several types for bad files
         raise CheckpointError(
-            f"{str(path)!r} is not a readable safetensors checkpoint ({type(exc).__name__})",
+            f"{str(path)!r} is truncated or not a safetensors checkpoint ({type(exc).__name__})",
             "pass a file written by igdm-kit, or load plain PyTorch weights with a teacher loader",
         ) from None
     if META_KEY not in meta:
@@ -67,9 +68,16 @@ def read_metadata(path: str | os.PathLike) -> dict[str, Any]:
     except json.JSONDecodeError:
         raise CheckpointError(f"{str(path)!r} has corrupt igdm-kit metadata", "re-create the checkpoint") \
             from None
-    if not isinstance(info, dict) or info.get("format") != FORMAT:
+    if not isinstance(info, dict):
+        raise CheckpointError(f"{str(path)!r} has corrupt igdm-kit metadata (not a JSON object)",
+                              "re-create the checkpoint")
+    if info.get("format") != FORMAT:
         raise CheckpointError(f"{str(path)!r} has checkpoint format {info.get('format')!r}",
                               f"this igdm-kit reads {FORMAT!r}")
+    lacking = sorted(REQUIRED - info.keys())
+    if lacking:
+        raise CheckpointError(f"{str(path)!r} has incomplete igdm-kit metadata (no {', '.join(lacking)})",
+                              "re-create the checkpoint")
     return info
 
 
@@ -80,16 +88,31 @@ def load_model(path: str | os.PathLike, device: str = "cpu"):
     from .components import create_model
 
     info = read_metadata(path)
-    model = create_model(info["model"], num_classes=info["num_classes"], in_channels=info["in_channels"],
-                         image_size=info["image_size"], mean=info["mean"], std=info["std"],
-                         **info.get("model_options", {}))
-    state = load_file(str(path), device="cpu")
     try:
-        model.load_state_dict(state, strict=True)
-    except RuntimeError as exc:
-        first = str(exc).splitlines()[0]
-        raise CheckpointError(f"{str(path)!r} does not fit model {info['model']!r}: {first}",
-                              "the file's tensors and its metadata disagree; re-create it") from None
+        model = create_model(info["model"], num_classes=info["num_classes"], in_channels=info["in_channels"],
+                             image_size=info["image_size"], mean=info["mean"], std=info["std"],
+                             **(info.get("model_options") or {}))
+    except IgdmKitError as exc:
+        raise CheckpointError(f"{str(path)!r} needs model {info['model']!r}: {exc.message}",
+                              exc.hint or "install the plugin that provides it") from None
+    except (TypeError, ValueError) as exc:  # metadata of the wrong type (e.g. a mean of the wrong length)
+        raise CheckpointError(f"{str(path)!r} has metadata that cannot rebuild model {info['model']!r}: "
+                              f"{exc}", "re-create the checkpoint") from None
+    try:
+        state = load_file(str(path), device="cpu")
+    except Exception as exc:  # noqa: BLE001 - safetensors raises several types for bad files
+        raise CheckpointError(f"{str(path)!r} is truncated or corrupt ({type(exc).__name__})",
+                              "re-create or re-copy the checkpoint") from None
+    expected = model.state_dict()
+    missing, unexpected = sorted(expected.keys() - state.keys()), sorted(state.keys() - expected.keys())
+    wrong = [k for k in sorted(expected.keys() & state.keys()) if expected[k].shape != state[k].shape]
+    if missing or unexpected or wrong:
+        what = (f"missing {missing[0]}" if missing else f"unexpected {unexpected[0]}" if unexpected else
+                f"{wrong[0]} has shape {list(state[wrong[0]].shape)}, the model "
+                f"{list(expected[wrong[0]].shape)}")
+        raise CheckpointError(f"{str(path)!r} does not fit model {info['model']!r}: {what}",
+                              "the file's tensors and its metadata disagree; re-create it")
+    model.load_state_dict(state, strict=True)
     model.to(device).eval()
     model.igdm_kit_meta = info  # type: ignore[attr-defined]
     return model

@@ -309,20 +309,17 @@ def clean_accuracy(model, x: torch.Tensor, y: torch.Tensor, device, batch_size: 
 
 
 def final_evaluation(r: Recipe, student, teacher, xte, yte, device, *, log) -> dict[str, Any]:
+    """The recipe's ``[eval]``: the attacks of Section 4.1 and, with ``analysis = true``, GD/GC."""
+    from .evaluation import evaluate
+
     ev = r.model.eval
     x, y = (xte[: ev.limit], yte[: ev.limit]) if ev.limit else (xte, yte)
-    try:
-        from .evaluation import evaluate
-    except ImportError:  # evaluation arrives with its own module; until then report clean accuracy
-        evaluate = None
-    results: dict[str, Any] = {"recipe": r.name, "digest": r.digest(), "n": int(x.shape[0])}
-    if evaluate is None:
-        results["metrics"] = {"clean": clean_accuracy(student, x, y, device)}
-    else:
-        results["metrics"] = evaluate(student, x, y, attacks=tuple(ev.attacks), batch_size=ev.batch_size,
-                                      eps=ev.eps, device=device)
+    report = evaluate(student, x, y, attacks=tuple(ev.attacks), batch_size=ev.batch_size, eps=ev.eps,
+                      device=device)
+    results: dict[str, Any] = {"recipe": r.name, "digest": r.digest(), **report}
     if ev.analysis and teacher is not None:
         from .analysis import gradient_alignment
 
-        results["alignment"] = gradient_alignment(student, teacher, x.to(device), y.to(device))
+        al = gradient_alignment(student, teacher, x.to(device), y.to(device))
+        results["alignment"] = {"gd": al["gd"], "gc": al["gc"]}
     return results

@@ -12,8 +12,8 @@ from collections.abc import Callable
 from typing import ClassVar
 
 import torch
-from torchattacks.attack import Attack
 from torch import nn
+from torchattacks.attack import Attack
 
 from igdm_kit.errors import RecipeError
 from igdm_kit.interfaces import AttackOptions

@@ -2,8 +2,9 @@
 Trade-off between Robustness and Accuracy", ICML 2019.
 
 Maximizes L(z) = KL(S(x) ‖ S(z)) (batchmean) from x + 0.001·N(0, I). S(x) is computed once, in the same
-model mode as the attack, and held fixed. (At z = x the gradient is zero: the small Gaussian start is what
-gets the ascent going, so ``random_start = false`` leaves this attack essentially at x.)
+model mode as the attack, and held fixed. At z = x the exact gradient is zero: the small Gaussian start is
+what gets the ascent going. With ``random_start = false`` the first step follows the sign of rounding noise
+(there is no principled direction), so keep the random start for this attack.
 """
 
 from __future__ import annotations

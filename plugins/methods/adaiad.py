@@ -13,25 +13,11 @@ from the ``adaad`` attack. Warmup and β_iad work as in IAD (``iad.py``).
 from __future__ import annotations
 
 from .adaad import AdaAD
-from .iad import IntrospectionOptions, introspection_active, introspection_loss
+from .iad import IntrospectionOptions, Introspective
 
 
-class AdaIAD(AdaAD):
+class AdaIAD(Introspective, AdaAD):
     description = "AdaIAD (Huang et al., 2023): AdaAD + IAD's introspection after warmup"
 
     class Options(IntrospectionOptions, AdaAD.Options):
         pass
-
-    def teacher_inputs(self, epoch, epochs):
-        extra = {"x_adv"} if introspection_active(self.options, epoch, epochs) else set()
-        return super().teacher_inputs(epoch, epochs) | extra
-
-    def student_inputs(self, epoch, epochs):
-        extra = {"x", "x_adv"} if introspection_active(self.options, epoch, epochs) else set()
-        return super().student_inputs(epoch, epochs) | extra
-
-    def loss(self, ctx):
-        terms = super().loss(ctx)
-        if introspection_active(self.options, ctx.epoch, ctx.epochs):
-            terms["introspect_kl"] = introspection_loss(ctx, self.options.beta_iad)
-        return terms

@@ -7,7 +7,8 @@ Loss: for epochs e ≤ W, ARD; for e > W,
 
 with x_adv from the ``pgd`` attack. The less the teacher trusts its own adversarial prediction (small
 w_i), the more the student is asked to agree with itself on x and x_adv ("introspection"). The target
-S(x) is not detached (as the reference).
+S(x) is not detached (as the reference). The reference also multiplies this term by α_ard; the spec does
+not (the same at the default α_ard = 1).
 
 Warmup: ``warmup`` (60) is given for the reference's 200-epoch schedule. With ``scale_warmup`` (default)
 the introspection starts after W = warmup·E/200 epochs, so a shorter run keeps the same fraction of ARD
@@ -15,7 +16,7 @@ epochs (E = 200: epochs 1–60 are ARD, as the reference's 0-based ``epoch >= 60
 ``scale_warmup = false`` takes ``warmup`` as an absolute epoch count. W need not be an integer: the test is
 e > W.
 
-The introspection pieces live here and AdaIAD (``adaiad.py``) reuses them.
+The introspection pieces live here; AdaIAD (``adaiad.py``) reuses them.
 """
 
 from __future__ import annotations
@@ -55,11 +56,9 @@ def introspection_loss(ctx, beta_iad: float) -> torch.Tensor:
     return ((1 - w) * kl_per_sample).mean()
 
 
-class IAD(ARD):
-    description = "IAD-I (Zhu et al., 2022): ARD, then + (1/B)·Σ(1 − w_i)·KL_i(S(x) ‖ S(x_adv)) after warmup"
-
-    class Options(IntrospectionOptions, ARD.Options):
-        pass
+class Introspective:
+    """Mixed in before a distillation method: adds the introspection term after the warmup, with the
+    inputs it needs (S(x), S(x_adv), T(x_adv)). Its ``Options`` must include ``IntrospectionOptions``."""
 
     def teacher_inputs(self, epoch, epochs):
         extra = {"x_adv"} if introspection_active(self.options, epoch, epochs) else set()
@@ -74,3 +73,10 @@ class IAD(ARD):
         if introspection_active(self.options, ctx.epoch, ctx.epochs):
             terms["introspect_kl"] = introspection_loss(ctx, self.options.beta_iad)
         return terms
+
+
+class IAD(Introspective, ARD):
+    description = "IAD-I (Zhu et al., 2022): ARD, then + (1/B)·Σ(1 − w_i)·KL_i(S(x) ‖ S(x_adv)) after warmup"
+
+    class Options(IntrospectionOptions, ARD.Options):
+        pass

@@ -1,0 +1,176 @@
+"""Recipe families: run a grid of variants of one recipe and collect one results table.
+
+The grid comes from the recipe's ``[sweep]`` table (dotted key → list of values) and/or ``--grid
+module.alpha=20,40,60`` on the command line; variants are the Cartesian product. Every variant is
+validated before the first one trains. Each runs in its own folder under the sweep's output folder, and a
+variant whose folder already holds a finished run of the same recipe is reused, not trained again — so an
+interrupted sweep picks up where it stopped, and the α tables of Appendix A.6 come from one command.
+"""
+
+from __future__ import annotations
+
+import copy
+import itertools
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from . import recipe as recipe_mod
+from .errors import RecipeError
+from .recipe import Recipe
+
+COLUMNS = (("clean", "Clean"), ("fgsm", "FGSM"), ("pgd20", "PGD-20"), ("cw", "CW-∞"), ("autoattack", "AA"))
+
+
+@dataclass
+class Variant:
+    label: str
+    overrides: dict[str, Any]
+    recipe: Recipe
+
+
+def parse_grid(items: list[str]) -> dict[str, list[Any]]:
+    """``["module.alpha=20,40,60"]`` → {"module.alpha": [20, 40, 60]} (values parsed as TOML)."""
+    grid: dict[str, list[Any]] = {}
+    for item in items:
+        key, sep, values = item.partition("=")
+        if not sep or not key.strip() or not values.strip():
+            raise RecipeError(f"--grid {item!r} is not of the form dotted.key=v1,v2,...",
+                              "e.g. --grid module.alpha=20,40,60")
+        grid[key.strip()] = [recipe_mod.parse_override(f"v={v}")[1] for v in values.split(",")]
+    return grid
+
+
+def _fmt(v: Any) -> str:
+    return f"{v:g}" if isinstance(v, float) else str(v)
+
+
+def expand(path: str | Path, overrides: list[str] | None = None, grid: dict[str, list[Any]] | None = None
+           ) -> list[Variant]:
+    """Every variant of the recipe, validated (a bad variant fails before anything runs)."""
+    raw = recipe_mod.load_raw(path)
+    recipe_mod.apply_overrides(raw, overrides or [])
+    table = dict(raw.pop("sweep", None) or {})
+    if not isinstance(table, dict):
+        raise RecipeError("sweep: must be a table of dotted keys to lists", "e.g. \"module.alpha\" = [20, 40]",
+                          path="sweep")
+    table.update(grid or {})
+    for key, values in table.items():
+        if not isinstance(values, list) or not values:
+            raise RecipeError(f"sweep.{key}: must be a non-empty list of values", "e.g. [20, 40, 60]",
+                              path=f"sweep.{key}")
+    keys = list(table)
+    variants = []
+    for combo in itertools.product(*(table[k] for k in keys)) if keys else [()]:
+        sets = dict(zip(keys, combo, strict=True))
+        variant_raw = copy.deepcopy(raw)
+        recipe_mod.apply_overrides(variant_raw, [f"{k}={_toml_value(v)}" for k, v in sets.items()])
+        try:
+            r = recipe_mod.validate(variant_raw, Path(path))
+        except RecipeError as exc:
+            where = ", ".join(f"{k}={_fmt(v)}" for k, v in sets.items())
+            raise RecipeError(f"sweep variant {where}: {exc.message}", exc.hint, path=exc.path) from None
+        label = ",".join(f"{k.split('.')[-1]}={_fmt(v)}" for k, v in sets.items()) or r.name
+        variants.append(Variant(label, sets, r))
+    return variants
+
+
+def _toml_value(v: Any) -> str:
+    return recipe_mod.to_toml({"v": v}).split("=", 1)[1].strip()
+
+
+def run_sweep(path: str | Path, *, overrides: list[str] | None = None, grid: dict[str, list[Any]] | None = None,
+              output_dir: str | Path | None = None, log: Callable[[str], None] = lambda s: None,
+              progress: Any = None) -> dict[str, Any]:
+    """Run (or reuse) every variant one after another; return the collected rows."""
+    from .engine import run
+
+    variants = expand(path, overrides, grid)
+    base = Path(output_dir) if output_dir else variants[0].recipe.default_output_dir()
+    rows = []
+    for v in variants:
+        folder = base / _folder_name(v.label) if len(variants) > 1 or v.overrides else base
+        log(f"variant {v.label} → {folder}")
+        result = run(v.recipe, output_dir=folder, reuse_finished=True, log=log, progress=progress)
+        rows.append(row_of(v, result))
+    return {"recipe": str(path), "output_dir": str(base), "rows": rows,
+            "correlation": correlations(rows)}
+
+
+def _folder_name(label: str) -> str:
+    return "".join(c if c.isalnum() or c in "=.,-_" else "_" for c in label)
+
+
+def row_of(v: Variant, result) -> dict[str, Any]:
+    metrics = result.results.get("metrics", {})
+    row: dict[str, Any] = {"variant": v.label, "overrides": v.overrides, "output_dir": str(result.output_dir),
+                           "reused": result.reused}
+    for key, _ in COLUMNS:
+        if key in metrics:
+            row[key] = metrics[key]["accuracy"]
+    for key in ("gd", "gc"):
+        if key in (result.results.get("alignment") or {}):
+            row[key] = result.results["alignment"][key]
+    return row
+
+
+def pearson(xs: list[float], ys: list[float]) -> float | None:
+    if len(xs) < 3:
+        return None
+    mx, my = sum(xs) / len(xs), sum(ys) / len(ys)
+    sxy = sum((a - mx) * (b - my) for a, b in zip(xs, ys, strict=True))
+    sxx = sum((a - mx) ** 2 for a in xs)
+    syy = sum((b - my) ** 2 for b in ys)
+    return None if sxx == 0 or syy == 0 else sxy / math.sqrt(sxx * syy)
+
+
+def robust_key(rows: list[dict[str, Any]]) -> str | None:
+    for key in ("autoattack", "pgd20", "cw", "fgsm"):
+        if rows and all(key in r for r in rows):
+            return key
+    return None
+
+
+def correlations(rows: list[dict[str, Any]]) -> dict[str, Any]:
+    """Pearson correlation of GD and GC with robust accuracy across the variants (Figure 3)."""
+    key = robust_key(rows)
+    out: dict[str, Any] = {"against": key}
+    for g in ("gd", "gc"):
+        if key and all(g in r for r in rows):
+            out[g] = pearson([r[g] for r in rows], [r[key] for r in rows])
+    return out
+
+
+def plot(summary: dict[str, Any], path: str | Path) -> Path:
+    """Scatter of GC and GD against robust accuracy across the runs, with the correlation (Figure 3)."""
+    from .errors import IgdmKitError
+
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        raise IgdmKitError("--plot needs matplotlib", "pip install 'igdm-kit[plot]'") from None
+    rows, corr = summary["rows"], summary["correlation"]
+    key = corr.get("against")
+    if not key or not all("gd" in r and "gc" in r for r in rows):
+        raise IgdmKitError("the sweep has no GD/GC to plot", "set eval.analysis = true (needs a teacher)")
+    fig, axes = plt.subplots(1, 2, figsize=(9, 3.8))
+    for ax, g in zip(axes, ("gc", "gd"), strict=True):
+        ax.scatter([r[g] for r in rows], [r[key] for r in rows])
+        for r in rows:
+            ax.annotate(r["variant"], (r[g], r[key]), fontsize=7)
+        c = corr.get(g)
+        ax.set_xlabel(g.upper())
+        ax.set_ylabel(f"{key} accuracy (%)")
+        ax.set_title(f"{g.upper()} vs {key}" + (f" (r = {c:.2f})" if c is not None else ""))
+    fig.tight_layout()
+    from .io import atomic_write
+
+    path = Path(path)
+    atomic_write(path, lambda tmp: fig.savefig(tmp, format="png", dpi=120))
+    plt.close(fig)
+    return path
