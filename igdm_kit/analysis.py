@@ -44,23 +44,25 @@ def _spans(n: int, batch_size: int | None) -> list[slice]:
 
 # -- Taylor remainder (Section 3.1) -----------------------------------------------------------------------
 def taylor_remainder(model: nn.Module, x: torch.Tensor, eps: float = DEFAULT_EPS,
-                     generator: torch.Generator | None = None, *, batch_size: int | None = None,
-                     progress: Progress | None = None) -> torch.Tensor:
+                     generator: torch.Generator | None = None, *, noise: torch.Tensor | None = None,
+                     batch_size: int | None = None, progress: Progress | None = None) -> torch.Tensor:
     """Per-sample remainder proportion ‖f(x+ε) − f(x) − J_f(x)·ε‖₂ / ‖f(x+ε)‖₂, ε ~ U(−eps, eps).
 
-    ``x`` is on the model's device; returns a CPU tensor of shape (N,). ``generator`` makes the noise
-    reproducible (otherwise the global RNG is used).
+    Returns a CPU tensor of shape (N,). ``generator`` makes the noise reproducible (otherwise the global
+    RNG is used); ``noise`` (same shape as ``x``) gives the perturbation ε explicitly instead.
     """
+    if noise is not None and noise.shape != x.shape:
+        raise ValueError(f"noise has shape {tuple(noise.shape)}, x has {tuple(x.shape)}")
     dev = _model_device(model)
     out = []
     spans = _spans(x.shape[0], batch_size)
     with eval_mode(model), torch.no_grad():
         for i, sl in enumerate(spans, 1):
             xb = x[sl].to(dev)
-            noise = _uniform(xb.shape, eps, xb, generator)
+            nb = noise[sl].to(dev, xb.dtype) if noise is not None else _uniform(xb.shape, eps, xb, generator)
             # Forward-mode AD gives f(x) and J_f(x)·ε exactly in one pass (no finite difference).
-            fx, jvp = torch.func.jvp(model, (xb,), (noise,))
-            f_noisy = model(xb + noise)
+            fx, jvp = torch.func.jvp(model, (xb,), (nb,))
+            f_noisy = model(xb + nb)
             out.append((_flat_norm(f_noisy - fx - jvp) / _flat_norm(f_noisy)).cpu())
             if progress:
                 progress("linearity", i, len(spans))
@@ -103,12 +105,17 @@ def gradient_alignment(student: nn.Module, teacher: nn.Module, x: torch.Tensor, 
 # -- point-wise distance (Table 5) -------------------------------------------------------------------------
 def method_attack(method: str, student: nn.Module, teacher: nn.Module | None, *, eps: float = DEFAULT_EPS,
                   steps: int = 20, attack: str | None = None):
-    """The inner attack of a registered method (its ``default_attack`` unless ``attack`` names one),
-    built against ``student`` with ``steps`` steps and radius ``eps``, other options at their defaults."""
+    """The inner attack of a registered method with its default options (its ``attack_name``, e.g. AdaAD's
+    ``adaad``) unless ``attack`` names one, built against ``student`` with ``steps`` steps and radius
+    ``eps``, the attack's other options at their defaults."""
     from .components import validate_options
     from .plugins import registry
 
-    name = attack or registry("method").get(method).default_attack
+    if attack is None:
+        method_cls = registry("method").get(method)
+        instance = method_cls(validate_options("method", method, {}, where="method"))
+        attack = getattr(instance, "attack_name", method_cls.default_attack)
+    name = attack
     cls = registry("attack").get(name)
     options = validate_options("attack", name, {"eps": eps, "steps": steps}, where="attack")
     return cls(student, teacher=teacher, options=options)

@@ -18,9 +18,10 @@ from ..errors import IgdmKitError
 from . import plugins as plugins_cmd
 from . import recipe as recipe_cmd
 from . import run as run_cmd
+from . import sweep as sweep_cmd
 from .console import err_console
 
-GROUPS = (run_cmd, recipe_cmd, plugins_cmd)
+GROUPS = (run_cmd, recipe_cmd, plugins_cmd, sweep_cmd)
 
 
 def build_app() -> typer.Typer:

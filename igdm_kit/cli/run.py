@@ -24,6 +24,11 @@ def register(app: typer.Typer) -> None:
         from .. import recipe as recipe_mod
 
         r = recipe_mod.load(recipe, set_)  # every error surfaces here, before torch is even imported
+        if r.model.sweep:  # a recipe family (e.g. the quickstart): run every variant, one table
+            from .sweep import execute
+
+            execute(recipe, set_, {}, output, None, json_)
+            return
         from ..engine import run as run_recipe
 
         with make_progress() as progress:

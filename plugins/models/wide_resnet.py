@@ -166,6 +166,20 @@ class WRNOptions(Options):
         return "deepmind" if self.activation == "silu" else "trades"
 
 
+def init_weights(net: nn.Module) -> None:
+    """The WRN reference initialization (Zagoruyko's, kept by TRADES and DeepMind's PyTorch code):
+    convolutions N(0, 2/(k²·out_channels)), BatchNorm γ = 1 and β = 0, linear biases 0."""
+    for m in net.modules():
+        if isinstance(m, nn.Conv2d):
+            fan_out = m.kernel_size[0] * m.kernel_size[1] * m.out_channels
+            nn.init.normal_(m.weight, 0.0, (2.0 / fan_out) ** 0.5)
+        elif isinstance(m, nn.BatchNorm2d):
+            nn.init.ones_(m.weight)
+            nn.init.zeros_(m.bias)
+        elif isinstance(m, nn.Linear) and m.bias is not None:
+            nn.init.zeros_(m.bias)
+
+
 def build_wide_resnet(depth: int, width: int, options: WRNOptions, *, num_classes: int, in_channels: int,
                       mean, std) -> nn.Module:
     if options.resolved_layout() == "deepmind":
@@ -173,6 +187,7 @@ def build_wide_resnet(depth: int, width: int, options: WRNOptions, *, num_classe
     else:
         net = TradesWideResNet(depth, width, num_classes, in_channels, options.activation,
                                sub_block1=options.sub_block1)
+    init_weights(net)
     return Classifier(net, mean, std)
 
 

@@ -1,0 +1,80 @@
+"""``igdm-kit sweep RECIPE --grid key=v1,v2``: run a recipe family and collect one results table."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+
+from .console import err_console, make_progress, out_console, print_json
+from .recipe import SET_HELP
+
+
+def register(app: typer.Typer) -> None:
+    @app.command("sweep")
+    def sweep(recipe: Path = typer.Argument(..., help="recipe file (.toml)"),
+              grid: list[str] = typer.Option([], "--grid", help="dotted.key=v1,v2,... (repeatable; "
+                                             "adds to the recipe's [sweep] table)"),
+              set_: list[str] = typer.Option([], "--set", help=SET_HELP),
+              output: Path | None = typer.Option(None, "--output", "-o", help="folder of the variants' runs"),
+              plot: Path | None = typer.Option(None, "--plot", help="PNG: GC and GD against robust accuracy"),
+              json_: bool = typer.Option(False, "--json", help="print the results as JSON on stdout")) -> None:
+        """Run every variant of a recipe (skipping finished ones) and print one table."""
+        from ..sweep import parse_grid, run_sweep
+
+        execute(recipe, set_, parse_grid(grid), output, plot, json_)
+
+
+def execute(recipe: Path, overrides: list[str], grid: dict, output: Path | None, plot: Path | None,
+            json_: bool) -> None:
+    from ..sweep import expand, plot as plot_fn, run_sweep
+
+    expand(recipe, overrides, grid)  # validate every variant before anything trains
+    with make_progress() as progress:
+        summary = run_sweep(recipe, overrides=overrides, grid=grid, output_dir=output,
+                            log=lambda s: progress.console.print(s, style="dim", highlight=False),
+                            progress=progress)
+    if plot is not None:
+        err_console.print(f"plot: {plot_fn(summary, plot)}", style="dim")
+    if json_:
+        print_json("sweep", summary)
+    else:
+        print_table(summary)
+
+
+def print_table(summary: dict) -> None:
+    from rich.table import Table
+
+    from ..sweep import COLUMNS
+
+    rows = summary["rows"]
+    cols = [(k, label) for k, label in COLUMNS if any(k in r for r in rows)]
+    cols += [(k, label) for k, label in (("gd", "GD ↓"), ("gc", "GC ↑")) if any(k in r for r in rows)]
+    table = Table(title=f"{summary['recipe']} — accuracy (%) on the test split")
+    table.add_column("variant")
+    for _, label in cols:
+        table.add_column(label, justify="right")
+    for r in rows:
+        table.add_row(r["variant"], *[_cell(r.get(k), k) for k, _ in cols])
+    if len(rows) == 2:  # a base method and the same with the module: show what the module changed
+        a, b = rows
+        table.add_row("change", *[_delta(a.get(k), b.get(k), k) for k, _ in cols], style="bold")
+    out_console.print(table)
+    corr = summary.get("correlation") or {}
+    if corr.get("gc") is not None or corr.get("gd") is not None:
+        out_console.print(f"correlation with {corr['against']} accuracy: "
+                          + ", ".join(f"{g.upper()} r = {corr[g]:.2f}" for g in ("gc", "gd")
+                                      if corr.get(g) is not None))
+
+
+def _cell(v, key: str) -> str:
+    if v is None:
+        return "—"
+    return f"{v:.3f}" if key in ("gd", "gc") else f"{v:.2f}"
+
+
+def _delta(a, b, key: str) -> str:
+    if a is None or b is None:
+        return "—"
+    d = b - a
+    return f"{d:+.3f}" if key in ("gd", "gc") else f"{d:+.2f}"

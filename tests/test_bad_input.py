@@ -1,0 +1,89 @@
+"""Bad input anywhere gets one clear line and exit code 1, and loses nothing already written."""
+
+from __future__ import annotations
+
+import errno
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from igdm_kit import recipe as R
+from igdm_kit.errors import IgdmKitError
+
+from conftest import DIGITS_PGDAT
+
+toml_scalars = st.one_of(st.integers(-10**6, 10**6), st.floats(allow_nan=False, allow_infinity=False),
+                         st.booleans(), st.text(max_size=12), st.lists(st.integers(-5, 500), max_size=4))
+keys = st.sampled_from(["data.name", "data.train_limit", "student.model", "student.width", "method.name",
+                        "method.beta", "attack.eps", "attack.steps", "attack.bn_mode", "train.epochs",
+                        "train.lr", "train.milestones", "train.batch_size", "eval.attacks", "eval.limit",
+                        "module.name", "module.alpha", "teacher.checkpoint", "bogus.key", "output.dir"])
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.dictionaries(keys, toml_scalars, max_size=4))
+def test_fuzzed_recipes_validate_or_fail_with_a_recipe_error(edits):
+    """Whatever the values, validation either succeeds or raises a one-line IgdmKitError."""
+    raw = R.tomllib.loads(DIGITS_PGDAT)
+    try:
+        for k, v in edits.items():
+            section, key = k.split(".")
+            if not isinstance(raw.get(section, {}), dict):
+                raw[section] = {}
+            raw.setdefault(section, {})[key] = v
+        R.validate(raw)
+    except IgdmKitError as exc:
+        assert "\n" not in exc.message and exc.message
+
+
+@settings(max_examples=100, deadline=None)
+@given(st.text(max_size=200))
+def test_fuzzed_toml_text_never_crashes(tmp_path_factory, text):
+    p = tmp_path_factory.mktemp("fuzz") / "r.toml"
+    p.write_text(text, encoding="utf-8")
+    try:
+        R.load(p)
+    except IgdmKitError as exc:
+        assert exc.message
+
+
+def test_binary_file_as_recipe(tmp_path, cli):
+    p = tmp_path / "model.toml"
+    p.write_bytes(b"\x89PNG\r\n\x1a\n\x00\xff\xfe")
+    res = cli("recipe", "check", p)
+    assert res.code == 1 and "model.toml" in res.err and "Traceback" not in res.err
+
+
+def test_unwritable_output_folder(tmp_path, write_recipe, cli):
+    blocker = tmp_path / "a-file"
+    blocker.write_text("keep me")
+    res = cli("run", write_recipe(DIGITS_PGDAT), "--output", blocker / "run")
+    assert res.code == 1 and "a-file" in res.err
+    assert blocker.read_text() == "keep me"
+
+
+def test_full_disk_during_checkpoint_write_keeps_previous(tmp_path, monkeypatch):
+    import safetensors.torch
+
+    from igdm_kit.checkpoint import load_model, save_model
+    from igdm_kit.components import create_model
+
+    meta = {"model": "small-cnn", "model_options": {"width": 4}, "num_classes": 10, "in_channels": 1,
+            "image_size": 8, "mean": None, "std": None}
+    model = create_model("small-cnn", num_classes=10, in_channels=1, image_size=8, width=4)
+    path = tmp_path / "last.safetensors"
+    save_model(path, model, meta)
+    before = path.read_bytes()
+
+    def full_disk(tensors, filename, metadata=None):
+        with open(filename, "wb") as fh:
+            fh.write(b"partial")
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(safetensors.torch, "save_file", full_disk)
+    with pytest.raises(OSError):
+        save_model(path, model, meta)
+    assert path.read_bytes() == before
+    assert [p.name for p in tmp_path.iterdir()] == ["last.safetensors"]  # no temporary left behind
+    load_model(path)
