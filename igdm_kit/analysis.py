@@ -15,6 +15,7 @@ with ``batch_size``, over a whole dataset in batches, calling ``progress(task, d
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Sequence
 from typing import Any, Literal
 
@@ -61,7 +62,9 @@ def taylor_remainder(model: nn.Module, x: torch.Tensor, eps: float = DEFAULT_EPS
             xb = x[sl].to(dev)
             nb = noise[sl].to(dev, xb.dtype) if noise is not None else _uniform(xb.shape, eps, xb, generator)
             # Forward-mode AD gives f(x) and J_f(x)·ε exactly in one pass (no finite difference).
-            fx, jvp = torch.func.jvp(model, (xb,), (nb,))
+            with warnings.catch_warnings():  # torch's own forward-AD setup warns about torch.jit.script
+                warnings.filterwarnings("ignore", message=r".*torch\.jit\.script.*", category=FutureWarning)
+                fx, jvp = torch.func.jvp(model, (xb,), (nb,))
             f_noisy = model(xb + nb)
             out.append((_flat_norm(f_noisy - fx - jvp) / _flat_norm(f_noisy)).cpu())
             if progress:

@@ -29,6 +29,7 @@ from typing import Any
 import torch
 
 from . import recipe as recipe_mod
+from .accel import Accelerator
 from .checkpoint import save_model, toolkit_version
 from .components import create_model
 from .data import augment, epoch_order
@@ -198,11 +199,15 @@ def run(r: Recipe, *, output_dir: str | Path | None = None, resume: bool = False
 
     tr = r.model.train
     device = resolve_device(tr.device)
+    acc = Accelerator.from_train(tr, device, module=r.model.module.name if r.model.module else None, log=log)
     torch.manual_seed(tr.seed)
     info, (xtr, ytr), (xte, yte) = load_data(r)
-    student = build_student(r, info).to(device)
+    xtr, ytr = acc.place_data(xtr, ytr)
+    student = acc.prepare(build_student(r, info).to(device))
     teacher, teacher_digest = load_teacher(r, info, device, log=log)
+    teacher = acc.prepare(teacher)
     method, module, attack = build_training(r, student, teacher)
+    attack = acc.wrap_attack(attack)  # mixed precision: the attack-gradient guard (igdm_kit.accel)
     opt = torch.optim.SGD(student.parameters(), lr=tr.lr, momentum=tr.momentum, weight_decay=tr.weight_decay)
     sched = torch.optim.lr_scheduler.MultiStepLR(opt, milestones=tr.milestones, gamma=tr.lr_decay)
 
@@ -260,8 +265,7 @@ def run(r: Recipe, *, output_dir: str | Path | None = None, resume: bool = False
                         f"loss term {k!r} is {v} at epoch {epoch}, step {step_i + 1}",
                         f"the last good checkpoint is {out / LAST}; lower train.lr or the module's alpha")
             opt.zero_grad(set_to_none=True)
-            res.loss.backward()
-            opt.step()
+            acc.backward_and_step(res.loss, opt)
             bs = y.shape[0]
             for k, v in values.items():
                 sums[k] = sums.get(k, 0.0) + v * bs
@@ -277,7 +281,8 @@ def run(r: Recipe, *, output_dir: str | Path | None = None, resume: bool = False
         row.update({k: v / seen for k, v in sums.items()})
         if correct:
             row["train_adv_acc"] = 100.0 * correct / seen
-        row["test_clean_acc"] = clean_accuracy(student, xte, yte, device)
+        with acc.paused():
+            row["test_clean_acc"] = clean_accuracy(student, xte, yte, device)
         row["seconds"] = round(time.perf_counter() - t0, 3)
         metrics.append(row)
         # Order matters for resume: model files first, then the state, then the metrics line.
@@ -290,6 +295,7 @@ def run(r: Recipe, *, output_dir: str | Path | None = None, resume: bool = False
         log(f"epoch {epoch}/{tr.epochs}: " + ", ".join(f"{k}={v:.4g}" for k, v in row.items()
                                                       if k != "epoch" and isinstance(v, float)))
 
+    acc.release()  # the final evaluation runs the plain fp32 eager models
     save_model(out / FINAL, student, {**ckpt_meta, "epoch": tr.epochs})
     results = final_evaluation(r, student, teacher, xte, yte, device, log=log)
     atomic_write_json(out / RESULTS, results)

@@ -294,7 +294,7 @@ def run_autoattack(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, eps: f
                 save()
             # The batches of one attack are the points robust when it started, as pyautoattack forms them.
             idx = torch.nonzero(torch.tensor(state["start"], dtype=torch.bool)).flatten()
-            chunks = list(idx.split(batch_size))
+            chunks = list(idx.split(batch_size)) if idx.numel() else []  # split() of nothing is [empty]
             for k in range(state["chunks_done"], len(chunks)):
                 chunk = chunks[k]
                 aa.attacks_to_run = [attack]

@@ -195,8 +195,15 @@ def test_margin_matches_explicit_loop():
 
 
 # -- AutoAttack ---------------------------------------------------------------------------------------------------
-def test_autoattack_driver_agrees_with_pyautoattack_single_call(narrow_aa):
-    from pyautoattack import AutoAttack
+@pytest.mark.parametrize("standard", [False, pytest.param(True, marks=pytest.mark.slow)])
+def test_autoattack_driver_agrees_with_pyautoattack_single_call(standard, monkeypatch):
+    """AutoAttack driven batch by batch (resumable) equals one package call, for the narrowed attacks
+    (fast) and for the real standard version (≈20 s: Square's 5,000 queries per batch)."""
+    import pyautoattack
+
+    if not standard:
+        monkeypatch.setattr(pyautoattack, "AutoAttack", NarrowAutoAttack)
+    AutoAttack = pyautoattack.AutoAttack
 
     model, x, y, robust, worst = linear_problem(n=10, scale=0.4)
     assert 0 < robust.sum() < 8, "the test needs robust and non-robust points"
@@ -205,7 +212,7 @@ def test_autoattack_driver_agrees_with_pyautoattack_single_call(narrow_aa):
     direct = AutoAttack(model, eps=EPS, norm="Linf", version="standard", seed=0)
     _, y_adv = direct.run_standard_evaluation(x, y, batch_size=3)
     assert torch.equal(ours["robust"], y_adv == y)
-    # and with the narrow attacks the linear model's exact robust set is already found
+    # and it finds the linear model's exact robust set
     assert ours["robust"].numpy().tolist() == robust.tolist(), worst
     assert ours["after"]["clean"] == pytest.approx(100 * (y_adv.numel() - 2) / 10)
 
@@ -240,6 +247,14 @@ def test_autoattack_resumes_from_its_state_file(narrow_aa, tmp_path):
         run_autoattack(model, x, y, eps=4 / 255, batch_size=2, seed=0, state_path=state)
 
 
+def test_autoattack_with_no_correct_point_attacks_nothing():
+    model, x, y, _, _ = linear_problem(n=5)
+    wrong = (model(x).argmax(1) + 1) % 10
+    res = run_autoattack(model, x, wrong, eps=EPS, batch_size=2)
+    assert not res["robust"].any() and res["after"] == {k: 0.0 for k in res["after"]}
+    assert list(res["after"]) == ["clean", "apgd-ce", "apgd-t", "fab-t", "square"]
+
+
 def test_autoattack_warnings_are_passed_on(narrow_aa):
     # A model that outputs probabilities trips pyautoattack's "logits" check (one of its flags).
     model, x, y, _, _ = linear_problem(n=6, scale=0.4)
@@ -260,13 +275,13 @@ def test_evaluate_reports_autoattack_in_percent_and_counts(narrow_aa):
     json.dumps(res)  # the result is plain JSON
 
 
-@pytest.mark.slow
-def test_autoattack_standard_on_a_tiny_model_finds_the_exact_robust_set():
-    """The real standard AutoAttack (APGD-CE, APGD-T, FAB-T, Square) on 8 points of a linear model."""
+def test_evaluate_runs_standard_autoattack_on_a_tiny_model():
+    """The real standard AutoAttack (APGD-CE, APGD-T, FAB-T, Square) on 8 points of a linear model (≈2 s)."""
     model, x, y, robust, _ = linear_problem(n=8, scale=0.4)
     res = evaluate(model, x, y, attacks=("autoattack",), batch_size=8)
     assert res["metrics"]["autoattack"]["correct"] == int(robust.sum())
-    assert set(res["autoattack"]) == {"clean", "apgd-ce", "apgd-t", "fab-t", "square"}
+    assert list(res["autoattack"]) == ["clean", "apgd-ce", "apgd-t", "fab-t", "square"]
+    assert res["warnings"] == []  # a plain logit model raises no flag
 
 
 # -- inputs -------------------------------------------------------------------------------------------------------

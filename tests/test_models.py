@@ -77,12 +77,31 @@ def test_one_channel_inputs_and_other_sizes(name):
         assert model(torch.rand(2, 1, 8, 8)).shape == (2, 3)
 
 
-def test_tiny_imagenet_resolution_keeps_the_head_size():
-    """64×64 inputs (Tiny-ImageNet, 200 classes): global pooling, so the head still sees 512 features."""
+def test_tiny_imagenet_resolution_keeps_the_fixed_pooling_window():
+    """64×64 inputs (Tiny-ImageNet): the AT codebases keep the 4×4 pooling window, leaving a 2×2 grid whose
+    2048 features (channel-major, as ``view(N, -1)`` flattens them) feed the head."""
+    torch.manual_seed(0)
     model = build("preactresnet18", num_classes=200, image_size=64).eval()
-    assert model.net.linear.in_features == 512
+    calibrate_bn(model, torch.rand(2, 3, 64, 64))
+    assert model.net.linear.in_features == 2048
+    net, x = model.net, torch.rand(1, 3, 64, 64)
     with torch.no_grad():
-        assert model(torch.rand(1, 3, 64, 64)).shape == (1, 200)
+        h = net.layer4(net.layer3(net.layer2(net.layer1(net.conv1(x)))))
+        h = torch.relu(net.bn(h))
+        assert h.shape[-2:] == (8, 8)
+        feats = torch.nn.functional.avg_pool2d(h, 4).reshape(1, -1)  # the reference's fixed window
+        torch.testing.assert_close(model(x), net.linear(feats))
+
+
+def test_head_sizes_at_64_pixels_follow_the_fixed_window_convention():
+    expected = {"resnet18": 512 * 4, "mobilenetv2": 1280 * 4}
+    for name, features in expected.items():
+        assert build(name, image_size=64).net.linear.in_features == features
+    # RiFT's Tiny-ImageNet WRN-34-10 (the paper's teacher) state dict: sub_block1 and a 2560-feature head.
+    rift = igdm_kit.create_model("wrn-34-10", num_classes=200, image_size=64, sub_block1=True)
+    layout = trades_keys(34, 10, 200, sub_block1=True)
+    layout["fc.weight"] = (200, 640 * 4)
+    assert net_layout(rift) == layout
 
 
 # -- published parameter counts (CIFAR-10 heads) ------------------------------------------------------------
@@ -280,3 +299,15 @@ def test_trades_block_matches_a_loop_oracle():
     h = np_conv(relu(np_bn(h, block.bn2)), block.conv2.weight.detach().double().numpy(), 1, (1, 1, 1, 1))
     short = np_conv(pre, block.convShortcut.weight.detach().double().numpy(), 2, (0, 0, 0, 0))
     np.testing.assert_allclose(got, h + short, rtol=1e-10, atol=1e-10)
+
+
+def test_wide_resnets_use_the_reference_initialization():
+    """Zagoruyko's init, kept by TRADES and DeepMind: conv weights N(0, 2/(k²·out)), BN γ=1 β=0."""
+    torch.manual_seed(0)
+    model = igdm_kit.create_model("wideresnet", depth=16, widen_factor=4, num_classes=10)
+    conv = model.net.block3.layer[1].conv2  # 256→256 3×3: 589,824 weights, a tight estimate of the std
+    expected = (2.0 / (3 * 3 * 256)) ** 0.5
+    assert abs(conv.weight.std().item() - expected) < 0.01 * expected
+    assert abs(conv.weight.mean().item()) < 0.01 * expected
+    bn = model.net.bn1
+    assert torch.all(bn.weight == 1) and torch.all(bn.bias == 0) and torch.all(model.net.fc.bias == 0)

@@ -21,7 +21,7 @@ from .console import err_console, out_console, print_json
 from .eval import (DATASET_HELP, DEVICE_HELP, EPS_HELP, LIMIT_HELP, check_fits, dataset_for, parse_eps,
                    progress_callback)
 
-PLOT_HELP = "write a figure to this file (.png, .pdf, .svg; needs matplotlib: pip install 'igdm-kit[plot]')"
+PLOT_HELP = "write a figure to this file (.png, .pdf, .svg); needs matplotlib (the 'plot' extra)"
 BATCH_HELP = "images per batch"
 
 
@@ -30,7 +30,7 @@ def _pyplot():
         import matplotlib
     except ImportError:
         raise IgdmKitError("--plot needs matplotlib, which is not installed",
-                           "pip install 'igdm-kit[plot]' (or matplotlib)") from None
+                           "pip install matplotlib (igdm-kit's 'plot' extra)") from None
     matplotlib.use("Agg")  # files only, never a window
     import matplotlib.pyplot as plt
 
@@ -95,6 +95,8 @@ def register(app: typer.Typer) -> None:
         json_: bool = typer.Option(False, "--json", help="print the results as a JSON envelope on stdout"),
     ) -> None:
         """Taylor remainder proportion ‖f(x+ε) − f(x) − J·ε‖ / ‖f(x+ε)‖ per checkpoint (Figure 2)."""
+        if plot is not None:
+            _pyplot()  # a missing matplotlib fails before any computation
         paths = list(model) + list(checkpoints or [])
         if not paths:
             raise IgdmKitError("no checkpoint given", "pass --model CKPT [CKPT ...]")
@@ -149,6 +151,8 @@ def register(app: typer.Typer) -> None:
         json_: bool = typer.Option(False, "--json", help="print the results as a JSON envelope on stdout"),
     ) -> None:
         """Gradient distance GD and cosine GC of ∇ₓCE between student and teacher (Table 4)."""
+        if plot is not None:
+            _pyplot()
         _, name, x, y, dev = _prepare([student, teacher], dataset, limit, device)
         from ..analysis import gradient_alignment, summarize
         from ..checkpoint import load_model
@@ -193,6 +197,8 @@ def register(app: typer.Typer) -> None:
     ) -> None:
         """Point-wise distance mean ‖T(x+δ) − S(x+δ)‖₂ for δ ~ U(−ε, ε) and adversarial δ (Table 5)."""
         radius = parse_eps(eps)
+        if plot is not None:
+            _pyplot()
         from ..plugins import registry
 
         registry("method").get(method)  # an unknown method fails before any data loads
@@ -230,12 +236,19 @@ def register(app: typer.Typer) -> None:
                 for k, label in (("uniform", "δ ~ U(−ε, ε)"), ("adversarial", f"δ = adv ({method}, {steps} steps)"))])
 
 
+def _hist(ax, values, **kwargs) -> None:
+    """A histogram that also copes with (nearly) constant values, e.g. GC = 1 for a model with itself."""
+    v = values.double().numpy()
+    spread = float(v.max() - v.min()) if v.size else 0.0
+    ax.hist(v, bins=40 if spread > 1e-9 * max(1.0, float(abs(v).max())) else 1, **kwargs)
+
+
 def _plot_linearity(results: list[dict[str, Any]], path: Path) -> None:
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(6, 4))
     if len(results) == 1:
         r = results[0]
-        ax.hist(r["_values"].numpy(), bins=40)
+        _hist(ax, r["_values"])
         ax.axvline(r["mean"], color="k", linestyle="--", label=f"mean {r['mean']:.4f}")
         ax.set_xlabel("Taylor remainder proportion")
         ax.set_ylabel("samples")
@@ -261,13 +274,13 @@ def _plot_hist(series: dict[str, Any], path: Path, title: str, shared: bool = Fa
     if shared:
         fig, ax = plt.subplots(figsize=(6, 4))
         for label, values in series.items():
-            ax.hist(values.numpy(), bins=40, alpha=0.6, label=f"{label} (mean {values.mean().item():.4f})")
+            _hist(ax, values, alpha=0.6, label=f"{label} (mean {values.mean().item():.4f})")
         ax.set_ylabel("samples")
         ax.legend()
     else:
         fig, axes = plt.subplots(1, len(series), figsize=(5 * len(series), 4))
         for ax, (label, values) in zip(axes, series.items(), strict=True):
-            ax.hist(values.numpy(), bins=40)
+            _hist(ax, values)
             ax.set_xlabel(label)
             ax.set_ylabel("samples")
     fig.suptitle(title)

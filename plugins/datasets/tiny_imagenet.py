@@ -105,7 +105,8 @@ class TinyImageNet(DatasetPlugin):
                 raise DataError(f"{len(missing)} validation image(s) listed in val_annotations.txt are "
                                 f"missing, e.g. {str(missing[0])!r}", "re-extract the archive")
             return paths, labels
-        folders = sorted(p for p in val.iterdir() if p.is_dir() and p.name != "images") if val.is_dir() else []
+        folders = sorted(p for p in val.iterdir() if p.is_dir() and p.name != "images") \
+            if val.is_dir() else []
         if not folders:
             raise self._missing("val/ has neither images/ with val_annotations.txt nor class folders")
         for folder in folders:

@@ -3,9 +3,10 @@
 The CIFAR variant the adversarial-distillation codebases use (RSLAD, AdaAD; ``pytorch-cifar`` layout): a
 3×3 stride-1 stem of 32 channels, inverted-residual stages (expansion, channels, blocks, stride) =
 (1,16,1,1) (6,24,2,1) (6,32,3,2) (6,64,4,2) (6,96,3,1) (6,160,3,2) (6,320,1,1) — the second stage keeps
-stride 1 where ImageNet's has 2 — then a 1×1 conv to 1280 channels, global average pooling and a linear
-head. Activations are ReLU (as in those codebases, not ReLU6). For 64×64 inputs the network is unchanged
-and the pooling is global (the common AT convention; at 32×32 it equals their fixed 4×4 pooling).
+stride 1 where ImageNet's has 2 — then a 1×1 conv to 1280 channels, 4×4 average pooling and a linear
+head. Activations are ReLU (as in those codebases, not ReLU6). For 64×64 inputs the AT codebases'
+convention is kept: same stem and pooling window, a 2×2 grid, a head on 1280·4 features
+(``common.pool_grid``); at 32×32 the pooling is global.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from torch import nn
 
 from igdm_kit.interfaces import Options
 
-from .common import Classifier
+from .common import Classifier, pool_grid
 
 #: (expansion, out_planes, num_blocks, stride) of each stage, CIFAR variant.
 CIFAR_CFG = ((1, 16, 1, 1), (6, 24, 2, 1), (6, 32, 3, 2), (6, 64, 4, 2), (6, 96, 3, 1), (6, 160, 3, 2),
@@ -49,8 +50,9 @@ class InvertedResidual(nn.Module):
 
 
 class MobileNetV2Net(nn.Module):
-    def __init__(self, num_classes: int, in_channels: int) -> None:
+    def __init__(self, num_classes: int, in_channels: int, image_size: int = 32) -> None:
         super().__init__()
+        self.grid = pool_grid(image_size)
         self.conv1 = nn.Conv2d(in_channels, 32, 3, stride=1, padding=1, bias=False)
         self.bn1 = nn.BatchNorm2d(32)
         blocks, in_planes = [], 32
@@ -61,13 +63,13 @@ class MobileNetV2Net(nn.Module):
         self.layers = nn.Sequential(*blocks)
         self.conv2 = nn.Conv2d(320, 1280, 1, bias=False)
         self.bn2 = nn.BatchNorm2d(1280)
-        self.linear = nn.Linear(1280, num_classes)
+        self.linear = nn.Linear(1280 * self.grid ** 2, num_classes)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out = F.relu(self.bn1(self.conv1(x)))
         out = self.layers(out)
         out = F.relu(self.bn2(self.conv2(out)))
-        out = F.adaptive_avg_pool2d(out, 1).flatten(1)
+        out = F.adaptive_avg_pool2d(out, self.grid).flatten(1)
         return self.linear(out)
 
 
@@ -80,4 +82,4 @@ class MobileNetV2:
     @classmethod
     def build(cls, options: Options, *, num_classes: int, in_channels: int, image_size: int,
               mean=None, std=None) -> nn.Module:
-        return Classifier(MobileNetV2Net(num_classes, in_channels), mean, std)
+        return Classifier(MobileNetV2Net(num_classes, in_channels, image_size), mean, std)

@@ -1,9 +1,10 @@
 """PreActResNet-18 (He et al., 2016b), the paper's student on Tiny-ImageNet (Appendix A.3, Table 14).
 
 Pre-activation blocks (BN–ReLU before each convolution), CIFAR-style 3×3 stride-1 stem without max-pool,
-stages of 64/128/256/512 channels, a final BN–ReLU, global average pooling and a linear head. For 64×64
-Tiny-ImageNet inputs the stem is the same and the average pooling is global (the convention of the common
-AT codebases: the head always sees 512 features; at 32×32 this equals their fixed 4×4 pooling).
+stages of 64/128/256/512 channels, a final BN–ReLU, 4×4 average pooling and a linear head. For 64×64
+Tiny-ImageNet inputs the common AT codebases' convention is kept (pytorch-cifar, Bag-of-Tricks-for-AT,
+RiFT): the same stem and pooling window, a 2×2 grid, and a head on 512·4 = 2048 features
+(``common.pool_grid``); at 32×32 the pooling is global.
 
 Layer names follow the robust-overfitting / "bag of tricks" AT codebases (``conv1``, ``layer1``…``layer4``,
 ``bn``, ``linear``; blocks ``bn1``/``conv1``/``bn2``/``conv2``/``shortcut``).
@@ -17,7 +18,7 @@ from torch import nn
 
 from igdm_kit.interfaces import Options
 
-from .common import Classifier
+from .common import Classifier, pool_grid
 
 
 class PreActBlock(nn.Module):
@@ -41,8 +42,10 @@ class PreActBlock(nn.Module):
 
 
 class PreActResNet(nn.Module):
-    def __init__(self, num_blocks: tuple[int, ...], num_classes: int, in_channels: int) -> None:
+    def __init__(self, num_blocks: tuple[int, ...], num_classes: int, in_channels: int,
+                 image_size: int = 32) -> None:
         super().__init__()
+        self.grid = pool_grid(image_size)
         self.conv1 = nn.Conv2d(in_channels, 64, 3, stride=1, padding=1, bias=False)
         in_planes = 64
         for i, (planes, n) in enumerate(zip((64, 128, 256, 512), num_blocks, strict=True)):
@@ -52,13 +55,13 @@ class PreActResNet(nn.Module):
                 in_planes = planes
             setattr(self, f"layer{i + 1}", nn.Sequential(*blocks))
         self.bn = nn.BatchNorm2d(512)
-        self.linear = nn.Linear(512, num_classes)
+        self.linear = nn.Linear(512 * self.grid ** 2, num_classes)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out = self.conv1(x)
         out = self.layer4(self.layer3(self.layer2(self.layer1(out))))
         out = F.relu(self.bn(out))
-        out = F.adaptive_avg_pool2d(out, 1).flatten(1)
+        out = F.adaptive_avg_pool2d(out, self.grid).flatten(1)
         return self.linear(out)
 
 
@@ -71,4 +74,4 @@ class PreActResNet18:
     @classmethod
     def build(cls, options: Options, *, num_classes: int, in_channels: int, image_size: int,
               mean=None, std=None) -> nn.Module:
-        return Classifier(PreActResNet((2, 2, 2, 2), num_classes, in_channels), mean, std)
+        return Classifier(PreActResNet((2, 2, 2, 2), num_classes, in_channels, image_size), mean, std)

@@ -2,10 +2,10 @@
 
 CIFAR-style stem, as in the adversarial-distillation codebases the paper builds on (ARD, IAD, RSLAD,
 AdaAD): one 3×3 stride-1 convolution and no max-pool, then four stages of two basic blocks (64, 128, 256,
-512 channels; stages 2–4 stride 2), global average pooling and a linear head. For 64×64 inputs
-(Tiny-ImageNet) the network is unchanged: the stem stays 3×3 stride 1 and the final average pooling is
-global, so the head sees 512 features at any resolution — the convention of the common AT codebases for
-Tiny-ImageNet (at 32×32 global pooling equals their fixed 4×4 pooling, so weights are interchangeable).
+512 channels; stages 2–4 stride 2), 4×4 average pooling and a linear head. For 64×64 inputs
+(Tiny-ImageNet) the common AT codebases' convention is kept (pytorch-cifar, Bag-of-Tricks-for-AT, RiFT):
+the same 3×3 stride-1 stem and the same 4×4 pooling window, which leaves a 2×2 grid, so the head takes
+512·(64/32)² = 2048 features (``common.pool_grid``); at 32×32 the pooling is global.
 
 Layer names follow the widely used ``pytorch-cifar`` layout (``conv1``, ``bn1``, ``layer1``…``layer4``,
 ``linear``; blocks ``conv1``/``bn1``/``conv2``/``bn2``/``shortcut``) so state dicts from those codebases
@@ -20,7 +20,7 @@ from torch import nn
 
 from igdm_kit.interfaces import Options
 
-from .common import Classifier
+from .common import Classifier, pool_grid
 
 
 class BasicBlock(nn.Module):
@@ -44,8 +44,10 @@ class BasicBlock(nn.Module):
 
 
 class ResNet(nn.Module):
-    def __init__(self, num_blocks: tuple[int, ...], num_classes: int, in_channels: int) -> None:
+    def __init__(self, num_blocks: tuple[int, ...], num_classes: int, in_channels: int,
+                 image_size: int = 32) -> None:
         super().__init__()
+        self.grid = pool_grid(image_size)
         self.conv1 = nn.Conv2d(in_channels, 64, 3, stride=1, padding=1, bias=False)
         self.bn1 = nn.BatchNorm2d(64)
         in_planes = 64
@@ -55,12 +57,12 @@ class ResNet(nn.Module):
                 blocks.append(BasicBlock(in_planes, planes, stride=2 if (i > 0 and j == 0) else 1))
                 in_planes = planes
             setattr(self, f"layer{i + 1}", nn.Sequential(*blocks))
-        self.linear = nn.Linear(512, num_classes)
+        self.linear = nn.Linear(512 * self.grid ** 2, num_classes)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out = F.relu(self.bn1(self.conv1(x)))
         out = self.layer4(self.layer3(self.layer2(self.layer1(out))))
-        out = F.adaptive_avg_pool2d(out, 1).flatten(1)
+        out = F.adaptive_avg_pool2d(out, self.grid).flatten(1)
         return self.linear(out)
 
 
@@ -73,4 +75,4 @@ class ResNet18:
     @classmethod
     def build(cls, options: Options, *, num_classes: int, in_channels: int, image_size: int,
               mean=None, std=None) -> nn.Module:
-        return Classifier(ResNet((2, 2, 2, 2), num_classes, in_channels), mean, std)
+        return Classifier(ResNet((2, 2, 2, 2), num_classes, in_channels, image_size), mean, std)

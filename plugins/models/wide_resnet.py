@@ -15,8 +15,12 @@ linear head. Two public layouts exist and both are built here, so that public ch
   (0 before, 1 after), which changes the numbers, so weights only reproduce their accuracy in this layout.
 
 The activation is ReLU or SiLU (the "Swish" of the DeepMind-style WRN-28-10 teachers). With no layout
-given, SiLU selects ``deepmind`` and ReLU ``trades``, as in every public checkpoint of those teachers. For
-64×64 inputs the pooling is global (the common AT convention; at 32×32 it equals the fixed 8×8 pooling).
+given, SiLU selects ``deepmind`` and ReLU ``trades``, as in every public checkpoint of those teachers.
+
+For 64×64 inputs the AT codebases' convention is kept (RiFT's Tiny-ImageNet WRN-34-10, the paper's
+Tiny-ImageNet teacher, is built this way): the same stem and 8×8 pooling window, which leaves a 2×2 grid,
+so the head takes 640·(64/32)² = 2560 features (``common.pool_grid``); at 32×32 the pooling is global.
+RiFT's WRN-34-10 also carries ``sub_block1``.
 """
 
 from __future__ import annotations
@@ -30,7 +34,7 @@ from torch import nn
 
 from igdm_kit.interfaces import Options
 
-from .common import Classifier, make_activation
+from .common import Classifier, make_activation, pool_grid
 
 Activation = Literal["relu", "silu"]
 Layout = Literal["trades", "deepmind"]
@@ -70,8 +74,9 @@ class TradesGroup(nn.Module):
 
 class TradesWideResNet(nn.Module):
     def __init__(self, depth: int, width: int, num_classes: int, in_channels: int, activation: str,
-                 sub_block1: bool = False) -> None:
+                 sub_block1: bool = False, image_size: int = 32) -> None:
         super().__init__()
+        self.grid = pool_grid(image_size)
         n = (depth - 4) // 6
         ch = (16, 16 * width, 32 * width, 64 * width)
         self.conv1 = nn.Conv2d(in_channels, ch[0], 3, stride=1, padding=1, bias=False)
@@ -82,12 +87,12 @@ class TradesWideResNet(nn.Module):
         self.block3 = TradesGroup(n, ch[2], ch[3], 2, activation)
         self.bn1 = nn.BatchNorm2d(ch[3])
         self.act = make_activation(activation)
-        self.fc = nn.Linear(ch[3], num_classes)
+        self.fc = nn.Linear(ch[3] * self.grid ** 2, num_classes)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out = self.block3(self.block2(self.block1(self.conv1(x))))
         out = self.act(self.bn1(out))
-        return self.fc(F.adaptive_avg_pool2d(out, 1).flatten(1))
+        return self.fc(F.adaptive_avg_pool2d(out, self.grid).flatten(1))
 
 
 # -- DeepMind layout -----------------------------------------------------------------------------------
@@ -127,8 +132,10 @@ class DeepMindGroup(nn.Module):
 
 
 class DeepMindWideResNet(nn.Module):
-    def __init__(self, depth: int, width: int, num_classes: int, in_channels: int, activation: str) -> None:
+    def __init__(self, depth: int, width: int, num_classes: int, in_channels: int, activation: str,
+                 image_size: int = 32) -> None:
         super().__init__()
+        self.grid = pool_grid(image_size)
         n = (depth - 4) // 6
         ch = (16, 16 * width, 32 * width, 64 * width)
         self.init_conv = nn.Conv2d(in_channels, ch[0], 3, stride=1, padding=1, bias=False)
@@ -137,11 +144,11 @@ class DeepMindWideResNet(nn.Module):
                                    DeepMindGroup(n, ch[2], ch[3], 2, activation))
         self.batchnorm = nn.BatchNorm2d(ch[3])
         self.act = make_activation(activation)
-        self.logits = nn.Linear(ch[3], num_classes)
+        self.logits = nn.Linear(ch[3] * self.grid ** 2, num_classes)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out = self.act(self.batchnorm(self.layer(self.init_conv(x))))
-        return self.logits(F.adaptive_avg_pool2d(out, 1).flatten(1))
+        return self.logits(F.adaptive_avg_pool2d(out, self.grid).flatten(1))
 
 
 # -- registered factories --------------------------------------------------------------------------------
@@ -181,12 +188,13 @@ def init_weights(net: nn.Module) -> None:
 
 
 def build_wide_resnet(depth: int, width: int, options: WRNOptions, *, num_classes: int, in_channels: int,
-                      mean, std) -> nn.Module:
+                      image_size: int, mean, std) -> nn.Module:
     if options.resolved_layout() == "deepmind":
-        net: nn.Module = DeepMindWideResNet(depth, width, num_classes, in_channels, options.activation)
+        net: nn.Module = DeepMindWideResNet(depth, width, num_classes, in_channels, options.activation,
+                                            image_size=image_size)
     else:
         net = TradesWideResNet(depth, width, num_classes, in_channels, options.activation,
-                               sub_block1=options.sub_block1)
+                               sub_block1=options.sub_block1, image_size=image_size)
     init_weights(net)
     return Classifier(net, mean, std)
 
@@ -208,7 +216,7 @@ class WideResNet:
     def build(cls, options: Options, *, num_classes: int, in_channels: int, image_size: int,
               mean=None, std=None) -> nn.Module:
         return build_wide_resnet(options.depth, options.widen_factor, options, num_classes=num_classes,
-                                 in_channels=in_channels, mean=mean, std=std)
+                                 in_channels=in_channels, image_size=image_size, mean=mean, std=std)
 
 
 class WRN34_10:
@@ -219,7 +227,7 @@ class WRN34_10:
     def build(cls, options: WRNOptions, *, num_classes: int, in_channels: int, image_size: int,
               mean=None, std=None) -> nn.Module:
         return build_wide_resnet(34, 10, options, num_classes=num_classes, in_channels=in_channels,
-                                 mean=mean, std=std)
+                                 image_size=image_size, mean=mean, std=std)
 
 
 class WRN28_10:
@@ -230,4 +238,4 @@ class WRN28_10:
     def build(cls, options: WRNOptions, *, num_classes: int, in_channels: int, image_size: int,
               mean=None, std=None) -> nn.Module:
         return build_wide_resnet(28, 10, options, num_classes=num_classes, in_channels=in_channels,
-                                 mean=mean, std=std)
+                                 image_size=image_size, mean=mean, std=std)

@@ -21,8 +21,9 @@ index predate RobustBench's 2023 entries, so the two WRN-28-10 rows rest on the 
 point to (Wang2023Better: ``wzekai99/DM-Improves-AT``, ``core/models/wideresnetwithswish.py`` — DeepMind's
 layout with ``nn.SiLU`` and those constants, kept as plain attributes, i.e. *not* in its state dict) and
 on Cui2023Decoupled's (RobustBench issue #143: WRN-28-10 trained with 50M generated images; its
-repository ``jiequancui/DKL`` evaluates it with the same ``wideresnetwithswish`` model). When a file does carry ``mean``/``std`` buffers (RobustBench's
-``DMWideResNet`` registers them), those are used, exactly as RobustBench's strict ``load_state_dict`` does.
+repository ``jiequancui/DKL`` evaluates it with the same ``wideresnetwithswish`` model). When a file
+does carry ``mean``/``std`` buffers (RobustBench's ``DMWideResNet`` registers them), those are used,
+exactly as RobustBench's strict ``load_state_dict`` does.
 
 ``path`` may be the ``.pt`` file, or a folder holding ``<name>.pt`` or RobustBench's cache layout
 ``<dataset>/Linf/<name>.pt``. The recipe's teacher model, if any, is not used: the name decides.

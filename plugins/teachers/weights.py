@@ -21,6 +21,7 @@ from __future__ import annotations
 import pickle
 import pickletools
 import re
+import warnings
 import zipfile
 from collections.abc import Callable, Mapping
 from pathlib import Path
@@ -123,7 +124,8 @@ def read_weights(path: str | Path) -> object:
         raise CheckpointError(f"{str(path)!r} is an HTML page, not weights",
                               "the download failed (e.g. a sign-in or 'virus scan' page was saved); "
                               "download the file again")
-    if path.suffix == ".safetensors":
+    # safetensors: an 8-byte little-endian header length, then the JSON header (whatever the file's suffix).
+    if path.suffix == ".safetensors" or (len(head) > 9 and head[8:9] == b"{" and not head.startswith(b"PK")):
         from safetensors.torch import load_file
 
         try:
@@ -133,18 +135,19 @@ def read_weights(path: str | Path) -> object:
                                   f"({type(exc).__name__})", "it is truncated or corrupt; fetch it again") \
                 from None
     try:
-        with _safe_numpy():
+        with _safe_numpy(), warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message="Detected pickle protocol")
             return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
         unsafe = _refused_globals(path, str(exc))
         if unsafe:
             shown = ", ".join(unsafe[:3]) + (", ..." if len(unsafe) > 3 else "")
-            raise CheckpointError(f"{str(path)!r} was refused: loading it would import {shown}, which can "
-                                  "run code (only tensors and plain containers are read)", _HINT_RESAVE) \
-                from None
+            raise CheckpointError(f"{str(path)!r} was refused: unpickling it would import {shown} (only "
+                                  "tensors and plain containers are read, so no code from a file runs)",
+                                  _HINT_RESAVE) from None
         raise CheckpointError(f"{str(path)!r} is not a PyTorch weights file (unreadable pickle data)",
                               "pass a .pt/.pth written by torch.save, or a .safetensors file") from None
-    except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError) as exc:
+    except Exception as exc:  # noqa: BLE001 - torch's unpickler raises many types on foreign bytes
         kind = "truncated or corrupt" if zipfile.is_zipfile(path) or head.startswith(b"PK") or \
             isinstance(exc, EOFError) else "not a PyTorch weights file"
         raise CheckpointError(f"{str(path)!r} is {kind} ({type(exc).__name__})",
