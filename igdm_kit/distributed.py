@@ -52,6 +52,16 @@ class Dist:
         dist.all_reduce(t)
         return t.tolist()
 
+    def broadcast(self, obj):
+        """Rank 0's ``obj`` on every rank (a small picklable value between our own processes)."""
+        if not self.enabled:
+            return obj
+        import torch.distributed as dist
+
+        box = [obj]
+        dist.broadcast_object_list(box, src=0)
+        return box[0]
+
     def barrier(self) -> None:
         if self.enabled:
             import torch.distributed as dist

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import hashlib
 import math
+import os
 import platform
 import shutil
 import subprocess
@@ -31,7 +32,7 @@ import torch
 from . import recipe as recipe_mod
 from .accel import Accelerator
 from .checkpoint import save_model, toolkit_version
-from .components import create_model
+from .components import create_model, validate_options
 from .data import augment, epoch_order
 from .errors import IgdmKitError, RecipeError, TrainingError
 from .interfaces import DatasetInfo
@@ -110,13 +111,13 @@ def load_teacher(r: Recipe, info: DatasetInfo, device: torch.device, *, log: Cal
         path = result.output_dir / FINAL
     else:
         path = Path(t.checkpoint)
-    if not path.is_file():
+    if not path.exists():
         raise IgdmKitError(f"teacher checkpoint {str(path)!r} does not exist",
                            "set teacher.checkpoint to the file's path (relative to the recipe)")
     loader_name = t.loader if t.loader != "auto" else ("igdm-kit" if path.suffix == ".safetensors"
                                                         else "state-dict")
     entry = registry("teacher_loader").entry(loader_name)
-    options = entry.options_model.model_validate(t.loader_options)
+    options = validate_options("teacher_loader", loader_name, t.loader_options, where="teacher.loader_options")
 
     def build():
         if t.model is None:
@@ -176,31 +177,86 @@ def _check_output_dir(out: Path, r: Recipe, *, resume: bool, overwrite: bool, re
                        "pass --resume to continue it, or --overwrite to start again")
 
 
+class Interrupted(IgdmKitError):
+    """SIGINT/SIGTERM during training: the current step finished and the state was saved."""
+
+    def __init__(self, message: str, hint: str, exit_code: int) -> None:
+        super().__init__(message, hint)
+        self.exit_code = exit_code
+
+
+class _StopFlag:
+    """Installs SIGINT/SIGTERM handlers for the duration of training (main thread only).
+
+    The first signal asks the loop to stop after the current step; a second SIGINT interrupts at once.
+    """
+
+    def __init__(self) -> None:
+        self.signum: int | None = None
+        self._old: dict[int, Any] = {}
+
+    def __enter__(self) -> _StopFlag:
+        import signal
+        import threading
+
+        if threading.current_thread() is threading.main_thread():
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                self._old[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def _handle(self, signum, frame) -> None:
+        if self.signum is not None and signum == __import__("signal").SIGINT:
+            raise KeyboardInterrupt
+        self.signum = signum
+
+    def __exit__(self, *exc) -> None:
+        import signal
+
+        for sig, old in self._old.items():
+            signal.signal(sig, old)
+
+
+def _epoch_seed(seed: int, epoch: int, rank: int) -> int:
+    """Attack random starts of one epoch on one rank: reproducible, and different across ranks."""
+    return (seed * 1_000_003 + epoch * 7_919 + rank * 104_729) % (2**63)
+
+
 def run(r: Recipe, *, output_dir: str | Path | None = None, resume: bool = False, overwrite: bool = False,
         reuse_finished: bool = False, log: Callable[[str], None] = lambda s: None,
         progress: Any = None) -> RunResult:
-    """Train the recipe's student and evaluate it. ``progress`` is an optional Rich ``Progress``."""
+    """Train the recipe's student and evaluate it. ``progress`` is an optional Rich ``Progress``.
+
+    Under ``torchrun`` (``WORLD_SIZE`` > 1) every rank calls this; see ``igdm_kit.distributed``.
+    """
+    from . import distributed
+
+    d = distributed.from_env()
     out = Path(output_dir) if output_dir is not None else r.default_output_dir()
-    mode = _check_output_dir(out, r, resume=resume, overwrite=overwrite, reuse_finished=reuse_finished)
+    tr = r.model.train
+    device = distributed.device_for(d, resolve_device(tr.device))
+    distributed.init(d, device)
+    acc = Accelerator.from_train(tr, device, module=r.model.module.name if r.model.module else None, log=log)
+    # Rank 0 alone looks at (and may delete) the folder; the other ranks follow its decision or error.
+    decision: tuple[str, Any] = ("new", None)
+    if d.is_main:
+        try:
+            decision = (_check_output_dir(out, r, resume=resume, overwrite=overwrite,
+                                          reuse_finished=reuse_finished), None)
+        except IgdmKitError as exc:
+            decision = ("error", (exc.message, exc.hint))
+    mode, error = d.broadcast(decision)
+    if mode == "error":
+        raise IgdmKitError(*error)
     if mode == "reuse":
         import json
 
         log(f"reusing finished run {out}")
         return RunResult(out, r, read_jsonl(out / "metrics.jsonl"), json.loads((out / RESULTS).read_text()),
                          reused=True)
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-        probe = out / ".write-test"
-        probe.write_text("")
-        probe.unlink()
-    except OSError as exc:
-        raise IgdmKitError(f"output folder {str(out)!r} is not writable ({exc.strerror})",
-                           "choose another folder with --output") from None
+    if d.is_main:
+        _ensure_writable(out)
 
-    tr = r.model.train
-    device = resolve_device(tr.device)
-    acc = Accelerator.from_train(tr, device, module=r.model.module.name if r.model.module else None, log=log)
-    torch.manual_seed(tr.seed)
+    torch.manual_seed(tr.seed)  # the same initial weights on every rank
     info, (xtr, ytr), (xte, yte) = load_data(r)
     xtr, ytr = acc.place_data(xtr, ytr)
     student = acc.prepare(build_student(r, info).to(device))
@@ -208,25 +264,31 @@ def run(r: Recipe, *, output_dir: str | Path | None = None, resume: bool = False
     teacher = acc.prepare(teacher)
     method, module, attack = build_training(r, student, teacher)
     attack = acc.wrap_attack(attack)  # mixed precision: the attack-gradient guard (igdm_kit.accel)
+    # The outer loss runs through DDP (gradient all-reduce); the attack keeps the bare module: it needs
+    # input gradients only and must not start a gradient synchronization.
+    trained = distributed.wrap(d, student, device)
     opt = torch.optim.SGD(student.parameters(), lr=tr.lr, momentum=tr.momentum, weight_decay=tr.weight_decay)
     sched = torch.optim.lr_scheduler.MultiStepLR(opt, milestones=tr.milestones, gamma=tr.lr_decay)
 
-    start_epoch = 1
+    start_epoch, partial = 1, None
     if mode == "resume":
         meta = load_train_state(out / STATE, model=student, optimizer=opt, scheduler=sched)
         start_epoch = meta["epoch"] + 1
-        log(f"resuming {out} after epoch {meta['epoch']}")
-        # metrics of epochs after the saved state (a crash between the two writes) are dropped
-        kept = [m for m in read_jsonl(out / "metrics.jsonl") if m["epoch"] <= meta["epoch"]] \
-            if (out / "metrics.jsonl").exists() else []
-        atomic_write_text(out / "metrics.jsonl", "".join(__import__("json").dumps(m, sort_keys=True) + "\n"
-                                                          for m in kept))
-    else:
-        for stale in ("metrics.jsonl",):
-            (out / stale).unlink(missing_ok=True)
+        partial = meta["extra"].get("partial")
+        if partial is not None:
+            partial["gen_state"] = meta["extra_tensors"]["gen_state"]
+            start_epoch = partial["epoch"]
+        log(f"resuming {out} after epoch {meta['epoch']}"
+            + (f" and {partial['step']} steps of epoch {partial['epoch']}" if partial else ""))
+        if d.is_main and (out / "metrics.jsonl").exists():
+            # metrics of epochs after the saved state (a crash between the two writes) are dropped
+            kept = [m for m in read_jsonl(out / "metrics.jsonl") if m["epoch"] <= meta["epoch"]]
+            atomic_write_text(out / "metrics.jsonl", "".join(json_line(m) for m in kept))
+    elif d.is_main:
+        (out / "metrics.jsonl").unlink(missing_ok=True)
         atomic_write_text(out / "recipe.toml", recipe_mod.to_toml(r.resolved()))
         atomic_write_json(out / "manifest.json", {
-            "recipe": r.resolved(), "recipe_digest": r.digest(), "seed": tr.seed,
+            "recipe": r.resolved(), "recipe_digest": r.digest(), "seed": tr.seed, "world_size": d.world,
             "toolkit_version": toolkit_version(), "torch_version": torch.__version__,
             "cuda_version": torch.version.cuda, "python_version": platform.python_version(),
             "device": str(device), "git_commit": _git_commit(), "teacher_sha256": teacher_digest,
@@ -239,70 +301,137 @@ def run(r: Recipe, *, output_dir: str | Path | None = None, resume: bool = False
                  "std": list(info.std) if info.std else None,
                  "dataset": {"name": r.model.data.name, "options": r.components["data"].model_dump()},
                  "recipe_digest": r.digest(), "recipe_name": r.name}
-    metrics = read_jsonl(out / "metrics.jsonl") if mode == "resume" else []
+    metrics = read_jsonl(out / "metrics.jsonl") if mode == "resume" and (out / "metrics.jsonl").exists() else []
     n = xtr.shape[0]
-    steps_per_epoch = math.ceil(n / tr.batch_size)
+    steps_per_epoch = math.ceil(d.shard(torch.arange(n)).shape[0] / tr.batch_size)
     task = progress.add_task(f"{r.name}", total=(tr.epochs - start_epoch + 1) * steps_per_epoch) \
-        if progress is not None else None
+        if progress is not None and d.is_main else None
+    if task is not None and partial:
+        progress.update(task, advance=partial["step"])
+    trace = os.environ.get("IGDM_KIT_TRACE_DATA")  # tests: which samples each rank saw
 
-    for epoch in range(start_epoch, tr.epochs + 1):
-        t0 = time.perf_counter()
-        lr = opt.param_groups[0]["lr"]
-        student.train()
-        order, gen = epoch_order(n, tr.seed, epoch)
-        sums: dict[str, float] = {}
-        correct = seen = 0
-        for step_i in range(steps_per_epoch):
-            idx = order[step_i * tr.batch_size:(step_i + 1) * tr.batch_size]
-            x = augment(xtr[idx], info, gen).to(device, non_blocking=True)
-            y = ytr[idx].to(device, non_blocking=True)
-            res = compute_loss(student, teacher, method, module, attack, x, y, epoch=epoch,
-                               epochs=tr.epochs, cache=not tr.reference_passes)
-            values = {k: float(v.detach()) for k, v in res.terms.items()}
-            for k, v in values.items():
-                if not math.isfinite(v):
-                    raise TrainingError(
-                        f"loss term {k!r} is {v} at epoch {epoch}, step {step_i + 1}",
-                        f"the last good checkpoint is {out / LAST}; lower train.lr or the module's alpha")
-            opt.zero_grad(set_to_none=True)
-            acc.backward_and_step(res.loss, opt)
-            bs = y.shape[0]
-            for k, v in values.items():
-                sums[k] = sums.get(k, 0.0) + v * bs
-            sums["loss"] = sums.get("loss", 0.0) + sum(values.values()) * bs
-            s_adv = res.step._s.get("x_adv")  # reuse the loss's own forward: no extra pass
-            if s_adv is not None:
-                correct += int((s_adv.detach().argmax(1) == y).sum())
-            seen += bs
-            if progress is not None:
-                progress.update(task, advance=1)
-        sched.step()
-        row: dict[str, Any] = {"epoch": epoch, "lr": lr, "module_weight": module_weight(module, epoch, tr.epochs)}
-        row.update({k: v / seen for k, v in sums.items()})
-        if correct:
-            row["train_adv_acc"] = 100.0 * correct / seen
-        with acc.paused():
-            row["test_clean_acc"] = clean_accuracy(student, xte, yte, device)
-        row["seconds"] = round(time.perf_counter() - t0, 3)
-        metrics.append(row)
-        # Order matters for resume: model files first, then the state, then the metrics line.
-        save_model(out / LAST, student, {**ckpt_meta, "epoch": epoch})
-        if tr.save_every_epoch:
-            save_model(out / "checkpoints" / f"epoch_{epoch:03d}.safetensors", student,
-                       {**ckpt_meta, "epoch": epoch})
-        save_train_state(out / STATE, model=student, optimizer=opt, scheduler=sched, epoch=epoch)
-        append_jsonl(out / "metrics.jsonl", row)
-        log(f"epoch {epoch}/{tr.epochs}: " + ", ".join(f"{k}={v:.4g}" for k, v in row.items()
-                                                      if k != "epoch" and isinstance(v, float)))
+    def save_state(epoch_done: int, extra=None, extra_tensors=None) -> None:
+        if d.is_main:
+            save_model(out / LAST, student, {**ckpt_meta, "epoch": epoch_done})
+            save_train_state(out / STATE, model=student, optimizer=opt, scheduler=sched, epoch=epoch_done,
+                             extra=extra, extra_tensors=extra_tensors)
+
+    with _StopFlag() as stop:
+        for epoch in range(start_epoch, tr.epochs + 1):
+            t0 = time.perf_counter()
+            lr = opt.param_groups[0]["lr"]
+            student.train()
+            order, gen = epoch_order(n, tr.seed, epoch)
+            order = d.shard(order)
+            sums: dict[str, float] = {}
+            correct = seen = first = 0
+            if partial is not None and partial["epoch"] == epoch:
+                first, sums = partial["step"], dict(partial["sums"])
+                correct, seen = partial["correct"], partial["seen"]
+                gen.set_state(partial["gen_state"])
+                partial = None
+            else:
+                torch.manual_seed(_epoch_seed(tr.seed, epoch, d.rank))
+            for step_i in range(first, steps_per_epoch):
+                idx = order[step_i * tr.batch_size:(step_i + 1) * tr.batch_size]
+                if trace:
+                    with open(f"{trace}.rank{d.rank}", "a") as fh:
+                        fh.write(" ".join(map(str, idx.tolist())) + "\n")
+                x = augment(xtr[idx], info, gen).to(device, non_blocking=True)
+                y = ytr[idx].to(device, non_blocking=True)
+                res = compute_loss(trained, teacher, method, module, attack, x, y, epoch=epoch,
+                                   epochs=tr.epochs, cache=not tr.reference_passes)
+                values = {k: float(v.detach()) for k, v in res.terms.items()}
+                for k, v in values.items():
+                    if not math.isfinite(v):
+                        raise TrainingError(
+                            f"loss term {k!r} is {v} at epoch {epoch}, step {step_i + 1}",
+                            f"the last good checkpoint is {out / LAST}; lower train.lr or the module's alpha")
+                opt.zero_grad(set_to_none=True)
+                acc.backward_and_step(res.loss, opt)
+                bs = y.shape[0]
+                for k, v in values.items():
+                    sums[k] = sums.get(k, 0.0) + v * bs
+                sums["loss"] = sums.get("loss", 0.0) + sum(values.values()) * bs
+                s_adv = res.step._s.get("x_adv")  # the loss's own forward on x_adv: no extra pass
+                if s_adv is not None:
+                    correct += int((s_adv.detach().argmax(1) == y).sum())
+                seen += bs
+                if task is not None:
+                    progress.update(task, advance=1)
+                if stop.signum is not None and step_i + 1 < steps_per_epoch:
+                    partial_state = {"epoch": epoch, "step": step_i + 1, "sums": sums, "correct": correct,
+                                     "seen": seen}
+                    save_state(epoch - 1, extra={"partial": partial_state},
+                               extra_tensors={"gen_state": gen.get_state()})
+                    _raise_interrupted(stop.signum, out, r, epoch, step_i + 1)
+            sched.step()
+            keys = sorted(sums)
+            reduced = d.sum([sums[k] for k in keys] + [float(correct), float(seen)], device)
+            sums = dict(zip(keys, reduced[:-2], strict=True))
+            correct, seen = int(reduced[-2]), int(reduced[-1])
+            row: dict[str, Any] = {"epoch": epoch, "lr": lr,
+                                   "module_weight": module_weight(module, epoch, tr.epochs)}
+            row.update({k: v / seen for k, v in sums.items()})
+            if correct:
+                row["train_adv_acc"] = 100.0 * correct / seen
+            with acc.paused():
+                row["test_clean_acc"] = clean_accuracy(student, xte, yte, device, dist=d)
+            row["seconds"] = round(time.perf_counter() - t0, 3)
+            metrics.append(row)
+            # Order matters for resume: model files first, then the state, then the metrics line.
+            if d.is_main:
+                if tr.save_every_epoch:
+                    save_model(out / "checkpoints" / f"epoch_{epoch:03d}.safetensors", student,
+                               {**ckpt_meta, "epoch": epoch})
+                save_state(epoch)
+                append_jsonl(out / "metrics.jsonl", row)
+            log(f"epoch {epoch}/{tr.epochs}: " + ", ".join(f"{k}={v:.4g}" for k, v in row.items()
+                                                          if k != "epoch" and isinstance(v, float)))
+            if stop.signum is not None and epoch < tr.epochs:
+                _raise_interrupted(stop.signum, out, r, epoch + 1, 0)
 
     acc.release()  # the final evaluation runs the plain fp32 eager models
-    save_model(out / FINAL, student, {**ckpt_meta, "epoch": tr.epochs})
-    results = final_evaluation(r, student, teacher, xte, yte, device, log=log)
-    atomic_write_json(out / RESULTS, results)
+    results = final_evaluation(r, student, teacher, xte, yte, device, log=log, dist=d)
+    if d.is_main:
+        save_model(out / FINAL, student, {**ckpt_meta, "epoch": tr.epochs})
+        atomic_write_json(out / RESULTS, results)
+    d.barrier()
     return RunResult(out, r, metrics, results)
 
 
-def clean_accuracy(model, x: torch.Tensor, y: torch.Tensor, device, batch_size: int = 512) -> float:
+def json_line(obj: Any) -> str:
+    import json
+
+    return json.dumps(obj, sort_keys=True) + "\n"
+
+
+def _ensure_writable(out: Path) -> None:
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        probe = out / ".write-test"
+        probe.write_text("")
+        probe.unlink()
+    except OSError as exc:
+        raise IgdmKitError(f"output folder {str(out)!r} is not writable ({exc.strerror or exc})",
+                           "choose another folder with --output") from None
+
+
+def _raise_interrupted(signum: int, out: Path, r: Recipe, epoch: int, step: int) -> None:
+    import signal
+
+    name = signal.Signals(signum).name
+    where = f"epoch {epoch}, step {step}" if step else f"the start of epoch {epoch}"
+    recipe = str(r.path) if r.path else "RECIPE"
+    raise Interrupted(f"{name}: training stopped and saved at {where} in {out}",
+                      f"resume with: igdm-kit run {recipe} --resume --output {out}", 128 + signum)
+
+
+def clean_accuracy(model, x: torch.Tensor, y: torch.Tensor, device, batch_size: int = 512,
+                   dist=None) -> float:
+    """Clean accuracy (%); under torchrun each rank takes a disjoint shard and the counts are summed."""
+    if dist is not None and dist.enabled:
+        x, y = x[dist.rank::dist.world], y[dist.rank::dist.world]
     was = model.training
     model.eval()
     correct = 0
@@ -311,21 +440,41 @@ def clean_accuracy(model, x: torch.Tensor, y: torch.Tensor, device, batch_size: 
             xb, yb = x[i:i + batch_size].to(device), y[i:i + batch_size].to(device)
             correct += int((model(xb).argmax(1) == yb).sum())
     model.train(was)
-    return 100.0 * correct / max(1, x.shape[0])
+    total = x.shape[0]
+    if dist is not None and dist.enabled:
+        correct, total = (int(v) for v in dist.sum([float(correct), float(total)], device))
+    return 100.0 * correct / max(1, total)
 
 
-def final_evaluation(r: Recipe, student, teacher, xte, yte, device, *, log) -> dict[str, Any]:
-    """The recipe's ``[eval]``: the attacks of Section 4.1 and, with ``analysis = true``, GD/GC."""
+def final_evaluation(r: Recipe, student, teacher, xte, yte, device, *, log, dist=None) -> dict[str, Any]:
+    """The recipe's ``[eval]``: the attacks of Section 4.1 and, with ``analysis = true``, GD/GC.
+
+    Under torchrun each rank evaluates a disjoint shard of the test split (AutoAttack included) and the
+    correct counts (and GD/GC sums) are added up.
+    """
     from .evaluation import evaluate
 
     ev = r.model.eval
     x, y = (xte[: ev.limit], yte[: ev.limit]) if ev.limit else (xte, yte)
+    n_total = int(x.shape[0])
+    sharded = dist is not None and dist.enabled
+    if sharded:
+        x, y = x[dist.rank::dist.world], y[dist.rank::dist.world]
     report = evaluate(student, x, y, attacks=tuple(ev.attacks), batch_size=ev.batch_size, eps=ev.eps,
                       device=device)
+    if sharded:
+        names = list(report["metrics"])
+        counts = dist.sum([float(report["metrics"][k]["correct"]) for k in names], device)
+        report["metrics"] = {k: {"accuracy": 100.0 * c / n_total, "correct": int(c), "total": n_total}
+                             for k, c in zip(names, counts, strict=True)}
+        report["n"] = n_total
     results: dict[str, Any] = {"recipe": r.name, "digest": r.digest(), **report}
     if ev.analysis and teacher is not None:
         from .analysis import gradient_alignment
 
         al = gradient_alignment(student, teacher, x.to(device), y.to(device))
-        results["alignment"] = {"gd": al["gd"], "gc": al["gc"]}
+        gd, gc = float(al["distance"].sum()), float(al["cosine"].sum())
+        if sharded:
+            gd, gc = dist.sum([gd, gc], device)
+        results["alignment"] = {"gd": gd / n_total, "gc": gc / n_total}
     return results

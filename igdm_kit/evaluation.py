@@ -27,7 +27,6 @@ import hashlib
 import json
 import logging
 import time
-import warnings as _warnings
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -209,15 +208,11 @@ def _captured_autoattack_warnings(messages: list[str]) -> Iterator[logging.Logge
         logger.setLevel(logging.WARNING)  # a quiet root logger must not swallow the flags
     logger.addHandler(handler)
     try:
-        with _warnings.catch_warnings(record=True) as caught:
-            _warnings.simplefilter("always")
-            yield logger
+        yield logger
     finally:
         logger.removeHandler(handler)
         logger.setLevel(old_level)
-        for msg in handler.messages + [str(w.message) for w in caught]:
-            if msg not in messages:
-                messages.append(msg)
+        messages.extend(m for m in handler.messages if m not in messages)
 
 
 def _fingerprint(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float, seed: int | None) -> str:
@@ -250,7 +245,7 @@ def run_autoattack(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, eps: f
                    batch_size: int = 250, device: torch.device | str | None = None, seed: int | None = 0,
                    state_path: str | Path | None = None, progress: Progress | None = None,
                    warnings: list[str] | None = None) -> dict[str, Any]:
-    """AutoAttack (standard, L∞) robust flags; resumable through ``state_path``. Model must be in eval().
+    """AutoAttack (standard, L∞) robust flags; resumable through ``state_path``. Runs the model in eval().
 
     Returns ``{"robust": BoolTensor[N], "after": {attack: robust accuracy in %}}``; pyautoattack's warnings
     are appended to ``warnings``.
@@ -262,7 +257,7 @@ def run_autoattack(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, eps: f
     path = Path(state_path) if state_path is not None else None
     n = x.shape[0]
 
-    with _captured_autoattack_warnings(messages) as logger, seeded(seed, device):
+    with _captured_autoattack_warnings(messages) as logger, seeded(seed, device), eval_mode(model):
         aa = AutoAttack(model, eps=eps, norm="Linf", version="standard", seed=seed, device=device)
         order = list(aa.attacks_to_run)
         fingerprint = _fingerprint(model, x, y, eps, seed) if path is not None else ""

@@ -280,6 +280,9 @@ class Recipe:
     def digest(self) -> str:
         """sha256 of the resolved recipe without its output and sweep (what determines the result)."""
         body = {k: v for k, v in self.resolved().items() if k not in ("output", "sweep", "description")}
+        if "teacher" in body:  # where the teacher lies is not what it is: a moved clone keeps its runs
+            body["teacher"] = {k: (Path(v).name if k in ("checkpoint", "recipe") else v)
+                               for k, v in body["teacher"].items()}
         return hashlib.sha256(json.dumps(body, sort_keys=True, default=str).encode()).hexdigest()
 
     def default_output_dir(self) -> Path:

@@ -18,7 +18,10 @@ from .io import atomic_write
 
 
 def save_train_state(path: str | os.PathLike, *, model, optimizer, scheduler, epoch: int,
-                     extra: dict[str, Any] | None = None) -> Path:
+                     extra: dict[str, Any] | None = None,
+                     extra_tensors: dict[str, torch.Tensor] | None = None) -> Path:
+    """``epoch``: the last complete epoch. ``extra``/``extra_tensors``: JSON values and tensors returned
+    by ``load_train_state`` as ``meta["extra"]`` and ``meta["extra_tensors"]`` (e.g. a partial epoch)."""
     from safetensors.torch import save_file
 
     tensors: dict[str, torch.Tensor] = {}
@@ -32,6 +35,8 @@ def save_train_state(path: str | os.PathLike, *, model, optimizer, scheduler, ep
             if torch.is_tensor(val):
                 tensors[f"optim.{pid}.{name}"] = val.detach().cpu().contiguous().clone()
                 opt_state_keys[str(pid)].append(name)
+    for k, v in (extra_tensors or {}).items():
+        tensors[f"extra.{k}"] = v.detach().cpu().contiguous().clone()
     tensors["rng.cpu"] = torch.get_rng_state()
     n_cuda = 0
     if torch.cuda.is_available() and torch.cuda.is_initialized():
@@ -70,4 +75,5 @@ def load_train_state(path: str | os.PathLike, *, model, optimizer, scheduler) ->
     torch.set_rng_state(tensors["rng.cpu"])
     if meta["cuda_rng"] and torch.cuda.is_available():
         torch.cuda.set_rng_state_all([tensors[f"rng.cuda.{i}"] for i in range(meta["cuda_rng"])])
+    meta["extra_tensors"] = {k[6:]: v for k, v in tensors.items() if k.startswith("extra.")}
     return meta

@@ -264,6 +264,29 @@ def test_autoattack_warnings_are_passed_on(narrow_aa):
     assert len(res["warnings"]) == len(set(res["warnings"]))
 
 
+def test_square_check_sees_the_whole_attack_sequence(narrow_aa, monkeypatch):
+    # Run batch by batch, each package call sees only one attack; the Square-vs-gradient flag must still
+    # be checked on the accuracies after every attack of the whole run (as fractions, as the package does).
+    from pyautoattack import checks
+
+    seen = []
+    monkeypatch.setattr(checks, "check_square_sr", lambda acc, alpha=.002, logger=None: seen.append(dict(acc)))
+    model, x, y, robust, _ = linear_problem(n=10)
+    run_autoattack(model, x, y, eps=EPS, batch_size=4)
+    assert seen[-1] == {"clean": pytest.approx(0.8), "apgd-ce": pytest.approx(robust.mean()),
+                        "apgd-t": pytest.approx(robust.mean())}
+
+
+def test_autoattack_leaves_mode_and_caller_rng_alone(narrow_aa):
+    # pyautoattack calls torch.manual_seed(seed) before every attack; the caller's RNG must not notice.
+    model, x, y, _, _ = linear_problem(n=6)
+    model.train()
+    torch.manual_seed(9)
+    rng = torch.get_rng_state()
+    run_autoattack(model, x, y, eps=EPS, batch_size=3, seed=0)
+    assert torch.equal(torch.get_rng_state(), rng) and model.training
+
+
 def test_evaluate_reports_autoattack_in_percent_and_counts(narrow_aa):
     model, x, y, robust, _ = linear_problem(n=10, scale=0.4)
     res = evaluate(model, x, y, batch_size=4)

@@ -11,7 +11,6 @@ from __future__ import annotations
 import os
 import sys
 
-import click
 import typer
 
 from ..errors import IgdmKitError
@@ -47,18 +46,12 @@ def report(exc: IgdmKitError) -> None:
 
 
 def main(argv: list[str] | None = None) -> None:
+    """Entry point. Usage errors are Typer's own (message, exit 2); ``IgdmKitError`` → one line, exit 1."""
     try:
         app = build_app()
-        rc = app(args=argv, prog_name="igdm-kit", standalone_mode=False)
+        app(args=argv, prog_name="igdm-kit")  # standalone: exits with the command's code
     except IgdmKitError as exc:
         if _debug():
             raise
         report(exc)
-        sys.exit(1)
-    except click.exceptions.Abort:
-        err_console.print("aborted")
-        sys.exit(130)
-    except click.ClickException as exc:  # usage errors: click's own message, exit 2
-        exc.show()
-        sys.exit(exc.exit_code)
-    sys.exit(rc if isinstance(rc, int) else 0)
+        sys.exit(getattr(exc, "exit_code", 1))
