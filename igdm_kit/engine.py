@@ -231,6 +231,8 @@ def run(r: Recipe, *, output_dir: str | Path | None = None, resume: bool = False
     from . import distributed
 
     d = distributed.from_env()
+    if not d.is_main:
+        log = lambda s: None  # noqa: E731 - rank 0 speaks for all
     out = Path(output_dir) if output_dir is not None else r.default_output_dir()
     tr = r.model.train
     device = distributed.device_for(d, resolve_device(tr.device))

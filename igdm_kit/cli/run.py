@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import typer
@@ -35,6 +36,8 @@ def register(app: typer.Typer) -> None:
             result = run_recipe(r, output_dir=output, resume=resume, overwrite=overwrite,
                                 log=lambda s: progress.console.print(s, style="dim", highlight=False),
                                 progress=progress)
+        if os.environ.get("RANK", "0") != "0":
+            return  # under torchrun, rank 0 prints the results
         if json_:
             print_json("run", {"output_dir": str(result.output_dir), "results": result.results,
                                "metrics": result.metrics})

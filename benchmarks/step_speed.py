@@ -1,0 +1,276 @@
+"""Time igdm-kit training steps: the default (fewest passes) path against ``reference_passes``, and the
+accelerator options of ``[train]`` (issue 7).
+
+One step = fetch a batch (index + random crop/flip, from host memory or, with gpu_data, from the device)
++ the attack + the loss (``igdm_kit.training_step.compute_loss``) + backward + SGD step, exactly what
+``igdm_kit.engine.run`` does per step. For every method × module and variant it reports the pass counts
+(``igdm_kit.passes``), the FLOPs of one step, the median ms/step over ``--repeats`` after ``--warmup``
+steps, images/s and speedups; variants are timed interleaved, so a drifting machine load hits them alike.
+On CUDA it also projects seconds per CIFAR epoch (50,000 images / batch size × ms/step).
+
+    python benchmarks/step_speed.py --quick                       # smoke test, seconds
+    python benchmarks/step_speed.py --methods rslad+igdm,adaad+igdm --student-opt width=32 --out cpu.json
+    python benchmarks/step_speed.py --out h100.json               # on a GPU: resnet18 / wrn-28-10, CIFAR-100
+
+Predicted speedup of the default path = FLOPs(reference) / FLOPs(default): the passes it saves, each
+weighted by its cost (measured with ``torch.utils.flop_counter``; batching the teacher saves no FLOPs, only
+per-call overhead).
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import platform
+import statistics
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from igdm_kit.accel import Accelerator, AccelOptions, validate
+from igdm_kit.components import create_model, list_models
+from igdm_kit.data import augment
+from igdm_kit.interfaces import DatasetInfo
+from igdm_kit.passes import count_passes
+from igdm_kit.plugins import registry
+from igdm_kit.training_step import compute_loss
+
+CIFAR_TRAIN = 50_000
+DEFAULT_METHODS = "rslad+igdm,adaad+igdm,ard+igdm,pgd-at+igdm"
+
+
+@dataclass
+class Variant:
+    name: str
+    cache: bool = True
+    accel: AccelOptions = field(default_factory=AccelOptions)
+    baseline: str | None = None  # the variant its speedup is measured against
+
+
+def variants_for(device: torch.device, names: list[str] | None) -> list[Variant]:
+    known = {
+        "default": Variant("default", baseline="reference"),
+        "reference": Variant("reference", cache=False),
+        "bf16": Variant("bf16", accel=AccelOptions(amp="bf16"), baseline="default"),
+        "fp16": Variant("fp16", accel=AccelOptions(amp="fp16"), baseline="default"),
+        "channels_last": Variant("channels_last", accel=AccelOptions(channels_last=True), baseline="default"),
+        "compile": Variant("compile", accel=AccelOptions(compile=True), baseline="default"),
+        "cudnn_benchmark": Variant("cudnn_benchmark", accel=AccelOptions(cudnn_benchmark=True),
+                                   baseline="default"),
+        "gpu_data": Variant("gpu_data", accel=AccelOptions(gpu_data=True), baseline="default"),
+        "fast": Variant("fast", accel=AccelOptions(amp="bf16", channels_last=True, compile=True,
+                                                   cudnn_benchmark=True), baseline="default"),
+        "fast+gpu_data": Variant("fast+gpu_data", accel=AccelOptions(amp="bf16", channels_last=True,
+                                                                     compile=True, cudnn_benchmark=True,
+                                                                     gpu_data=True), baseline="default"),
+    }
+    if names is None:
+        names = ["default", "reference"] + (["bf16", "fp16", "channels_last", "compile", "cudnn_benchmark",
+                                             "gpu_data", "fast", "fast+gpu_data"]
+                                            if device.type == "cuda" else [])
+    unknown = [n for n in names if n not in known]
+    if unknown:
+        sys.exit(f"unknown variant(s) {unknown}; known: {', '.join(known)}")
+    out = [known[n] for n in names]
+    for v in out:
+        validate(v.accel, device)  # e.g. fp16 on CPU: a clear error naming train.amp
+    return out
+
+
+def parse_opts(items: list[str]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for item in items:
+        key, _, value = item.partition("=")
+        try:
+            out[key] = json.loads(value)
+        except json.JSONDecodeError:
+            out[key] = value
+    return out
+
+
+class Runner:
+    """One variant of one method × module: its own student, teacher, attack, optimizer and data."""
+
+    def __init__(self, variant: Variant, args, spec: str, student0, teacher0, data, device, info) -> None:
+        self.variant, self.device, self.info = variant, device, info
+        method_name, _, module_name = spec.partition("+")
+        self.acc = Accelerator(variant.accel, device)
+        self.student = self.acc.prepare(copy.deepcopy(student0))
+        self.teacher = self.acc.prepare(copy.deepcopy(teacher0))
+        M = registry("method").get(method_name)
+        self.method = M(M.Options())
+        self.module = None
+        if module_name:
+            Mod = registry("module").get(module_name)
+            self.module = Mod(Mod.Options(alpha=args.alpha))
+        A = registry("attack").get(self.method.attack_name)
+        attack = A(self.student, options=A.Options(steps=args.attack_steps), teacher=self.teacher)
+        self.attack = self.acc.wrap_attack(attack)
+        self.opt = torch.optim.SGD(self.student.parameters(), lr=0.01, momentum=0.9, weight_decay=5e-4)
+        self.x, self.y = self.acc.place_data(*data)
+        self.batch = args.batch_size
+        self.gen = torch.Generator().manual_seed(0)
+        self.times: list[float] = []
+
+    def step(self) -> None:
+        idx = torch.randint(0, self.x.shape[0], (self.batch,), generator=self.gen)
+        x = augment(self.x[idx], self.info, self.gen).to(self.device, non_blocking=True)
+        y = self.y[idx].to(self.device, non_blocking=True)
+        self.student.train()
+        self.opt.zero_grad(set_to_none=True)
+        res = compute_loss(self.student, self.teacher, self.method, self.module, self.attack, x, y,
+                           epoch=1, epochs=1, cache=self.variant.cache)
+        self.acc.backward_and_step(res.loss, self.opt)
+
+    def timed_step(self) -> None:
+        sync(self.device)
+        t0 = time.perf_counter()
+        self.step()
+        sync(self.device)
+        self.times.append(time.perf_counter() - t0)
+
+    def counted_step(self) -> dict[str, Any]:
+        with count_passes(student=self.student, teacher=self.teacher) as c:
+            self.step()
+        return c.snapshot()
+
+    def flops(self) -> int | None:
+        if self.variant.accel != AccelOptions():
+            return None  # the same passes as its baseline; FlopCounterMode does not see compiled graphs
+        from torch.utils.flop_counter import FlopCounterMode
+
+        with FlopCounterMode(display=False) as fc:
+            self.step()
+        return fc.get_total_flops()
+
+
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--methods", default=DEFAULT_METHODS,
+                   help=f"comma-separated method[+module] (default {DEFAULT_METHODS})")
+    p.add_argument("--student", help="student model (default: small-cnn on CPU, resnet18 on CUDA)")
+    p.add_argument("--teacher", help="teacher model (default: small-cnn on CPU, wrn-28-10 on CUDA)")
+    p.add_argument("--student-opt", action="append", default=[], metavar="KEY=VALUE",
+                   help="student model option, e.g. width=32 (repeatable)")
+    p.add_argument("--teacher-opt", action="append", default=[], metavar="KEY=VALUE")
+    p.add_argument("--batch-size", type=int, help="default 32 on CPU, 128 on CUDA")
+    p.add_argument("--image-size", type=int, default=32)
+    p.add_argument("--classes", type=int, help="default 10 on CPU, 100 on CUDA (CIFAR-100)")
+    p.add_argument("--attack-steps", type=int, default=10, help="K (default 10)")
+    p.add_argument("--alpha", type=float, default=1.0, help="module weight (default 1)")
+    p.add_argument("--warmup", type=int, default=2, help="untimed steps per variant (compile: at least 3)")
+    p.add_argument("--repeats", type=int, default=10, help="timed steps per variant (median reported)")
+    p.add_argument("--variants", help="comma-separated: default,reference,bf16,fp16,channels_last,compile,"
+                   "cudnn_benchmark,gpu_data,fast,fast+gpu_data (default: default,reference; all on CUDA)")
+    p.add_argument("--device", default="auto")
+    p.add_argument("--threads", type=int, help="torch CPU threads")
+    p.add_argument("--quick", action="store_true", help="tiny sizes and few repeats (smoke test)")
+    p.add_argument("--out", type=Path, help="write the results as JSON here")
+    args = p.parse_args(argv)
+
+    device = torch.device(("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto"
+                          else args.device)
+    cuda = device.type == "cuda"
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    big = {"student": "resnet18", "teacher": "wrn-28-10"}
+    for role in ("student", "teacher"):
+        if getattr(args, role) is None:
+            setattr(args, role, big[role] if cuda and big[role] in list_models() else "small-cnn")
+    args.batch_size = args.batch_size or (128 if cuda else 32)
+    args.classes = args.classes or (100 if cuda else 10)
+    if args.quick:
+        args.batch_size, args.image_size, args.warmup, args.repeats = 8, 16, 1, 3
+        if not cuda:
+            args.student_opt = args.student_opt or ["width=8"]
+            args.teacher_opt = args.teacher_opt or ["width=8"]
+    variants = variants_for(device, args.variants.split(",") if args.variants else None)
+
+    torch.manual_seed(0)
+    kw = dict(num_classes=args.classes, in_channels=3, image_size=args.image_size)
+    student0 = create_model(args.student, **kw, **parse_opts(args.student_opt)).to(device)
+    teacher0 = create_model(args.teacher, **kw, **parse_opts(args.teacher_opt)).to(device).eval()
+    for q in teacher0.parameters():
+        q.requires_grad_(False)
+    n = max(8 * args.batch_size, 1024)
+    data = (torch.rand(n, 3, args.image_size, args.image_size), torch.randint(0, args.classes, (n,)))
+    if cuda:
+        data = (data[0].pin_memory(), data[1].pin_memory())
+    info = DatasetInfo(num_classes=args.classes, in_channels=3, image_size=args.image_size,
+                       crop_padding=4, hflip=True)
+
+    rows: list[dict[str, Any]] = []
+    for spec in args.methods.split(","):
+        runners = [Runner(v, args, spec, student0, teacher0, data, device, info) for v in variants]
+        for r in runners:
+            r.passes = r.counted_step()
+            r.flop_count = r.flops()
+            for _ in range(max(args.warmup, 3 if r.variant.accel.compile else 0)):
+                r.step()
+        for _ in range(args.repeats):  # interleaved: load changes hit every variant alike
+            for r in runners:
+                r.timed_step()
+        by_name = {r.variant.name: r for r in runners}
+        for r in runners:
+            ms = 1000 * statistics.median(r.times)
+            row = {"method": spec, "variant": r.variant.name, "accel": asdict(r.variant.accel),
+                   "reference_passes": not r.variant.cache, "passes": r.passes, "flops": r.flop_count,
+                   "ms_per_step": ms, "ms_min": 1000 * min(r.times), "ms_all": [1000 * t for t in r.times],
+                   "images_per_s": args.batch_size / ms * 1000, "baseline": r.variant.baseline}
+            base = by_name.get(r.variant.baseline)
+            if base is not None:
+                row["speedup"] = statistics.median(base.times) / statistics.median(r.times)
+                if r.flop_count and base.flop_count:
+                    row["predicted_speedup"] = base.flop_count / r.flop_count
+            if cuda:
+                row["cifar_epoch_s"] = CIFAR_TRAIN / args.batch_size * ms / 1000
+            rows.append(row)
+        del runners
+
+    meta = {"device": torch.cuda.get_device_name(device) if cuda else platform.processor() or "cpu",
+            "torch": torch.__version__, "threads": torch.get_num_threads(), "python": platform.python_version(),
+            "args": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()}}
+    print_table(rows, meta, cuda)
+    if args.out:
+        args.out.write_text(json.dumps({"meta": meta, "rows": rows}, indent=2))
+    return 0
+
+
+def print_table(rows: list[dict[str, Any]], meta: dict[str, Any], cuda: bool) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    a = meta["args"]
+    t = Table(title=f"training step: {a['student']} ← {a['teacher']}, batch {a['batch_size']}, "
+                    f"{a['image_size']}×{a['image_size']}, {a['classes']} classes, K = {a['attack_steps']} "
+                    f"({meta['device']}, torch {meta['torch']}, {meta['threads']} threads)")
+    for col in ("method", "variant", "S fwd/bwd", "T fwd (images)", "GFLOP", "ms/step", "img/s", "speedup",
+                "predicted") + (("CIFAR epoch s",) if cuda else ()):
+        t.add_column(col, justify="left" if col in ("method", "variant") else "right")
+    for r in rows:
+        s, te = r["passes"].get("student", {}), r["passes"].get("teacher", {})
+        tf = f"{te.get('forwards', 0)} ({te.get('images', 0)})" if te else "–"
+        cells = [r["method"], r["variant"], f"{s.get('forwards', 0)}/{s.get('backwards', 0)}", tf,
+                 f"{r['flops'] / 1e9:.2f}" if r["flops"] else "",
+                 f"{r['ms_per_step']:.1f}", f"{r['images_per_s']:.0f}",
+                 f"{r['speedup']:.3f}× vs {r['baseline']}" if "speedup" in r else "",
+                 f"{r['predicted_speedup']:.3f}×" if "predicted_speedup" in r else ""]
+        if cuda:
+            cells.append(f"{r['cifar_epoch_s']:.1f}")
+        t.add_row(*cells)
+    Console().print(t)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

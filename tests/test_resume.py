@@ -1,0 +1,115 @@
+"""Interruptions: SIGKILL after a checkpoint, then --resume, ends bit-identical to an uninterrupted run;
+SIGINT finishes the step, saves, says how to resume; a non-finite loss stops with the last good checkpoint."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from igdm_kit import recipe as R
+from igdm_kit.engine import run
+from igdm_kit.errors import TrainingError
+
+from conftest import DIGITS_PGDAT
+
+RECIPE = DIGITS_PGDAT.replace("epochs = 1", "epochs = 4").replace("milestones = []", "milestones = [3]") \
+    .replace("steps = 2", "steps = 5")
+
+
+def _weights(path):
+    return load_file(str(path))
+
+
+def _same(a, b):
+    assert a.keys() == b.keys()
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
+
+
+def _start(recipe, out):
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    return subprocess.Popen([sys.executable, "-m", "igdm_kit", "run", str(recipe), "--output", str(out)],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+
+
+def _wait_for(pred, proc, timeout=300):
+    t0 = time.time()
+    while not pred():
+        assert proc.poll() is None, "the run ended before it could be interrupted"
+        assert time.time() - t0 < timeout
+        time.sleep(0.02)
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory):
+    out = tmp_path_factory.mktemp("ref") / "run"
+    p = out.parent / "r.toml"
+    p.write_text(RECIPE)
+    run(R.load(p), output_dir=out)
+    return p, _weights(out / "model.safetensors")
+
+
+@pytest.mark.slow
+def test_sigkill_then_resume_is_bit_identical(reference, tmp_path):
+    recipe, expected = reference
+    out = tmp_path / "run"
+    proc = _start(recipe, out)
+    _wait_for(lambda: (out / "metrics.jsonl").exists() and (out / "metrics.jsonl").read_text().count("\n") >= 1,
+              proc)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert not (out / "results.json").exists()
+    res = subprocess.run([sys.executable, "-m", "igdm_kit", "run", str(recipe), "--output", str(out),
+                          "--resume"], capture_output=True, text=True, timeout=600)
+    assert res.returncode == 0, res.stderr[-2000:]
+    _same(_weights(out / "model.safetensors"), expected)
+    assert [int(line.split('"epoch": ')[1].split(",")[0]) for line in
+            (out / "metrics.jsonl").read_text().splitlines()] == [1, 2, 3, 4]
+
+
+@pytest.mark.slow
+def test_sigint_finishes_the_step_saves_and_resumes_exactly(reference, tmp_path):
+    recipe, expected = reference
+    out = tmp_path / "run"
+    proc = _start(recipe, out)
+    _wait_for(lambda: (out / "manifest.json").exists(), proc)
+    time.sleep(1.0)  # somewhere inside an epoch
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=300)
+    assert proc.returncode == 130, err[-2000:]
+    assert "SIGINT" in err and "--resume" in err and "Traceback" not in err
+    assert (out / "train_state.safetensors").exists()
+    res = subprocess.run([sys.executable, "-m", "igdm_kit", "run", str(recipe), "--output", str(out),
+                          "--resume"], capture_output=True, text=True, timeout=600)
+    assert res.returncode == 0, res.stderr[-2000:]
+    _same(_weights(out / "model.safetensors"), expected)
+
+
+def test_non_finite_loss_stops_with_last_good_checkpoint(tmp_path, monkeypatch, write_recipe):
+    from igdm_kit_plugins.methods.pgd_at import PGDAT
+
+    real = PGDAT.loss
+
+    def poisoned(self, ctx):
+        terms = real(self, ctx)
+        if ctx.epoch == 2:
+            terms["adv_ce"] = terms["adv_ce"] * float("nan")
+        return terms
+
+    monkeypatch.setattr(PGDAT, "loss", poisoned)
+    p = write_recipe(DIGITS_PGDAT.replace("epochs = 1", "epochs = 3"))
+    out = tmp_path / "run"
+    with pytest.raises(TrainingError) as exc:
+        run(R.load(p), output_dir=out)
+    msg = str(exc.value)
+    assert "'adv_ce'" in msg and "epoch 2" in msg and "step 1" in msg
+    from igdm_kit.checkpoint import read_metadata
+
+    assert read_metadata(out / "last.safetensors")["epoch"] == 1  # the last good one, loadable
