@@ -20,19 +20,22 @@ optimizer, checkpoints and resume are unaffected; ``paused()`` runs them as plai
 epoch clean accuracy) and ``release()`` removes everything before the final evaluation, so reported
 robust accuracies are never measured in half precision.
 
-Attack gradients under half precision (the sign(0) guard). An attack step is z ← Proj(z + η·sign(∇_z L)).
-In fp16 the backward through the network runs in fp16, whose smallest subnormal is 6e-8: the gradient of
-a batch-mean loss (∝ 1/B) can underflow to exactly 0 in some or all entries, and sign(0) = 0 stalls those
-pixels. While an attack runs (``wrap_attack``), every forward whose input requires a gradient is wrapped
-in a pair of autograd functions: at the logits the incoming float32 gradient g is multiplied by
-s = 2^⌊log₂(256 / max|g|)⌋ *before* it is cast to half precision, and at the (float32) input the
-gradient is divided by s again. Powers of two scale exactly, so ∇_z L is unchanged up to rounding, but the
-half-precision backward works at a magnitude where nothing underflows (and, s < 1 for large g, nothing
-overflows). This is dynamic per call and needs no retry, unlike a GradScaler. Attacks only ask for
-∇_z (``torch.autograd.grad`` w.r.t. the input), so the parameter gradients that the scale also touches
-are never used. bf16 has float32's exponent range and does not underflow; the guard runs for it too (it
-is exact and cheap). ``fp16`` is refused with the ``direct`` module, whose double-backprop input gradient
-is outside the attack and is not scaled.
+Attack gradients under half precision (the sign(0) guard). An attack step is
+z ← Proj(z + η·sign(∇_z L)). Under fp16 the backward through the network runs in fp16, whose smallest
+subnormal is 6e-8: the gradient of a batch-mean objective (∝ 1/B) underflows to exactly 0 in some or all
+entries, and sign(0) = 0 stalls those pixels (``test_accel`` shows > 90 % zeros for a small objective).
+While an attack runs (``wrap_attack``), every forward whose input requires a gradient is wrapped in a pair
+of autograd functions: at the logits the incoming float32 gradient g is multiplied by
+s = 2^⌊log₂(256 / max|g|)⌋ *before* it is cast to half precision, and at the (float32) input the gradient
+is divided by s again. Powers of two scale exactly, so ∇_z L is unchanged up to rounding, while the
+half-precision backward runs at the magnitude a GradScaler would give it (max |∂L/∂logits| = 256: far
+from underflow, and s < 1 when g is large, so overflow is as unlikely as under a GradScaler). The scale
+is chosen per call from the gradient itself, so no retry is needed. Attacks only ask for ∇_z
+(``torch.autograd.grad`` w.r.t. the input), so the parameter gradients the scale also touches are never
+used. bf16 has float32's exponent range and does not underflow; the guard runs for it too (it is exact
+and cheap). ``fp16`` is refused with the ``direct`` module, whose double-backprop input gradient is
+computed outside the attack and is not scaled. ``cudnn_benchmark`` sets the process-global
+``torch.backends.cudnn.benchmark``.
 """
 
 from __future__ import annotations

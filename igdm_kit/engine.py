@@ -394,7 +394,9 @@ def run(r: Recipe, *, output_dir: str | Path | None = None, resume: bool = False
                 _raise_interrupted(stop.signum, out, r, epoch + 1, 0)
 
     acc.release()  # the final evaluation runs the plain fp32 eager models
-    results = final_evaluation(r, student, teacher, xte, yte, device, log=log, dist=d)
+    # AutoAttack keeps its progress in the run folder, so an interrupted final evaluation resumes.
+    aa_state = out / "autoattack.state" if d.is_main else None
+    results = final_evaluation(r, student, teacher, xte, yte, device, log=log, dist=d, aa_state=aa_state)
     if d.is_main:
         save_model(out / FINAL, student, {**ckpt_meta, "epoch": tr.epochs})
         atomic_write_json(out / RESULTS, results)
@@ -448,7 +450,8 @@ def clean_accuracy(model, x: torch.Tensor, y: torch.Tensor, device, batch_size: 
     return 100.0 * correct / max(1, total)
 
 
-def final_evaluation(r: Recipe, student, teacher, xte, yte, device, *, log, dist=None) -> dict[str, Any]:
+def final_evaluation(r: Recipe, student, teacher, xte, yte, device, *, log, dist=None,
+                     aa_state: Path | None = None) -> dict[str, Any]:
     """The recipe's ``[eval]``: the attacks of Section 4.1 and, with ``analysis = true``, GD/GC.
 
     Under torchrun each rank evaluates a disjoint shard of the test split (AutoAttack included) and the
@@ -463,7 +466,9 @@ def final_evaluation(r: Recipe, student, teacher, xte, yte, device, *, log, dist
     if sharded:
         x, y = x[dist.rank::dist.world], y[dist.rank::dist.world]
     report = evaluate(student, x, y, attacks=tuple(ev.attacks), batch_size=ev.batch_size, eps=ev.eps,
-                      device=device)
+                      device=device, autoattack_state=aa_state)
+    for w in report.get("warnings", []):
+        log(f"AutoAttack: {w}")
     if sharded:
         names = list(report["metrics"])
         counts = dist.sum([float(report["metrics"][k]["correct"]) for k in names], device)

@@ -307,8 +307,9 @@ def run_autoattack(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, eps: f
 
         # pyautoattack flags a Square Attack that beats the gradient attacks; run per attack it cannot see
         # the whole sequence, so the check runs here on the accuracies after each attack (fractions).
-        checks.check_square_sr({k: v / 100.0 for k, v in state["after"].items()}, logger=logger)
-    return {"robust": robust, "after": dict(state["after"])}
+        after = {k: state["after"][k] for k in ("clean", *order) if k in state["after"]}  # JSON sorts keys
+        checks.check_square_sr({k: v / 100.0 for k, v in after.items()}, logger=logger)
+    return {"robust": robust, "after": after}
 
 
 # -- the entry point -----------------------------------------------------------------------------------

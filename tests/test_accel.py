@@ -169,8 +169,8 @@ def test_bf16_attacks_stay_in_the_ball_and_increase_their_loss(attack_name, batc
         x_ref = plain(x, y, **extra)
         gain_fp32 = L(x_ref) - L(x)
     assert gain_fp32 > 0.1  # the yardstick attack did something measurable
-    # TRADES' first steps follow S(z) − S(x) at ‖z − x‖ ≈ 0.001, below bf16's logit resolution; it is the
-    # weakest here (~80% of the fp32 gain), the others are within a few percent
+    # TRADES' first steps follow S(z) − S(x) at ‖z − x‖ ≈ 0.001, below bf16's logit resolution; it is
+    # the weakest here (~80% of the fp32 gain), the others are within a few percent
     assert gain_bf16 > (0.7 if attack_name == "trades" else 0.9) * gain_fp32
 
 

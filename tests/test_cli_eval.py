@@ -173,3 +173,11 @@ def test_help_of_eval_and_analyze_does_not_import_torch():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert "--aa-state" in out.stdout and "linearity" in out.stdout and "alignment" in out.stdout
     assert out.stdout.strip().endswith("NO-TORCH"), out.stdout[-300:] + out.stderr[-300:]
+
+
+def test_paths_with_brackets_are_printed_verbatim(cli, tmp_path):
+    p = _save(tmp_path / "run[exp]" / "epoch_[best].safetensors", epoch=2)
+    res = cli("eval", "--model", p, "--limit", "4", "--attacks", "clean", "--no-progress")
+    assert res.code == 0 and "run[exp]" in res.out.replace("\n", "")
+    lin = cli("analyze", "linearity", p, "--limit", "4", "--no-progress")
+    assert lin.code == 0 and "epoch_[best]" in lin.out  # (a narrow table may fold the rest of the name)

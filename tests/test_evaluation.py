@@ -241,6 +241,7 @@ def test_autoattack_resumes_from_its_state_file(narrow_aa, tmp_path):
     assert not any(t == "autoattack:apgd-ce" for t, _ in resumed_calls)  # finished work is not redone
     assert resumed_calls[0] == ("autoattack:apgd-t", 2)
     assert resumed["after"] == pytest.approx(full["after"])
+    assert list(resumed["after"]) == ["clean", "apgd-ce", "apgd-t"]  # in attack order, also when restored
 
     # a state file of another evaluation is refused, not silently reused
     with pytest.raises(IgdmKitError, match="another model"):

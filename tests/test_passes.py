@@ -7,7 +7,7 @@ at default options — not read from the methods' ``student_inputs``/``teacher_i
   followed by one input-gradient backward; x_adv = z_K itself is never evaluated by the attack);
   ``trades`` adds one no-grad S(x) for its target, ``rslad`` one no-grad T(x) (shared with the loss),
   ``adaad`` differentiates through the teacher as well (K teacher forwards and backwards);
-* the loss needs each distinct student input once (train mode, one backward each), with x⁺ = x_adv at β = 1;
+* the loss needs each distinct student input once (train mode, one backward each); x⁺ = x_adv at β = 1;
 * the teacher inputs known after the attack go through the teacher in one batched forward (eval mode, no
   gradient, so no backward);
 * ``direct`` computes ∇_x CE at x for both models outside the step cache: one student forward with two
@@ -55,11 +55,11 @@ METHOD = {
     "rslad": ("rslad", {"x", "x_adv"}, {"x"}),             # KL(T(x) ‖ S(x_adv)), KL(T(x) ‖ S(x))
     "adaad": ("adaad", {"x_adv"}, {"x_adv"}),              # KL(T(x_adv) ‖ S(x_adv))
     "adaiad": ("adaad", {"x_adv", "x"}, {"x_adv"}),        # AdaAD + introspection
-    "mart": ("pgd", {"x_adv", "x"}, set()),                # example plugin: BCE(S(x_adv)) + KL(S(x) ‖ S(x_adv))
+    "mart": ("pgd", {"x_adv", "x"}, set()),                # (example plugin) BCE(S(x_adv)) + KL(S(x) ‖ …)
 }
 
-#: module → (student inputs, teacher inputs) with β = γ = 1, so x⁺ = x + δ = x_adv; plus the passes it makes
-#: outside the step cache (``direct``).
+#: module → (student inputs, teacher inputs) with β = γ = 1, so x⁺ = x + δ = x_adv; plus the passes it
+#: makes outside the step cache (``direct``).
 MODULE = {
     None: (set(), set()),
     "igdm": ({"x_adv", "x_minus"}, {"x_adv", "x_minus"}),   # D(S(x⁺) − S(x⁻), T(x⁺) − T(x⁻))
@@ -84,7 +84,8 @@ def minimum(method: str, module: str | None) -> dict[str, dict[str, int]]:
                        "backwards": a["s_bwd"] + len(loss_s) + extra.get("s_bwd", 0)}}
     out["student"]["images"] = B * out["student"]["forwards"]
     if t_fwd:
-        out["teacher"] = {"forwards": t_fwd, "backwards": a["t_bwd"] + extra.get("t_bwd", 0), "images": t_images}
+        out["teacher"] = {"forwards": t_fwd, "backwards": a["t_bwd"] + extra.get("t_bwd", 0),
+                          "images": t_images}
     return out
 
 
@@ -222,3 +223,32 @@ def test_reference_passes_give_the_same_loss_and_gradients(models_and_batch, met
     if s_shared:  # the running statistics did see the extra forwards (the documented difference)
         bn_d, bn_r = _bn_modules(s_default), _bn_modules(s_ref)
         assert any(a.num_batches_tracked != b.num_batches_tracked for a, b in zip(bn_d, bn_r, strict=True))
+
+
+def test_step_speed_benchmark_reports_the_minimum_passes(tmp_path, monkeypatch):
+    """benchmarks/step_speed.py --quick: its JSON carries the pass counts derived above and a FLOP ratio
+    > 1 in favour of the default path (timings themselves are not asserted: shared CPU)."""
+    import importlib.util
+    import json
+    import sys
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "step_speed.py"
+    spec = importlib.util.spec_from_file_location("step_speed", path)
+    bench = importlib.util.module_from_spec(spec)
+    monkeypatch.setitem(sys.modules, spec.name, bench)  # its dataclasses look their module up
+    spec.loader.exec_module(bench)
+    out = tmp_path / "speed.json"
+    assert bench.main(["--quick", "--methods", "rslad+igdm,adaad+igdm", "--repeats", "1",
+                       "--out", str(out)]) == 0
+    rows = {(r["method"], r["variant"]): r for r in json.loads(out.read_text())["rows"]}
+    assert set(rows) == {(m, v) for m in ("rslad+igdm", "adaad+igdm") for v in ("default", "reference")}
+    for spec_name in ("rslad+igdm", "adaad+igdm"):
+        method, module = spec_name.split("+")
+        expected = {role: {"forwards": c["forwards"], "backwards": c["backwards"]}
+                    for role, c in minimum(method, module).items()}
+        got = {role: {"forwards": c["forwards"], "backwards": c["backwards"]}
+               for role, c in rows[(spec_name, "default")]["passes"].items()}
+        assert got == expected
+        assert rows[(spec_name, "default")]["predicted_speedup"] > 1.0
+        assert rows[(spec_name, "default")]["ms_per_step"] > 0

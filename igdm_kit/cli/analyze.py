@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import typer
+from rich.markup import escape
 
 from ..errors import IgdmKitError
 from .console import err_console, out_console, print_json
@@ -44,7 +45,7 @@ def _save(fig, path: Path) -> None:
     except (OSError, ValueError) as exc:
         raise IgdmKitError(f"cannot write the plot {str(path)!r}: {exc}",
                            "check the folder and the extension (.png, .pdf, .svg)") from None
-    err_console.print(f"plot: {path}", style="dim", highlight=False)
+    err_console.print(escape(f"plot: {path}"), style="dim", highlight=False)
 
 
 def _prepare(checkpoints: list[Path], dataset: str | None, limit: int | None, device: str):
@@ -65,11 +66,11 @@ def _prepare(checkpoints: list[Path], dataset: str | None, limit: int | None, de
 def _table(title: str, columns: list[str], rows: list[list[str]]):
     from rich.table import Table
 
-    table = Table(title=title)
+    table = Table(title=escape(title))  # paths are text, not Rich markup
     for i, col in enumerate(columns):
         table.add_column(col, justify="left" if i == 0 else "right")
     for row in rows:
-        table.add_row(*row)
+        table.add_row(*(escape(c) for c in row))
     out_console.print(table)
 
 
@@ -261,7 +262,11 @@ def _plot_linearity(results: list[dict[str, Any]], path: Path) -> None:
         ax.fill_between(xs, [r["q25"] for r in results], [r["q75"] for r in results], alpha=0.3,
                         label="25–75 %")
         ax.set_xlabel("epoch" if have_epochs else "checkpoint")
-        if not have_epochs:
+        if have_epochs:
+            from matplotlib.ticker import MaxNLocator
+
+            ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        else:
             ax.set_xticks(xs, [Path(r["checkpoint"]).stem for r in results], rotation=45, ha="right")
         ax.set_ylabel("Taylor remainder proportion")
         ax.legend()

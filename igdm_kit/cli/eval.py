@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import typer
+from rich.markup import escape  # paths and messages are text, not Rich markup
 
 from ..errors import IgdmKitError
 from .console import err_console, make_progress, out_console, print_json
@@ -130,13 +131,13 @@ def register(app: typer.Typer) -> None:
         net, x, y, ds_name, dev = load_checkpoint_and_data(model, dataset, limit, device)
         from ..evaluation import evaluate
 
-        err_console.print(f"evaluating {model} on {ds_name} test ({x.shape[0]} images, {dev})",
+        err_console.print(escape(f"evaluating {model} on {ds_name} test ({x.shape[0]} images, {dev})"),
                           style="dim", highlight=False)
         with progress_callback(progress) as cb:
             result = evaluate(net, x, y, attacks=names, batch_size=batch_size, eps=radius, device=dev,
                               seed=seed, progress=cb, autoattack_state=aa_state)
         for w in result["warnings"]:
-            err_console.print(f"[yellow]warning:[/] AutoAttack: {w}", highlight=False)
+            err_console.print(f"[yellow]warning:[/] AutoAttack: {escape(w)}", highlight=False)
         result = {"checkpoint": str(model), "dataset": ds_name, **result}
         if json_:
             print_json("eval", result)
@@ -149,7 +150,7 @@ def print_table(result: dict[str, Any]) -> None:
 
     eps = result["eps"]
     eps_text = f"{eps * 255:.3g}/255" if eps else "0"
-    table = Table(title=f"{result['checkpoint']} — {result['dataset']} test, n={result['n']}, ε={eps_text}")
+    table = Table(title=escape(f"{result['checkpoint']} — {result['dataset']} test, n={result['n']}, ε={eps_text}"))
     table.add_column("metric")
     table.add_column("accuracy (%)", justify="right")
     table.add_column("correct", justify="right")
