@@ -287,7 +287,8 @@ def run(r: Recipe, *, output_dir: str | Path | None = None, resume: bool = False
             kept = [m for m in read_jsonl(out / "metrics.jsonl") if m["epoch"] <= meta["epoch"]]
             atomic_write_text(out / "metrics.jsonl", "".join(json_line(m) for m in kept))
     elif d.is_main:
-        (out / "metrics.jsonl").unlink(missing_ok=True)
+        for stale in ("metrics.jsonl", "autoattack.state"):  # left by an unfinished run started afresh
+            (out / stale).unlink(missing_ok=True)
         atomic_write_text(out / "recipe.toml", recipe_mod.to_toml(r.resolved()))
         atomic_write_json(out / "manifest.json", {
             "recipe": r.resolved(), "recipe_digest": r.digest(), "seed": tr.seed, "world_size": d.world,
@@ -396,7 +397,8 @@ def run(r: Recipe, *, output_dir: str | Path | None = None, resume: bool = False
     acc.release()  # the final evaluation runs the plain fp32 eager models
     # AutoAttack keeps its progress in the run folder, so an interrupted final evaluation resumes.
     aa_state = out / "autoattack.state" if d.is_main else None
-    results = final_evaluation(r, student, teacher, xte, yte, device, log=log, dist=d, aa_state=aa_state)
+    results = final_evaluation(r, student, teacher, xte, yte, device, log=log, dist=d, aa_state=aa_state,
+                               progress=progress if d.is_main else None)
     if d.is_main:
         save_model(out / FINAL, student, {**ckpt_meta, "epoch": tr.epochs})
         atomic_write_json(out / RESULTS, results)
@@ -450,8 +452,22 @@ def clean_accuracy(model, x: torch.Tensor, y: torch.Tensor, device, batch_size: 
     return 100.0 * correct / max(1, total)
 
 
+def _eval_progress(progress: Any, name: str):
+    """Adapt a Rich ``Progress`` to evaluation's ``callback(task, done, total)``: a bar per attack."""
+    if progress is None:
+        return None
+    tasks: dict[str, Any] = {}
+
+    def callback(task: str, done: int, total: int) -> None:
+        if task not in tasks:
+            tasks[task] = progress.add_task(f"{name} eval {task}", total=total)
+        progress.update(tasks[task], completed=done)
+
+    return callback
+
+
 def final_evaluation(r: Recipe, student, teacher, xte, yte, device, *, log, dist=None,
-                     aa_state: Path | None = None) -> dict[str, Any]:
+                     aa_state: Path | None = None, progress: Any = None) -> dict[str, Any]:
     """The recipe's ``[eval]``: the attacks of Section 4.1 and, with ``analysis = true``, GD/GC.
 
     Under torchrun each rank evaluates a disjoint shard of the test split (AutoAttack included) and the
@@ -466,7 +482,7 @@ def final_evaluation(r: Recipe, student, teacher, xte, yte, device, *, log, dist
     if sharded:
         x, y = x[dist.rank::dist.world], y[dist.rank::dist.world]
     report = evaluate(student, x, y, attacks=tuple(ev.attacks), batch_size=ev.batch_size, eps=ev.eps,
-                      device=device, autoattack_state=aa_state)
+                      device=device, autoattack_state=aa_state, progress=_eval_progress(progress, r.name))
     for w in report.get("warnings", []):
         log(f"AutoAttack: {w}")
     if sharded:

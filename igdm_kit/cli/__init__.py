@@ -14,13 +14,15 @@ import sys
 import typer
 
 from ..errors import IgdmKitError
+from . import analyze as analyze_cmd
+from . import eval as eval_cmd
 from . import plugins as plugins_cmd
 from . import recipe as recipe_cmd
 from . import run as run_cmd
 from . import sweep as sweep_cmd
 from .console import err_console
 
-GROUPS = (run_cmd, recipe_cmd, plugins_cmd, sweep_cmd)
+GROUPS = (run_cmd, recipe_cmd, plugins_cmd, sweep_cmd, eval_cmd, analyze_cmd)
 
 
 def build_app() -> typer.Typer:
@@ -40,9 +42,11 @@ def _debug() -> bool:
 
 
 def report(exc: IgdmKitError) -> None:
-    err_console.print(f"[bold red]error:[/] {exc.message}", highlight=False, markup=True, soft_wrap=True)
+    from rich.markup import escape  # paths and hints may hold brackets ("runs/[exp]", "igdm-kit[plot]")
+
+    err_console.print(f"[bold red]error:[/] {escape(exc.message)}", highlight=False, soft_wrap=True)
     if exc.hint:
-        err_console.print(f"[yellow]hint:[/] {exc.hint}", highlight=False, soft_wrap=True)
+        err_console.print(f"[yellow]hint:[/] {escape(exc.hint)}", highlight=False, soft_wrap=True)
 
 
 def main(argv: list[str] | None = None) -> None:
