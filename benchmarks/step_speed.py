@@ -248,12 +248,13 @@ def main(argv: list[str] | None = None) -> int:
                    "images_per_s": args.batch_size / ms * 1000, "baseline": r.variant.baseline}
             base = by_name.get(r.variant.baseline)
             if base is not None:
-                row["speedup"] = statistics.median(base.times) / statistics.median(r.times)
-                # the repeats are interleaved, so repeat i of both ran under the same load: the spread of
-                # the paired ratios is the noise of the speedup
+                # The repeats are interleaved, so repeat i of both variants ran under the same machine
+                # load: the median of the paired ratios is robust to load drifting during the run, and
+                # their interquartile range is the noise of the speedup.
                 paired = sorted(b / t for b, t in zip(base.times, r.times, strict=True))
-                row["speedup_paired_median"] = statistics.median(paired)
+                row["speedup"] = statistics.median(paired)
                 row["speedup_paired_iqr"] = [paired[len(paired) // 4], paired[(3 * len(paired)) // 4]]
+                row["speedup_of_medians"] = statistics.median(base.times) / statistics.median(r.times)
                 if r.flop_count and base.flop_count:
                     row["predicted_speedup"] = base.flop_count / r.flop_count
             if cuda:

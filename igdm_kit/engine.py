@@ -20,6 +20,7 @@ import math
 import os
 import platform
 import shutil
+import signal
 import subprocess
 import time
 from collections.abc import Callable
@@ -99,7 +100,8 @@ def build_student(r: Recipe, info: DatasetInfo) -> torch.nn.Module:
                         **r.components["student"].model_dump())
 
 
-def load_teacher(r: Recipe, info: DatasetInfo, device: torch.device, *, log: Callable[[str], None]):
+def load_teacher(r: Recipe, info: DatasetInfo, device: torch.device, *, log: Callable[[str], None],
+                 resume: bool = False):
     """The teacher in eval mode with frozen parameters, and the sha256 of its file."""
     t = r.model.teacher
     if t is None:
@@ -107,7 +109,7 @@ def load_teacher(r: Recipe, info: DatasetInfo, device: torch.device, *, log: Cal
     if t.recipe is not None:
         sub = recipe_mod.load(t.recipe)
         log(f"teacher: recipe {t.recipe}")
-        result = run(sub, output_dir=None, reuse_finished=True, log=log)
+        result = run(sub, output_dir=None, reuse_finished=True, resume=resume, log=log)
         path = result.output_dir / FINAL
     else:
         path = Path(t.checkpoint)
@@ -146,8 +148,14 @@ def build_training(r: Recipe, student, teacher):
 
 def _check_output_dir(out: Path, r: Recipe, *, resume: bool, overwrite: bool, reuse_finished: bool) -> str:
     """Decide what to do with an existing run folder: 'new', 'resume' or 'reuse'."""
+    if out.exists() and not out.is_dir():
+        raise IgdmKitError(f"output {str(out)!r} is a file, not a folder", "choose a folder with --output")
     if not out.exists() or not any(out.iterdir()):
         return "new"
+    is_run = any((out / f).exists() for f in ("manifest.json", STATE, "metrics.jsonl", RESULTS))
+    if not is_run:
+        raise IgdmKitError(f"output folder {str(out)!r} is not empty and holds no igdm-kit run",
+                           "choose an empty or new folder with --output (it is never deleted)")
     if overwrite:
         shutil.rmtree(out)
         return "new"
@@ -161,6 +169,9 @@ def _check_output_dir(out: Path, r: Recipe, *, resume: bool, overwrite: bool, re
             same = json.loads(manifest.read_text()).get("recipe_digest") == r.digest()
         except (OSError, ValueError):
             same = False
+    if same and (finished or resume) and not _same_teacher(out, r):
+        raise IgdmKitError(f"the teacher file changed since the run in {str(out)!r} was made",
+                           "pass --overwrite to train again with the new teacher")
     if finished and reuse_finished and same:
         return "reuse"
     if finished:
@@ -221,6 +232,21 @@ def _epoch_seed(seed: int, epoch: int, rank: int) -> int:
     return (seed * 1_000_003 + epoch * 7_919 + rank * 104_729) % (2**63)
 
 
+def _same_teacher(out: Path, r: Recipe) -> bool:
+    """A finished or resumed run is only reused with the teacher file it was made with (a teacher trained
+    by a nested recipe is covered by the recipe digest instead)."""
+    t = r.model.teacher
+    if t is None or t.checkpoint is None or not Path(t.checkpoint).is_file():
+        return True
+    import json
+
+    try:
+        recorded = json.loads((out / "manifest.json").read_text()).get("teacher_sha256")
+    except (OSError, ValueError):
+        return True
+    return recorded is None or recorded == sha256_file(t.checkpoint)
+
+
 def run(r: Recipe, *, output_dir: str | Path | None = None, resume: bool = False, overwrite: bool = False,
         reuse_finished: bool = False, log: Callable[[str], None] = lambda s: None,
         progress: Any = None) -> RunResult:
@@ -262,7 +288,7 @@ def run(r: Recipe, *, output_dir: str | Path | None = None, resume: bool = False
     info, (xtr, ytr), (xte, yte) = load_data(r)
     xtr, ytr = acc.place_data(xtr, ytr)
     student = acc.prepare(build_student(r, info).to(device))
-    teacher, teacher_digest = load_teacher(r, info, device, log=log)
+    teacher, teacher_digest = load_teacher(r, info, device, log=log, resume=resume)
     teacher = acc.prepare(teacher)
     method, module, attack = build_training(r, student, teacher)
     attack = acc.wrap_attack(attack)  # mixed precision: the attack-gradient guard (igdm_kit.accel)
@@ -362,6 +388,12 @@ def run(r: Recipe, *, output_dir: str | Path | None = None, resume: bool = False
                 seen += bs
                 if task is not None:
                     progress.update(task, advance=1)
+                if d.enabled and d.sum([float(stop.signum is not None)], device)[0] > 0:
+                    # every rank stops together; mid-epoch sums and RNG are per rank, so a distributed
+                    # run restarts the interrupted epoch from its first step
+                    stop.signum = stop.signum or signal.SIGTERM
+                    save_state(epoch - 1)
+                    _raise_interrupted(stop.signum, out, r, epoch, 0)
                 if stop.signum is not None and step_i + 1 < steps_per_epoch:
                     partial_state = {"epoch": epoch, "step": step_i + 1, "sums": sums, "correct": correct,
                                      "seen": seen}
@@ -382,15 +414,17 @@ def run(r: Recipe, *, output_dir: str | Path | None = None, resume: bool = False
                 row["test_clean_acc"] = clean_accuracy(student, xte, yte, device, dist=d)
             row["seconds"] = round(time.perf_counter() - t0, 3)
             metrics.append(row)
-            # Order matters for resume: model files first, then the state, then the metrics line.
+            # Order matters for resume: the state is written last, it is what resume trusts.
             if d.is_main:
                 if tr.save_every_epoch:
                     save_model(out / "checkpoints" / f"epoch_{epoch:03d}.safetensors", student,
                                {**ckpt_meta, "epoch": epoch})
+                append_jsonl(out / "metrics.jsonl", row)  # resume drops rows newer than the state
                 save_state(epoch)
-                append_jsonl(out / "metrics.jsonl", row)
             log(f"epoch {epoch}/{tr.epochs}: " + ", ".join(f"{k}={v:.4g}" for k, v in row.items()
                                                           if k != "epoch" and isinstance(v, float)))
+            if d.enabled and d.sum([float(stop.signum is not None)], device)[0] > 0:
+                stop.signum = stop.signum or signal.SIGTERM
             if stop.signum is not None and epoch < tr.epochs:
                 _raise_interrupted(stop.signum, out, r, epoch + 1, 0)
 
@@ -429,8 +463,11 @@ def _raise_interrupted(signum: int, out: Path, r: Recipe, epoch: int, step: int)
     name = signal.Signals(signum).name
     where = f"epoch {epoch}, step {step}" if step else f"the start of epoch {epoch}"
     recipe = str(r.path) if r.path else "RECIPE"
+    # a variant of a recipe family resumes through the family's own command, not into its own folder
+    command = f"igdm-kit run {recipe} --resume" if r.variant_of else \
+        f"igdm-kit run {recipe} --resume --output {out}"
     raise Interrupted(f"{name}: training stopped and saved at {where} in {out}",
-                      f"resume with: igdm-kit run {recipe} --resume --output {out}", 128 + signum)
+                      f"resume with: {command}", 128 + signum)
 
 
 def clean_accuracy(model, x: torch.Tensor, y: torch.Tensor, device, batch_size: int = 512,
@@ -438,14 +475,13 @@ def clean_accuracy(model, x: torch.Tensor, y: torch.Tensor, device, batch_size: 
     """Clean accuracy (%); under torchrun each rank takes a disjoint shard and the counts are summed."""
     if dist is not None and dist.enabled:
         x, y = x[dist.rank::dist.world], y[dist.rank::dist.world]
-    was = model.training
-    model.eval()
+    from .evaluation import eval_mode
+
     correct = 0
-    with torch.no_grad():
+    with torch.no_grad(), eval_mode(model):
         for i in range(0, x.shape[0], batch_size):
             xb, yb = x[i:i + batch_size].to(device), y[i:i + batch_size].to(device)
             correct += int((model(xb).argmax(1) == yb).sum())
-    model.train(was)
     total = x.shape[0]
     if dist is not None and dist.enabled:
         correct, total = (int(v) for v in dist.sum([float(correct), float(total)], device))
@@ -491,11 +527,12 @@ def final_evaluation(r: Recipe, student, teacher, xte, yte, device, *, log, dist
         report["metrics"] = {k: {"accuracy": 100.0 * c / n_total, "correct": int(c), "total": n_total}
                              for k, c in zip(names, counts, strict=True)}
         report["n"] = n_total
+        report.pop("autoattack", None)  # per-attack breakdown of one shard only: not the test split
     results: dict[str, Any] = {"recipe": r.name, "digest": r.digest(), **report}
     if ev.analysis and teacher is not None:
         from .analysis import gradient_alignment
 
-        al = gradient_alignment(student, teacher, x.to(device), y.to(device))
+        al = gradient_alignment(student, teacher, x, y, batch_size=ev.batch_size)
         gd, gc = float(al["distance"].sum()), float(al["cosine"].sum())
         if sharded:
             gd, gc = dist.sum([gd, gc], device)

@@ -244,6 +244,8 @@ class Recipe:
         self.path = path
         #: section → validated component Options (data, student, method, module, attack)
         self.components = components
+        #: the variant's label when this recipe is one variant of a ``[sweep]`` family
+        self.variant_of: str | None = None
 
     @property
     def name(self) -> str:

@@ -52,11 +52,11 @@ def expand(path: str | Path, overrides: list[str] | None = None, grid: dict[str,
     """Every variant of the recipe, validated (a bad variant fails before anything runs)."""
     raw = recipe_mod.load_raw(path)
     recipe_mod.apply_overrides(raw, overrides or [])
-    table = dict(raw.pop("sweep", None) or {})
+    table = raw.pop("sweep", None) or {}
     if not isinstance(table, dict):
         raise RecipeError("sweep: must be a table of dotted keys to lists", "e.g. \"module.alpha\" = [20, 40]",
                           path="sweep")
-    table.update(grid or {})
+    table = {**table, **(grid or {})}
     for key, values in table.items():
         if not isinstance(values, list) or not values:
             raise RecipeError(f"sweep.{key}: must be a non-empty list of values", "e.g. [20, 40, 60]",
@@ -73,6 +73,7 @@ def expand(path: str | Path, overrides: list[str] | None = None, grid: dict[str,
             where = ", ".join(f"{k}={_fmt(v)}" for k, v in sets.items())
             raise RecipeError(f"sweep variant {where}: {exc.message}", exc.hint, path=exc.path) from None
         label = ",".join(f"{k.split('.')[-1]}={_fmt(v)}" for k, v in sets.items()) or r.name
+        r.variant_of = label if sets else None
         variants.append(Variant(label, sets, r))
     return variants
 
@@ -82,9 +83,12 @@ def _toml_value(v: Any) -> str:
 
 
 def run_sweep(path: str | Path, *, overrides: list[str] | None = None, grid: dict[str, list[Any]] | None = None,
-              output_dir: str | Path | None = None, log: Callable[[str], None] = lambda s: None,
-              progress: Any = None) -> dict[str, Any]:
-    """Run (or reuse) every variant one after another; return the collected rows."""
+              output_dir: str | Path | None = None, resume: bool = False, overwrite: bool = False,
+              log: Callable[[str], None] = lambda s: None, progress: Any = None) -> dict[str, Any]:
+    """Run (or reuse) every variant one after another; return the collected rows.
+
+    Finished variants are reused; ``resume`` continues an interrupted one; ``overwrite`` retrains all.
+    """
     from .engine import run
 
     variants = expand(path, overrides, grid)
@@ -93,7 +97,8 @@ def run_sweep(path: str | Path, *, overrides: list[str] | None = None, grid: dic
     for v in variants:
         folder = base / _folder_name(v.label) if len(variants) > 1 or v.overrides else base
         log(f"variant {v.label} → {folder}")
-        result = run(v.recipe, output_dir=folder, reuse_finished=True, log=log, progress=progress)
+        result = run(v.recipe, output_dir=folder, reuse_finished=not overwrite, resume=resume,
+                     overwrite=overwrite, log=log, progress=progress)
         rows.append(row_of(v, result))
     return {"recipe": str(path), "output_dir": str(base), "rows": rows,
             "correlation": correlations(rows)}

@@ -87,3 +87,61 @@ def test_full_disk_during_checkpoint_write_keeps_previous(tmp_path, monkeypatch)
     assert path.read_bytes() == before
     assert [p.name for p in tmp_path.iterdir()] == ["last.safetensors"]  # no temporary left behind
     load_model(path)
+
+
+def test_overwrite_never_deletes_a_folder_that_is_not_a_run(tmp_path, write_recipe, cli):
+    precious = tmp_path / "thesis"
+    precious.mkdir()
+    (precious / "thesis.tex").write_text("years of work")
+    res = cli("run", write_recipe(DIGITS_PGDAT), "--output", precious, "--overwrite")
+    assert res.code == 1 and "holds no igdm-kit run" in res.err
+    assert (precious / "thesis.tex").read_text() == "years of work"
+
+
+def test_output_that_is_a_file(tmp_path, write_recipe, cli):
+    f = tmp_path / "out.txt"
+    f.write_text("x")
+    res = cli("run", write_recipe(DIGITS_PGDAT), "--output", f)
+    assert res.code == 1 and "is a file" in res.err and f.read_text() == "x"
+
+
+def test_atomic_writes_are_readable_by_others(tmp_path):
+    import os
+    import stat
+
+    from igdm_kit.io import atomic_write_text
+
+    old = os.umask(0o022)
+    try:
+        p = atomic_write_text(tmp_path / "results.json", "{}")
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE(p.stat().st_mode) == 0o644
+
+
+def test_sweep_that_is_not_a_table(write_recipe, cli):
+    p = write_recipe(DIGITS_PGDAT.replace('name = "t"', 'name = "t"\nsweep = [20, 40]'))
+    res = cli("sweep", p)
+    assert res.code == 1 and "sweep" in res.err and "Traceback" not in res.err
+
+
+def test_changed_teacher_file_is_not_silently_reused(tmp_path, write_recipe):
+    from igdm_kit.checkpoint import save_model
+    from igdm_kit.components import create_model
+    from igdm_kit.engine import run
+    from igdm_kit.errors import IgdmKitError
+
+    meta = {"model": "small-cnn", "model_options": {"width": 4}, "num_classes": 10, "in_channels": 1,
+            "image_size": 8, "mean": None, "std": None}
+    teacher = tmp_path / "teacher.safetensors"
+    save_model(teacher, create_model("small-cnn", num_classes=10, in_channels=1, image_size=8, width=4), meta)
+    text = DIGITS_PGDAT.replace('name = "pgd-at"', 'name = "ard"') + \
+        f'\n[teacher]\ncheckpoint = "{teacher}"\n'
+    p = write_recipe(text.replace("[train]\n", "[train]\nepochs = 1\n", 0))
+    out = tmp_path / "run"
+    run(R.load(p), output_dir=out)
+    assert run(R.load(p), output_dir=out, reuse_finished=True).reused
+    torch_model = create_model("small-cnn", num_classes=10, in_channels=1, image_size=8, width=4)
+    save_model(teacher, torch_model, meta)  # same name, new weights
+    with pytest.raises(IgdmKitError, match="teacher file changed"):
+        run(R.load(p), output_dir=out, reuse_finished=True)

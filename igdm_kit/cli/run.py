@@ -28,14 +28,19 @@ def register(app: typer.Typer) -> None:
         if r.model.sweep:  # a recipe family (e.g. the quickstart): run every variant, one table
             from .sweep import execute
 
-            execute(recipe, set_, {}, output, None, json_)
+            execute(recipe, set_, {}, output, None, json_, resume=resume, overwrite=overwrite)
             return
         from ..engine import run as run_recipe
 
-        with make_progress() as progress:
-            result = run_recipe(r, output_dir=output, resume=resume, overwrite=overwrite,
-                                log=lambda s: progress.console.print(s, style="dim", highlight=False),
-                                progress=progress)
+        from .. import distributed
+
+        try:
+            with make_progress() as progress:
+                result = run_recipe(r, output_dir=output, resume=resume, overwrite=overwrite,
+                                    log=lambda s: progress.console.print(s, style="dim", highlight=False),
+                                    progress=progress)
+        finally:
+            distributed.shutdown(distributed.from_env())
         if os.environ.get("RANK", "0") != "0":
             return  # under torchrun, rank 0 prints the results
         if json_:

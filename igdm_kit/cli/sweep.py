@@ -18,20 +18,23 @@ def register(app: typer.Typer) -> None:
               set_: list[str] = typer.Option([], "--set", help=SET_HELP),
               output: Path | None = typer.Option(None, "--output", "-o", help="folder of the variants' runs"),
               plot: Path | None = typer.Option(None, "--plot", help="PNG: GC and GD against robust accuracy"),
+              resume: bool = typer.Option(False, "--resume", help="continue an interrupted variant"),
+              overwrite: bool = typer.Option(False, "--overwrite", help="retrain every variant"),
               json_: bool = typer.Option(False, "--json", help="print the results as JSON on stdout")) -> None:
         """Run every variant of a recipe (skipping finished ones) and print one table."""
-        from ..sweep import parse_grid, run_sweep
+        from ..sweep import parse_grid
 
-        execute(recipe, set_, parse_grid(grid), output, plot, json_)
+        execute(recipe, set_, parse_grid(grid), output, plot, json_, resume=resume, overwrite=overwrite)
 
 
 def execute(recipe: Path, overrides: list[str], grid: dict, output: Path | None, plot: Path | None,
-            json_: bool) -> None:
+            json_: bool, *, resume: bool = False, overwrite: bool = False) -> None:
     from ..sweep import expand, plot as plot_fn, run_sweep
 
     expand(recipe, overrides, grid)  # validate every variant before anything trains
     with make_progress() as progress:
-        summary = run_sweep(recipe, overrides=overrides, grid=grid, output_dir=output,
+        summary = run_sweep(recipe, overrides=overrides, grid=grid, output_dir=output, resume=resume,
+                            overwrite=overwrite,
                             log=lambda s: progress.console.print(s, style="dim", highlight=False),
                             progress=progress)
     if plot is not None:
