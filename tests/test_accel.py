@@ -65,17 +65,18 @@ def batch():
     return torch.rand(8, 3, 16, 16, generator=g), torch.randint(0, C, (8,), generator=g)
 
 
-def conv_input_dtypes(model) -> tuple[list, list]:
-    """Record the dtype and memory format each conv of ``model`` sees (to prove a path really ran)."""
+def conv_calls(model) -> tuple[list, list]:
+    """Record the output dtype and input memory format of every conv call of ``model`` (to prove a path
+    really ran: under autocast a conv computes, and returns, the low-precision dtype)."""
     dtypes, formats = [], []
 
-    def hook(m, args):
-        dtypes.append(args[0].dtype)
+    def hook(m, args, output):
+        dtypes.append(output.dtype)
         formats.append(args[0].is_contiguous(memory_format=torch.channels_last))
 
     for m in model.modules():
         if isinstance(m, torch.nn.Conv2d):
-            m.register_forward_pre_hook(hook)
+            m.register_forward_hook(hook)
     return dtypes, formats
 
 
@@ -144,7 +145,7 @@ def test_bf16_attacks_stay_in_the_ball_and_increase_their_loss(attack_name, batc
     acc = Accelerator(AccelOptions(amp="bf16"), "cpu")
     acc.prepare(student)
     acc.prepare(teacher)
-    dtypes, _ = conv_input_dtypes(student)
+    dtypes, _ = conv_calls(student)
     A = registry("attack").get(attack_name)
     options = A.Options(eps=EPS, step_size=STEP, steps=K)
     attack = acc.wrap_attack(A(student, options=options, teacher=teacher))
@@ -240,8 +241,13 @@ def test_bf16_training_step_is_close_to_fp32(method, module, batch):
     acc = Accelerator(AccelOptions(amp="bf16"), "cpu")
     acc.prepare(s_bf16)
     t_bf16 = acc.prepare(copy.deepcopy(teacher))
+    s_dtypes, _ = conv_calls(s_bf16)
+    t_dtypes, _ = conv_calls(t_bf16)
     ref = training_step(student, teacher, method, module, x, y)
     res = training_step(s_bf16, t_bf16, method, module, x, y, acc)
+    # every conv call of the step — attack and loss forwards, student and teacher — ran under autocast
+    assert s_dtypes and set(s_dtypes) == {torch.bfloat16}
+    assert (not t_dtypes and method == "trades") or set(t_dtypes) == {torch.bfloat16}
     assert res.loss.dtype == torch.float32
     assert torch.isfinite(res.loss)
     torch.testing.assert_close(res.loss, ref.loss, rtol=0.05, atol=1e-3)
@@ -258,7 +264,7 @@ def test_channels_last_training_step_matches_eager(method, module, batch):
     acc = Accelerator(AccelOptions(channels_last=True), "cpu")
     acc.prepare(s_cl)
     acc.prepare(t_cl)
-    _, formats = conv_input_dtypes(s_cl)
+    _, formats = conv_calls(s_cl)
     assert s_cl.net[0].weight.is_contiguous(memory_format=torch.channels_last)
     ref = training_step(student, teacher, method, module, x, y)
     res = training_step(s_cl, t_cl, method, module, x, y, acc)
@@ -289,7 +295,7 @@ def test_paused_and_release_give_plain_fp32_models(batch):
     acc = Accelerator(AccelOptions(amp="bf16", channels_last=True, compile=True), "cpu",
                       compile_backend="eager")
     acc.prepare(model)
-    dtypes, _ = conv_input_dtypes(model)
+    dtypes, _ = conv_calls(model)
     with acc.paused(), torch.no_grad():
         torch.testing.assert_close(model(x), ref, rtol=1e-5, atol=1e-6)
     assert dtypes == [torch.float32] * len(dtypes) and dtypes
