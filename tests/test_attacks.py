@@ -17,6 +17,7 @@ from torch import nn
 from igdm_kit.errors import IgdmKitError
 from igdm_kit.interfaces import AttackOptions
 from igdm_kit.plugins import registry
+from oracles import np_ce, np_kl, np_softmax
 
 ATTACKS = registry("attack").names()
 B, SHAPE, C = 8, (1, 4, 4), 3
@@ -24,24 +25,10 @@ D = int(np.prod(SHAPE))
 
 
 # -- independent oracles ------------------------------------------------------------------------------
-def np_softmax(row):
-    m = max(row)
-    e = [math.exp(v - m) for v in row]
-    s = sum(e)
-    return np.array([v / s for v in e])
 
 
-def np_kl(target_logits, logits) -> float:
-    """KL(p(target) ‖ p(logits)), summed over classes, averaged over the batch, by loops."""
-    total = 0.0
-    for a, b in zip(target_logits, logits, strict=True):
-        p, q = np_softmax(a), np_softmax(b)
-        total += sum(p[c] * (math.log(p[c]) - math.log(q[c])) for c in range(len(p)))
-    return total / len(target_logits)
 
 
-def np_ce(logits, y) -> float:
-    return -sum(math.log(np_softmax(row)[t]) for row, t in zip(logits, y, strict=True)) / len(y)
 
 
 def logits_of(model, z):

@@ -20,31 +20,19 @@ from igdm_kit.passes import count_passes
 from igdm_kit.plugins import registry
 from igdm_kit.step import Step
 from igdm_kit.training_step import compute_loss
+from oracles import np_ce, np_kl, np_kl_row, np_softmax
 
 B, SHAPE, C = 6, (3, 2, 2), 4
 D = int(np.prod(SHAPE))
 
 
 # -- independent oracles ------------------------------------------------------------------------------
-def np_softmax(row):
-    m = max(row)
-    e = [math.exp(v - m) for v in row]
-    s = sum(e)
-    return np.array([v / s for v in e])
 
 
-def np_kl_row(a, b, tau=1.0) -> float:
-    p, q = np_softmax(a / tau), np_softmax(b / tau)
-    return sum(p[c] * (math.log(p[c]) - math.log(q[c])) for c in range(len(p)))
 
 
-def np_kl(a, b, tau=1.0) -> float:
-    """KL_τ(a ‖ b) = τ²·KL(a/τ ‖ b/τ), batchmean."""
-    return tau * tau * sum(np_kl_row(a[i], b[i], tau) for i in range(len(a))) / len(a)
 
 
-def np_ce(z, y) -> float:
-    return -sum(math.log(np_softmax(z[i])[y[i]]) for i in range(len(y))) / len(y)
 
 
 def introspection(Sx, Sa, Ta, y, beta_iad) -> float:
