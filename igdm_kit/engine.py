@@ -35,7 +35,7 @@ from .accel import Accelerator
 from .checkpoint import save_model, toolkit_version
 from .components import create_model, validate_options
 from .data import augment, epoch_order
-from .errors import IgdmKitError, RecipeError, TrainingError
+from .errors import DataError, IgdmKitError, RecipeError, TrainingError
 from .interfaces import DatasetInfo
 from .io import append_jsonl, atomic_write_json, atomic_write_text, read_jsonl
 from .plugins import registry
@@ -91,7 +91,33 @@ def load_data(r: Recipe) -> tuple[DatasetInfo, tuple[torch.Tensor, torch.Tensor]
         xtr, ytr = xtr[: r.model.data.train_limit], ytr[: r.model.data.train_limit]
     if r.model.data.test_limit:
         xte, yte = xte[: r.model.data.test_limit], yte[: r.model.data.test_limit]
-    return info, (xtr, ytr), (xte, yte)
+    for split, (x, y) in (("train", (xtr, ytr)), ("test", (xte, yte))):
+        check_data(r.model.data.name, split, x, y, info)
+    return info, (xtr, ytr.long()), (xte, yte.long())
+
+
+def check_data(name: str, split: str, x: torch.Tensor, y: torch.Tensor, info: DatasetInfo) -> None:
+    """Whatever a dataset plugin returns must be float images in [0, 1] of the declared shape, with one
+    integer label in [0, num_classes) each: everything downstream (attacks, ε) assumes it."""
+    where = f"dataset {name!r} ({split} split)"
+    expected = (info.in_channels, info.image_size, info.image_size)
+    if not (torch.is_tensor(x) and torch.is_tensor(y)):
+        raise DataError(f"{where} did not return tensors", "a dataset's load() returns (images, labels)")
+    if x.ndim != 4 or tuple(x.shape[1:]) != expected:
+        raise DataError(f"{where} has images of shape {tuple(x.shape[1:]) if x.ndim == 4 else tuple(x.shape)}, "
+                        f"expected {expected}", "check the data files or the dataset's image_size option")
+    if not x.is_floating_point():
+        raise DataError(f"{where} has {x.dtype} images", "images must be float tensors scaled to [0, 1]")
+    if x.shape[0] == 0 or y.shape != (x.shape[0],):
+        raise DataError(f"{where} has {x.shape[0]} images and labels of shape {tuple(y.shape)}",
+                        "one integer label per image, and at least one image")
+    lo, hi = float(x.min()), float(x.max())
+    if lo < 0.0 or hi > 1.0 or x.isnan().any():
+        raise DataError(f"{where} has pixel values in [{lo:.3g}, {hi:.3g}], not [0, 1]",
+                        "scale images to [0, 1]; put any normalization (mean/std) inside the model")
+    if y.dtype not in (torch.int64, torch.int32) or int(y.min()) < 0 or int(y.max()) >= info.num_classes:
+        raise DataError(f"{where} has labels outside 0..{info.num_classes - 1} (dtype {y.dtype})",
+                        "labels must be integer class indices below num_classes")
 
 
 def build_student(r: Recipe, info: DatasetInfo) -> torch.nn.Module:

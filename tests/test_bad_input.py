@@ -145,3 +145,72 @@ def test_changed_teacher_file_is_not_silently_reused(tmp_path, write_recipe):
     save_model(teacher, torch_model, meta)  # same name, new weights
     with pytest.raises(IgdmKitError, match="teacher file changed"):
         run(R.load(p), output_dir=out, reuse_finished=True)
+
+
+@pytest.fixture
+def fake_dataset(monkeypatch):
+    """Register a dataset whose load() returns whatever the test sets in ``box``."""
+    import torch
+
+    from igdm_kit import plugins
+    from igdm_kit.interfaces import DatasetInfo, DatasetPlugin
+
+    box = {}
+
+    class Fake(DatasetPlugin):
+        def info(self):
+            return DatasetInfo(num_classes=10, in_channels=1, image_size=8)
+
+        def load(self, split):
+            return box["x"], box["y"]
+
+    reg = plugins.registry("dataset")
+    reg.add("fake-data", Fake, "tests")
+    box["x"], box["y"] = torch.rand(32, 1, 8, 8), torch.randint(0, 10, (32,))
+    yield box
+    reg._entries.pop("fake-data")
+
+
+@pytest.mark.parametrize("bad, words", [
+    (lambda t: {"x": t.rand(32, 3, 8, 8)}, "shape (3, 8, 8), expected (1, 8, 8)"),
+    (lambda t: {"x": t.rand(32, 1, 8, 8) * 255}, "not [0, 1]"),
+    (lambda t: {"x": (t.rand(32, 1, 8, 8) * 255).to(t.uint8)}, "uint8"),
+    (lambda t: {"y": t.randint(0, 10, (31,))}, "labels of shape (31,)"),
+    (lambda t: {"y": t.full((32,), 10)}, "labels outside 0..9"),
+])
+def test_bad_data_is_one_line_before_training(fake_dataset, bad, words, tmp_path, write_recipe, cli):
+    import torch
+
+    fake_dataset.update(bad(torch))
+    p = write_recipe(DIGITS_PGDAT.replace('name = "digits"', 'name = "fake-data"'))
+    res = cli("run", p, "--output", tmp_path / "run")
+    assert res.code == 1, res.err
+    first = res.err.strip().splitlines()[0]
+    assert first.startswith("error: dataset 'fake-data'") and words in res.err
+    assert not (tmp_path / "run" / "last.safetensors").exists()
+
+
+def test_duplicate_plugin_name_fails_the_cli_naming_both(monkeypatch, cli):
+    import sys
+    import types
+    from importlib.metadata import EntryPoint
+
+    from igdm_kit import plugins
+    from igdm_kit.hookspecs import hookimpl
+    from igdm_kit.interfaces import Method
+
+    class Clash(Method):
+        pass
+
+    mod = types.ModuleType("clash_plugin_mod")
+    mod.register_methods = hookimpl(lambda register: register("ard", Clash))
+    monkeypatch.setitem(sys.modules, "clash_plugin_mod", mod)
+    real = plugins.entry_points
+    monkeypatch.setattr(plugins, "entry_points", lambda group: list(real(group=group)) + [
+        EntryPoint(name="clash", value="clash_plugin_mod", group=group)])
+    plugins.reset()
+    try:
+        res = cli("plugins", "list")
+    finally:
+        plugins.reset()
+    assert res.code == 1 and "'clash'" in res.err and "igdm_kit_plugins.methods" in res.err

@@ -63,3 +63,16 @@ def test_sweep_runs_reuses_and_prints_one_table(tmp_path, write_recipe, cli):
     res = cli("run", p, "--output", out)  # `run` on a family recipe runs the family
     assert res.code == 0 and "alpha=0" in res.out and "change" in res.out
     assert (out / "alpha=2" / "model.safetensors").read_bytes() == before  # reused, not retrained
+
+
+def test_plot_writes_a_png_with_the_correlations(tmp_path):
+    rows = [{"variant": f"alpha={a}", "autoattack": aa, "gd": gd, "gc": gc}
+            for a, aa, gd, gc in ((0, 24.8, 0.142, 0.44), (20, 27.9, 0.112, 0.52), (100, 28.8, 0.101, 0.57))]
+    summary = {"rows": rows, "correlation": S.correlations(rows)}
+    assert summary["correlation"]["against"] == "autoattack"
+    assert summary["correlation"]["gc"] == pytest.approx(np.corrcoef([0.44, 0.52, 0.57], [24.8, 27.9, 28.8])[0, 1])
+    path = S.plot(summary, tmp_path / "fig3.png")
+    assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    with pytest.raises(Exception, match="GD/GC"):
+        S.plot({"rows": [{"variant": "a", "autoattack": 1.0}], "correlation": {"against": "autoattack"}},
+               tmp_path / "no.png")
