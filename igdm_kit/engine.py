@@ -329,6 +329,8 @@ def run(r: Recipe, *, output_dir: str | Path | None = None, resume: bool = False
         meta = load_train_state(out / STATE, model=student, optimizer=opt, scheduler=sched)
         start_epoch = meta["epoch"] + 1
         partial = meta["extra"].get("partial")
+        if acc.scaler is not None and "grad_scaler" in meta["extra"]:
+            acc.scaler.load_state_dict(meta["extra"]["grad_scaler"])
         if partial is not None:
             partial["gen_state"] = meta["extra_tensors"]["gen_state"]
             start_epoch = partial["epoch"]
@@ -368,6 +370,9 @@ def run(r: Recipe, *, output_dir: str | Path | None = None, resume: bool = False
     def save_state(epoch_done: int, extra=None, extra_tensors=None) -> None:
         if d.is_main:
             save_model(out / LAST, student, {**ckpt_meta, "epoch": epoch_done})
+            extra = dict(extra or {})
+            if acc.scaler is not None:  # fp16: the loss scale is training state too
+                extra["grad_scaler"] = acc.scaler.state_dict()
             save_train_state(out / STATE, model=student, optimizer=opt, scheduler=sched, epoch=epoch_done,
                              extra=extra, extra_tensors=extra_tensors)
 

@@ -113,3 +113,37 @@ def test_non_finite_loss_stops_with_last_good_checkpoint(tmp_path, monkeypatch, 
     from igdm_kit.checkpoint import read_metadata
 
     assert read_metadata(out / "last.safetensors")["epoch"] == 1  # the last good one, loadable
+
+
+def test_training_state_round_trips_optimizer_scheduler_rng_and_grad_scaler(tmp_path):
+    from igdm_kit.components import create_model
+    from igdm_kit.train_state import load_train_state, save_train_state
+
+    torch.manual_seed(0)
+    model = create_model("small-cnn", num_classes=10, in_channels=1, image_size=8, width=4)
+    opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+    sched = torch.optim.lr_scheduler.MultiStepLR(opt, milestones=[1, 3], gamma=0.1)
+    model(torch.rand(4, 1, 8, 8)).sum().backward()
+    opt.step()
+    sched.step()
+    scaler = torch.amp.GradScaler("cpu", init_scale=1024.0)
+    scaler_state = scaler.state_dict()
+    rng = torch.get_rng_state()
+    save_train_state(tmp_path / "s.safetensors", model=model, optimizer=opt, scheduler=sched, epoch=1,
+                     extra={"grad_scaler": scaler_state}, extra_tensors={"g": torch.arange(3)})
+    expected_next = torch.rand(3)  # what the RNG gives right after the save
+
+    fresh = create_model("small-cnn", num_classes=10, in_channels=1, image_size=8, width=4)
+    opt2 = torch.optim.SGD(fresh.parameters(), lr=0.1, momentum=0.9)
+    sched2 = torch.optim.lr_scheduler.MultiStepLR(opt2, milestones=[1, 3], gamma=0.1)
+    torch.manual_seed(123)
+    meta = load_train_state(tmp_path / "s.safetensors", model=fresh, optimizer=opt2, scheduler=sched2)
+    assert torch.equal(torch.get_rng_state(), rng) and torch.equal(torch.rand(3), expected_next)
+    assert meta["epoch"] == 1 and torch.equal(meta["extra_tensors"]["g"], torch.arange(3))
+    scaler2 = torch.amp.GradScaler("cpu")
+    scaler2.load_state_dict(meta["extra"]["grad_scaler"])
+    assert scaler2.state_dict()["scale"] == 1024.0
+    assert opt2.param_groups[0]["lr"] == pytest.approx(0.01) and sched2.last_epoch == 1
+    for p, q in zip(model.parameters(), fresh.parameters(), strict=True):
+        assert torch.equal(p, q)
+        assert torch.equal(opt.state[p]["momentum_buffer"], opt2.state[q]["momentum_buffer"])
