@@ -69,3 +69,11 @@ def test_debug_env_shows_traceback(write_recipe):
     assert res.returncode != 0 and "Traceback" in res.stderr
     res = run_cli_subprocess("recipe", "check", p)
     assert res.returncode == 1 and "Traceback" not in res.stderr
+
+
+def test_checkpoint_labels_disambiguate_same_file_names():
+    from igdm_kit.cli.analyze import _label
+
+    paths = ["runs/a/model.safetensors", "runs/b/model.safetensors", "runs/x/epoch_003.safetensors"]
+    assert [_label(p, paths) for p in paths] == ["a/model.safetensors", "b/model.safetensors",
+                                                 "epoch_003.safetensors"]

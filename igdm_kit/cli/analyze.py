@@ -134,7 +134,7 @@ def register(app: typer.Typer) -> None:
             return
         _table(f"Taylor remainder proportion — {name} test, n={x.shape[0]}",
                ["checkpoint", "epoch", "mean", "std", "median", "q05", "q95"],
-               [[Path(r["checkpoint"]).name, "" if r["epoch"] is None else str(r["epoch"]), f"{r['mean']:.4f}",
+               [[_label(r["checkpoint"], paths), "" if r["epoch"] is None else str(r["epoch"]), f"{r['mean']:.4f}",
                  f"{r['std']:.4f}", f"{r['median']:.4f}", f"{r['q05']:.4f}", f"{r['q95']:.4f}"]
                 for r in results])
 
@@ -254,7 +254,7 @@ def _plot_linearity(results: list[dict[str, Any]], path: Path) -> None:
         ax.set_xlabel("Taylor remainder proportion")
         ax.set_ylabel("samples")
         ax.legend()
-        ax.set_title(Path(r["checkpoint"]).name)
+        ax.set_title(_label(r["checkpoint"], [x["checkpoint"] for x in results]))
     else:
         have_epochs = all(r["epoch"] is not None for r in results)
         xs = [r["epoch"] if have_epochs else i for i, r in enumerate(results)]
@@ -291,3 +291,10 @@ def _plot_hist(series: dict[str, Any], path: Path, title: str, shared: bool = Fa
     fig.suptitle(title)
     _save(fig, path)
     plt.close(fig)
+
+
+def _label(path, paths) -> str:
+    """A checkpoint's file name, with its folder when several share a name (runs' model.safetensors)."""
+    p = Path(path)
+    names = [Path(q).name for q in paths]
+    return p.name if names.count(p.name) <= 1 else f"{p.parent.name}/{p.name}"

@@ -8,7 +8,8 @@ from typing import Any
 
 from rich.console import Console
 
-out_console = Console(soft_wrap=True)
+# Piped or redirected results keep whole table cells (Rich would assume 80 columns and cut paths).
+out_console = Console(soft_wrap=True, width=None if sys.stdout.isatty() else 200)
 err_console = Console(stderr=True)
 
 
