@@ -206,8 +206,16 @@ def _check_output_dir(out: Path, r: Recipe, *, resume: bool, overwrite: bool, re
     if resume and same and (out / STATE).is_file():
         return "resume"
     if resume and not same and manifest.is_file():
-        raise IgdmKitError(f"run folder {str(out)!r} holds a run of a different recipe",
-                           "resume with the same recipe, or pass --overwrite")
+        import json
+
+        try:
+            saved = json.loads(manifest.read_text()).get("recipe", {})
+        except (OSError, ValueError):
+            saved = {}
+        key = recipe_mod.first_difference(saved, r.resolved())
+        raise IgdmKitError(f"run folder {str(out)!r} holds a run of a different recipe"
+                           + (f" ({key} differs)" if key else ""),
+                           "resume with the same recipe and the same --set options, or pass --overwrite")
     if resume:
         return "new" if not (out / STATE).is_file() else "resume"
     raise IgdmKitError(f"run folder {str(out)!r} holds an unfinished run",
@@ -278,10 +286,15 @@ def run(r: Recipe, *, output_dir: str | Path | None = None, resume: bool = False
         progress: Any = None) -> RunResult:
     """Train the recipe's student and evaluate it. ``progress`` is an optional Rich ``Progress``.
 
+    ``resume`` and ``overwrite`` exclude each other: one continues the folder's run, the other deletes it.
+
     Under ``torchrun`` (``WORLD_SIZE`` > 1) every rank calls this; see ``igdm_kit.distributed``.
     """
     from . import distributed
 
+    if resume and overwrite:
+        raise IgdmKitError("--resume and --overwrite exclude each other",
+                           "--resume continues the run in the folder; --overwrite deletes it and starts again")
     d = distributed.from_env()
     if not d.is_main:
         log = lambda s: None  # noqa: E731 - rank 0 speaks for all
@@ -335,7 +348,8 @@ def run(r: Recipe, *, output_dir: str | Path | None = None, resume: bool = False
             partial["gen_state"] = meta["extra_tensors"]["gen_state"]
             start_epoch = partial["epoch"]
         log(f"resuming {out} after epoch {meta['epoch']}"
-            + (f" and {partial['step']} steps of epoch {partial['epoch']}" if partial else ""))
+            + (f" and {partial['step']} step{'s' if partial['step'] != 1 else ''} of epoch {partial['epoch']}"
+               if partial else ""))
         if d.is_main and (out / "metrics.jsonl").exists():
             # metrics of epochs after the saved state (a crash between the two writes) are dropped
             kept = [m for m in read_jsonl(out / "metrics.jsonl") if m["epoch"] <= meta["epoch"]]
@@ -357,7 +371,10 @@ def run(r: Recipe, *, output_dir: str | Path | None = None, resume: bool = False
                  "image_size": info.image_size, "mean": list(info.mean) if info.mean else None,
                  "std": list(info.std) if info.std else None,
                  "dataset": {"name": r.model.data.name, "options": r.components["data"].model_dump()},
-                 "recipe_digest": r.digest(), "recipe_name": r.name}
+                 "recipe_digest": r.digest(), "recipe_name": r.name,
+                 # what the model was trained and judged at: `igdm-kit eval` defaults to this radius
+                 "train_attack": {"name": r.attack_name, "eps": r.components["attack"].eps},
+                 "eval_eps": r.model.eval.eps}
     metrics = read_jsonl(out / "metrics.jsonl") if mode == "resume" and (out / "metrics.jsonl").exists() else []
     n = xtr.shape[0]
     steps_per_epoch = math.ceil(d.shard(torch.arange(n)).shape[0] / tr.batch_size)
@@ -493,10 +510,8 @@ def _raise_interrupted(signum: int, out: Path, r: Recipe, epoch: int, step: int)
 
     name = signal.Signals(signum).name
     where = f"epoch {epoch}, step {step}" if step else f"the start of epoch {epoch}"
-    recipe = str(r.path) if r.path else "RECIPE"
-    # a variant of a recipe family resumes through the family's own command, not into its own folder
-    command = f"igdm-kit run {recipe} --resume" if r.variant_of else \
-        f"igdm-kit run {recipe} --resume --output {out}"
+    # (a variant of a recipe family gets the family's own command from igdm_kit.sweep instead)
+    command = recipe_mod.command_line(r, "--resume", "--output", str(out))
     raise Interrupted(f"{name}: training stopped and saved at {where} in {out}",
                       f"resume with: {command}", 128 + signum)
 

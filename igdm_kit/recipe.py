@@ -244,8 +244,8 @@ class Recipe:
         self.path = path
         #: section → validated component Options (data, student, method, module, attack)
         self.components = components
-        #: the variant's label when this recipe is one variant of a ``[sweep]`` family
-        self.variant_of: str | None = None
+        #: the ``--set`` overrides it was loaded with (to print commands that reproduce it)
+        self.overrides: list[str] = []
 
     @property
     def name(self) -> str:
@@ -358,7 +358,30 @@ def load(path: str | Path, overrides: list[str] | None = None) -> Recipe:
     path = Path(path)
     raw = load_raw(path)
     apply_overrides(raw, overrides or [])
-    return validate(raw, path)
+    r = validate(raw, path)
+    r.overrides = list(overrides or [])
+    return r
+
+
+def first_difference(a: Any, b: Any, prefix: str = "") -> str | None:
+    """The first dotted key whose value differs between two resolved recipes (for error messages)."""
+    if isinstance(a, dict) and isinstance(b, dict):
+        for key in sorted(set(a) | set(b)):
+            found = first_difference(a.get(key), b.get(key), f"{prefix}.{key}" if prefix else key)
+            if found:
+                return found
+        return None
+    return None if a == b else (prefix or "(root)")
+
+
+def command_line(r: Recipe, *extra: str) -> str:
+    """The shell command that runs this recipe again with the same ``--set`` overrides."""
+    import shlex
+
+    parts = ["igdm-kit", "run", str(r.path) if r.path else "RECIPE"]
+    for item in r.overrides:
+        parts += ["--set", item]
+    return " ".join(shlex.quote(p) for p in [*parts, *extra])
 
 
 def to_toml(data: dict[str, Any]) -> str:

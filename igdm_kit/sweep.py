@@ -73,7 +73,6 @@ def expand(path: str | Path, overrides: list[str] | None = None, grid: dict[str,
             where = ", ".join(f"{k}={_fmt(v)}" for k, v in sets.items())
             raise RecipeError(f"sweep variant {where}: {exc.message}", exc.hint, path=exc.path) from None
         label = ",".join(f"{k.split('.')[-1]}={_fmt(v)}" for k, v in sets.items()) or r.name
-        r.variant_of = label if sets else None
         variants.append(Variant(label, sets, r))
     return variants
 
@@ -84,12 +83,13 @@ def _toml_value(v: Any) -> str:
 
 def run_sweep(path: str | Path, *, overrides: list[str] | None = None, grid: dict[str, list[Any]] | None = None,
               output_dir: str | Path | None = None, resume: bool = False, overwrite: bool = False,
-              log: Callable[[str], None] = lambda s: None, progress: Any = None) -> dict[str, Any]:
+              log: Callable[[str], None] = lambda s: None, progress: Any = None,
+              resume_command: str | None = None) -> dict[str, Any]:
     """Run (or reuse) every variant one after another; return the collected rows.
 
     Finished variants are reused; ``resume`` continues an interrupted one; ``overwrite`` retrains all.
     """
-    from .engine import run
+    from .engine import Interrupted, run
 
     variants = expand(path, overrides, grid)
     base = Path(output_dir) if output_dir else variants[0].recipe.default_output_dir()
@@ -97,8 +97,12 @@ def run_sweep(path: str | Path, *, overrides: list[str] | None = None, grid: dic
     for v in variants:
         folder = base / _folder_name(v.label) if len(variants) > 1 or v.overrides else base
         log(f"variant {v.label} → {folder}")
-        result = run(v.recipe, output_dir=folder, reuse_finished=not overwrite, resume=resume,
-                     overwrite=overwrite, log=log, progress=progress)
+        try:
+            result = run(v.recipe, output_dir=folder, reuse_finished=not overwrite, resume=resume,
+                         overwrite=overwrite, log=log, progress=progress)
+        except Interrupted as exc:  # resume the family, not one variant in a folder of its own
+            raise Interrupted(exc.message, f"resume with: {resume_command or 'the same command with --resume'}",
+                              exc.exit_code) from None
         rows.append(row_of(v, result))
     return {"recipe": str(path), "output_dir": str(base), "rows": rows,
             "correlation": correlations(rows)}

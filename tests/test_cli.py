@@ -77,3 +77,21 @@ def test_checkpoint_labels_disambiguate_same_file_names():
     paths = ["runs/a/model.safetensors", "runs/b/model.safetensors", "runs/x/epoch_003.safetensors"]
     assert [_label(p, paths) for p in paths] == ["a/model.safetensors", "b/model.safetensors",
                                                  "epoch_003.safetensors"]
+
+
+def test_eval_defaults_to_the_radius_recorded_in_the_checkpoint(tmp_path, cli):
+    from igdm_kit.checkpoint import save_model
+    from igdm_kit.cli.eval import eps_text
+    from igdm_kit.components import create_model
+
+    meta = {"model": "small-cnn", "model_options": {"width": 4}, "num_classes": 10, "in_channels": 1,
+            "image_size": 8, "mean": None, "std": None, "dataset": {"name": "digits", "options": {}},
+            "eval_eps": 0.1}
+    path = tmp_path / "m.safetensors"
+    save_model(path, create_model("small-cnn", num_classes=10, in_channels=1, image_size=8, width=4), meta)
+    res = cli("eval", "--model", path, "--attacks", "clean,fgsm", "--limit", "8", "--json", "--no-progress")
+    assert res.code == 0, res.err
+    assert json.loads(res.out)["results"]["eps"] == 0.1 and "ε = 0.1" in res.err
+    res = cli("eval", "--model", path, "--attacks", "clean", "--limit", "8", "--eps", "8/255", "--json")
+    assert json.loads(res.out)["results"]["eps"] == pytest.approx(8 / 255)
+    assert eps_text(8 / 255) == "8/255" and eps_text(0.1) == "0.1" and eps_text(0.0) == "0"

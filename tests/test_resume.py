@@ -147,3 +147,29 @@ def test_training_state_round_trips_optimizer_scheduler_rng_and_grad_scaler(tmp_
     for p, q in zip(model.parameters(), fresh.parameters(), strict=True):
         assert torch.equal(p, q)
         assert torch.equal(opt.state[p]["momentum_buffer"], opt2.state[q]["momentum_buffer"])
+
+
+def test_resume_hint_repeats_the_set_overrides(tmp_path, write_recipe):
+    import signal as sig
+
+    from igdm_kit.engine import Interrupted, _raise_interrupted
+
+    p = write_recipe(DIGITS_PGDAT)
+    r = R.load(p, ["train.epochs=3", 'eval.attacks=["clean","pgd20"]'])
+    with pytest.raises(Interrupted) as exc:
+        _raise_interrupted(sig.SIGINT, tmp_path / "out", r, 2, 5)
+    hint = exc.value.hint
+    assert "--set train.epochs=3" in hint and "--set 'eval.attacks=[\"clean\",\"pgd20\"]'" in hint
+    assert "--resume --output" in hint and exc.value.exit_code == 130
+
+
+def test_resume_with_other_options_names_the_key(tmp_path, write_recipe, cli):
+    p = write_recipe(DIGITS_PGDAT)
+    out = tmp_path / "run"
+    run(R.load(p, ["train.epochs=1"]), output_dir=out)
+    (out / "results.json").unlink()  # make it look unfinished
+    res = cli("run", p, "--set", "train.epochs=2", "--set", "train.lr=0.05", "--output", out, "--resume")
+    assert res.code == 1 and "different recipe" in res.err and "train.epochs differs" in res.err
+    res = cli("run", p, "--output", out, "--resume", "--overwrite")
+    assert res.code == 1 and "exclude each other" in res.err
+    assert (out / "model.safetensors").exists()

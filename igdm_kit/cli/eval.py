@@ -28,6 +28,12 @@ DEVICE_HELP = "cpu, cuda, cuda:N or auto (CUDA when available)"
 EPS_HELP = "L∞ radius ε, a number or a fraction such as 8/255"
 
 
+def eps_text(eps: float) -> str:
+    """8/255 for radii on the 1/255 grid, else the number itself."""
+    k = eps * 255
+    return f"{round(k)}/255" if eps and abs(k - round(k)) < 1e-6 else f"{eps:g}"
+
+
 def parse_eps(text: str) -> float:
     try:
         value = float(Fraction(text.strip()))
@@ -118,21 +124,24 @@ def register(app: typer.Typer) -> None:
         limit: int | None = typer.Option(None, "--limit", "-n", min=1, help=LIMIT_HELP),
         batch_size: int = typer.Option(256, "--batch-size", "-b", min=1, help="images per batch"),
         device: str = typer.Option("auto", "--device", help=DEVICE_HELP),
-        eps: str = typer.Option("8/255", "--eps", help=EPS_HELP),
+        eps: str | None = typer.Option(None, "--eps", help=EPS_HELP + "; default: the ε of the run's "
+                                       "evaluation recorded in the checkpoint, else 8/255"),
         seed: int = typer.Option(0, "--seed", help="seed of the random starts (each attack starts from it)"),
         aa_state: Path | None = typer.Option(
             None, "--aa-state", help="AutoAttack state file: progress is saved there and a rerun resumes it"),
         progress: bool = typer.Option(True, "--progress/--no-progress", help="progress bars on stderr"),
         json_: bool = typer.Option(False, "--json", help="print the results as a JSON envelope on stdout"),
     ) -> None:
-        """Clean, FGSM, PGD-20, CW-∞ and AutoAttack accuracy of a checkpoint (L∞, ε = 8/255)."""
+        """Clean, FGSM, PGD-20, CW-∞ and AutoAttack accuracy of a checkpoint (L∞; ε of its run, or 8/255)."""
         names = parse_attacks(attacks)
-        radius = parse_eps(eps)
+        radius = parse_eps(eps) if eps is not None else None
         net, x, y, ds_name, dev = load_checkpoint_and_data(model, dataset, limit, device)
+        if radius is None:  # a model trained at another radius would otherwise be judged at 8/255 silently
+            radius = float(getattr(net, "igdm_kit_meta", {}).get("eval_eps", 8 / 255))
         from ..evaluation import evaluate
 
-        err_console.print(escape(f"evaluating {model} on {ds_name} test ({x.shape[0]} images, {dev})"),
-                          style="dim", highlight=False)
+        err_console.print(escape(f"evaluating {model} on {ds_name} test ({x.shape[0]} images, {dev}, "
+                                 f"ε = {eps_text(radius)})"), style="dim", highlight=False)
         with progress_callback(progress) as cb:
             result = evaluate(net, x, y, attacks=names, batch_size=batch_size, eps=radius, device=dev,
                               seed=seed, progress=cb, autoattack_state=aa_state)
@@ -148,9 +157,8 @@ def register(app: typer.Typer) -> None:
 def print_table(result: dict[str, Any]) -> None:
     from rich.table import Table
 
-    eps = result["eps"]
-    eps_text = f"{eps * 255:.3g}/255" if eps else "0"
-    table = Table(title=escape(f"{result['checkpoint']} — {result['dataset']} test, n={result['n']}, ε={eps_text}"))
+    table = Table(title=escape(f"{result['checkpoint']} — {result['dataset']} test, n={result['n']}, "
+                               f"ε={eps_text(result['eps'])}"))
     table.add_column("metric")
     table.add_column("accuracy (%)", justify="right")
     table.add_column("correct", justify="right")

@@ -28,7 +28,12 @@ def register(app: typer.Typer) -> None:
         if r.model.sweep:  # a recipe family (e.g. the quickstart): run every variant, one table
             from .sweep import execute
 
-            execute(recipe, set_, {}, output, None, json_, resume=resume, overwrite=overwrite)
+            import shlex
+
+            again = ["igdm-kit", "run", str(recipe)] + [a for s in set_ for a in ("--set", s)] \
+                + (["--output", str(output)] if output else []) + ["--resume"]
+            execute(recipe, set_, {}, output, None, json_, resume=resume, overwrite=overwrite,
+                    resume_command=" ".join(shlex.quote(a) for a in again))
             return
         from ..engine import run as run_recipe
 

@@ -24,17 +24,24 @@ def register(app: typer.Typer) -> None:
         """Run every variant of a recipe (skipping finished ones) and print one table."""
         from ..sweep import parse_grid
 
-        execute(recipe, set_, parse_grid(grid), output, plot, json_, resume=resume, overwrite=overwrite)
+        import shlex
+
+        again = ["igdm-kit", "sweep", str(recipe)] + [a for g in grid for a in ("--grid", g)] \
+            + [a for s in set_ for a in ("--set", s)] + (["--output", str(output)] if output else []) \
+            + ["--resume"]
+        execute(recipe, set_, parse_grid(grid), output, plot, json_, resume=resume, overwrite=overwrite,
+                resume_command=" ".join(shlex.quote(a) for a in again))
 
 
 def execute(recipe: Path, overrides: list[str], grid: dict, output: Path | None, plot: Path | None,
-            json_: bool, *, resume: bool = False, overwrite: bool = False) -> None:
+            json_: bool, *, resume: bool = False, overwrite: bool = False, resume_command: str | None = None
+            ) -> None:
     from ..sweep import expand, plot as plot_fn, run_sweep
 
     expand(recipe, overrides, grid)  # validate every variant before anything trains
     with make_progress() as progress:
         summary = run_sweep(recipe, overrides=overrides, grid=grid, output_dir=output, resume=resume,
-                            overwrite=overwrite,
+                            overwrite=overwrite, resume_command=resume_command,
                             log=lambda s: progress.console.print(s, style="dim", highlight=False),
                             progress=progress)
     if plot is not None:
