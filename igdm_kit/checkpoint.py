@@ -50,6 +50,10 @@ def read_metadata(path: str | os.PathLike) -> dict[str, Any]:
     from safetensors import safe_open
 
     path = Path(path)
+    if path.is_dir():
+        inside = path / "model.safetensors"
+        raise CheckpointError(f"checkpoint {str(path)!r} is a folder",
+                              f"did you mean {str(inside)!r}?" if inside.is_file() else "name a .safetensors file")
     if not path.is_file():
         raise CheckpointError(f"checkpoint {str(path)!r} does not exist", "check the path")
     try:
@@ -60,6 +64,9 @@ def read_metadata(path: str | os.PathLike) -> dict[str, Any]:
             f"{str(path)!r} is truncated or not a safetensors checkpoint ({type(exc).__name__})",
             "pass a file written by igdm-kit, or load plain PyTorch weights with a teacher loader",
         ) from None
+    if "train_state" in meta:  # igdm-kit's own resume file: close, but not a model
+        raise CheckpointError(f"{str(path)!r} is igdm-kit training state (for --resume), not a model",
+                              "use model.safetensors (or last.safetensors) from the same run folder")
     if META_KEY not in meta:
         raise CheckpointError(f"{str(path)!r} has no igdm-kit metadata",
                               "it was not written by igdm-kit; load it with the 'state-dict' teacher loader")

@@ -12,9 +12,11 @@ section, since the parent's options belong to another component.
 
 from __future__ import annotations
 
+import difflib
 import hashlib
 import json
 import tomllib
+import typing
 from pathlib import Path
 from typing import Any, Literal
 
@@ -141,6 +143,8 @@ _COMPONENT_KEY = {"data": "name", "student": "model", "method": "name", "module"
 
 
 def _read_toml(path: Path) -> dict[str, Any]:
+    if path.is_dir():
+        raise RecipeError(f"{str(path)!r} is a folder, not a recipe file", "name a .toml file in it")
     if not path.is_file():
         raise RecipeError(f"recipe file {str(path)!r} does not exist", "check the path")
     try:
@@ -224,16 +228,47 @@ def _dotted(loc: tuple[Any, ...]) -> str:
     return ".".join(str(p) for p in loc if not (isinstance(p, str) and p.startswith("function-")))
 
 
-def _raise_validation(exc: ValidationError, prefix: str = "") -> None:
-    err = exc.errors()[0]
+def _fields_at(model: type[BaseModel], loc: tuple[Any, ...]) -> list[str]:
+    """The keys a (nested) pydantic model accepts at ``loc``, for "did you mean" hints."""
+    for part in loc:
+        field = model.model_fields.get(part) if isinstance(part, str) else None
+        if field is None:
+            return []
+        candidates = typing.get_args(field.annotation) or (field.annotation,)
+        sub = next((a for a in candidates if isinstance(a, type) and issubclass(a, BaseModel)), None)
+        if sub is None:
+            return []
+        model = sub
+    return list(model.model_fields)
+
+
+_TABLE_ERRORS = ("model_type", "dict_type", "model_attributes_type")
+
+
+def _raise_validation(exc: ValidationError, prefix: str = "", model: type[BaseModel] | None = None,
+                      source: Path | None = None) -> None:
+    errors = exc.errors()
+    # an unknown key explains the rest (a misspelled [dat] section also makes [data] "missing")
+    err = next((e for e in errors if e["type"] == "extra_forbidden"), errors[0])
     path = ".".join(p for p in (prefix, _dotted(err["loc"])) if p)
-    msg = err["msg"]
+    msg, hint = err["msg"], "see `igdm-kit recipe show` for the valid keys"
     if err["type"] == "extra_forbidden":
         msg = "unknown key"
+        key = err["loc"][-1]
+        close = difflib.get_close_matches(str(key), _fields_at(model, err["loc"][:-1]) if model else [], n=3)
+        if close:
+            hint = "did you mean " + ", ".join(repr(c) for c in close) + "?"
     elif err["type"] == "missing":
         msg = "required key is missing"
-    raise RecipeError(f"{path}: {msg}" if path else msg, "see `igdm-kit recipe show` for the valid keys",
-                      path=path) from None
+        if source is not None and source.name.startswith("_"):
+            hint = "files starting with '_' are bases for `extends`, not recipes to run"
+    elif err["type"] in _TABLE_ERRORS:
+        msg = "must be a table ([section] or { key = value })"
+    elif err["type"] == "list_type":
+        hint = 'write a TOML list, e.g. ["clean", "pgd20"] (quote it for --set: \'eval.attacks=["clean"]\')'
+    elif err["type"].startswith("float") and str(err["loc"][-1]) in ("eps", "step_size"):
+        hint = 'a number or a fraction such as "8/255"'
+    raise RecipeError(f"{path}: {msg}" if path else msg, hint, path=path) from None
 
 
 class Recipe:
@@ -307,7 +342,7 @@ def _component(kind: str, name: str, options: dict[str, Any], where: str, name_k
     try:
         return entry, entry.options_model.model_validate(options)
     except ValidationError as exc:
-        _raise_validation(exc, where)
+        _raise_validation(exc, where, entry.options_model)
 
 
 def validate(raw: dict[str, Any], path: Path | None = None) -> Recipe:
@@ -315,7 +350,7 @@ def validate(raw: dict[str, Any], path: Path | None = None) -> Recipe:
     try:
         model = RecipeModel.model_validate(raw)
     except ValidationError as exc:
-        _raise_validation(exc)
+        _raise_validation(exc, model=RecipeModel, source=path)
     comps: dict[str, Any] = {}
     data_entry, comps["data"] = _component("dataset", model.data.name, model.data.options(), "data")
     _, comps["student"] = _component("model", model.student.model, model.student.options(), "student",
@@ -410,6 +445,9 @@ def to_toml(data: dict[str, Any]) -> str:
             lines.append(f"\n[{prefix}]")
         for k, v in scalars.items():
             lines.append(f"{_key(k)} = {value(v)}")
+        for k, v in d.items():
+            if v is None:  # TOML has no null: show that the key exists and is unset
+                lines.append(f"# {_key(k)} = (not set)")
         for k, v in tables.items():
             if all(not isinstance(i, dict) for i in v.values()) and prefix.count(".") >= 0 and prefix:
                 lines.append(f"{_key(k)} = {value({a: b for a, b in v.items() if b is not None})}")

@@ -214,3 +214,16 @@ def test_duplicate_plugin_name_fails_the_cli_naming_both(monkeypatch, cli):
     finally:
         plugins.reset()
     assert res.code == 1 and "'clash'" in res.err and "igdm_kit_plugins.methods" in res.err
+
+
+def test_folders_and_training_state_are_named_for_what_they_are(tmp_path, write_recipe, cli):
+    from igdm_kit.engine import run
+
+    res = cli("recipe", "check", tmp_path)
+    assert res.code == 1 and "is a folder" in res.err
+    out = tmp_path / "run"
+    run(R.load(write_recipe(DIGITS_PGDAT)), output_dir=out)
+    res = cli("eval", "--model", out, "--attacks", "clean")
+    assert res.code == 1 and "is a folder" in res.err and "model.safetensors" in res.err
+    res = cli("eval", "--model", out / "train_state.safetensors", "--attacks", "clean")
+    assert res.code == 1 and "training state" in res.err and "Traceback" not in res.err

@@ -94,3 +94,31 @@ def test_digest_ignores_output_but_not_training(write_recipe):
     p = write_recipe(DIGITS_PGDAT)
     assert R.load(p).digest() == R.load(p, ["output.dir=elsewhere"]).digest()
     assert R.load(p).digest() != R.load(p, ["train.seed=1"]).digest()
+
+
+@pytest.mark.parametrize("edit, message, hint", [
+    ({"train": {"epochz": 3}}, "train.epochz: unknown key", "did you mean 'epochs'?"),
+    ({"student": {"widht": 3}}, "student.widht: unknown key", "did you mean 'width'?"),
+    ({"dat": {"name": "digits"}}, "dat: unknown key", "did you mean 'data'?"),
+    ({"eval": {"attacks": "clean,pgd20"}}, "eval.attacks:", "TOML list"),
+    ({"data": 3}, "data: must be a table", ""),
+])
+def test_validation_messages_point_at_the_fix(edit, message, hint):
+    raw = R.merge(R.tomllib.loads(DIGITS_PGDAT), edit)
+    with pytest.raises(RecipeError) as exc:
+        R.validate(raw)
+    assert exc.value.message.startswith(message) and hint in (exc.value.hint or "")
+    assert "DataSection" not in str(exc.value)
+
+
+def test_base_files_say_they_are_bases(tmp_path):
+    base = tmp_path / "_base.toml"
+    base.write_text('[data]\nname = "digits"\n')
+    with pytest.raises(RecipeError) as exc:
+        R.load(base)
+    assert "bases for `extends`" in exc.value.hint
+
+
+def test_show_lists_unset_keys_as_comments(write_recipe):
+    text = R.to_toml(R.load(write_recipe(DIGITS_PGDAT + "\n[module]\nname = 'trades-reg'\n")).resolved())
+    assert "# ramp_epochs = (not set)" in text and "# limit = (not set)" in text
