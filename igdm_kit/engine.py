@@ -314,6 +314,8 @@ def run(r: Recipe, *, output_dir: str | Path | None = None, resume: bool = False
     mode, error = d.broadcast(decision)
     if mode == "error":
         raise IgdmKitError(*error)
+    if resume and mode == "new":
+        log(f"nothing to resume in {out}: starting a new run")
     if mode == "reuse":
         import json
 
@@ -469,7 +471,7 @@ def run(r: Recipe, *, output_dir: str | Path | None = None, resume: bool = False
                                {**ckpt_meta, "epoch": epoch})
                 append_jsonl(out / "metrics.jsonl", row)  # resume drops rows newer than the state
                 save_state(epoch)
-            log(f"epoch {epoch}/{tr.epochs}: " + ", ".join(f"{k}={v:.4g}" for k, v in row.items()
+            log(f"{r.name} epoch {epoch}/{tr.epochs}: " + ", ".join(f"{k}={v:.4g}" for k, v in row.items()
                                                           if k != "epoch" and isinstance(v, float)))
             if d.enabled and d.sum([float(stop.signum is not None)], device)[0] > 0:
                 stop.signum = stop.signum or signal.SIGTERM
@@ -495,11 +497,20 @@ def json_line(obj: Any) -> str:
 
 
 def _ensure_writable(out: Path) -> None:
+    """Fail early if the run folder cannot be written — without creating it yet, so that a run stopped
+    by bad data or a missing teacher leaves no empty folder behind (the first atomic write creates it)."""
+    existing = out
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
     try:
-        out.mkdir(parents=True, exist_ok=True)
-        probe = out / ".write-test"
-        probe.write_text("")
-        probe.unlink()
+        if not existing.is_dir():
+            raise NotADirectoryError(20, "Not a directory")
+        if existing == out:
+            probe = out / ".write-test"
+            probe.write_text("")
+            probe.unlink()
+        elif not os.access(existing, os.W_OK | os.X_OK):
+            raise PermissionError(13, "Permission denied")
     except OSError as exc:
         raise IgdmKitError(f"output folder {str(out)!r} is not writable ({exc.strerror or exc})",
                            "choose another folder with --output") from None

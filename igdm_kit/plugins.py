@@ -57,7 +57,11 @@ def get_plugin_manager() -> pluggy.PluginManager:
         pm.register(importlib.import_module(module_name), name=module_name)
     allow = os.environ.get("IGDM_KIT_LOAD_PLUGINS")
     allowed = None if allow is None else {n.strip() for n in allow.split(",") if n.strip()}
-    for ep in entry_points(group=hookspecs.PROJECT):
+    available = list(entry_points(group=hookspecs.PROJECT))
+    for name in sorted((allowed or set()) - {ep.name for ep in available}):
+        _report(PluginError(f"IGDM_KIT_LOAD_PLUGINS names {name!r}, which is not installed",
+                            "installed: " + (", ".join(sorted(ep.name for ep in available)) or "none")))
+    for ep in available:
         if allowed is not None and ep.name not in allowed:
             continue
         if pm.has_plugin(ep.name):

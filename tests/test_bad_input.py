@@ -227,3 +227,11 @@ def test_folders_and_training_state_are_named_for_what_they_are(tmp_path, write_
     assert res.code == 1 and "is a folder" in res.err and "model.safetensors" in res.err
     res = cli("eval", "--model", out / "train_state.safetensors", "--attacks", "clean")
     assert res.code == 1 and "training state" in res.err and "Traceback" not in res.err
+
+
+def test_a_run_stopped_before_training_leaves_no_empty_folder(tmp_path, write_recipe, cli):
+    text = DIGITS_PGDAT.replace('name = "pgd-at"', 'name = "ard"') + \
+        f'\n[teacher]\ncheckpoint = "{tmp_path / "missing.safetensors"}"\n'
+    out = tmp_path / "runs" / "r"
+    res = cli("run", write_recipe(text), "--output", out)
+    assert res.code == 1 and "does not exist" in res.err and not out.exists()

@@ -95,3 +95,10 @@ def test_eval_defaults_to_the_radius_recorded_in_the_checkpoint(tmp_path, cli):
     res = cli("eval", "--model", path, "--attacks", "clean", "--limit", "8", "--eps", "8/255", "--json")
     assert json.loads(res.out)["results"]["eps"] == pytest.approx(8 / 255)
     assert eps_text(8 / 255) == "8/255" and eps_text(0.1) == "0.1" and eps_text(0.0) == "0"
+
+
+def test_version(cli):
+    import igdm_kit
+
+    res = cli("--version")
+    assert res.code == 0 and res.out.strip() == f"igdm-kit {igdm_kit.__version__}"

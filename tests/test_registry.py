@@ -126,3 +126,9 @@ def test_allow_list_limits_third_party_plugins(monkeypatch, fresh_plugins):
     plugins.reset()
     monkeypatch.setenv("IGDM_KIT_LOAD_PLUGINS", "extra")
     assert "extra-method" in plugins.registry("method")
+
+
+def test_allow_list_naming_a_missing_plugin_warns(monkeypatch, fresh_plugins, capsys):
+    monkeypatch.setenv("IGDM_KIT_LOAD_PLUGINS", "nosuch")
+    plugins.get_plugin_manager()
+    assert any("'nosuch'" in str(e) and "not installed" in str(e) for e in plugins.load_errors())

@@ -29,6 +29,19 @@ def build_app() -> typer.Typer:
     app = typer.Typer(name="igdm-kit", no_args_is_help=True, add_completion=False,
                       pretty_exceptions_enable=False,
                       help="Robust small classifiers by adversarial distillation, with IGDM.")
+
+    def version(value: bool) -> None:
+        if value:
+            from .. import __version__
+
+            typer.echo(f"igdm-kit {__version__}")
+            raise typer.Exit()
+
+    @app.callback()
+    def _root(_version: bool = typer.Option(False, "--version", callback=version, is_eager=True,
+                                            help="print the version and exit")) -> None:
+        """Robust small classifiers by adversarial distillation, with IGDM."""
+
     for group in GROUPS:
         group.register(app)
     from ..plugins import get_plugin_manager

@@ -17,7 +17,7 @@ def register(app: typer.Typer) -> None:
     @app.command("run")
     def run(recipe: Path = typer.Argument(..., help="recipe file (.toml)"),
             set_: list[str] = typer.Option([], "--set", help=SET_HELP),
-            output: Path | None = typer.Option(None, "--output", "-o", help="run folder (default: [output] dir)"),
+            output: Path | None = typer.Option(None, "--output", "-o", help="run folder (default: the recipe's output.dir, else runs/NAME)"),
             resume: bool = typer.Option(False, "--resume", help="continue the unfinished run in the folder"),
             overwrite: bool = typer.Option(False, "--overwrite", help="replace a finished run in the folder"),
             json_: bool = typer.Option(False, "--json", help="print the results as JSON on stdout")) -> None:
@@ -65,7 +65,7 @@ def print_summary(result) -> None:
     for k, v in last.items():
         if k in ("epoch", "seconds") or not isinstance(v, (int, float)):
             continue
-        table.add_row(f"train {k}", f"{v:.4g}")
+        table.add_row(f"last epoch: {k.replace('_', ' ')}", f"{v:.4g}")
     metrics = result.results.get("metrics", {})
     for key, label in METRIC_LABELS.items():
         if key in metrics:

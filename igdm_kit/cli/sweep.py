@@ -14,7 +14,7 @@ def register(app: typer.Typer) -> None:
     @app.command("sweep")
     def sweep(recipe: Path = typer.Argument(..., help="recipe file (.toml)"),
               grid: list[str] = typer.Option([], "--grid", help="dotted.key=v1,v2,... (repeatable; "
-                                             "adds to the recipe's [sweep] table)"),
+                                             "adds to the recipe's sweep table)"),
               set_: list[str] = typer.Option([], "--set", help=SET_HELP),
               output: Path | None = typer.Option(None, "--output", "-o", help="folder of the variants' runs"),
               plot: Path | None = typer.Option(None, "--plot", help="PNG: GC and GD against robust accuracy"),
