@@ -115,7 +115,7 @@ def _folder_name(label: str) -> str:
 def row_of(v: Variant, result) -> dict[str, Any]:
     metrics = result.results.get("metrics", {})
     row: dict[str, Any] = {"variant": v.label, "overrides": v.overrides, "output_dir": str(result.output_dir),
-                           "reused": result.reused}
+                           "reused": result.reused, "n": result.results.get("n")}
     for key, _ in COLUMNS:
         if key in metrics:
             row[key] = metrics[key]["accuracy"]

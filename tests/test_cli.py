@@ -102,3 +102,10 @@ def test_version(cli):
 
     res = cli("--version")
     assert res.code == 0 and res.out.strip() == f"igdm-kit {igdm_kit.__version__}"
+
+
+def test_recipe_check_warns_about_a_missing_teacher_file(cli, write_recipe, tmp_path):
+    text = DIGITS_PGDAT.replace('name = "pgd-at"', 'name = "ard"') + \
+        f'\n[teacher]\ncheckpoint = "{tmp_path / "later.pt"}"\nmodel = "small-cnn"\n'
+    res = cli("recipe", "check", write_recipe(text))
+    assert res.code == 0 and "ok" in res.out and "does not exist yet" in res.err

@@ -22,6 +22,10 @@ def register(app: typer.Typer) -> None:
         from .. import recipe as recipe_mod
 
         r = recipe_mod.load(recipe, set_)
+        t = r.model.teacher
+        if t is not None and t.checkpoint is not None and not Path(t.checkpoint).exists():
+            err_console.print(f"[yellow]warning:[/] the teacher file {t.checkpoint} does not exist yet; "
+                              "`run` needs it", highlight=False)
         out_console.print(f"[green]ok[/] {recipe} ({r.model.method.name}"
                           + (f" + {r.model.module.name}" if r.model.module else "") + ")", highlight=False)
 

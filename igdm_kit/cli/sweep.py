@@ -60,7 +60,9 @@ def print_table(summary: dict) -> None:
     rows = summary["rows"]
     cols = [(k, label) for k, label in COLUMNS if any(k in r for r in rows)]
     cols += [(k, label) for k, label in (("gd", "GD ↓"), ("gc", "GC ↑")) if any(k in r for r in rows)]
-    table = Table(title=f"{summary['recipe']} — accuracy (%) on the test split")
+    n = {r.get("n") for r in rows}
+    where = f"{n.pop()} test images" if len(n) == 1 and None not in n else "the test split"
+    table = Table(title=f"{summary['recipe']} — accuracy (%) on {where}")
     table.add_column("variant")
     for _, label in cols:
         table.add_column(label, justify="right")
