@@ -10,7 +10,7 @@ from rich.console import Console
 
 # Piped or redirected results keep whole table cells (Rich would assume 80 columns and cut paths).
 out_console = Console(soft_wrap=True, width=None if sys.stdout.isatty() else 200)
-err_console = Console(stderr=True)
+err_console = Console(stderr=True, soft_wrap=True)  # diagnostics stay one line each in logs
 
 
 def print_json(command: str, results: Any) -> None:
