@@ -34,4 +34,4 @@ def test_mart_loss_matches_a_hand_computation():
         bce = -math.log(pa[y[i]]) - math.log(1.0001 - pa[wrong] + 1e-12)
         kl = sum(pn[k] * (math.log(pn[k] + 1e-12) - math.log(pa[k] + 1e-12)) for k in range(3))
         expected += (bce + 6.0 * kl * (1.0000001 - pn[y[i]])) / 2
-    assert math.isclose(float(sum(terms.values())), expected, rel_tol=1e-9)
+    assert math.isclose(float(sum(terms.values()).detach()), expected, rel_tol=1e-9)
