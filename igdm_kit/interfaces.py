@@ -61,6 +61,9 @@ class StepContext(Protocol):
     y: torch.Tensor
     epoch: int  # 1-based
     epochs: int
+    #: True under ``train.reference_passes``: methods then also run the forwards the reference code runs
+    #: for zero-weight terms (their BatchNorm updates), without adding those terms to the loss.
+    reference: bool
 
     def input(self, name: InputName) -> torch.Tensor: ...
     def student(self, name: InputName) -> torch.Tensor: ...

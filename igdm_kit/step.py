@@ -25,6 +25,8 @@ class Step:
         self.student_model, self.teacher_model = student, teacher
         self.x, self.y, self.epoch, self.epochs = x, y, epoch, epochs
         self.cache = cache
+        #: reference_passes mode: methods also run the forwards of zero-weight terms, as the reference code
+        self.reference = not cache
         self._inputs: dict[str, torch.Tensor] = {"x": x}
         self._alias: dict[str, str] = {}
         self._declared_teacher = list(dict.fromkeys(teacher_inputs))

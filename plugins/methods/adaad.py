@@ -42,6 +42,10 @@ class AdaAD(Method):
         terms = {}
         if lam > 0:
             terms["adv_kl"] = lam * kl_div(ctx.teacher("x_adv"), ctx.student("x_adv"))
-        if lam < 1:
-            terms["nat_kl"] = (1 - lam) * kl_div(ctx.teacher("x"), ctx.student("x"))
+        # AdaAD's reference code always runs T(x) and S(x), even at weight 0; with reference_passes the
+        # engine reproduces those forwards (and the student's BatchNorm update) without adding the term.
+        if lam < 1 or ctx.reference:
+            t_x, s_x = ctx.teacher("x"), ctx.student("x")
+            if lam < 1:
+                terms["nat_kl"] = (1 - lam) * kl_div(t_x, s_x)
         return terms

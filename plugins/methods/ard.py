@@ -33,8 +33,11 @@ class ARD(Method):
     def loss(self, ctx):
         a, tau = self.options.alpha_ard, self.options.temperature
         terms = {}
+        # ARD's reference code always runs S(x), first, even at weight 0; with reference_passes the
+        # engine reproduces that forward (and its BatchNorm update) without adding the term.
+        s_x = ctx.student("x") if a < 1 or ctx.reference else None
         if a > 0:
             terms["adv_kl"] = a * kl_div(ctx.teacher("x"), ctx.student("x_adv"), temperature=tau)
         if a < 1:
-            terms["nat_ce"] = (1 - a) * F.cross_entropy(ctx.student("x"), ctx.y)
+            terms["nat_ce"] = (1 - a) * F.cross_entropy(s_x, ctx.y)
         return terms
