@@ -171,7 +171,9 @@ def plot(summary: dict[str, Any], path: str | Path) -> Path:
     for ax, g in zip(axes, ("gc", "gd"), strict=True):
         ax.scatter([r[g] for r in rows], [r[key] for r in rows])
         for r in rows:
-            ax.annotate(r["variant"], (r[g], r[key]), fontsize=7)
+            ax.annotate(r["variant"], (r[g], r[key]), fontsize=7, xytext=(3, 3), textcoords="offset points")
+        ax.margins(0.15)  # room for the labels at the edges
+        ax.tick_params(axis="x", labelrotation=30)
         c = corr.get(g)
         ax.set_xlabel(g.upper())
         ax.set_ylabel(f"{key} accuracy (%)")

@@ -256,7 +256,9 @@ def _plot_linearity(results: list[dict[str, Any]], path: Path) -> None:
         ax.legend()
         ax.set_title(_label(r["checkpoint"], [x["checkpoint"] for x in results]))
     else:
-        have_epochs = all(r["epoch"] is not None for r in results)
+        epochs = [r["epoch"] for r in results]
+        # a curve over epochs only for one run's per-epoch files (distinct epochs); else one point each
+        have_epochs = None not in epochs and len(set(epochs)) == len(epochs)
         xs = [r["epoch"] if have_epochs else i for i, r in enumerate(results)]
         ax.plot(xs, [r["mean"] for r in results], marker="o", label="mean")
         ax.fill_between(xs, [r["q25"] for r in results], [r["q75"] for r in results], alpha=0.3,
@@ -267,7 +269,8 @@ def _plot_linearity(results: list[dict[str, Any]], path: Path) -> None:
 
             ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         else:
-            ax.set_xticks(xs, [Path(r["checkpoint"]).stem for r in results], rotation=45, ha="right")
+            names = [r["checkpoint"] for r in results]
+            ax.set_xticks(xs, [_label(n, names) for n in names], rotation=30, ha="right", fontsize=8)
         ax.set_ylabel("Taylor remainder proportion")
         ax.legend()
     _save(fig, path)
