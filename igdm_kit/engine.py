@@ -16,6 +16,7 @@ training state after each epoch; the recipe's evaluation at the end. The run fol
 from __future__ import annotations
 
 import hashlib
+import json
 import math
 import os
 import platform
@@ -189,8 +190,6 @@ def _check_output_dir(out: Path, r: Recipe, *, resume: bool, overwrite: bool, re
     manifest = out / "manifest.json"
     same = False
     if manifest.is_file():
-        import json
-
         try:
             same = json.loads(manifest.read_text()).get("recipe_digest") == r.digest()
         except (OSError, ValueError):
@@ -206,8 +205,6 @@ def _check_output_dir(out: Path, r: Recipe, *, resume: bool, overwrite: bool, re
     if resume and same and (out / STATE).is_file():
         return "resume"
     if resume and not same and manifest.is_file():
-        import json
-
         try:
             saved = json.loads(manifest.read_text()).get("recipe", {})
         except (OSError, ValueError):
@@ -250,7 +247,7 @@ class _StopFlag:
         return self
 
     def _handle(self, signum, frame) -> None:
-        if self.signum is not None and signum == __import__("signal").SIGINT:
+        if self.signum is not None and signum == signal.SIGINT:
             raise KeyboardInterrupt
         self.signum = signum
 
@@ -272,8 +269,6 @@ def _same_teacher(out: Path, r: Recipe) -> bool:
     t = r.model.teacher
     if t is None or t.checkpoint is None or not Path(t.checkpoint).is_file():
         return True
-    import json
-
     try:
         recorded = json.loads((out / "manifest.json").read_text()).get("teacher_sha256")
     except (OSError, ValueError):
@@ -317,8 +312,6 @@ def run(r: Recipe, *, output_dir: str | Path | None = None, resume: bool = False
     if resume and mode == "new":
         log(f"nothing to resume in {out}: starting a new run")
     if mode == "reuse":
-        import json
-
         log(f"reusing finished run {out}")
         return RunResult(out, r, read_jsonl(out / "metrics.jsonl"), json.loads((out / RESULTS).read_text()),
                          reused=True)
@@ -432,7 +425,7 @@ def run(r: Recipe, *, output_dir: str | Path | None = None, resume: bool = False
                 for k, v in values.items():
                     sums[k] = sums.get(k, 0.0) + v * bs
                 sums["loss"] = sums.get("loss", 0.0) + sum(values.values()) * bs
-                s_adv = res.step._s.get("x_adv")  # the loss's own forward on x_adv: no extra pass
+                s_adv = res.step.cached_student("x_adv")  # the loss's own forward on x_adv: no extra pass
                 if s_adv is not None:
                     correct += int((s_adv.detach().argmax(1) == y).sum())
                 seen += bs
@@ -491,8 +484,6 @@ def run(r: Recipe, *, output_dir: str | Path | None = None, resume: bool = False
 
 
 def json_line(obj: Any) -> str:
-    import json
-
     return json.dumps(obj, sort_keys=True) + "\n"
 
 

@@ -65,6 +65,10 @@ class Step:
             self._s[key] = out
         return out
 
+    def cached_student(self, name: str) -> torch.Tensor | None:
+        """The student logits this step already computed on ``name``, if any (never a new forward)."""
+        return self._s.get(self._canonical(name))
+
     def teacher(self, name: str) -> torch.Tensor:
         """Teacher logits (eval mode, no gradients) on a step input; declared inputs are batched."""
         if self.teacher_model is None:

@@ -19,11 +19,8 @@ from rich.markup import escape
 
 from ..errors import IgdmKitError
 from .console import err_console, out_console, print_json
-from .eval import (DATASET_HELP, DEVICE_HELP, EPS_HELP, LIMIT_HELP, check_fits, dataset_for, parse_eps,
-                   progress_callback)
-
-PLOT_HELP = "write a figure to this file (.png, .pdf, .svg); needs matplotlib (the 'plot' extra)"
-BATCH_HELP = "images per batch"
+from .eval import check_fits, dataset_for, parse_eps, progress_callback
+from .options import EPS_HELP, BatchSize, Dataset, Device, Json, Limit, PerSample, Plot, ShowProgress
 
 
 def _pyplot():
@@ -84,16 +81,16 @@ def register(app: typer.Typer) -> None:
         checkpoints: list[Path] = typer.Argument(None, help="checkpoints (also accepted after --model)",
                                                  show_default=False),
         model: list[Path] = typer.Option([], "--model", "-m", help="checkpoint; repeatable, or a list of files"),
-        dataset: str | None = typer.Option(None, "--dataset", "-d", help=DATASET_HELP),
-        limit: int | None = typer.Option(None, "--limit", "-n", min=1, help=LIMIT_HELP),
-        batch_size: int = typer.Option(256, "--batch-size", "-b", min=1, help=BATCH_HELP),
-        device: str = typer.Option("auto", "--device", help=DEVICE_HELP),
+        dataset: Dataset = None,
+        limit: Limit = None,
+        batch_size: BatchSize = 256,
+        device: Device = "auto",
         eps: str = typer.Option("8/255", "--eps", help="noise ε ~ U(−eps, eps); " + EPS_HELP),
         seed: int = typer.Option(0, "--seed", help="seed of the noise (the same noise for every checkpoint)"),
-        per_sample: bool = typer.Option(False, "--per-sample", help="include per-sample values in --json"),
-        plot: Path | None = typer.Option(None, "--plot", help=PLOT_HELP),
-        progress: bool = typer.Option(True, "--progress/--no-progress", help="progress bars on stderr"),
-        json_: bool = typer.Option(False, "--json", help="print the results as a JSON envelope on stdout"),
+        per_sample: PerSample = False,
+        plot: Plot = None,
+        progress: ShowProgress = True,
+        json_: Json = False,
     ) -> None:
         """Taylor remainder proportion ‖f(x+ε) − f(x) − J·ε‖ / ‖f(x+ε)‖ per checkpoint (Figure 2)."""
         if plot is not None:
@@ -142,14 +139,14 @@ def register(app: typer.Typer) -> None:
     def alignment(
         student: Path = typer.Option(..., "--student", "-s", help="student checkpoint"),
         teacher: Path = typer.Option(..., "--teacher", "-t", help="teacher checkpoint"),
-        dataset: str | None = typer.Option(None, "--dataset", "-d", help=DATASET_HELP),
-        limit: int | None = typer.Option(None, "--limit", "-n", min=1, help=LIMIT_HELP),
-        batch_size: int = typer.Option(256, "--batch-size", "-b", min=1, help=BATCH_HELP),
-        device: str = typer.Option("auto", "--device", help=DEVICE_HELP),
-        per_sample: bool = typer.Option(False, "--per-sample", help="include per-sample values in --json"),
-        plot: Path | None = typer.Option(None, "--plot", help=PLOT_HELP),
-        progress: bool = typer.Option(True, "--progress/--no-progress", help="progress bars on stderr"),
-        json_: bool = typer.Option(False, "--json", help="print the results as a JSON envelope on stdout"),
+        dataset: Dataset = None,
+        limit: Limit = None,
+        batch_size: BatchSize = 256,
+        device: Device = "auto",
+        per_sample: PerSample = False,
+        plot: Plot = None,
+        progress: ShowProgress = True,
+        json_: Json = False,
     ) -> None:
         """Gradient distance GD and cosine GC of ∇ₓCE between student and teacher (Table 4)."""
         if plot is not None:
@@ -185,16 +182,16 @@ def register(app: typer.Typer) -> None:
         method: str = typer.Option("pgd-at", "--method", help="method whose inner attack makes the adversarial δ"),
         attack: str | None = typer.Option(None, "--attack", help="attack instead of the method's default"),
         steps: int = typer.Option(20, "--steps", min=1, help="steps of the adversarial δ's attack"),
-        dataset: str | None = typer.Option(None, "--dataset", "-d", help=DATASET_HELP),
-        limit: int | None = typer.Option(None, "--limit", "-n", min=1, help=LIMIT_HELP),
-        batch_size: int = typer.Option(256, "--batch-size", "-b", min=1, help=BATCH_HELP),
-        device: str = typer.Option("auto", "--device", help=DEVICE_HELP),
+        dataset: Dataset = None,
+        limit: Limit = None,
+        batch_size: BatchSize = 256,
+        device: Device = "auto",
         eps: str = typer.Option("8/255", "--eps", help=EPS_HELP),
         seed: int = typer.Option(0, "--seed", help="seed of the uniform δ and of the attack's random start"),
-        per_sample: bool = typer.Option(False, "--per-sample", help="include per-sample values in --json"),
-        plot: Path | None = typer.Option(None, "--plot", help=PLOT_HELP),
-        progress: bool = typer.Option(True, "--progress/--no-progress", help="progress bars on stderr"),
-        json_: bool = typer.Option(False, "--json", help="print the results as a JSON envelope on stdout"),
+        per_sample: PerSample = False,
+        plot: Plot = None,
+        progress: ShowProgress = True,
+        json_: Json = False,
     ) -> None:
         """Point-wise distance mean ‖T(x+δ) − S(x+δ)‖₂ for δ ~ U(−ε, ε) and adversarial δ (Table 5)."""
         radius = parse_eps(eps)

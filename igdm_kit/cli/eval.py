@@ -17,15 +17,12 @@ from rich.markup import escape  # paths and messages are text, not Rich markup
 
 from ..errors import IgdmKitError
 from .console import err_console, make_progress, out_console, print_json
+from .options import EPS_HELP, BatchSize, Dataset, Device, Json, Limit, ShowProgress
 
 METRIC_LABELS = {"clean": "Clean", "fgsm": "FGSM", "pgd20": "PGD-20", "cw": "CW-∞", "autoattack": "AutoAttack"}
 ALL_ATTACKS = ",".join(METRIC_LABELS)
 
 # Options shared by the eval and analyze commands.
-DATASET_HELP = "registered dataset to evaluate on (default: the one recorded in the checkpoint)"
-LIMIT_HELP = "use only the first N test images"
-DEVICE_HELP = "cpu, cuda, cuda:N or auto (CUDA when available)"
-EPS_HELP = "L∞ radius ε, a number or a fraction such as 8/255"
 
 
 def eps_text(eps: float) -> str:
@@ -119,18 +116,18 @@ def register(app: typer.Typer) -> None:
     @app.command("eval")
     def eval_(
         model: Path = typer.Option(..., "--model", "-m", help="checkpoint (.safetensors written by igdm-kit)"),
-        dataset: str | None = typer.Option(None, "--dataset", "-d", help=DATASET_HELP),
+        dataset: Dataset = None,
         attacks: str = typer.Option(ALL_ATTACKS, "--attacks", "-a", help="comma-separated metrics to compute"),
-        limit: int | None = typer.Option(None, "--limit", "-n", min=1, help=LIMIT_HELP),
-        batch_size: int = typer.Option(256, "--batch-size", "-b", min=1, help="images per batch"),
-        device: str = typer.Option("auto", "--device", help=DEVICE_HELP),
+        limit: Limit = None,
+        batch_size: BatchSize = 256,
+        device: Device = "auto",
         eps: str | None = typer.Option(None, "--eps", help=EPS_HELP + "; default: the ε of the run's "
                                        "evaluation recorded in the checkpoint, else 8/255"),
         seed: int = typer.Option(0, "--seed", help="seed of the random starts (each attack starts from it)"),
         aa_state: Path | None = typer.Option(
             None, "--aa-state", help="AutoAttack state file: progress is saved there and a rerun resumes it"),
-        progress: bool = typer.Option(True, "--progress/--no-progress", help="progress bars on stderr"),
-        json_: bool = typer.Option(False, "--json", help="print the results as a JSON envelope on stdout"),
+        progress: ShowProgress = True,
+        json_: Json = False,
     ) -> None:
         """Clean, FGSM, PGD-20, CW-∞ and AutoAttack accuracy of a checkpoint (L∞; ε of its run, or 8/255)."""
         names = parse_attacks(attacks)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import typer
 
-from .console import out_console, print_json
+from .console import out_console
 
 
 def register(app: typer.Typer) -> None:
@@ -34,5 +34,3 @@ def register(app: typer.Typer) -> None:
         out_console.print(table)
         for err in load_errors():
             out_console.print(f"[red]failed:[/] {err}")
-
-    _ = print_json  # the envelope is for results; plugins list prints the bare list the docs promise

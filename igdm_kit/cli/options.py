@@ -1,0 +1,23 @@
+"""Typer options shared by the commands that read checkpoints (``eval``, ``analyze ...``)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+DATASET_HELP = "registered dataset to evaluate on (default: the one recorded in the checkpoint)"
+LIMIT_HELP = "use only the first N test images"
+DEVICE_HELP = "cpu, cuda, cuda:N or auto (CUDA when available)"
+EPS_HELP = "L∞ radius ε, a number or a fraction such as 8/255"
+PLOT_HELP = "write a figure to this file (.png, .pdf, .svg); needs matplotlib (the 'plot' extra)"
+
+Dataset = Annotated[str | None, typer.Option("--dataset", "-d", help=DATASET_HELP)]
+Limit = Annotated[int | None, typer.Option("--limit", "-n", min=1, help=LIMIT_HELP)]
+BatchSize = Annotated[int, typer.Option("--batch-size", "-b", min=1, help="images per batch")]
+Device = Annotated[str, typer.Option("--device", help=DEVICE_HELP)]
+PerSample = Annotated[bool, typer.Option("--per-sample", help="include per-sample values in --json")]
+Plot = Annotated[Path | None, typer.Option("--plot", help=PLOT_HELP)]
+ShowProgress = Annotated[bool, typer.Option("--progress/--no-progress", help="progress bars on stderr")]
+Json = Annotated[bool, typer.Option("--json", help="print the results as a JSON envelope on stdout")]
