@@ -77,9 +77,17 @@ class AccelOptions:
         return out + [f.name for f in fields(self) if f.name != "amp" and getattr(self, f.name)]
 
 
-def validate(options: AccelOptions, device: torch.device | str, *, module: str | None = None) -> None:
-    """Raise ``RecipeError`` (path ``train.<key>``) for an option the device or the recipe cannot use."""
+def validate(options: AccelOptions, device: torch.device | str, *, module: Any = None) -> None:
+    """Raise ``RecipeError`` (path ``train.<key>``) for an option the device or the recipe cannot use.
+
+    ``module``: the recipe's gradient module (a registered name, its class or an instance), whose
+    ``supports_fp16`` / ``supports_compile`` say what it cannot run under."""
     device = torch.device(device)
+    name = f"module {module!r}" if isinstance(module, str) else f"module {type(module).__name__}"
+    if isinstance(module, str):
+        from .plugins import registry
+
+        module = registry("module").get(module)
     if options.amp != "off":
         if device.type not in ("cpu", "cuda"):
             raise RecipeError(f"train.amp = {options.amp!r} is not supported on device {device.type!r}",
@@ -90,16 +98,16 @@ def validate(options: AccelOptions, device: torch.device | str, *, module: str |
         if options.amp == "bf16" and device.type == "cuda" and not torch.cuda.is_bf16_supported():
             raise RecipeError("train.amp = \"bf16\": this GPU does not support bfloat16",
                               "use amp = \"fp16\"", path="train.amp")
-        if options.amp == "fp16" and module == "direct":
-            raise RecipeError("train.amp = \"fp16\" cannot be used with module 'direct' (its input gradients "
+        if options.amp == "fp16" and module is not None and not module.supports_fp16:
+            raise RecipeError(f"train.amp = \"fp16\" cannot be used with {name} (its input gradients "
                               "are not loss-scaled and would underflow)", "use amp = \"bf16\"",
                               path="train.amp")
     if options.compile:
         if not hasattr(torch, "compile"):
             raise RecipeError("train.compile: this PyTorch has no torch.compile", "set compile = false",
                               path="train.compile")
-        if module == "direct":
-            raise RecipeError("train.compile cannot be used with module 'direct' (torch.compile does not "
+        if module is not None and not module.supports_compile:
+            raise RecipeError(f"train.compile cannot be used with {name} (torch.compile does not "
                               "support its double backward)", "set compile = false", path="train.compile")
 
 
@@ -185,7 +193,7 @@ class Accelerator:
                 log("train.cudnn_benchmark has no effect on CPU")
 
     @classmethod
-    def from_train(cls, train: Any, device: torch.device | str, *, module: str | None = None,
+    def from_train(cls, train: Any, device: torch.device | str, *, module: Any = None,
                    log: Callable[[str], None] = lambda s: None) -> Accelerator:
         """Validate the recipe's ``[train]`` accelerator keys for ``device`` and build the accelerator."""
         options = AccelOptions.from_train(train)

@@ -111,23 +111,16 @@ def method_attack(method: str, student: nn.Module, teacher: nn.Module | None, *,
     """The inner attack of a registered method with its default options (its ``attack_name``, e.g. AdaAD's
     ``adaad``) unless ``attack`` names one, built against ``student`` with ``steps`` steps and radius
     ``eps``, the attack's other options at their defaults."""
-    from .components import validate_options
-    from .plugins import registry
+    from .components import create_attack, create_method
 
-    if attack is None:
-        method_cls = registry("method").get(method)
-        instance = method_cls(validate_options("method", method, {}, where="method"))
-        attack = getattr(instance, "attack_name", method_cls.default_attack)
-    name = attack
-    cls = registry("attack").get(name)
-    options = validate_options("attack", name, {"eps": eps, "steps": steps}, where="attack")
-    return cls(student, teacher=teacher, options=options)
+    name = attack if attack is not None else create_method(method).attack_name
+    return create_attack(name, student, teacher=teacher, options={"eps": eps, "steps": steps})
 
 
 def adversarial_inputs(attack, x: torch.Tensor, y: torch.Tensor, teacher: nn.Module | None) -> torch.Tensor:
     """x_adv from a training attack, giving it T(x) when it asks for the teacher's clean logits (RSLAD)."""
     kwargs = {}
-    if getattr(attack, "needs_teacher_clean_logits", False):
+    if attack.needs_teacher_clean_logits:
         if teacher is None:
             raise IgdmKitError("this method's attack needs the teacher", "pass --teacher")
         with torch.no_grad():

@@ -15,6 +15,9 @@ from collections.abc import Iterable
 class IgdmKitError(Exception):
     """A user-facing error: one line saying what is wrong, and a hint saying how to fix it."""
 
+    #: The process exit code the CLI uses for it.
+    exit_code: int = 1
+
     def __init__(self, message: str, hint: str | None = None) -> None:
         super().__init__(message)
         self.message = message
@@ -60,3 +63,14 @@ class DataError(IgdmKitError):
 
 class TrainingError(IgdmKitError):
     """Training cannot go on (a non-finite loss, an output folder that cannot be written...)."""
+
+
+class Interrupted(IgdmKitError):
+    """SIGINT/SIGTERM stopped a run after saving its state; the hint is the command that resumes it.
+
+    The exit code is 128 + the signal's number, as a shell reports a process the signal ended.
+    """
+
+    def __init__(self, message: str, hint: str, exit_code: int) -> None:
+        super().__init__(message, hint)
+        self.exit_code = exit_code

@@ -1,14 +1,9 @@
 """Robust accuracy: the five metrics of Section 4.1 of the paper, computed as ``shared/spec/methods.md`` fixes.
 
-All at L∞ ε = 8/255 with the model in ``eval()`` (its previous mode is restored afterwards):
-
-* ``clean``: accuracy on x;
-* ``fgsm``: one step x + ε·sign(∇_x CE), no random start (torchattacks' ``FGSM``);
-* ``pgd20``: PGD on CE, 20 steps of 2/255 from a uniform random start (torchattacks' ``PGD``);
-* ``cw``: CW-∞, i.e. PGD on the margin loss max_{j≠y} z_j − z_y, 30 steps of 2/255, uniform random start
-  (``CWLinf`` below; torchattacks' ``CW`` is the L2 attack, not this one);
-* ``autoattack``: the official AutoAttack (``pyautoattack``, version ``standard``: APGD-CE, APGD-T, FAB-T,
-  Square), reported as its robust accuracy. Its warnings (gradient-masking flags) are returned.
+All at L∞ ε (default 8/255) with the model in ``eval()`` (its previous mode is restored afterwards); the
+attacks and their settings are the table in ``igdm_kit.eval_attacks``. AutoAttack is the official package
+(``pyautoattack``, version ``standard``: APGD-CE, APGD-T, FAB-T, Square), reported as its robust accuracy;
+its warnings (gradient-masking flags) are returned.
 
 Every attack starts from ``torch.manual_seed(seed)`` on a forked RNG, so one attack's result does not depend
 on which attacks ran before it and the caller's RNG is left untouched.
@@ -33,16 +28,14 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
-import torchattacks
 from torchattacks.attack import Attack
 from torch import nn
 
 from .errors import DataError, IgdmKitError
+from .eval_attacks import ATTACKS, EVAL_ATTACKS, STEP_SIZE
 from .io import atomic_write_json
 
-ATTACKS: tuple[str, ...] = ("clean", "fgsm", "pgd20", "cw", "autoattack")
 DEFAULT_EPS = 8 / 255
-STEP_SIZE = 2 / 255
 AA_STATE_FORMAT = "igdm-kit/autoattack-state/1"
 
 #: ``progress(task, done, total)``: called after each batch with the cumulative count of batches.
@@ -155,20 +148,18 @@ def _accuracy(correct: int, total: int) -> dict[str, Any]:
 
 # -- white-box attacks -------------------------------------------------------------------------------------
 def _make_attack(name: str, model: nn.Module, eps: float):
-    if name == "fgsm":
-        return torchattacks.FGSM(model, eps=eps)
-    if name == "pgd20":
-        return torchattacks.PGD(model, eps=eps, alpha=STEP_SIZE, steps=20, random_start=True)
-    if name == "cw":
-        return CWLinf(model, eps=eps, alpha=STEP_SIZE, steps=30, random_start=True)
-    raise ValueError(name)
+    """The white-box attack ``name`` of the table (``igdm_kit.eval_attacks``) against ``model``."""
+    spec = EVAL_ATTACKS.get(name)
+    if spec is None or spec.build is None:
+        raise ValueError(name)
+    return spec.build(model, eps)
 
 
 def _run_batched(name: str, model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, eps: float,
                  batch_size: int, device: torch.device, seed: int | None,
                  progress: Progress | None) -> int:
     """Correctly classified count under one attack (``clean``: no attack)."""
-    attack = None if name == "clean" else _make_attack(name, model, eps)
+    attack = None if EVAL_ATTACKS[name].kind == "clean" else _make_attack(name, model, eps)
     if attack is not None:
         attack.set_device(device)
     correct = 0
@@ -343,7 +334,7 @@ def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, attacks: Sequen
     with eval_mode(model):
         for name in dict.fromkeys(attacks):
             start = time.perf_counter()
-            if name == "autoattack":
+            if EVAL_ATTACKS[name].kind == "autoattack":
                 aa = run_autoattack(model, x, y, eps=eps, batch_size=batch_size, device=dev, seed=seed,
                                     state_path=autoattack_state, progress=progress,
                                     warnings=result["warnings"])

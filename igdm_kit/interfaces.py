@@ -50,11 +50,13 @@ class NoOptions(Options):
 
 
 class StepContext(Protocol):
-    """What a method or gradient module sees of one training step (implemented in ``igdm_kit.step``).
+    """What a method or gradient module sees of one training step (implemented by ``igdm_kit.step.Step``).
 
     ``student(name)`` and ``teacher(name)`` return logits for one of the step inputs; the engine computes
-    each distinct (model, input) pair once per step and batches the teacher's inputs (issue: fewest passes).
+    each distinct (model, input) pair once per step and batches the teacher's inputs (fewest passes).
     The student runs in train mode with gradients; the teacher in eval mode without gradients.
+    ``input_gradient`` gives ∇_x CE(f(x), y) per sample for either model on a step input, for modules that
+    match gradients directly; it is a pass of its own, outside the cache.
     """
 
     x: torch.Tensor
@@ -66,8 +68,14 @@ class StepContext(Protocol):
     reference: bool
 
     def input(self, name: InputName) -> torch.Tensor: ...
+    def has_input(self, name: InputName) -> bool: ...
+    def set_input(self, name: InputName, value: torch.Tensor | None = None, *,
+                  alias_of: InputName | None = None) -> None: ...
     def student(self, name: InputName) -> torch.Tensor: ...
     def teacher(self, name: InputName) -> torch.Tensor: ...
+    def has_teacher(self) -> bool: ...
+    def input_gradient(self, model: Literal["student", "teacher"], name: InputName, *,
+                       create_graph: bool = False) -> torch.Tensor: ...
 
 
 class Method:
@@ -75,8 +83,8 @@ class Method:
 
     ``loss`` returns the method's *weighted* loss terms by name (e.g. ``{"adv_kl": ..., "nat_ce": ...}``);
     the engine logs each and sums them. A term whose weight is 0 must not be computed at all.
-    The engine reads the instance's ``attack_name`` (not the class's ``default_attack``) to pick the inner
-    attack when the recipe names none, so an option can change it (AdaAD's ``teacher_in_attack = false``).
+    The recipe's inner attack, when its ``[attack]`` names none, is ``attack_for(options)`` (not the class's
+    ``default_attack``), so an option can change it (AdaAD's ``teacher_in_attack = false``).
     """
 
     Options: ClassVar[type[Options]] = NoOptions
@@ -89,18 +97,20 @@ class Method:
     def __init__(self, options: Options) -> None:
         self.options = options
 
+    @classmethod
+    def attack_for(cls, options: Options) -> str:
+        """The inner attack used with these options when the recipe names none (an option may change it,
+        e.g. AdaAD's ``teacher_in_attack = false``)."""
+        return cls.default_attack
+
     @property
     def attack_name(self) -> str:
-        """The inner attack this instance uses by default (an option may change it, e.g. AdaAD w/o T_in)."""
-        return self.default_attack
+        """The inner attack this instance uses by default: ``attack_for(self.options)``."""
+        return self.attack_for(self.options)
 
     def teacher_inputs(self, epoch: int, epochs: int) -> set[str]:
         """Step inputs the loss will ask the teacher for at this epoch (batched into one forward)."""
         return set()
-
-    def student_inputs(self, epoch: int, epochs: int) -> set[str]:
-        """Step inputs the loss will ask the student for (used for pass accounting)."""
-        return {"x_adv"}
 
     def loss(self, ctx: StepContext) -> dict[str, torch.Tensor]:
         raise NotImplementedError
@@ -124,17 +134,19 @@ class GradientModule:
     Options: ClassVar[type[ModuleOptions]] = ModuleOptions
     needs_teacher: ClassVar[bool] = True
     description: ClassVar[str] = ""
+    #: Whether the module works under ``train.amp = "fp16"`` (a double-backprop input gradient is not
+    #: loss-scaled and would underflow) and under ``train.compile`` (no double backward through it).
+    supports_fp16: ClassVar[bool] = True
+    supports_compile: ClassVar[bool] = True
 
     def __init__(self, options: ModuleOptions) -> None:
         self.options = options
 
     def teacher_inputs(self) -> set[str]:
+        """Step inputs the loss will ask the teacher for (batched with the method's into one forward)."""
         return set()
 
-    def student_inputs(self) -> set[str]:
-        return set()
-
-    def prepare(self, ctx: Any) -> None:
+    def prepare(self, ctx: StepContext) -> None:
         """Define the step inputs x⁺ = x + β·δ and x⁻ = x − γ·δ (δ = x_adv − x), after the attack.
 
         With β = 1, x⁺ is x_adv exactly (x + δ = x_adv), so it is declared an alias and the engine reuses
@@ -166,6 +178,43 @@ class AttackOptions(Options):
     bn_mode: Literal["eval", "train"] = Field(
         "eval", description="mode of the attacked model during the attack (ARD/IAD's originals used train)"
     )
+
+
+class TrainingAttack:
+    """An inner attack (the inner maximization of adversarial training), registered by ``register_attacks``.
+
+    Built by ``igdm_kit.create_attack`` as ``cls(student, options=..., teacher=...)`` (``teacher`` is None
+    when the recipe has none) and called once per step as ``attack(x, y)`` — with
+    ``teacher_logits=T(x)`` when ``needs_teacher_clean_logits`` — returning x_adv in [0, 1]. An attack
+    restores the exact train/eval mode of every model it touched and takes its gradients with
+    ``torch.autograd.grad``, so no parameter ``.grad`` changes. The built-ins are ``torchattacks.Attack``
+    subclasses that list this class last among their bases (``igdm_kit_plugins.attacks.base``), so
+    torchattacks' constructor and ``__call__`` come first.
+    """
+
+    Options: ClassVar[type[AttackOptions]] = AttackOptions
+    #: The attack differentiates through the teacher (AdaAD) and must be given it.
+    needs_teacher: ClassVar[bool] = False
+    #: The attack needs the teacher's logits on the clean input, T(x), passed as ``teacher_logits=``.
+    needs_teacher_clean_logits: ClassVar[bool] = False
+    description: ClassVar[str] = ""
+
+    options: AttackOptions
+    teacher: nn.Module | None = None
+
+    def __init__(self, model: nn.Module, *, options: AttackOptions | None = None,
+                 teacher: nn.Module | None = None) -> None:
+        self.options = options or self.Options()
+        self.teacher = teacher
+
+    @classmethod
+    def uses_teacher(cls) -> bool:
+        """Whether a recipe choosing this attack needs a ``[teacher]``."""
+        return cls.needs_teacher or cls.needs_teacher_clean_logits
+
+    def __call__(self, x: torch.Tensor, y: torch.Tensor, *,
+                 teacher_logits: torch.Tensor | None = None) -> torch.Tensor:
+        raise NotImplementedError
 
 
 @dataclass(frozen=True)
@@ -202,23 +251,16 @@ class DatasetPlugin:
 class ModelFactory(Protocol):
     """A registered model: a class with ``Options`` and ``build``.
 
-    ``build(options, num_classes=, in_channels=, image_size=, mean=, std=)`` returns an ``nn.Module`` taking
-    [0,1] images; ``mean``/``std`` (or None) are applied inside it.
+    ``build(options, num_classes=, in_channels=, image_size=)`` returns the bare network as an
+    ``nn.Module`` on normalized inputs; ``igdm_kit.create_model`` wraps it once in
+    ``igdm_kit.nn.Classifier`` (normalization by the dataset's mean/std inside the model), so every
+    model takes [0, 1] images and its state dict reads ``normalize.*`` + ``net.*``.
     """
 
     Options: type[Options]
 
     @classmethod
-    def build(
-        cls,
-        options: Any,
-        *,
-        num_classes: int,
-        in_channels: int,
-        image_size: int,
-        mean: tuple[float, ...] | None,
-        std: tuple[float, ...] | None,
-    ) -> nn.Module: ...
+    def build(cls, options: Any, *, num_classes: int, in_channels: int, image_size: int) -> nn.Module: ...
 
 
 class TeacherLoader(Protocol):

@@ -22,7 +22,7 @@ from torch import nn
 class Step:
     def __init__(self, student: nn.Module, teacher: nn.Module | None, x: torch.Tensor, y: torch.Tensor,
                  *, epoch: int, epochs: int, teacher_inputs: Iterable[str] = (), cache: bool = True) -> None:
-        self.student_model, self.teacher_model = student, teacher
+        self._student_model, self._teacher_model = student, teacher
         self.x, self.y, self.epoch, self.epochs = x, y, epoch, epochs
         self.cache = cache
         #: reference_passes mode: methods also run the forwards of zero-weight terms, as the reference code
@@ -60,7 +60,7 @@ class Step:
         key = self._canonical(name)
         if self.cache and key in self._s:
             return self._s[key]
-        out = self.student_model(self.input(key))
+        out = self._student_model(self.input(key))
         if self.cache:
             self._s[key] = out
         return out
@@ -71,21 +71,40 @@ class Step:
 
     def teacher(self, name: str) -> torch.Tensor:
         """Teacher logits (eval mode, no gradients) on a step input; declared inputs are batched."""
-        if self.teacher_model is None:
+        if self._teacher_model is None:
             raise RuntimeError("this step has no teacher; the method or module needs one")
         key = self._canonical(name)
         if self.cache and key in self._t:
             return self._t[key]
         if not self.cache:
             with torch.no_grad():
-                return self.teacher_model(self.input(key))
+                return self._teacher_model(self.input(key))
         pending = [key] + [self._canonical(n) for n in self._declared_teacher]
         pending = [k for k in dict.fromkeys(pending) if k not in self._t and k in self._inputs]
         with torch.no_grad():
-            out = self.teacher_model(torch.cat([self._inputs[k] for k in pending]))
+            out = self._teacher_model(torch.cat([self._inputs[k] for k in pending]))
         for k, chunk in zip(pending, out.split([self._inputs[k].shape[0] for k in pending]), strict=True):
             self._t[k] = chunk
         return self._t[key]
+
+    def has_teacher(self) -> bool:
+        return self._teacher_model is not None
+
+    def input_gradient(self, model: str, name: str, *, create_graph: bool = False) -> torch.Tensor:
+        """∇ of the summed per-sample CE(f(x), y) w.r.t. a step input, for ``"student"`` or ``"teacher"``.
+
+        A forward and backward pass of its own (never cached): with ``create_graph`` the gradient can be
+        differentiated again (double backprop, for a loss that trains the student on it). The teacher's is
+        a constant; its parameters are never differentiated.
+        """
+        from .losses import input_gradient
+
+        if model not in ("student", "teacher"):
+            raise ValueError(f"model must be 'student' or 'teacher', not {model!r}")
+        net = self._student_model if model == "student" else self._teacher_model
+        if net is None:
+            raise RuntimeError("this step has no teacher; the method or module needs one")
+        return input_gradient(net, self.input(name), self.y, create_graph=create_graph)
 
     def set_teacher_logits(self, name: str, logits: torch.Tensor) -> None:
         """Record teacher logits computed elsewhere (e.g. T(x) the attack needed), to share them."""

@@ -18,10 +18,12 @@ from pathlib import Path
 from typing import Any
 
 from . import recipe as recipe_mod
-from .errors import RecipeError
+from .errors import Interrupted, RecipeError
+from .eval_attacks import EVAL_ATTACKS
 from .recipe import Recipe
 
-COLUMNS = (("clean", "Clean"), ("fgsm", "FGSM"), ("pgd20", "PGD-20"), ("cw", "CW-∞"), ("autoattack", "AA"))
+#: (result key, column header) of the sweep table, in the evaluation table's order.
+COLUMNS = tuple((a.name, a.short) for a in EVAL_ATTACKS.values())
 
 
 @dataclass
@@ -89,7 +91,7 @@ def run_sweep(path: str | Path, *, overrides: list[str] | None = None, grid: dic
 
     Finished variants are reused; ``resume`` continues an interrupted one; ``overwrite`` retrains all.
     """
-    from .engine import Interrupted, run
+    from .engine import run
 
     variants = expand(path, overrides, grid)
     base = Path(output_dir) if output_dir else variants[0].recipe.default_output_dir()
@@ -150,38 +152,3 @@ def correlations(rows: list[dict[str, Any]]) -> dict[str, Any]:
         if key and all(g in r for r in rows):
             out[g] = pearson([r[g] for r in rows], [r[key] for r in rows])
     return out
-
-
-def plot(summary: dict[str, Any], path: str | Path) -> Path:
-    """Scatter of GC and GD against robust accuracy across the runs, with the correlation (Figure 3)."""
-    from .errors import IgdmKitError
-
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        raise IgdmKitError("--plot needs matplotlib", "pip install 'igdm-kit[plot]'") from None
-    rows, corr = summary["rows"], summary["correlation"]
-    key = corr.get("against")
-    if not key or not all("gd" in r and "gc" in r for r in rows):
-        raise IgdmKitError("the sweep has no GD/GC to plot", "set eval.analysis = true (needs a teacher)")
-    fig, axes = plt.subplots(1, 2, figsize=(9, 3.8))
-    for ax, g in zip(axes, ("gc", "gd"), strict=True):
-        ax.scatter([r[g] for r in rows], [r[key] for r in rows])
-        for r in rows:
-            ax.annotate(r["variant"], (r[g], r[key]), fontsize=7, xytext=(3, 3), textcoords="offset points")
-        ax.margins(0.15)  # room for the labels at the edges
-        ax.tick_params(axis="x", labelrotation=30)
-        c = corr.get(g)
-        ax.set_xlabel(g.upper())
-        ax.set_ylabel(f"{key} accuracy (%)")
-        ax.set_title(f"{g.upper()} vs {key}" + (f" (r = {c:.2f})" if c is not None else ""))
-    fig.tight_layout()
-    from .io import atomic_write
-
-    path = Path(path)
-    atomic_write(path, lambda tmp: fig.savefig(tmp, format="png", dpi=120))
-    plt.close(fig)
-    return path

@@ -43,7 +43,7 @@ def compute_loss(student, teacher, method, module, attack, x: torch.Tensor, y: t
                 teacher_inputs=sorted(teacher_inputs), cache=cache)
 
     kwargs = {}
-    if getattr(attack, "needs_teacher_clean_logits", False):
+    if attack.needs_teacher_clean_logits:
         kwargs["teacher_logits"] = step.teacher("x")
     x_adv = attack(x, y, **kwargs).detach()
     step.set_input("x_adv", x_adv)

@@ -11,7 +11,8 @@ import torch
 from igdm_kit import recipe as R
 from igdm_kit.checkpoint import save_model
 from igdm_kit.components import create_model
-from igdm_kit.engine import build_student, build_training, load_data, load_teacher
+from igdm_kit.engine import prepare_teacher
+from igdm_kit.training.parts import build_student, build_training, load_data, load_teacher
 from igdm_kit.plugins import registry
 from igdm_kit.training_step import compute_loss
 
@@ -48,7 +49,7 @@ def test_pair_trains_on_digits(method, module, teacher_file):
     torch.manual_seed(0)
     info, (x, y), _ = load_data(r)
     student = build_student(r, info)
-    teacher, _ = load_teacher(r, info, torch.device("cpu"), log=lambda s: None)
+    teacher, _ = load_teacher(r, info, torch.device("cpu"), prepare_teacher(r))
     before = {k: v.clone() for k, v in teacher.state_dict().items()}
     meth, mod, attack = build_training(r, student, teacher)
     opt = torch.optim.SGD(student.parameters(), lr=0.05, momentum=0.9)

@@ -152,12 +152,14 @@ def test_training_state_round_trips_optimizer_scheduler_rng_and_grad_scaler(tmp_
 def test_resume_hint_repeats_the_set_overrides(tmp_path, write_recipe):
     import signal as sig
 
-    from igdm_kit.engine import Interrupted, _raise_interrupted
+    from igdm_kit.errors import Interrupted
+    from igdm_kit.recipe import resume_command
+    from igdm_kit.training.trainer import interruption
 
     p = write_recipe(DIGITS_PGDAT)
     r = R.load(p, ["train.epochs=3", 'eval.attacks=["clean","pgd20"]'])
     with pytest.raises(Interrupted) as exc:
-        _raise_interrupted(sig.SIGINT, tmp_path / "out", r, 2, 5)
+        raise interruption(sig.SIGINT, tmp_path / "out", resume_command(r, tmp_path / "out"), 2, 5)
     hint = exc.value.hint
     assert "--set train.epochs=3" in hint and "--set 'eval.attacks=[\"clean\",\"pgd20\"]'" in hint
     assert "--resume --output" in hint and exc.value.exit_code == 130

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from igdm_kit import sweep as S
+from igdm_kit.plotting import sweep_figure
 from igdm_kit.errors import RecipeError
 
 from conftest import DIGITS_PGDAT
@@ -71,8 +72,8 @@ def test_plot_writes_a_png_with_the_correlations(tmp_path):
     summary = {"rows": rows, "correlation": S.correlations(rows)}
     assert summary["correlation"]["against"] == "autoattack"
     assert summary["correlation"]["gc"] == pytest.approx(np.corrcoef([0.44, 0.52, 0.57], [24.8, 27.9, 28.8])[0, 1])
-    path = S.plot(summary, tmp_path / "fig3.png")
+    path = sweep_figure(summary, tmp_path / "fig3.png")
     assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     with pytest.raises(Exception, match="GD/GC"):
-        S.plot({"rows": [{"variant": "a", "autoattack": 1.0}], "correlation": {"against": "autoattack"}},
+        sweep_figure({"rows": [{"variant": "a", "autoattack": 1.0}], "correlation": {"against": "autoattack"}},
                tmp_path / "no.png")

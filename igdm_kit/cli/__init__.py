@@ -71,4 +71,4 @@ def main(argv: list[str] | None = None) -> None:
         if _debug():
             raise
         report(exc)
-        sys.exit(getattr(exc, "exit_code", 1))
+        sys.exit(exc.exit_code)

@@ -18,30 +18,14 @@ import typer
 from rich.markup import escape
 
 from ..errors import IgdmKitError
+from ..plotting import checkpoint_label as _label
+from ..plotting import histograms_figure, linearity_figure, pyplot
 from .console import err_console, out_console, print_json
 from .eval import check_fits, dataset_for, parse_eps, progress_callback
 from .options import EPS_HELP, BatchSize, Dataset, Device, Json, Limit, PerSample, Plot, ShowProgress
 
 
-def _pyplot():
-    try:
-        import matplotlib
-    except ImportError:
-        raise IgdmKitError("--plot needs matplotlib, which is not installed",
-                           "pip install matplotlib (igdm-kit's 'plot' extra)") from None
-    matplotlib.use("Agg")  # files only, never a window
-    import matplotlib.pyplot as plt
-
-    return plt
-
-
-def _save(fig, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    try:
-        fig.savefig(path, dpi=150, bbox_inches="tight")
-    except (OSError, ValueError) as exc:
-        raise IgdmKitError(f"cannot write the plot {str(path)!r}: {exc}",
-                           "check the folder and the extension (.png, .pdf, .svg)") from None
+def _plotted(path: Path) -> None:
     err_console.print(escape(f"plot: {path}"), style="dim", highlight=False)
 
 
@@ -94,7 +78,7 @@ def register(app: typer.Typer) -> None:
     ) -> None:
         """Taylor remainder proportion ‖f(x+ε) − f(x) − J·ε‖ / ‖f(x+ε)‖ per checkpoint (Figure 2)."""
         if plot is not None:
-            _pyplot()  # a missing matplotlib fails before any computation
+            pyplot()  # a missing matplotlib fails before any computation
         paths = list(model) + list(checkpoints or [])
         if not paths:
             raise IgdmKitError("no checkpoint given", "pass --model CKPT [CKPT ...]")
@@ -122,7 +106,7 @@ def register(app: typer.Typer) -> None:
                 results.append(row)
                 row["_values"] = values
         if plot is not None:
-            _plot_linearity(results, plot)
+            _plotted(linearity_figure(results, plot))
         for row in results:
             row.pop("_values")
         envelope = {"dataset": name, "eps": radius, "seed": seed, "checkpoints": results}
@@ -150,7 +134,7 @@ def register(app: typer.Typer) -> None:
     ) -> None:
         """Gradient distance GD and cosine GC of ∇ₓCE between student and teacher (Table 4)."""
         if plot is not None:
-            _pyplot()
+            pyplot()
         _, name, x, y, dev = _prepare([student, teacher], dataset, limit, device)
         from ..analysis import gradient_alignment, summarize
         from ..checkpoint import load_model
@@ -164,8 +148,8 @@ def register(app: typer.Typer) -> None:
         if per_sample:
             out["per_sample"] = {"distance": res["distance"].tolist(), "cosine": res["cosine"].tolist()}
         if plot is not None:
-            _plot_hist({"‖g_S − g_T‖₂": res["distance"], "cos(g_S, g_T)": res["cosine"]}, plot,
-                       f"gradient alignment — GD {res['gd']:.4f}, GC {res['gc']:.4f}")
+            _plotted(histograms_figure({"‖g_S − g_T‖₂": res["distance"], "cos(g_S, g_T)": res["cosine"]}, plot,
+                       f"gradient alignment — GD {res['gd']:.4f}, GC {res['gc']:.4f}"))
         if json_:
             print_json("analyze alignment", out)
             return
@@ -196,7 +180,7 @@ def register(app: typer.Typer) -> None:
         """Point-wise distance mean ‖T(x+δ) − S(x+δ)‖₂ for δ ~ U(−ε, ε) and adversarial δ (Table 5)."""
         radius = parse_eps(eps)
         if plot is not None:
-            _pyplot()
+            pyplot()
         from ..plugins import registry
 
         registry("method").get(method)  # an unknown method fails before any data loads
@@ -223,8 +207,8 @@ def register(app: typer.Typer) -> None:
         if per_sample:
             out["per_sample"] = {k: v.tolist() for k, v in per.items()}
         if plot is not None:
-            _plot_hist({"δ ~ U(−ε, ε)": per["uniform"], "δ = adv": per["adversarial"]}, plot,
-                       "point-wise distance ‖T(x+δ) − S(x+δ)‖₂", shared=True)
+            _plotted(histograms_figure({"δ ~ U(−ε, ε)": per["uniform"], "δ = adv": per["adversarial"]}, plot,
+                       "point-wise distance ‖T(x+δ) − S(x+δ)‖₂", shared=True))
         if json_:
             print_json("analyze pointwise", out)
             return
@@ -232,69 +216,3 @@ def register(app: typer.Typer) -> None:
                ["δ", "mean", "std", "median"],
                [[label, f"{out[k]['mean']:.4f}", f"{out[k]['std']:.4f}", f"{out[k]['median']:.4f}"]
                 for k, label in (("uniform", "δ ~ U(−ε, ε)"), ("adversarial", f"δ = adv ({method}, {steps} steps)"))])
-
-
-def _hist(ax, values, **kwargs) -> None:
-    """A histogram that also copes with (nearly) constant values, e.g. GC = 1 for a model with itself."""
-    v = values.double().numpy()
-    spread = float(v.max() - v.min()) if v.size else 0.0
-    ax.hist(v, bins=40 if spread > 1e-9 * max(1.0, float(abs(v).max())) else 1, **kwargs)
-
-
-def _plot_linearity(results: list[dict[str, Any]], path: Path) -> None:
-    plt = _pyplot()
-    fig, ax = plt.subplots(figsize=(6, 4))
-    if len(results) == 1:
-        r = results[0]
-        _hist(ax, r["_values"])
-        ax.axvline(r["mean"], color="k", linestyle="--", label=f"mean {r['mean']:.4f}")
-        ax.set_xlabel("Taylor remainder proportion")
-        ax.set_ylabel("samples")
-        ax.legend()
-        ax.set_title(_label(r["checkpoint"], [x["checkpoint"] for x in results]))
-    else:
-        epochs = [r["epoch"] for r in results]
-        # a curve over epochs only for one run's per-epoch files (distinct epochs); else one point each
-        have_epochs = None not in epochs and len(set(epochs)) == len(epochs)
-        xs = [r["epoch"] if have_epochs else i for i, r in enumerate(results)]
-        ax.plot(xs, [r["mean"] for r in results], marker="o", label="mean")
-        ax.fill_between(xs, [r["q25"] for r in results], [r["q75"] for r in results], alpha=0.3,
-                        label="25–75 %")
-        ax.set_xlabel("epoch" if have_epochs else "checkpoint")
-        if have_epochs:
-            from matplotlib.ticker import MaxNLocator
-
-            ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-        else:
-            names = [r["checkpoint"] for r in results]
-            ax.set_xticks(xs, [_label(n, names) for n in names], rotation=30, ha="right", fontsize=8)
-        ax.set_ylabel("Taylor remainder proportion")
-        ax.legend()
-    _save(fig, path)
-    plt.close(fig)
-
-
-def _plot_hist(series: dict[str, Any], path: Path, title: str, shared: bool = False) -> None:
-    plt = _pyplot()
-    if shared:
-        fig, ax = plt.subplots(figsize=(6, 4))
-        for label, values in series.items():
-            _hist(ax, values, alpha=0.6, label=f"{label} (mean {values.mean().item():.4f})")
-        ax.set_ylabel("samples")
-        ax.legend()
-    else:
-        fig, axes = plt.subplots(1, len(series), figsize=(5 * len(series), 4))
-        for ax, (label, values) in zip(axes, series.items(), strict=True):
-            _hist(ax, values)
-            ax.set_xlabel(label)
-            ax.set_ylabel("samples")
-    fig.suptitle(title)
-    _save(fig, path)
-    plt.close(fig)
-
-
-def _label(path, paths) -> str:
-    """A checkpoint's file name, with its folder when several share a name (runs' model.safetensors)."""
-    p = Path(path)
-    names = [Path(q).name for q in paths]
-    return p.name if names.count(p.name) <= 1 else f"{p.parent.name}/{p.name}"

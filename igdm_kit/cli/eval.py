@@ -16,10 +16,11 @@ import typer
 from rich.markup import escape  # paths and messages are text, not Rich markup
 
 from ..errors import IgdmKitError
+from ..eval_attacks import labels
 from .console import err_console, make_progress, out_console, print_json
 from .options import EPS_HELP, BatchSize, Dataset, Device, Json, Limit, ShowProgress
 
-METRIC_LABELS = {"clean": "Clean", "fgsm": "FGSM", "pgd20": "PGD-20", "cw": "CW-∞", "autoattack": "AutoAttack"}
+METRIC_LABELS = labels()
 ALL_ATTACKS = ",".join(METRIC_LABELS)
 
 # Options shared by the eval and analyze commands.

@@ -7,10 +7,11 @@ from pathlib import Path
 
 import typer
 
+from ..eval_attacks import labels
 from .console import err_console, make_progress, out_console, print_json
 from .recipe import SET_HELP
 
-METRIC_LABELS = {"clean": "Clean", "fgsm": "FGSM", "pgd20": "PGD-20", "cw": "CW-∞", "autoattack": "AutoAttack"}
+METRIC_LABELS = labels()
 
 
 def register(app: typer.Typer) -> None:
@@ -26,14 +27,12 @@ def register(app: typer.Typer) -> None:
 
         r = recipe_mod.load(recipe, set_)  # every error surfaces here, before torch is even imported
         if r.model.sweep:  # a recipe family (e.g. the quickstart): run every variant, one table
+            from ..recipe import command
             from .sweep import execute
 
-            import shlex
-
-            again = ["igdm-kit", "run", str(recipe)] + [a for s in set_ for a in ("--set", s)] \
-                + (["--output", str(output)] if output else []) + ["--resume"]
+            again = command("run", recipe, overrides=set_, output=output, resume=True)
             execute(recipe, set_, {}, output, None, json_, resume=resume, overwrite=overwrite,
-                    resume_command=" ".join(shlex.quote(a) for a in again))
+                    resume_command=again)
             return
         from ..engine import run as run_recipe
 

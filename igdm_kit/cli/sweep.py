@@ -22,21 +22,19 @@ def register(app: typer.Typer) -> None:
               overwrite: bool = typer.Option(False, "--overwrite", help="retrain every variant"),
               json_: bool = typer.Option(False, "--json", help="print the results as JSON on stdout")) -> None:
         """Run every variant of a recipe (skipping finished ones) and print one table."""
+        from ..recipe import command
         from ..sweep import parse_grid
 
-        import shlex
-
-        again = ["igdm-kit", "sweep", str(recipe)] + [a for g in grid for a in ("--grid", g)] \
-            + [a for s in set_ for a in ("--set", s)] + (["--output", str(output)] if output else []) \
-            + ["--resume"]
+        again = command("sweep", recipe, grid=grid, overrides=set_, output=output, resume=True)
         execute(recipe, set_, parse_grid(grid), output, plot, json_, resume=resume, overwrite=overwrite,
-                resume_command=" ".join(shlex.quote(a) for a in again))
+                resume_command=again)
 
 
 def execute(recipe: Path, overrides: list[str], grid: dict, output: Path | None, plot: Path | None,
             json_: bool, *, resume: bool = False, overwrite: bool = False, resume_command: str | None = None
             ) -> None:
-    from ..sweep import expand, plot as plot_fn, run_sweep
+    from ..plotting import sweep_figure
+    from ..sweep import expand, run_sweep
 
     expand(recipe, overrides, grid)  # validate every variant before anything trains
     with make_progress() as progress:
@@ -45,7 +43,7 @@ def execute(recipe: Path, overrides: list[str], grid: dict, output: Path | None,
                             log=lambda s: progress.console.print(s, style="dim", highlight=False),
                             progress=progress)
     if plot is not None:
-        err_console.print(f"plot: {plot_fn(summary, plot)}", style="dim")
+        err_console.print(f"plot: {sweep_figure(summary, plot)}", style="dim")
     if json_:
         print_json("sweep", summary)
     else:

@@ -9,18 +9,17 @@ x + 0.001·N(0, I) and only say which L they maximize.
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import ClassVar
-
 import torch
 from torch import nn
 from torchattacks.attack import Attack
 
 from igdm_kit.errors import RecipeError
-from igdm_kit.interfaces import AttackOptions
+from igdm_kit.interfaces import AttackOptions, TrainingAttack
 
 
 class TrainingAttackMixin:
-    """Mixed into a ``torchattacks.Attack`` subclass.
+    """Mixed into a ``torchattacks.Attack`` subclass (bases: this, the torchattacks class, then
+    ``interfaces.TrainingAttack`` for the contract's flags).
 
     torchattacks only puts a model back into train mode after an attack (``_recover_model_mode``), so an
     attack with ``bn_mode="train"`` would leave an eval-mode model training. This mixin records the mode of
@@ -30,15 +29,8 @@ class TrainingAttackMixin:
     built).
     """
 
-    Options: ClassVar[type[AttackOptions]] = AttackOptions
-    #: The attack differentiates through the teacher (AdaAD) and must be given it.
-    needs_teacher: ClassVar[bool] = False
-    #: The attack needs the teacher's logits on the clean input, T(x), passed as ``teacher_logits=``.
-    needs_teacher_clean_logits: ClassVar[bool] = False
-    description: ClassVar[str] = ""
-
     options: AttackOptions
-    teacher: nn.Module | None = None
+    teacher: nn.Module | None
 
     def _configure(self, options: AttackOptions) -> None:
         self.options = options
@@ -100,7 +92,7 @@ def maximize(loss: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, star
     return z.detach()
 
 
-class KLAttack(TrainingAttackMixin, Attack):
+class KLAttack(TrainingAttackMixin, Attack, TrainingAttack):
     """A training attack that maximizes a KL objective from x + 0.001·N(0, I); subclasses give
     ``objective(x, y, **kwargs)``, which returns L as a function of z (in the attack's model mode)."""
 

@@ -9,12 +9,12 @@ from __future__ import annotations
 import torchattacks
 from torch import nn
 
-from igdm_kit.interfaces import AttackOptions
+from igdm_kit.interfaces import AttackOptions, TrainingAttack
 
 from .base import TrainingAttackMixin
 
 
-class PGD(TrainingAttackMixin, torchattacks.PGD):
+class PGD(TrainingAttackMixin, torchattacks.PGD, TrainingAttack):
     description = "PGD on cross-entropy, uniform random start (Madry et al., 2018)"
 
     def __init__(self, model: nn.Module, *, options: AttackOptions | None = None,

@@ -4,7 +4,7 @@ Adaptive Adversarial Distillation", CVPR 2023.
 Loss: λ·KL(T(x_adv) ‖ S(x_adv)) + (1 − λ)·KL(T(x) ‖ S(x)), λ = 1 (the reference always uses 1), with x_adv
 from the ``adaad`` attack (max KL(T(z) ‖ S(z)), through both models). ``teacher_in_attack = false``
 replaces that attack by ``pgd`` on the student alone ("AdaAD w/o T_in", Table 6 of the IGDM paper); the
-engine learns it from ``attack_name``.
+recipe learns it from ``attack_for``.
 """
 
 from __future__ import annotations
@@ -26,16 +26,13 @@ class AdaAD(Method):
         teacher_in_attack: bool = Field(True, description="inner attack through the teacher ('adaad'); false: "
                                         "'pgd' on the student alone (\"w/o T_in\")")
 
-    @property
-    def attack_name(self) -> str:
-        return self.default_attack if self.options.teacher_in_attack else "pgd"
+    @classmethod
+    def attack_for(cls, options) -> str:
+        return cls.default_attack if options.teacher_in_attack else "pgd"
 
     def teacher_inputs(self, epoch, epochs):
         lam = self.options.lam
         return ({"x_adv"} if lam > 0 else set()) | ({"x"} if lam < 1 else set())
-
-    def student_inputs(self, epoch, epochs):
-        return self.teacher_inputs(epoch, epochs)  # each KL pairs T and S on the same input
 
     def loss(self, ctx):
         lam = self.options.lam

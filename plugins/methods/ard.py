@@ -26,10 +26,6 @@ class ARD(Method):
     def teacher_inputs(self, epoch, epochs):
         return {"x"} if self.options.alpha_ard > 0 else set()
 
-    def student_inputs(self, epoch, epochs):
-        a = self.options.alpha_ard
-        return ({"x_adv"} if a > 0 else set()) | ({"x"} if a < 1 else set())
-
     def loss(self, ctx):
         a, tau = self.options.alpha_ard, self.options.temperature
         terms = {}

@@ -64,10 +64,6 @@ class Introspective:
         extra = {"x_adv"} if introspection_active(self.options, epoch, epochs) else set()
         return super().teacher_inputs(epoch, epochs) | extra
 
-    def student_inputs(self, epoch, epochs):
-        extra = {"x", "x_adv"} if introspection_active(self.options, epoch, epochs) else set()
-        return super().student_inputs(epoch, epochs) | extra
-
     def loss(self, ctx):
         terms = super().loss(ctx)
         if introspection_active(self.options, ctx.epoch, ctx.epochs):

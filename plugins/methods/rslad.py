@@ -25,9 +25,6 @@ class RSLAD(Method):
     def teacher_inputs(self, epoch, epochs):
         return {"x"}
 
-    def student_inputs(self, epoch, epochs):
-        return {"x", "x_adv"}
-
     def loss(self, ctx):
         s, target = self.options.scale, ctx.teacher("x")
         return {"adv_kl": s * 5 / 6 * kl_div(target, ctx.student("x_adv")),

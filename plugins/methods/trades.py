@@ -22,9 +22,6 @@ class TRADES(Method):
     class Options(Options):
         beta: float = Field(6.0, ge=0, description="weight β of the robustness term KL(S(x) ‖ S(x_adv))")
 
-    def student_inputs(self, epoch, epochs):
-        return {"x", "x_adv"} if self.options.beta > 0 else {"x"}
-
     def loss(self, ctx):
         nat = ctx.student("x")
         terms = {"nat_ce": F.cross_entropy(nat, ctx.y)}

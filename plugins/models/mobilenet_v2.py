@@ -17,7 +17,7 @@ from torch import nn
 
 from igdm_kit.interfaces import Options
 
-from .common import Classifier, pool_grid
+from .common import pool_grid
 
 #: (expansion, out_planes, num_blocks, stride) of each stage, CIFAR variant.
 CIFAR_CFG = ((1, 16, 1, 1), (6, 24, 2, 1), (6, 32, 3, 2), (6, 64, 4, 2), (6, 96, 3, 1), (6, 160, 3, 2),
@@ -80,6 +80,5 @@ class MobileNetV2:
         pass
 
     @classmethod
-    def build(cls, options: Options, *, num_classes: int, in_channels: int, image_size: int,
-              mean=None, std=None) -> nn.Module:
-        return Classifier(MobileNetV2Net(num_classes, in_channels, image_size), mean, std)
+    def build(cls, options: Options, *, num_classes: int, in_channels: int, image_size: int) -> nn.Module:
+        return MobileNetV2Net(num_classes, in_channels, image_size)

@@ -20,7 +20,7 @@ from torch import nn
 
 from igdm_kit.interfaces import Options
 
-from .common import Classifier, pool_grid
+from .common import pool_grid
 
 
 class BasicBlock(nn.Module):
@@ -73,6 +73,5 @@ class ResNet18:
         pass
 
     @classmethod
-    def build(cls, options: Options, *, num_classes: int, in_channels: int, image_size: int,
-              mean=None, std=None) -> nn.Module:
-        return Classifier(ResNet((2, 2, 2, 2), num_classes, in_channels, image_size), mean, std)
+    def build(cls, options: Options, *, num_classes: int, in_channels: int, image_size: int) -> nn.Module:
+        return ResNet((2, 2, 2, 2), num_classes, in_channels, image_size)

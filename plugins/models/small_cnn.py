@@ -11,7 +11,6 @@ from torch import nn
 
 from igdm_kit.interfaces import Options
 
-from .common import Classifier
 
 
 class SmallCNN:
@@ -21,8 +20,7 @@ class SmallCNN:
         width: int = Field(32, gt=0, le=1024, description="channels of the first conv stage")
 
     @classmethod
-    def build(cls, options: Options, *, num_classes: int, in_channels: int, image_size: int,
-              mean=None, std=None) -> nn.Module:
+    def build(cls, options: Options, *, num_classes: int, in_channels: int, image_size: int) -> nn.Module:
         w = options.width
         net = nn.Sequential(
             nn.Conv2d(in_channels, w, 3, padding=1, bias=False), nn.BatchNorm2d(w), nn.ReLU(inplace=True),
@@ -32,4 +30,4 @@ class SmallCNN:
             nn.Conv2d(2 * w, 2 * w, 3, padding=1, bias=False), nn.BatchNorm2d(2 * w), nn.ReLU(inplace=True),
             nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(2 * w, num_classes),
         )
-        return Classifier(net, mean, std)
+        return net

@@ -34,7 +34,7 @@ from torch import nn
 
 from igdm_kit.interfaces import Options
 
-from .common import Classifier, make_activation, pool_grid
+from .common import make_activation, pool_grid
 
 Activation = Literal["relu", "silu"]
 Layout = Literal["trades", "deepmind"]
@@ -188,7 +188,7 @@ def init_weights(net: nn.Module) -> None:
 
 
 def build_wide_resnet(depth: int, width: int, options: WRNOptions, *, num_classes: int, in_channels: int,
-                      image_size: int, mean, std) -> nn.Module:
+                      image_size: int) -> nn.Module:
     if options.resolved_layout() == "deepmind":
         net: nn.Module = DeepMindWideResNet(depth, width, num_classes, in_channels, options.activation,
                                             image_size=image_size)
@@ -196,7 +196,7 @@ def build_wide_resnet(depth: int, width: int, options: WRNOptions, *, num_classe
         net = TradesWideResNet(depth, width, num_classes, in_channels, options.activation,
                                sub_block1=options.sub_block1, image_size=image_size)
     init_weights(net)
-    return Classifier(net, mean, std)
+    return net
 
 
 class WideResNet:
@@ -213,10 +213,9 @@ class WideResNet:
             return self
 
     @classmethod
-    def build(cls, options: Options, *, num_classes: int, in_channels: int, image_size: int,
-              mean=None, std=None) -> nn.Module:
+    def build(cls, options: Options, *, num_classes: int, in_channels: int, image_size: int) -> nn.Module:
         return build_wide_resnet(options.depth, options.widen_factor, options, num_classes=num_classes,
-                                 in_channels=in_channels, image_size=image_size, mean=mean, std=std)
+                                 in_channels=in_channels, image_size=image_size)
 
 
 class WRN34_10:
@@ -224,10 +223,9 @@ class WRN34_10:
     Options = WRNOptions
 
     @classmethod
-    def build(cls, options: WRNOptions, *, num_classes: int, in_channels: int, image_size: int,
-              mean=None, std=None) -> nn.Module:
+    def build(cls, options: WRNOptions, *, num_classes: int, in_channels: int, image_size: int) -> nn.Module:
         return build_wide_resnet(34, 10, options, num_classes=num_classes, in_channels=in_channels,
-                                 image_size=image_size, mean=mean, std=std)
+                                 image_size=image_size)
 
 
 class WRN28_10:
@@ -235,7 +233,6 @@ class WRN28_10:
     Options = WRNOptions
 
     @classmethod
-    def build(cls, options: WRNOptions, *, num_classes: int, in_channels: int, image_size: int,
-              mean=None, std=None) -> nn.Module:
+    def build(cls, options: WRNOptions, *, num_classes: int, in_channels: int, image_size: int) -> nn.Module:
         return build_wide_resnet(28, 10, options, num_classes=num_classes, in_channels=in_channels,
-                                 image_size=image_size, mean=mean, std=std)
+                                 image_size=image_size)

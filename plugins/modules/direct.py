@@ -25,7 +25,7 @@ from pydantic import Field
 
 from igdm_kit.errors import IgdmKitError
 from igdm_kit.interfaces import GradientModule, ModuleOptions
-from igdm_kit.losses import direct_loss, input_gradient
+from igdm_kit.losses import direct_loss
 
 
 class DirectGradientMatching(GradientModule):
@@ -37,18 +37,16 @@ class DirectGradientMatching(GradientModule):
             "l2", description="D: l2 = mean squared error, l1 = mean absolute error, cosine = mean 1 − cos"
         )
 
-    # Both gradients come from passes of their own (see the module docstring), not from the step cache.
-    def teacher_inputs(self) -> set[str]:
-        return set()
-
-    def student_inputs(self) -> set[str]:
-        return set()
+    # Both gradients come from passes of their own (see the module docstring), not from the step cache,
+    # so it declares no teacher inputs. Its double backward rules out fp16 (the input gradient is not
+    # loss-scaled) and torch.compile.
+    supports_fp16 = False
+    supports_compile = False
 
     def loss(self, ctx):
-        if ctx.teacher_model is None:
+        if not ctx.has_teacher():
             raise IgdmKitError("gradient module 'direct' needs a teacher",
                                "add a [teacher] section to the recipe, or use a module without a teacher")
-        x, y = ctx.input("x"), ctx.y
-        g_s = input_gradient(ctx.student_model, x, y, create_graph=True)
-        g_t = input_gradient(ctx.teacher_model, x, y, create_graph=False)
+        g_s = ctx.input_gradient("student", "x", create_graph=True)
+        g_t = ctx.input_gradient("teacher", "x")
         return direct_loss(g_s, g_t, distance=self.options.distance)

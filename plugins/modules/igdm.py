@@ -34,9 +34,6 @@ class IGDM(GradientModule):
     def teacher_inputs(self) -> set[str]:
         return {"x_plus", "x_minus"}
 
-    def student_inputs(self) -> set[str]:
-        return {"x_plus", "x_minus"}
-
     def loss(self, ctx):
         # With β = 1, x_plus aliases x_adv: S(x⁺) and T(x⁺) are the base method's own passes, reused.
         return igdm_loss(ctx.student("x_plus"), ctx.student("x_minus"),

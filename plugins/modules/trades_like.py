@@ -17,8 +17,5 @@ class IGDMTradesLike(GradientModule):
     description = "IGDM_TRADES-like (Lee et al., ICLR 2025, Eq. 12): KL(S(x−δ) ‖ S(x+δ)), no teacher"
     needs_teacher = False
 
-    def student_inputs(self) -> set[str]:
-        return {"x_plus", "x_minus"}
-
     def loss(self, ctx):
         return trades_like_loss(ctx.student("x_plus"), ctx.student("x_minus"))

@@ -17,8 +17,5 @@ class TradesReg(GradientModule):
     description = "TRADES regularizer (Eq. 13 of Lee et al., ICLR 2025): KL(S(x) ‖ S(x+δ)), no teacher"
     needs_teacher = False
 
-    def student_inputs(self) -> set[str]:
-        return {"x", "x_plus"}
-
     def loss(self, ctx):
         return trades_reg_loss(ctx.student("x"), ctx.student("x_plus"))

@@ -1,0 +1,25 @@
+"""TOML recipes: schema, loading (``extends``, ``--set``), whole-recipe validation, writing, commands.
+
+* ``schema`` — the sections and keys;
+* ``load`` — TOML files, ``extends``, relative paths, ``--set`` overrides;
+* ``validate`` — the validated ``Recipe`` (component options checked by each component's ``Options``);
+* ``errors`` — validation errors as one line with the dotted key;
+* ``toml`` — resolved recipes written back as TOML;
+* ``commands`` — the commands that reproduce or resume a run.
+"""
+
+from __future__ import annotations
+
+import tomllib
+
+from .commands import command, resume_command
+from .load import MAX_EXTENDS_DEPTH, apply_overrides, load_raw, merge, parse_override
+from .schema import (AttackSection, DataSection, EvalSection, MethodSection, ModuleSection, OutputSection,
+                     RecipeModel, StudentSection, TeacherSection, TrainSection)
+from .toml import to_toml
+from .validate import Recipe, first_difference, load, validate
+
+__all__ = ["AttackSection", "DataSection", "EvalSection", "MAX_EXTENDS_DEPTH", "MethodSection",
+           "ModuleSection", "OutputSection", "Recipe", "RecipeModel", "StudentSection", "TeacherSection",
+           "TrainSection", "apply_overrides", "command", "first_difference", "load", "load_raw", "merge",
+           "parse_override", "resume_command", "to_toml", "tomllib", "validate"]

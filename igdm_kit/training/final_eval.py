@@ -1,0 +1,80 @@
+"""The recipe's final evaluation (``[eval]``) of a trained student, and the per-epoch clean accuracy.
+
+Under torchrun each rank evaluates a disjoint shard of the test split (AutoAttack included) and the
+correct counts (and GD/GC sums) are added up.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from ..recipe import Recipe
+
+
+def clean_accuracy(model, x: torch.Tensor, y: torch.Tensor, device, batch_size: int = 512,
+                   dist=None) -> float:
+    """Clean accuracy (%); under torchrun each rank takes a disjoint shard and the counts are summed."""
+    if dist is not None and dist.enabled:
+        x, y = x[dist.rank::dist.world], y[dist.rank::dist.world]
+    from ..evaluation import eval_mode
+
+    correct = 0
+    with torch.no_grad(), eval_mode(model):
+        for i in range(0, x.shape[0], batch_size):
+            xb, yb = x[i:i + batch_size].to(device), y[i:i + batch_size].to(device)
+            correct += int((model(xb).argmax(1) == yb).sum())
+    total = x.shape[0]
+    if dist is not None and dist.enabled:
+        correct, total = (int(v) for v in dist.sum([float(correct), float(total)], device))
+    return 100.0 * correct / max(1, total)
+
+
+def _eval_progress(progress: Any, name: str):
+    """Adapt a Rich ``Progress`` to evaluation's ``callback(task, done, total)``: a bar per attack."""
+    if progress is None:
+        return None
+    tasks: dict[str, Any] = {}
+
+    def callback(task: str, done: int, total: int) -> None:
+        if task not in tasks:
+            tasks[task] = progress.add_task(f"{name} eval {task}", total=total)
+        progress.update(tasks[task], completed=done)
+
+    return callback
+
+
+def final_evaluation(r: Recipe, student, teacher, xte, yte, device, *, log, dist=None,
+                     aa_state: Path | None = None, progress: Any = None) -> dict[str, Any]:
+    """The recipe's ``[eval]``: the attacks of Section 4.1 and, with ``analysis = true``, GD/GC."""
+    from ..evaluation import evaluate
+
+    ev = r.model.eval
+    x, y = (xte[: ev.limit], yte[: ev.limit]) if ev.limit else (xte, yte)
+    n_total = int(x.shape[0])
+    sharded = dist is not None and dist.enabled
+    if sharded:
+        x, y = x[dist.rank::dist.world], y[dist.rank::dist.world]
+    report = evaluate(student, x, y, attacks=tuple(ev.attacks), batch_size=ev.batch_size, eps=ev.eps,
+                      device=device, autoattack_state=aa_state, progress=_eval_progress(progress, r.name))
+    for w in report.get("warnings", []):
+        log(f"AutoAttack: {w}")
+    if sharded:
+        names = list(report["metrics"])
+        counts = dist.sum([float(report["metrics"][k]["correct"]) for k in names], device)
+        report["metrics"] = {k: {"accuracy": 100.0 * c / n_total, "correct": int(c), "total": n_total}
+                             for k, c in zip(names, counts, strict=True)}
+        report["n"] = n_total
+        report.pop("autoattack", None)  # per-attack breakdown of one shard only: not the test split
+    results: dict[str, Any] = {"recipe": r.name, "digest": r.digest(), **report}
+    if ev.analysis and teacher is not None:
+        from ..analysis import gradient_alignment
+
+        al = gradient_alignment(student, teacher, x, y, batch_size=ev.batch_size)
+        gd, gc = float(al["distance"].sum()), float(al["cosine"].sum())
+        if sharded:
+            gd, gc = dist.sum([gd, gc], device)
+        results["alignment"] = {"gd": gd / n_total, "gc": gc / n_total}
+    return results
