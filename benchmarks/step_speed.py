@@ -33,12 +33,11 @@ from typing import Any
 import torch
 
 from igdm_kit.accel import Accelerator, AccelOptions, validate
-from igdm_kit.components import create_model, list_models
+from igdm_kit.components import create_attack, create_method, create_model, create_module, list_models
 from igdm_kit.data import augment
 from igdm_kit.errors import IgdmKitError
 from igdm_kit.interfaces import DatasetInfo
 from igdm_kit.passes import count_passes
-from igdm_kit.plugins import registry
 from igdm_kit.training_step import compute_loss
 
 CIFAR_TRAIN = 50_000
@@ -103,14 +102,10 @@ class Runner:
         self.acc = Accelerator(variant.accel, device)
         self.student = self.acc.prepare(copy.deepcopy(student0))
         self.teacher = self.acc.prepare(copy.deepcopy(teacher0))
-        M = registry("method").get(method_name)
-        self.method = M(M.Options())
-        self.module = None
-        if module_name:
-            Mod = registry("module").get(module_name)
-            self.module = Mod(Mod.Options(alpha=args.alpha))
-        A = registry("attack").get(self.method.attack_name)
-        attack = A(self.student, options=A.Options(steps=args.attack_steps), teacher=self.teacher)
+        self.method = create_method(method_name)
+        self.module = create_module(module_name, alpha=args.alpha) if module_name else None
+        attack = create_attack(self.method.attack_name, self.student, teacher=self.teacher,
+                               options={"steps": args.attack_steps})
         self.attack = self.acc.wrap_attack(attack)
         self.opt = torch.optim.SGD(self.student.parameters(), lr=0.01, momentum=0.9, weight_decay=5e-4)
         self.x, self.y = self.acc.place_data(*data)

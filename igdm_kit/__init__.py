@@ -7,7 +7,9 @@ from __future__ import annotations
 
 from typing import Any
 
-__all__ = ["create_model", "list_models", "load_model", "hookimpl", "__version__"]
+_FACTORIES = ("create_model", "list_models", "create_dataset", "create_method", "create_module", "create_attack",
+              "create_teacher")
+__all__ = [*_FACTORIES, "load_model", "hookimpl", "__version__"]
 
 from .hookspecs import hookimpl
 
@@ -15,7 +17,7 @@ __version__ = "0.1.0"
 
 
 def __getattr__(name: str) -> Any:
-    if name in ("create_model", "list_models", "create_dataset"):
+    if name in _FACTORIES:
         from . import components
 
         return getattr(components, name)

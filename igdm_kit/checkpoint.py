@@ -111,15 +111,17 @@ def load_model(path: str | os.PathLike, device: str = "cpu"):
         raise CheckpointError(f"{str(path)!r} is truncated or corrupt ({type(exc).__name__})",
                               "re-create or re-copy the checkpoint") from None
     expected = model.state_dict()
-    missing, unexpected = sorted(expected.keys() - state.keys()), sorted(state.keys() - expected.keys())
     wrong = [k for k in sorted(expected.keys() & state.keys()) if expected[k].shape != state[k].shape]
-    if missing or unexpected or wrong:
-        what = (f"missing {missing[0]}" if missing else f"unexpected {unexpected[0]}" if unexpected else
-                f"{wrong[0]} has shape {list(state[wrong[0]].shape)}, the model "
-                f"{list(expected[wrong[0]].shape)}")
+    if wrong:
+        raise CheckpointError(f"{str(path)!r} does not fit model {info['model']!r}: {wrong[0]} has shape "
+                              f"{list(state[wrong[0]].shape)}, the model {list(expected[wrong[0]].shape)}",
+                              "the file's tensors and its metadata disagree; re-create it")
+    keys = model.load_state_dict(state, strict=False)  # torch's own account of the keys that do not fit
+    if keys.missing_keys or keys.unexpected_keys:
+        what = f"missing {sorted(keys.missing_keys)[0]}" if keys.missing_keys else \
+            f"unexpected {sorted(keys.unexpected_keys)[0]}"
         raise CheckpointError(f"{str(path)!r} does not fit model {info['model']!r}: {what}",
                               "the file's tensors and its metadata disagree; re-create it")
-    model.load_state_dict(state, strict=True)
     model.to(device).eval()
     model.igdm_kit_meta = info  # type: ignore[attr-defined]
     return model

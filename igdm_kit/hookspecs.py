@@ -46,8 +46,8 @@ def register_modules(register: Register) -> None:
 
 @hookspec
 def register_attacks(register: Register) -> None:
-    """Register inner attacks: torchattacks ``Attack`` subclasses with an ``Options`` model
-    (see ``igdm_kit_plugins.attacks``), built as ``cls(student, teacher=..., options=...)``.
+    """Register inner (training) attacks, subclasses of ``interfaces.TrainingAttack``, built by
+    ``igdm_kit.create_attack`` as ``cls(student, options=..., teacher=...)``.
 
     Called when the attack registry is first built. Returns nothing.
     """
@@ -55,7 +55,8 @@ def register_attacks(register: Register) -> None:
 
 @hookspec
 def register_models(register: Register) -> None:
-    """Register model architectures (``interfaces.ModelFactory``: ``Options`` + ``build``).
+    """Register model architectures (``interfaces.ModelFactory``: ``Options`` + ``build`` returning the
+    bare network; ``igdm_kit.create_model`` adds the normalization).
 
     Called when the model registry is first built. Returns nothing.
     """
@@ -71,7 +72,8 @@ def register_datasets(register: Register) -> None:
 
 @hookspec
 def register_teacher_loaders(register: Register) -> None:
-    """Register teacher loaders (``interfaces.TeacherLoader``: ``Options`` + ``load``).
+    """Register teacher loaders (``interfaces.TeacherLoader``: ``Options`` + ``load``), used by
+    ``igdm_kit.create_teacher``.
 
     Called when the teacher-loader registry is first built. Returns nothing.
     """

@@ -263,14 +263,23 @@ class ModelFactory(Protocol):
     def build(cls, options: Any, *, num_classes: int, in_channels: int, image_size: int) -> nn.Module: ...
 
 
+class ArchitectureBuilder(Protocol):
+    """What a teacher loader receives as ``build``: ``build()`` constructs the architecture the recipe
+    names (a one-line error when it names none); ``model_name`` is that name, or None."""
+
+    model_name: str | None
+
+    def __call__(self) -> nn.Module: ...
+
+
 class TeacherLoader(Protocol):
     """A registered teacher loader: turns a file on disk into an ``nn.Module`` in eval mode.
 
-    ``load(options, path=, build=)`` where ``build()`` constructs the architecture the recipe names (for
-    loaders that only carry weights); returns the model.
+    ``load(options, path=, build=)`` where ``build`` is an ``ArchitectureBuilder`` (for loaders that only
+    carry weights); returns the model, an ``igdm_kit.nn.Classifier`` (normalization inside).
     """
 
     Options: type[Options]
 
     @classmethod
-    def load(cls, options: Any, *, path: str, build: Any) -> nn.Module: ...
+    def load(cls, options: Any, *, path: str, build: ArchitectureBuilder) -> nn.Module: ...

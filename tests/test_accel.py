@@ -16,7 +16,7 @@ import torch.nn.functional as F
 
 from igdm_kit import recipe as R
 from igdm_kit.accel import Accelerator, AccelOptions, validate
-from igdm_kit.components import create_model
+from igdm_kit.components import create_attack, create_method, create_model, create_module
 from igdm_kit.errors import RecipeError
 from igdm_kit.losses import kl_div
 from igdm_kit.passes import count_passes
@@ -146,9 +146,8 @@ def test_bf16_attacks_stay_in_the_ball_and_increase_their_loss(attack_name, batc
     acc.prepare(student)
     acc.prepare(teacher)
     dtypes, _ = conv_calls(student)
-    A = registry("attack").get(attack_name)
-    options = A.Options(eps=EPS, step_size=STEP, steps=K)
-    attack = acc.wrap_attack(A(student, options=options, teacher=teacher))
+    options = {"eps": EPS, "step_size": STEP, "steps": K}
+    attack = acc.wrap_attack(create_attack(attack_name, student, options=options, teacher=teacher))
     torch.manual_seed(0)
     extra = {"teacher_logits": teacher(x)} if attack_name == "rslad" else {}
     x_adv = attack(x, y, **extra)
@@ -164,7 +163,7 @@ def test_bf16_attacks_stay_in_the_ball_and_increase_their_loss(attack_name, batc
         L = objective(attack_name, student, teacher, x, y)
         gain_bf16 = L(x_adv) - L(x)
         # the same attack in float32, same start, as the yardstick
-        plain = A(student, options=options, teacher=teacher)
+        plain = create_attack(attack_name, student, options=options, teacher=teacher)
     torch.manual_seed(0)
     with acc.paused():
         x_ref = plain(x, y, **extra)
@@ -217,14 +216,12 @@ METHOD_MODULES = [("rslad", "igdm"), ("adaad", "igdm"), ("ard", "igdm"), ("trade
 
 
 def training_step(student, teacher, method_name, module_name, x, y, acc=None, seed=0):
-    M = registry("method").get(method_name)
-    method = M(M.Options())
+    method = create_method(method_name)
     module = None
     if module_name:
-        Mod = registry("module").get(module_name)
-        module = Mod(Mod.Options(alpha=1.0))
-    A = registry("attack").get(method.attack_name)
-    attack = A(student, options=A.Options(eps=EPS, step_size=STEP, steps=3), teacher=teacher)
+        module = create_module(module_name, alpha=1.0)
+    attack = create_attack(method.attack_name, student, teacher=teacher,
+                           options={"eps": EPS, "step_size": STEP, "steps": 3})
     if acc is not None:
         attack = acc.wrap_attack(attack)
     torch.manual_seed(seed)

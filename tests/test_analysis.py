@@ -187,7 +187,7 @@ def test_pointwise_distance_of_bias_shifted_models_is_the_bias_gap(delta):
 
 def test_pointwise_adversarial_delta_is_the_methods_attack_with_20_steps():
     from igdm_kit.interfaces import AttackOptions
-    from igdm_kit_plugins.attacks.pgd import PGD
+    from igdm_kit.components import create_attack
 
     s, t = linear(1), linear(2)
     x, y = images(8), torch.arange(8)
@@ -195,7 +195,7 @@ def test_pointwise_adversarial_delta_is_the_methods_attack_with_20_steps():
     res = pointwise_distance(s, t, x, y, delta="adversarial", method="pgd-at", eps=0.05)
 
     torch.manual_seed(11)
-    x_adv = PGD(s, options=AttackOptions(eps=0.05, steps=20))(x, y)
+    x_adv = create_attack("pgd", s, options=AttackOptions(eps=0.05, steps=20))(x, y)
     assert (x_adv - x).abs().max() <= 0.05 + 1e-12
     expected = (t(x_adv) - s(x_adv)).detach().norm(dim=1)
     assert torch.allclose(res["distance"], expected, rtol=1e-12)
@@ -233,13 +233,13 @@ def test_summarize_matches_numpy():
 def _train_digits(adversarial: bool, epochs: int = 8, seed: int = 0):
     from igdm_kit.components import create_dataset, create_model
     from igdm_kit.interfaces import AttackOptions
-    from igdm_kit_plugins.attacks.pgd import PGD
+    from igdm_kit.components import create_attack
 
     torch.manual_seed(seed)
     xtr, ytr = create_dataset("digits").load("train")
     m = create_model("small-cnn", num_classes=10, in_channels=1, image_size=8, width=16)
     opt = torch.optim.SGD(m.parameters(), lr=0.05, momentum=0.9)
-    attack = PGD(m, options=AttackOptions(eps=0.1, step_size=0.025, steps=5)) if adversarial else None
+    attack = create_attack("pgd", m, options=AttackOptions(eps=0.1, step_size=0.025, steps=5)) if adversarial else None
     for _ in range(epochs):
         m.train()
         perm = torch.randperm(len(xtr))

@@ -16,6 +16,7 @@ from torch import nn
 
 from igdm_kit.errors import IgdmKitError
 from igdm_kit.interfaces import AttackOptions
+from igdm_kit.components import create_attack
 from igdm_kit.plugins import registry
 from oracles import np_ce, np_kl, np_softmax
 
@@ -92,7 +93,7 @@ def batch(seed: int = 0):
 
 
 def build(name, student, teacher, **options):
-    return registry("attack").get(name)(student, options=AttackOptions(**options), teacher=teacher)
+    return create_attack(name, student, options=AttackOptions(**options), teacher=teacher)
 
 
 def call(attack, x, y, teacher, *, pass_teacher_logits: bool = True):

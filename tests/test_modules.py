@@ -16,7 +16,7 @@ import torch.nn.functional as F
 from pydantic import ValidationError
 from torch import nn
 
-from igdm_kit.components import create_model
+from igdm_kit.components import create_attack, create_method, create_model, create_module
 from igdm_kit.interfaces import AttackOptions
 from igdm_kit.passes import count_passes
 from igdm_kit.plugins import registry
@@ -35,8 +35,7 @@ def test_builtins_are_registered():
 
 # -- fixtures -----------------------------------------------------------------------------------------
 def make_module(name, **options):
-    cls = registry("module").get(name)
-    return cls(cls.Options(**options))
+    return create_module(name, **options)
 
 
 def tiny_cnn(seed):
@@ -272,9 +271,8 @@ def oracle_module_loss(name, student, teacher, x, y, x_adv):
 def test_compute_loss_adds_ramped_module_term(name):
     student, teacher = models(name)
     x, y, _ = batch(2)
-    attack = registry("attack").get("pgd")(student, options=AttackOptions(steps=2))
-    method_cls = registry("method").get("pgd-at")
-    method = method_cls(method_cls.Options())
+    attack = create_attack("pgd", student, options=AttackOptions(steps=2))
+    method = create_method("pgd-at")
     module = make_module(name, alpha=3.0)
     torch.manual_seed(0)
     res = compute_loss(student, teacher, method, module, attack, x, y, epoch=2, epochs=5)
@@ -292,9 +290,8 @@ def test_compute_loss_adds_ramped_module_term(name):
 def test_zero_weight_module_is_not_computed(name):
     student, teacher = models(name)
     x, y, _ = batch(3)
-    attack = registry("attack").get("pgd")(student, options=AttackOptions(steps=2))
-    method_cls = registry("method").get("pgd-at")
-    method = method_cls(method_cls.Options())
+    attack = create_attack("pgd", student, options=AttackOptions(steps=2))
+    method = create_method("pgd-at")
 
     initial = {k: v.clone() for k, v in student.state_dict().items()}
 

@@ -25,7 +25,7 @@ import copy
 import pytest
 import torch
 
-from igdm_kit.components import create_model
+from igdm_kit.components import create_attack, create_method, create_model, create_module
 from igdm_kit.passes import count_passes
 from igdm_kit.plugins import registry
 from igdm_kit.training_step import compute_loss
@@ -107,14 +107,11 @@ def models_and_batch():
 
 
 def build(method_name: str, module_name: str | None, student, teacher):
-    M = registry("method").get(method_name)
-    method = M(M.Options())
+    method = create_method(method_name)
     module = None
     if module_name is not None:
-        Mod = registry("module").get(module_name)
-        module = Mod(Mod.Options(alpha=1.0))
-    A = registry("attack").get(method.attack_name)
-    attack = A(student, options=A.Options(steps=K), teacher=teacher)
+        module = create_module(module_name, alpha=1.0)
+    attack = create_attack(method.attack_name, student, options={"steps": K}, teacher=teacher)
     return method, module, attack
 
 
@@ -175,7 +172,7 @@ def test_a_zero_weight_module_costs_nothing(models_and_batch):
     student, teacher, x, y = models_and_batch
     student = copy.deepcopy(student)
     method, _, attack = build("rslad", None, student, teacher)
-    module = registry("module").get("igdm")(registry("module").get("igdm").Options(alpha=0.0))
+    module = create_module("igdm", alpha=0.0)
     with count_passes(student=student, teacher=teacher) as c:
         res = compute_loss(student, teacher, method, module, attack, x, y, epoch=1, epochs=1)
         res.loss.backward()

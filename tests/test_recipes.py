@@ -25,7 +25,7 @@ import pytest
 import torch
 
 from igdm_kit import recipe as R
-from igdm_kit.components import create_model
+from igdm_kit.components import create_dataset, create_method, create_model
 from igdm_kit.engine import build_student, build_training
 from igdm_kit.interfaces import DatasetInfo
 from igdm_kit.plugins import registry
@@ -205,7 +205,7 @@ def test_paper_recipe_settings(path):
     assert m.train.seed == 0 and m.train.device == "auto"
     # the inner maximization of Appendix B.1: the method's own attack, 10 steps of 2/255 in ε = 8/255
     attack = r.components["attack"]
-    assert r.attack_name == registry("method").get(m.method.name)(r.components["method"]).attack_name
+    assert r.attack_name == create_method(m.method.name, r.components["method"]).attack_name
     assert (attack.eps, attack.step_size) == pytest.approx((8 / 255, 2 / 255))
     assert (attack.steps, attack.random_start, attack.bn_mode) == (10, True, "eval")
     assert m.eval.attacks == ["clean", "fgsm", "pgd20", "cw", "autoattack"] and m.eval.eps == pytest.approx(8 / 255)
@@ -280,7 +280,7 @@ def _info(r: R.Recipe) -> DatasetInfo:
     if name in SHAPES:
         k, c, s = SHAPES[name]
         return DatasetInfo(num_classes=k, in_channels=c, image_size=s)
-    return registry("dataset").get(name)(r.components["data"]).info()  # e.g. digits: shipped, no file
+    return create_dataset(name, r.components["data"]).info()  # e.g. digits: shipped, no file
 
 
 def _family_key(path: Path):

@@ -59,7 +59,11 @@ def register(app: typer.Typer) -> None:
     group = typer.Typer(help="Local linearity, gradient alignment and point-wise alignment (Sections 3.1, 4.2).",
                         no_args_is_help=True)
     app.add_typer(group, name="analyze")
+    for add in (_linearity, _alignment, _pointwise):
+        add(group)
 
+
+def _linearity(group: typer.Typer) -> None:
     @group.command("linearity")
     def linearity(
         checkpoints: list[Path] = typer.Argument(None, help="checkpoints (also accepted after --model)",
@@ -119,6 +123,8 @@ def register(app: typer.Typer) -> None:
                  f"{r['std']:.4f}", f"{r['median']:.4f}", f"{r['q05']:.4f}", f"{r['q95']:.4f}"]
                 for r in results])
 
+
+def _alignment(group: typer.Typer) -> None:
     @group.command("alignment")
     def alignment(
         student: Path = typer.Option(..., "--student", "-s", help="student checkpoint"),
@@ -159,6 +165,8 @@ def register(app: typer.Typer) -> None:
                 ["GC ↑ (cosine)", f"{res['gc']:.4f}", f"{out['cosine']['std']:.4f}",
                  f"{out['cosine']['median']:.4f}"]])
 
+
+def _pointwise(group: typer.Typer) -> None:
     @group.command("pointwise")
     def pointwise(
         student: Path = typer.Option(..., "--student", "-s", help="student checkpoint"),

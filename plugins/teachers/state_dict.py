@@ -30,4 +30,4 @@ class StateDictLoader:
     def load(cls, options: Options, *, path: str, build=None):
         model = build_model(build, "state-dict")
         state = find_state_dict(read_weights(path), path, options.key)
-        return fit(model, state, path, arch=describe(model, getattr(build, "model_name", None)))
+        return fit(model, state, path, arch=describe(model, build.model_name))

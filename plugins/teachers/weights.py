@@ -30,6 +30,7 @@ import torch
 from torch import nn
 
 from igdm_kit.errors import CheckpointError
+from igdm_kit.nn import Normalize
 
 #: Top-level entries that hold the weights in common training-script checkpoints, tried in this order.
 CONTAINER_KEYS = ("state_dict", "model_state_dict", "model")
@@ -154,14 +155,20 @@ def read_weights(path: str | Path) -> object:
                               "fetch the file again, or check that it is the weights file") from None
 
 
-def _strip_wrappers(key: str) -> str:
-    changed = True
-    while changed:
-        changed = False
+def _strip_wrappers(state: Mapping) -> dict[str, torch.Tensor]:
+    """The state dict without wrapper prefixes, also nested ones (``module._orig_mod.``), via torch's own
+    ``consume_prefix_in_state_dict_if_present``."""
+    from collections import OrderedDict
+
+    from torch.nn.modules.utils import consume_prefix_in_state_dict_if_present
+
+    out = OrderedDict((str(k), v) for k, v in state.items())
+    before = None
+    while before != list(out):
+        before = list(out)
         for prefix in WRAPPER_PREFIXES:
-            if key.startswith(prefix):
-                key, changed = key[len(prefix):], True
-    return key
+            consume_prefix_in_state_dict_if_present(out, prefix)
+    return dict(out)
 
 
 def find_state_dict(obj: object, path: str | Path, key: str | None = None) -> dict[str, torch.Tensor]:
@@ -183,7 +190,7 @@ def find_state_dict(obj: object, path: str | Path, key: str | None = None) -> di
         raise CheckpointError(f"{where!r} holds no state dict of tensors (found: {top or 'nothing'})",
                               "save model.state_dict(), or a dict holding it under 'state_dict', "
                               "'model_state_dict' or 'model' (or name the entry with the key option)")
-    return {_strip_wrappers(str(k)): v for k, v in obj.items()}
+    return _strip_wrappers(obj)
 
 
 def _first(keys: list[str], n: int = 3) -> str:
@@ -220,10 +227,8 @@ def _take_normalization(state: dict[str, torch.Tensor], target: set[str]):
 
 
 def _apply_normalization(model: nn.Module, file_norm, where: str, arch: str, adopt: bool) -> None:
-    from igdm_kit_plugins.models.common import Normalize
-
     mean, std = file_norm
-    current = getattr(model, "normalize", None)
+    current = model.normalize  # every model from igdm_kit.create_model is an igdm_kit.nn.Classifier
     if isinstance(current, Normalize):
         same = current.mean.numel() == mean.numel() and \
             torch.allclose(current.mean.reshape(-1).double(), mean, atol=1e-4) and \
@@ -294,7 +299,7 @@ def describe(model: nn.Module, name: str | None = None) -> str:
     """How error messages name the architecture a file was loaded into."""
     if name:
         return f"model {name!r}"
-    return f"the teacher architecture ({type(getattr(model, 'net', model)).__name__})"
+    return f"the teacher architecture ({type(model.net).__name__})"
 
 
 def build_model(build: Callable[[], nn.Module] | None, loader: str) -> nn.Module:
