@@ -21,7 +21,8 @@ from ..errors import IgdmKitError
 from ..plotting import checkpoint_label as _label
 from ..plotting import histograms_figure, linearity_figure, pyplot
 from .console import err_console, out_console, print_json
-from .eval import check_fits, dataset_for, parse_eps, progress_callback
+from ..sources import check_fits, dataset_for
+from .eval import parse_eps, progress_callback
 from .options import EPS_HELP, BatchSize, Dataset, Device, Json, Limit, PerSample, Plot, ShowProgress
 
 

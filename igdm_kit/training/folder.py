@@ -9,6 +9,7 @@
     train_state.safetensors  optimizer, scheduler, RNG and epoch, for --resume
     checkpoints/epoch_NNN.safetensors   with train.save_every_epoch
     autoattack.state         while the final AutoAttack runs (it resumes from it)
+    eval_flags.safetensors   per-image robust flags of every attack and the worst case (igdm-kit compare)
     model.safetensors        the final model
     results.json             the final evaluation; its presence marks the run finished
 
@@ -35,7 +36,7 @@ Mode = Literal["new", "resume", "reuse"]
 
 MANIFEST, RECIPE_FILE, METRICS = "manifest.json", "recipe.toml", "metrics.jsonl"
 LAST, STATE, FINAL, RESULTS = "last.safetensors", "train_state.safetensors", "model.safetensors", "results.json"
-AA_STATE, CHECKPOINTS = "autoattack.state", "checkpoints"
+AA_STATE, CHECKPOINTS, FLAGS = "autoattack.state", "checkpoints", "eval_flags.safetensors"
 
 
 def sha256_file(path: str | Path) -> str:
@@ -153,7 +154,7 @@ class RunFolder:
 
         from ..checkpoint import toolkit_version
 
-        for stale in (METRICS, AA_STATE):
+        for stale in (METRICS, FLAGS, *(p.name for p in self.path.glob(AA_STATE + "*"))):
             (self / stale).unlink(missing_ok=True)
         atomic_write_text(self / RECIPE_FILE, to_toml(r.resolved()))
         atomic_write_json(self / MANIFEST, {
