@@ -345,7 +345,8 @@ def run_autoattack(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, eps: f
 def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, attacks: Sequence[Any] = ATTACKS, *,
              batch_size: int = 256, eps: float = DEFAULT_EPS, threat: str = "Linf",
              device: str | torch.device | None = None, seed: int | None = 0, progress: Progress | None = None,
-             autoattack_state: str | Path | None = None, where: str = "attacks") -> dict[str, Any]:
+             autoattack_state: str | Path | None = None, where: str = "attacks",
+             keep_flags: bool = False) -> dict[str, Any]:
     """Accuracy of ``model`` on (x, y) under each attack, and the worst case per image over all of them.
 
     ``attacks``: names or tables (``{"name": "pgd", "steps": 50}``) of registered evaluation attacks, or
@@ -357,8 +358,10 @@ def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, attacks: Sequen
          "metrics": {"clean": {"accuracy": 97.5, "correct": 351, "total": 360, "ci95": [95.2, 98.7],
                                "label": "Clean"}, ...},
          "worst": {... the same, over every attack run ...},
-         "flags": {"clean": BoolTensor[N], ...},        # per image; report_json() leaves them out
          "seconds": {...}, "warnings": [...], "details": {"autoattack": {attack: accuracy after it}}}
+
+    With ``keep_flags`` it also holds ``"flags": {"clean": BoolTensor[N], ..., "worst": ...}``, the
+    per-image robust flags (``save_flags`` writes them; ``report_json`` drops them again).
     """
     if batch_size <= 0:
         raise IgdmKitError(f"batch size {batch_size} is not positive", "pass --batch-size 1 or more")
@@ -383,7 +386,7 @@ def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, attacks: Sequen
     worst = torch.stack(list(result["flags"].values())).all(dim=0)
     result["worst"] = {**accuracy(int(worst.sum()), n), "label": "worst case", "over": list(result["flags"])}
     result["flags"][WORST] = worst
-    return result
+    return result if keep_flags else report_json(result)
 
 
 def _specs(attacks: Sequence[Any], threat: str, where: str) -> list[EvalSpec]:

@@ -25,7 +25,8 @@ class Source:
     def is_native(self) -> bool:
         from .components import default_loader
 
-        return (self.loader == "auto" and default_loader(self.path) == "igdm-kit") or self.loader == "igdm-kit"
+        auto_native = self.path.is_dir() or default_loader(self.path) == "igdm-kit"  # a folder: say so
+        return (self.loader == "auto" and auto_native) or self.loader == "igdm-kit"
 
 
 def dataset_for(checkpoint: Path, meta: dict[str, Any], name: str | None) -> tuple[str, dict[str, Any]]:

@@ -75,7 +75,7 @@ def test_worst_case_of_a_linear_model_is_the_closed_form(norm, eps, dual):
     expected = worst > 0
     assert 0.2 < expected[keep].double().mean() < 0.8  # both outcomes occur
     for name, opts in (("pgd", {"steps": 50}), ("fgsm", {})):  # FGSM/FGM is exact on a linear model
-        res = evaluate(model, x.float(), y, attacks=[{"name": name, **opts}], eps=eps, threat=norm, batch_size=100)
+        res = evaluate(model, x.float(), y, attacks=[{"name": name, **opts}], eps=eps, threat=norm, batch_size=100, keep_flags=True)
         key = next(iter(res["flags"]))
         assert torch.equal(res["flags"][key][keep], expected[keep]), name
 
@@ -83,7 +83,7 @@ def test_worst_case_of_a_linear_model_is_the_closed_form(norm, eps, dual):
 def test_worst_case_row_is_the_and_of_the_flags_and_below_every_attack():
     model, (x, y) = small_cnn(3), images(40)
     res = evaluate(model, x, y, attacks=["clean", "fgsm", {"name": "pgd", "steps": 3, "restarts": 2}, "cw"],
-                   eps=0.1, batch_size=16)
+                   eps=0.1, batch_size=16, keep_flags=True)
     flags = [res["flags"][k] for k in res["metrics"]]
     assert torch.equal(res["flags"]["worst"], torch.stack(flags).all(0))
     assert res["worst"]["correct"] == int(torch.stack(flags).all(0).sum())
@@ -93,8 +93,8 @@ def test_worst_case_row_is_the_and_of_the_flags_and_below_every_attack():
 
 def test_restarts_never_raise_robust_accuracy():
     model, (x, y) = small_cnn(5), images(60, seed=2)
-    one = evaluate(model, x, y, attacks=[{"name": "pgd", "steps": 2}], eps=0.05)
-    five = evaluate(model, x, y, attacks=[{"name": "pgd", "steps": 2, "restarts": 5}], eps=0.05)
+    one = evaluate(model, x, y, attacks=[{"name": "pgd", "steps": 2}], eps=0.05, keep_flags=True)
+    five = evaluate(model, x, y, attacks=[{"name": "pgd", "steps": 2, "restarts": 5}], eps=0.05, keep_flags=True)
     a, b = next(iter(one["flags"].values())), next(iter(five["flags"].values()))
     assert bool((b <= a).all())  # restart 1 is the same run; more restarts only remove images
 
@@ -128,8 +128,8 @@ def test_flags_round_trip_and_compare_refuses_other_images(tmp_path):
     from igdm_kit.compare import compare
 
     model, (x, y) = small_cnn(1), images(30)
-    a = evaluate(model, x, y, attacks=["clean", "fgsm"], eps=0.1)
-    b = evaluate(small_cnn(2), x, y, attacks=["clean", "fgsm"], eps=0.1)
+    a = evaluate(model, x, y, attacks=["clean", "fgsm"], eps=0.1, keep_flags=True)
+    b = evaluate(small_cnn(2), x, y, attacks=["clean", "fgsm"], eps=0.1, keep_flags=True)
     save_flags(tmp_path / "a.safetensors", a, x, y)
     save_flags(tmp_path / "b.safetensors", b, x, y)
     flags, meta = load_flags(tmp_path / "a.safetensors")

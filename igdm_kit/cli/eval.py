@@ -152,7 +152,7 @@ def run_eval(src, items: list[Any], *, threat: str, radius: float | None, datase
                              f"{threat} ε = {eps_text(radius)})"), style="dim", highlight=False)
     with progress_callback(progress) as cb:
         result = evaluate(net, x, y, attacks=specs, batch_size=batch_size, eps=radius, threat=threat,
-                          device=dev, seed=seed, progress=cb, autoattack_state=aa_state, where="--attacks")
+                          device=dev, seed=seed, progress=cb, autoattack_state=aa_state, where="--attacks", keep_flags=True)
     for w in result["warnings"]:
         err_console.print(f"[yellow]warning:[/] AutoAttack: {escape(w)}", highlight=False)
     if save_flags is not None:

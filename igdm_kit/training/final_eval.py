@@ -61,7 +61,7 @@ def final_evaluation(r: Recipe, student, teacher, xte, yte, device, *, log, dist
         x, y = x[dist.rank::dist.world], y[dist.rank::dist.world]
     report = evaluate(student, x, y, attacks=r.eval_specs, batch_size=ev.batch_size, eps=ev.eps,
                       threat=ev.threat, device=device, autoattack_state=aa_state,
-                      progress=_eval_progress(progress, r.name), where="eval.attacks")
+                      progress=_eval_progress(progress, r.name), where="eval.attacks", keep_flags=True)
     for w in report.get("warnings", []):
         log(f"AutoAttack: {w}")
     if flags_path is not None and not sharded:
