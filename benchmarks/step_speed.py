@@ -7,7 +7,8 @@ One step = fetch a batch (index + random crop/flip, from host memory or, with gp
 (``igdm_kit.passes``), the FLOPs of one step, the median ms/step over ``--repeats`` after ``--warmup``
 steps, images/s and speedups; variants are timed interleaved, so a drifting machine load hits them alike.
 On CUDA it also projects seconds per CIFAR epoch (50,000 images / batch size × ms/step) and reports each
-variant's peak GPU memory (``memory_fields``). ``benchmarks/device_check.py`` runs it on a GPU in one command.
+variant's peak GPU memory (``memory_fields``); ``benchmarks/device_check.py`` runs it on a GPU in one
+command.
 
     python benchmarks/step_speed.py --quick                       # smoke test, seconds
     python benchmarks/step_speed.py --methods rslad+igdm,adaad+igdm --student-opt width=32 --out cpu.json
