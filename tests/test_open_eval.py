@@ -222,8 +222,9 @@ def _save_robustbench_file(path, state, container):
 
 
 @pytest.mark.parametrize("container", ["bare", "state_dict", "module"])
-@pytest.mark.parametrize(("name", "dataset"), [("Chen2021LTD_WRN34_10", "cifar10"),
-                                               ("Wang2023Better_WRN-28-10", "cifar100")])
+@pytest.mark.parametrize(("name", "dataset"), [("Chen2021LTD_WRN34_10", "cifar100"),
+                                               ("Wang2023Better_WRN-28-10", "cifar100"),
+                                               ("Cui2023Decoupled_WRN-28-10", "cifar10")])
 def test_eval_loads_robustbench_files_to_the_same_logits(tmp_path, name, dataset, container):
     """A model built from RobustBench's table with random weights, saved as RobustBench stores it, comes back
     through ``igdm-kit eval``'s source loading with the very same logits."""
@@ -273,3 +274,46 @@ def test_unknown_robustbench_name_names_the_key_and_the_way_out(write_recipe, tm
     text = str(exc.value)
     assert text.startswith("teacher.loader_options.name:") and "Chen2021LTD_WRN34_10" in text
     assert 'loader = "state-dict"' in text and "recipe show" not in text and "\n" not in text
+
+
+def _native_and_plain(tmp_path):
+    from igdm_kit.checkpoint import save_model
+
+    teacher = small_cnn(7)
+    native = tmp_path / "t.safetensors"
+    save_model(native, teacher, {"model": "small-cnn", "model_options": {"width": 4}, "num_classes": 10,
+                                 "in_channels": 1, "image_size": 8, "mean": None, "std": None,
+                                 "dataset": {"name": "digits", "options": {}}})
+    plain = tmp_path / "t.pt"
+    torch.save({k[len("net."):]: v for k, v in teacher.state_dict().items() if k.startswith("net.")}, plain)
+    student = tmp_path / "s.safetensors"
+    save_model(student, small_cnn(8), {"model": "small-cnn", "model_options": {"width": 4}, "num_classes": 10,
+                                       "in_channels": 1, "image_size": 8, "mean": None, "std": None,
+                                       "dataset": {"name": "digits", "options": {}}})
+    return student, native, plain
+
+
+def test_analyze_takes_a_teacher_from_any_loader(cli, tmp_path):
+    """The same teacher as an igdm-kit checkpoint and as plain weights gives the same GD and GC."""
+    student, native, plain = _native_and_plain(tmp_path)
+    a = cli("analyze", "alignment", "-s", student, "-t", native, "--limit", "30", "--json", "--no-progress")
+    b = cli("analyze", "alignment", "-s", student, "-t", plain, "--teacher-loader", "state-dict",
+            "--teacher-arch", "small-cnn", "--teacher-arch-opt", "width=4", "--limit", "30", "--json", "--no-progress")
+    assert a.code == 0 and b.code == 0, a.err + b.err
+    ra, rb = json.loads(a.out)["results"], json.loads(b.out)["results"]
+    assert (ra["gd"], ra["gc"]) == (rb["gd"], rb["gc"])
+
+
+def test_eval_judges_plain_weights_and_refuses_a_file_that_fits_no_architecture(cli, tmp_path):
+    student, native, plain = _native_and_plain(tmp_path)
+    a = cli("eval", "--model", native, "--limit", "30", "--attacks", "clean,fgsm", "--eps", "0.1", "--json",
+            "--no-progress")
+    b = cli("eval", "--model", plain, "--arch", "small-cnn", "--arch-opt", "width=4", "--dataset", "digits",
+            "--limit", "30", "--attacks", "clean,fgsm", "--eps", "0.1", "--json", "--no-progress")
+    assert a.code == 0 and b.code == 0, a.err + b.err
+    assert json.loads(a.out)["results"]["metrics"] == json.loads(b.out)["results"]["metrics"]
+    wrong = cli("eval", "--model", plain, "--arch", "small-cnn", "--arch-opt", "width=8", "--dataset", "digits",
+                "--no-progress")
+    assert wrong.code == 1 and "does not fit" in wrong.err and "Traceback" not in wrong.err
+    none = cli("eval", "--model", plain, "--dataset", "digits", "--no-progress")
+    assert none.code == 1 and "needs the architecture" in none.err

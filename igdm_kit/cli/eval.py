@@ -106,7 +106,7 @@ def register(app: typer.Typer) -> None:
         items = parse_attacks(attacks, attack)
         threat = _threat(threat)
         radius = parse_eps(eps) if eps is not None else None
-        src = sources.Source(model, loader=loader, name=name, arch=arch, arch_options=_options(arch_opt))
+        src = sources.Source(model, loader=loader, name=name, arch=arch, arch_options=arch_options(arch_opt))
         result = run_eval(src, items, threat=threat, radius=radius, dataset=dataset, limit=limit,
                           batch_size=batch_size, device=device, seed=seed, aa_state=aa_state,
                           save_flags=save_flags, progress=progress)
@@ -123,7 +123,8 @@ def _threat(text: str) -> str:
     return norms[text.lower()]
 
 
-def _options(items: list[str]) -> dict[str, Any]:
+def arch_options(items: list[str]) -> dict[str, Any]:
+    """``--arch-opt key=value`` items as options (values read as TOML)."""
     from ..recipe import parse_override
 
     out = {}
