@@ -17,6 +17,7 @@ from rich.markup import escape  # paths and messages are text, not Rich markup
 
 from ..errors import IgdmKitError
 from ..eval_attacks import labels
+from ..training.signals import StopFlag, checking
 from .console import err_console, make_progress, out_console, print_json
 from .options import EPS_HELP, BatchSize, Dataset, Device, Json, Limit, ShowProgress
 
@@ -113,6 +114,16 @@ def progress_callback(enabled: bool = True) -> Iterator[Callable[[str, int, int]
         yield update
 
 
+def stop_hint(options: list[tuple[str, Any]], aa_state: Path | None) -> str:
+    """What to run after a stop request ends an evaluation."""
+    from ..recipe import eval_command
+
+    cmd = eval_command(options)
+    if aa_state is not None:
+        return f"run it again, AutoAttack resumes from {aa_state}: {cmd}"
+    return f"run it again: {cmd} (with --aa-state FILE, AutoAttack resumes where it stopped)"
+
+
 def register(app: typer.Typer) -> None:
     @app.command("eval")
     def eval_(
@@ -140,9 +151,14 @@ def register(app: typer.Typer) -> None:
 
         err_console.print(escape(f"evaluating {model} on {ds_name} test ({x.shape[0]} images, {dev}, "
                                  f"ε = {eps_text(radius)})"), style="dim", highlight=False)
-        with progress_callback(progress) as cb:
+        again = stop_hint([("--model", model), ("--dataset", dataset), ("--attacks", ",".join(names)),
+                           ("--limit", limit), ("--batch-size", batch_size), ("--device", device),
+                           ("--eps", eps), ("--seed", seed), ("--aa-state", aa_state),
+                           ("--no-progress", not progress), ("--json", json_)], aa_state)
+        with StopFlag() as stop, progress_callback(progress) as cb:  # SIGINT/SIGTERM: message, 128 + signal
             result = evaluate(net, x, y, attacks=names, batch_size=batch_size, eps=radius, device=dev,
-                              seed=seed, progress=cb, autoattack_state=aa_state)
+                              seed=seed, progress=checking(cb, lambda: stop.check("evaluation stopped", again)),
+                              autoattack_state=aa_state)
         for w in result["warnings"]:
             err_console.print(f"[yellow]warning:[/] AutoAttack: {escape(w)}", highlight=False)
         result = {"checkpoint": str(model), "dataset": ds_name, **result}
