@@ -121,7 +121,8 @@ def check_metadata(path: str | os.PathLike, info: dict[str, Any]) -> None:
         v = info[key]
         if v is not None and (not isinstance(v, list) or len(v) != info["in_channels"]
                               or not all(_number(x) for x in v) or (key == "std" and min(v) <= 0)):
-            raise bad(key, f"not {info['in_channels']} finite numbers" + (", all positive" if key == "std" else ""))
+            raise bad(key, f"not {info['in_channels']} finite numbers"
+                      + (", all positive" if key == "std" else ""))
     if "eval_eps" in info and not (_number(info["eval_eps"]) and 0 <= info["eval_eps"] <= 1):
         raise bad("eval_eps", "not a radius from 0 to 1")
     if "epoch" in info and not (isinstance(info["epoch"], int) and not isinstance(info["epoch"], bool)

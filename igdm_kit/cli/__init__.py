@@ -1,9 +1,10 @@
 """The ``igdm-kit`` command line.
 
 One module per command group registers its commands on the Typer ``app``; plugins add theirs through the
-``register_commands(app)`` hook. Errors are mapped to ``error: message`` + ``hint`` and exit code 1 here,
-in ``main`` alone (failures of the operating system — disk full, permission, read-only — included); set ``IGDM_KIT_DEBUG=1`` for the traceback. Results go to stdout, progress and
-diagnostics to stderr. Nothing here imports torch: the commands import it when they run.
+``register_commands(app)`` hook (a plugin that fails there is a warning naming it). Errors are mapped to
+``error: message`` + ``hint`` and exit code 1 here, in ``main`` alone — failures of the operating system
+(disk full, permission, read-only) included; set ``IGDM_KIT_DEBUG=1`` for the traceback. Results go to
+stdout, progress and diagnostics to stderr. Nothing here imports torch: the commands import it when they run.
 """
 
 from __future__ import annotations

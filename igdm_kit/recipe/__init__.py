@@ -21,5 +21,5 @@ from .validate import Recipe, first_difference, load, validate
 
 __all__ = ["AttackSection", "DataSection", "EvalSection", "MAX_EXTENDS_DEPTH", "MethodSection",
            "ModuleSection", "OutputSection", "Recipe", "RecipeModel", "StudentSection", "TeacherSection",
-           "TrainSection", "apply_overrides", "command", "eval_command", "shell_command", "first_difference", "load", "load_raw", "merge",
-           "parse_override", "resume_command", "to_toml", "tomllib", "validate"]
+           "TrainSection", "apply_overrides", "command", "eval_command", "first_difference", "load", "load_raw",
+           "merge", "parse_override", "resume_command", "shell_command", "to_toml", "tomllib", "validate"]

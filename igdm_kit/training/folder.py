@@ -277,7 +277,8 @@ class RunLock:
 
     def acquire(self) -> None:
         if self.folder.exists() and not self.folder.is_dir():
-            raise IgdmKitError(f"output {str(self.folder)!r} is a file, not a folder", "choose a folder with --output")
+            raise IgdmKitError(f"output {str(self.folder)!r} is a file, not a folder",
+                               "choose a folder with --output")
         missing = [p for p in (self.folder, *self.folder.parents) if not p.exists()]
         try:
             self.folder.mkdir(parents=True, exist_ok=True)

@@ -172,4 +172,5 @@ class Trainer:
 def interruption(signum: int, saved_in: Path, resume_command: str, epoch: int, step: int) -> Interrupted:
     """The error a stop request ends training with: where it stopped, the command that resumes, 128 + signal."""
     where = f"epoch {epoch}, step {step}" if step else f"the start of epoch {epoch}"
-    return stopped(signum, f"training stopped and saved at {where} in {saved_in}", f"resume with: {resume_command}")
+    return stopped(signum, f"training stopped and saved at {where} in {saved_in}",
+                   f"resume with: {resume_command}")
