@@ -94,10 +94,12 @@ def atomic_write_jsonl(path: str | os.PathLike, rows: list[Any]) -> Path:
 
 def read_jsonl(path: str | os.PathLike) -> list[dict]:
     rows = []
-    with open(path, encoding="utf-8") as fh:
+    with open(path, encoding="utf-8", errors="replace") as fh:  # a broken line is skipped, not fatal
         for line in fh:
             try:
-                rows.append(json.loads(line))
-            except json.JSONDecodeError:
+                row = json.loads(line)
+            except (ValueError, RecursionError):
                 continue
+            if isinstance(row, dict):
+                rows.append(row)
     return rows

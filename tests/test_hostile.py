@@ -289,3 +289,17 @@ def test_broken_plugins_are_named_and_the_rest_of_the_cli_works(broken_plugins, 
     names = {row["name"] for row in json.loads(res.out)}
     assert {"pgd-at", "digits", "mart"} <= names  # the built-ins and the example plugin still register
     assert "plugin 'exits_in_registration' failed while registering methods: it called sys.exit(2)" in res.err
+
+
+def test_edited_run_files_and_absurd_radii_are_one_line(tmp_path, write_recipe, cli):
+    p = write_recipe(TINY)
+    out = tmp_path / "run"
+    assert cli("run", p, "--output", out).code == 0
+    (out / "metrics.jsonl").write_bytes(b'{"epoch": 1}\n\xff\xfe not text\n' + b"[" * 100_000 + b"\n5\n")
+    (out / "results.json").write_text("[1, 2")
+    res = cli("run", p, "--output", out, "--resume")
+    error, _ = _one_line(res.err)
+    assert res.code == 1 and error == f"error: '{out / 'results.json'}' is not the JSON object igdm-kit wrote"
+    res = cli("eval", "--model", out / "model.safetensors", "--eps", "1e300", "--attacks", "clean")
+    error, _ = _one_line(res.err)
+    assert res.code == 1 and error == "error: --eps '1e300' is larger than 1"

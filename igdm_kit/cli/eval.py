@@ -40,6 +40,8 @@ def parse_eps(text: str) -> float:
         raise IgdmKitError(f"--eps {text!r} is not a number", "write e.g. 8/255 or 0.03") from None
     if value < 0:
         raise IgdmKitError(f"--eps {text!r} is negative", "ε is a radius, ≥ 0")
+    if value > 1:  # images lie in [0, 1]: a larger radius allows any image (1e300 is a typo)
+        raise IgdmKitError(f"--eps {text!r} is larger than 1", "ε is a radius in [0, 1] pixel units, e.g. 8/255")
     return value
 
 

@@ -108,7 +108,14 @@ class RunFolder:
         return read_jsonl(self / METRICS) if (self / METRICS).exists() else []
 
     def results(self) -> dict[str, Any]:
-        return json.loads((self / RESULTS).read_text(encoding="utf-8"))
+        try:
+            data = json.loads((self / RESULTS).read_text(encoding="utf-8"))
+        except (ValueError, RecursionError):  # edited by hand: igdm-kit writes it atomically
+            data = None
+        if not isinstance(data, dict):
+            raise IgdmKitError(f"{str(self / RESULTS)!r} is not the JSON object igdm-kit wrote",
+                               "pass --overwrite to run again")
+        return data
 
     def _own(self) -> list[Path]:
         """The files igdm-kit wrote here (temporaries of killed writes included, the lock excluded)."""
