@@ -292,11 +292,15 @@ class Accelerator:
         self._prepared.clear()
 
     # -- optimizer step ----------------------------------------------------------------------------------
-    def backward_and_step(self, loss: torch.Tensor, optimizer: torch.optim.Optimizer) -> None:
+    def backward_and_step(self, loss: torch.Tensor, optimizer: torch.optim.Optimizer,
+                          before_step: Callable[[], None] | None = None) -> None:
         """``loss.backward(); optimizer.step()``, through the GradScaler under fp16 (it skips the step
-        when the scaled gradients overflow and adapts the scale)."""
+        when the scaled gradients overflow and adapts the scale). ``before_step`` runs between the two
+        without a scaler (the trainer's check of the gradients)."""
         if self.scaler is None:
             loss.backward()
+            if before_step is not None:
+                before_step()
             optimizer.step()
             return
         self.scaler.scale(loss).backward()

@@ -92,11 +92,14 @@ def create_eval_attack(name: str, options: dict[str, Any] | BaseModel | None = N
 
 class ArchitectureBuilder:
     """The ``build`` a teacher loader receives: constructs the architecture a recipe names (or refuses
-    with a one-line error when it names none). ``model_name`` says which, for error messages."""
+    with a one-line error when it names none). ``model_name`` says which, for error messages;
+    ``num_classes``/``in_channels``/``image_size`` are the dataset's, for loaders that read a file describing
+    its own architecture (check it before building anything)."""
 
     def __init__(self, model: str | None, model_options: dict[str, Any], *, num_classes: int,
                  in_channels: int, image_size: int, mean=None, std=None, loader: str = "") -> None:
         self.model_name = model
+        self.num_classes, self.in_channels, self.image_size = num_classes, in_channels, image_size
         self._kwargs = dict(model_options, num_classes=num_classes, in_channels=in_channels,
                             image_size=image_size, mean=mean, std=std)
         self._loader = loader
@@ -133,4 +136,26 @@ def create_teacher(path: str | Path, *, loader: str = "auto", loader_options: di
     teacher.to(device).eval()
     for p in teacher.parameters():
         p.requires_grad_(False)
+    check_teacher_fits(teacher, path, num_classes=num_classes, in_channels=in_channels, image_size=image_size,
+                       device=device)
     return teacher
+
+
+def check_teacher_fits(teacher, path: str | Path, *, num_classes: int, in_channels: int, image_size: int,
+                       device: Any = "cpu") -> None:
+    """Whatever loader made it, a teacher must take the dataset's images and give one logit per class: one
+    image of zeros goes through it before training starts (not a RuntimeError mid-training)."""
+    import torch
+
+    try:
+        with torch.no_grad():
+            out = teacher(torch.zeros(1, in_channels, image_size, image_size, device=device))
+    except (RuntimeError, ValueError) as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise CheckpointError(f"teacher {str(path)!r} does not take this dataset's {in_channels}×{image_size}×"
+                              f"{image_size} images ({first[:160]})",
+                              "use a teacher trained on this dataset") from None
+    if not torch.is_tensor(out) or tuple(out.shape) != (1, num_classes):
+        shape = tuple(out.shape) if torch.is_tensor(out) else type(out).__name__
+        raise CheckpointError(f"teacher {str(path)!r} gives outputs of shape {shape} for one image, but this "
+                              f"dataset has {num_classes} classes", "use a teacher trained on this dataset")

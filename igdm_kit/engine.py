@@ -1,12 +1,16 @@
 """``run(recipe)``: one training run from a validated recipe to its results, put together from the parts
 in ``igdm_kit.training``:
 
-1. the run folder decides: new, resume, reuse a finished run, or a one-line error (``RunFolder.decide``);
+1. the run folder is locked for the run and decides: new, resume, reuse a finished run, or a one-line error
+   (``RunLock``, ``RunFolder.decide``);
 2. the teacher is prepared: a ``[teacher] recipe`` is trained (or its finished run reused) first, each
    teacher recipe before the recipe that needs it — never by re-entering this run;
 3. the parts are built through the factories (``build_parts``), the training state restored on resume;
 4. the ``Trainer`` runs the epochs; progress, metrics, log lines and checkpoints subscribe to it;
 5. the final evaluation (``[eval]``) runs on the plain fp32 student; the model and results are written.
+
+SIGINT/SIGTERM handlers are installed for the whole run (``StopFlag``): every phase — building, training,
+saving, the final evaluation — stops at its next safe point with the state saved and raises ``Interrupted``.
 
 Under ``torchrun`` (``WORLD_SIZE`` > 1) every rank calls ``run``; rank 0 alone decides about and writes the
 run folder (see ``igdm_kit.distributed``).
@@ -14,7 +18,8 @@ run folder (see ``igdm_kit.distributed``).
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -30,7 +35,9 @@ from .train_state import load_train_state
 from .training.final_eval import clean_accuracy, final_evaluation
 from .training.folder import AA_STATE, FINAL, FLAGS, LAST, RESULTS, STATE, Mode, RunFolder, sha256_file
 from .training.parts import Parts, build_parts, build_student, build_training, check_data, load_data, load_teacher
-from .training.subscribers import Checkpointer, CleanAccuracy, LogLine, MetricsLog, ProgressBar
+from .training.signals import StopFlag
+from .training.subscribers import (Checkpointer, CleanAccuracy, FiniteWeights, LogLine, MetricsLog, ProgressBar,
+                                   check_weights)
 from .training.trainer import Trainer
 
 __all__ = ["AA_STATE", "FINAL", "Interrupted", "LAST", "RESULTS", "STATE", "RunResult", "build_student",
@@ -59,7 +66,11 @@ def resolve_device(name: str) -> torch.device:
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if name.startswith("cuda") and not torch.cuda.is_available():
         raise IgdmKitError(f"train.device is {name!r} but CUDA is not available", "use device = \"cpu\"")
-    return torch.device(name)
+    try:
+        return torch.device(name)
+    except RuntimeError:
+        raise IgdmKitError(f"train.device {name!r} is not a device", 'use "auto", "cpu", "cuda" or "cuda:N"') \
+            from None
 
 
 def run(r: Recipe, *, output_dir: str | Path | None = None, resume: bool = False, overwrite: bool = False,
@@ -67,7 +78,9 @@ def run(r: Recipe, *, output_dir: str | Path | None = None, resume: bool = False
     """Train the recipe's student and evaluate it. ``progress`` is an optional Rich ``Progress``.
 
     ``resume`` and ``overwrite`` exclude each other: one continues the folder's run, the other deletes it.
-    ``reuse_finished`` returns a finished run of the same recipe in the folder instead of an error.
+    ``reuse_finished`` returns a finished run of the same recipe in the folder instead of an error; so does
+    ``resume`` (a finished run has nothing left to resume). The folder is locked for the whole run, and a
+    stop request (SIGINT/SIGTERM) is honoured in every phase: ``Interrupted``, exit 128 + signal.
     """
     if resume and overwrite:
         raise IgdmKitError("--resume and --overwrite exclude each other",
@@ -75,12 +88,18 @@ def run(r: Recipe, *, output_dir: str | Path | None = None, resume: bool = False
     d = distributed.from_env()
     log = log if d.is_main else _quiet  # rank 0 speaks for all
     folder = RunFolder(output_dir if output_dir is not None else r.default_output_dir())
+    hint = resume_command(r, folder.path)
     device, acc = _accelerator(r, d, log)  # bad accelerator options fail before the folder is touched
-    mode = _open(folder, r, d, resume=resume, overwrite=overwrite, reuse_finished=reuse_finished, log=log)
-    if mode == "reuse":
-        return _reused(folder, r, log)
-    teacher_file = prepare_teacher(r, resume=resume, log=log)
-    return _train(folder, r, mode, teacher_file, d, device, acc, log=log, progress=progress)
+    with StopFlag() as stop:
+        with _opened(folder, r, d, resume=resume, overwrite=overwrite, reuse_finished=reuse_finished,
+                     log=log) as mode:
+            if mode in ("reuse", "finished"):
+                return _reused(folder, r, log, mode)
+            teacher_file = prepare_teacher(r, resume=resume, log=log, stop=stop, hint=hint)
+            result = _train(folder, r, mode, teacher_file, d, device, acc, log=log, progress=progress,
+                            stop=stop, hint=hint)
+        stop.check(f"the run had just finished in {folder.path}", f"see its results with: {hint}")
+    return result
 
 
 def _accelerator(r: Recipe, d, log: Log) -> tuple[torch.device, Accelerator]:
@@ -90,33 +109,54 @@ def _accelerator(r: Recipe, d, log: Log) -> tuple[torch.device, Accelerator]:
     return device, Accelerator.from_train(r.model.train, device, module=module, log=log)
 
 
-def _open(folder: RunFolder, r: Recipe, d, *, resume: bool, overwrite: bool, reuse_finished: bool,
-          log: Log) -> Mode:
-    """Rank 0 alone looks at (and may delete) the folder; the other ranks follow its decision or error."""
+@contextmanager
+def _opened(folder: RunFolder, r: Recipe, d, *, resume: bool, overwrite: bool, reuse_finished: bool,
+            log: Log, what: str = "run folder", busy_hint: str | None = None) -> Iterator[Mode]:
+    """The folder locked (rank 0) for as long as the block runs, and the policy's decision about it.
+
+    Rank 0 alone locks, cleans up after a killed process, looks at (and may delete) the folder; the other
+    ranks follow its decision or error."""
+    lock = folder.lock(what=what, hint=busy_hint) if d.is_main else None
     decision: tuple[str, Any] = ("new", None)
-    if d.is_main:
+    if lock is not None:
         try:
+            lock.acquire()
+            if lock.stale:
+                log(f"{folder.path}: taking over the lock of pid {lock.stale.get('pid')} on "
+                    f"{lock.stale.get('host')}, which is no longer running")
+            removed = folder.clean_temporaries()
+            if removed:
+                log(f"{folder.path}: removed {len(removed)} temporary file(s) of an interrupted write")
             decision = (folder.decide(r, resume=resume, overwrite=overwrite, reuse_finished=reuse_finished), None)
         except IgdmKitError as exc:
+            lock.release()
             decision = ("error", (exc.message, exc.hint))
     mode, error = d.broadcast(decision)
     if mode == "error":
         raise IgdmKitError(*error)
     if resume and mode == "new":
         log(f"nothing to resume in {folder.path}: starting a new run")
-    return mode
+    try:
+        yield mode
+    finally:
+        if lock is not None:
+            lock.release()
 
 
-def _reused(folder: RunFolder, r: Recipe, log: Log) -> RunResult:
-    log(f"reusing finished run {folder.path}")
+def _reused(folder: RunFolder, r: Recipe, log: Log, mode: Mode = "reuse") -> RunResult:
+    log(f"{folder.path} holds the finished run: nothing to resume" if mode == "finished"
+        else f"reusing finished run {folder.path}")
     return RunResult(folder.path, r, folder.metrics(), folder.results(), reused=True)
 
 
-def prepare_teacher(r: Recipe, *, resume: bool = False, log: Log = _quiet) -> Path | None:
+def prepare_teacher(r: Recipe, *, resume: bool = False, log: Log = _quiet, stop: StopFlag | None = None,
+                    hint: str | None = None) -> Path | None:
     """The file of the recipe's teacher: its ``checkpoint``, or the model its teacher ``recipe`` trains.
 
     A chain of teacher recipes is trained innermost first, each into its own recipe's run folder (reused
-    when it already holds the finished run, so a teacher is trained once for many students)."""
+    when it already holds the finished run, so a teacher is trained once for many students), with that
+    folder locked: a second process training the same teacher gets one line naming the first. ``hint``:
+    the command that resumes the whole run, printed when a stop request ends the teacher's training."""
     chain: list[Recipe] = []
     t = r.model.teacher
     while t is not None and t.recipe is not None:
@@ -128,33 +168,46 @@ def prepare_teacher(r: Recipe, *, resume: bool = False, log: Log = _quiet) -> Pa
         t = chain[-1].model.teacher
     teacher_file = Path(t.checkpoint) if t is not None else None
     d = distributed.from_env()
-    for sub in reversed(chain):
-        folder = RunFolder(sub.default_output_dir())
-        device, acc = _accelerator(sub, d, log)
-        mode = _open(folder, sub, d, resume=resume, overwrite=False, reuse_finished=True, log=log)
-        result = _reused(folder, sub, log) if mode == "reuse" else \
-            _train(folder, sub, mode, teacher_file, d, device, acc, log=log, progress=None)
-        teacher_file = result.output_dir / FINAL
+    with stop if stop is not None else StopFlag() as flag:
+        for sub in reversed(chain):
+            folder = RunFolder(sub.default_output_dir())
+            device, acc = _accelerator(sub, d, log)
+            with _opened(folder, sub, d, resume=resume, overwrite=False, reuse_finished=True, log=log,
+                         what="teacher run folder", busy_hint="another run is training this teacher: when it "
+                         "has finished, run again (the finished teacher is reused)") as mode:
+                result = _reused(folder, sub, log) if mode in ("reuse", "finished") else \
+                    _train(folder, sub, mode, teacher_file, d, device, acc, log=log, progress=None, stop=flag,
+                           hint=hint or resume_command(sub, folder.path))
+            teacher_file = result.output_dir / FINAL
     return teacher_file
 
 
 def _train(folder: RunFolder, r: Recipe, mode: Mode, teacher_file: Path | None, d, device: torch.device,
-           acc: Accelerator, *, log: Log, progress: Any) -> RunResult:
-    """Build, train (from scratch or the saved state) and evaluate one recipe into ``folder``."""
+           acc: Accelerator, *, log: Log, progress: Any, stop: StopFlag, hint: str) -> RunResult:
+    """Build, train (from scratch or the saved state) and evaluate one recipe into ``folder``; ``stop`` is
+    checked in every phase, ``hint`` is the command that resumes."""
     tr = r.model.train
     if d.is_main:
         folder.ensure_writable()
     parts = build_parts(r, device=device, acc=acc, dist=d, teacher_file=teacher_file)
+    stop.check(f"stopped before training started in {folder.path}", f"start it again with: {hint}")
     start, partial, metrics = _starting_point(folder, parts, mode, log)
     trainer = Trainer(parts, _subscribers(folder, parts, log, progress), saved_in=folder.path,
-                      resume_hint=resume_command(r, folder.path), metrics=metrics)
+                      resume_hint=hint, metrics=metrics, stop=stop)
     metrics = trainer.fit(start, partial)
     acc.release()  # the final evaluation runs the plain fp32 eager models
+    check_weights(parts.student, "before the final evaluation",
+                  f"the training state in {folder.path} holds them; start again with --overwrite and a lower "
+                  "train.lr")
+    what, again = (f"the final evaluation stopped; training is saved in {folder.path} (AutoAttack resumes "
+                   "where it stopped)"), f"resume with: {hint}"
     # AutoAttack keeps its progress in the run folder, so an interrupted final evaluation resumes.
     results = final_evaluation(r, parts.student, parts.teacher, *parts.test_data, device, log=log, dist=d,
                                aa_state=folder / AA_STATE if d.is_main else None,
                                progress=progress if d.is_main else None,
-                               flags_path=folder / FLAGS if d.is_main else None)
+                               flags_path=folder / FLAGS if d.is_main else None,
+                               check=lambda: stop.check(what, again))
+    stop.check(what, again)
     if d.is_main:
         save_model(folder / FINAL, parts.student, {**parts.checkpoint_meta(), "epoch": tr.epochs})
         folder.finish(results)
@@ -187,7 +240,7 @@ def _starting_point(folder: RunFolder, parts: Parts, mode: Mode, log: Log):
 
 def _subscribers(folder: RunFolder, parts: Parts, log: Log, progress: Any) -> list:
     tr = parts.recipe.model.train
-    subs: list = [CleanAccuracy()]
+    subs: list = [FiniteWeights(folder), CleanAccuracy()]
     if progress is not None and parts.dist.is_main:
         subs.append(ProgressBar(progress, parts.recipe.name))
     if parts.dist.is_main:

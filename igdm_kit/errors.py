@@ -9,6 +9,9 @@ bug and keeps its traceback.
 from __future__ import annotations
 
 import difflib
+import errno
+import os
+import re
 from collections.abc import Iterable
 
 
@@ -74,3 +77,57 @@ class Interrupted(IgdmKitError):
     def __init__(self, message: str, hint: str, exit_code: int) -> None:
         super().__init__(message, hint)
         self.exit_code = exit_code
+
+
+class StorageError(IgdmKitError, OSError):
+    """The operating system refused a read or write (disk full, permission, read-only file system...).
+
+    Also an ``OSError`` (with its ``errno`` and ``filename``), so code that handles OS failures still does.
+    """
+
+    def __init__(self, message: str, hint: str | None = None, *, code: int | None = None,
+                 filename: str | None = None) -> None:
+        IgdmKitError.__init__(self, message, hint)
+        self.errno, self.filename = code, filename
+        self.strerror = os.strerror(code) if code else message
+
+    def __str__(self) -> str:
+        return IgdmKitError.__str__(self)
+
+
+_STORAGE_HINTS = {
+    errno.ENOSPC: "free space on that disk or write elsewhere (--output); an interrupted run continues with "
+                  "--resume",
+    errno.EDQUOT: "the disk quota is used up: free space or write elsewhere (--output)",
+    errno.EACCES: "check the permissions of that path, or write elsewhere (--output)",
+    errno.EPERM: "check the permissions of that path, or write elsewhere (--output)",
+    errno.EROFS: "that file system is read-only: write elsewhere (--output)",
+    errno.ENOENT: "that path does not exist and cannot be created there: choose another path",
+    errno.ENOTDIR: "a part of that path is a file, not a folder: choose another path",
+    errno.EISDIR: "that path is a folder, not a file",
+    errno.ELOOP: "that path is a loop of symbolic links",
+    errno.ENAMETOOLONG: "choose a shorter path",
+}
+
+
+def os_error_code(exc: BaseException) -> int | None:
+    """The errno of an OS failure, also when a library reports it only in its message
+    (safetensors: ``I/O error: No space left on device (os error 28)``)."""
+    if isinstance(exc, OSError) and exc.errno:
+        return exc.errno
+    found = re.search(r"os error (\d+)", str(exc))
+    return int(found.group(1)) if found else None
+
+
+def storage_error(exc: BaseException, path: str | os.PathLike | None = None,
+                  doing: str = "write") -> StorageError:
+    """One line for an OS failure: what could not be done to which file, and how to fix it."""
+    if isinstance(exc, StorageError):
+        return exc
+    code = os_error_code(exc)
+    name = str(path) if path is not None else getattr(exc, "filename", None)
+    why = os.strerror(code) if code else (getattr(exc, "strerror", None) or str(exc))
+    where = f" {str(name)!r}" if name is not None else ""
+    hint = _STORAGE_HINTS.get(code, "check the path and the disk") if code else "check the path and the disk"
+    return StorageError(f"cannot {doing}{where}: {why}", hint, code=code,
+                        filename=str(name) if name is not None else None)

@@ -255,7 +255,7 @@ def _load_aa_state(path: Path, fingerprint: str, attacks: list[str], n: int) -> 
         return None
     try:
         state = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError):
+    except (OSError, ValueError, RecursionError):  # unreadable, not UTF-8 (a binary file), not JSON
         raise IgdmKitError(f"AutoAttack state {str(path)!r} is not readable JSON",
                            "delete it to start the AutoAttack evaluation afresh") from None
     if not isinstance(state, dict) or state.get("format") != AA_STATE_FORMAT:

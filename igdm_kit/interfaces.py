@@ -40,9 +40,10 @@ Fraction = Annotated[float, BeforeValidator(parse_fraction)]
 
 
 class Options(BaseModel):
-    """Base of every component's options: unknown keys are errors, values are validated on assignment."""
+    """Base of every component's options: unknown keys are errors, values are validated on assignment, and
+    no number may be ``inf`` or ``nan``."""
 
-    model_config = ConfigDict(extra="forbid", validate_assignment=True, frozen=False)
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, frozen=False, allow_inf_nan=False)
 
 
 class NoOptions(Options):
@@ -171,9 +172,10 @@ class GradientModule:
 class AttackOptions(Options):
     """Inner-maximization settings shared by every training attack (L∞)."""
 
-    eps: Fraction = Field(8 / 255, ge=0, description="L∞ radius ε (a number or a fraction such as \"8/255\")")
-    step_size: Fraction = Field(2 / 255, ge=0, description="step size η")
-    steps: int = Field(10, ge=0, description="number of steps K")
+    eps: Fraction = Field(8 / 255, ge=0, le=1,
+                          description="L∞ radius ε (a number or a fraction such as \"8/255\")")
+    step_size: Fraction = Field(2 / 255, ge=0, le=1, description="step size η")
+    steps: int = Field(10, ge=0, le=100_000, description="number of steps K")
     random_start: bool = Field(True, description="start from a random point near x")
     bn_mode: Literal["eval", "train"] = Field(
         "eval", description="mode of the attacked model during the attack (ARD/IAD's originals used train)"
@@ -324,9 +326,14 @@ class ModelFactory(Protocol):
 
 class ArchitectureBuilder(Protocol):
     """What a teacher loader receives as ``build``: ``build()`` constructs the architecture the recipe
-    names (a one-line error when it names none); ``model_name`` is that name, or None."""
+    names (a one-line error when it names none); ``model_name`` is that name, or None. ``num_classes``,
+    ``in_channels`` and ``image_size`` are the dataset's: a loader whose file describes its own architecture
+    checks them before building it (the host also checks the loaded teacher on one image)."""
 
     model_name: str | None
+    num_classes: int
+    in_channels: int
+    image_size: int
 
     def __call__(self) -> nn.Module: ...
 

@@ -2,14 +2,17 @@
 
 ``IGDM_KIT_LOAD_PLUGINS`` is an allow-list of comma-separated entry-point names: when set, only those
 third-party plugins load (an empty value loads none); built-ins always load. A plugin that fails to import,
-or whose registration hook raises, is reported by name (``load_errors()``) and the others still load.
+or whose registration hook raises — ``SystemExit`` and ``KeyboardInterrupt`` included — is reported by name
+(``load_errors()``) and the others still load; so is a hook implementation whose name is no igdm-kit hook.
 """
 
 from __future__ import annotations
 
+import difflib
 import importlib
 import os
 import sys
+from typing import Any
 from importlib.metadata import entry_points
 
 import pluggy
@@ -43,9 +46,29 @@ _registries: dict[str, Registry] = {}
 _errors: list[PluginError] = []
 
 
+#: What a plugin may raise that must not take the host down (a plugin calling ``sys.exit`` at import).
+PLUGIN_FAILURES = (Exception, SystemExit, KeyboardInterrupt)
+
+
 def _report(error: PluginError) -> None:
     _errors.append(error)
     print(f"igdm-kit: warning: {error}", file=sys.stderr)
+
+
+def _why(exc: BaseException) -> str:
+    if isinstance(exc, SystemExit):
+        return f"it called sys.exit({exc.code!r})"
+    return f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+
+
+def _check_hooks(pm: pluggy.PluginManager, name: str, plugin: object) -> None:
+    """Report hook implementations whose name is no igdm-kit hook (a misspelling is otherwise ignored)."""
+    known = [n for n in dir(hookspecs) if n.startswith("register_")]
+    for caller in pm.get_hookcallers(plugin) or []:
+        if caller.spec is None:
+            close = difflib.get_close_matches(caller.name, known, n=1)
+            _report(PluginError(f"plugin {name!r} implements {caller.name!r}, which is not an igdm-kit hook",
+                                f"did you mean {close[0]!r}?" if close else "hooks: " + ", ".join(known)))
 
 
 def get_plugin_manager() -> pluggy.PluginManager:
@@ -71,9 +94,11 @@ def get_plugin_manager() -> pluggy.PluginManager:
         try:
             plugin = ep.load()
             pm.register(plugin, name=ep.name)
-        except Exception as exc:  # noqa: BLE001 - one broken plugin must not take the others down
-            _report(PluginError(f"plugin {ep.name!r} failed to load: {type(exc).__name__}: {exc}",
+        except PLUGIN_FAILURES as exc:  # one broken plugin must not take the others (or --help) down
+            _report(PluginError(f"plugin {ep.name!r} failed to load: {_why(exc)}",
                                 f"fix or uninstall the package providing {ep.value!r}"))
+            continue
+        _check_hooks(pm, ep.name, plugin)
     _pm = pm
     return pm
 
@@ -101,11 +126,22 @@ def registry(kind: str) -> Registry:
             raise  # duplicate names or a malformed component: the user must fix the install
         except IgdmKitError:
             raise
-        except Exception as exc:  # noqa: BLE001
-            _report(PluginError(f"plugin {plugin!r} failed while registering {kind}s: "
-                                f"{type(exc).__name__}: {exc}", "fix or uninstall that plugin"))
+        except PLUGIN_FAILURES as exc:
+            _report(PluginError(f"plugin {plugin!r} failed while registering {kind}s: {_why(exc)}",
+                                "fix or uninstall that plugin"))
     _registries[kind] = reg
     return reg
+
+
+def register_commands(app: Any) -> None:
+    """Every plugin's ``register_commands(app)``, one at a time: a plugin that fails is reported by name and
+    the other commands (``--help``, ``--version``) still work."""
+    for impl in reversed(get_plugin_manager().hook.register_commands.get_hookimpls()):
+        try:
+            impl.function(app=app)
+        except PLUGIN_FAILURES as exc:
+            _report(PluginError(f"plugin {impl.plugin_name!r} failed while registering commands: {_why(exc)}",
+                                "fix or uninstall that plugin; the other commands work"))
 
 
 def load_errors() -> list[PluginError]:

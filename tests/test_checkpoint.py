@@ -93,7 +93,17 @@ BAD_METADATA = {
     "unknown model": (good_meta(model="resnet-9000"), "needs model 'resnet-9000'"),
     "bad model option": (good_meta(model_options={"width": -3}), "needs model 'small-cnn'"),
     "disagrees with tensors": (good_meta(num_classes=3), "does not fit model 'small-cnn'.*shape"),
-    "mean and std lengths differ": (good_meta(mean=[0.5, 0.5, 0.5], std=[0.2]), "cannot rebuild"),
+    "mean and std lengths differ": (good_meta(mean=[0.5, 0.5, 0.5], std=[0.2]), r"std = \[0.2\].*3 finite"),
+    # hostile or unlucky metadata (issue 18): refused before anything is built
+    "deeply nested JSON": ({META_KEY: "[" * 100_000 + "]" * 100_000}, "corrupt igdm-kit metadata"),
+    "eval_eps inf": ({META_KEY: good_meta()[META_KEY].replace("}", ', "eval_eps": Infinity}')},
+                     "eval_eps = inf.*radius"),
+    "eval_eps NaN": ({META_KEY: good_meta()[META_KEY].replace("}", ', "eval_eps": NaN}')}, "eval_eps = nan"),
+    "eval_eps text": (good_meta(eval_eps="8/255"), "eval_eps = '8/255'"),
+    "a billion classes": (good_meta(num_classes=10**9), "num_classes = 1000000000.*1 to 1,000,000"),
+    "classes as text": (good_meta(num_classes="10"), "num_classes = '10'"),
+    "channels as bool": (good_meta(in_channels=True), "in_channels = True"),
+    "NaN in std": ({META_KEY: good_meta(std=[0.5, 0.5, 0.5])[META_KEY].replace("0.5]", "NaN]")}, "std"),
 }
 
 

@@ -82,8 +82,8 @@ def test_example_plugin_method_runs_from_a_recipe(tmp_path, write_recipe, cli):
 def test_unfinished_run_needs_resume_or_overwrite(tmp_path, write_recipe, cli):
     p = write_recipe(DIGITS_PGDAT)
     out = tmp_path / "run"
-    out.mkdir()
-    (out / "metrics.jsonl").write_text("")
+    run(R.load(p), output_dir=out)
+    (out / "results.json").unlink()  # as if stopped before the end
     res = cli("run", p, "--output", out)
     assert res.code == 1 and "--resume" in res.err
     assert (out / "metrics.jsonl").exists()

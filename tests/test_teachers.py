@@ -53,6 +53,7 @@ def builder(name="small-cnn", num_classes=5, mean=None, std=None, **options):
         return igdm_kit.create_model(name, num_classes=num_classes, image_size=16, mean=mean, std=std, **opts)
 
     build.model_name = None  # an interfaces.ArchitectureBuilder that does not name its architecture
+    build.num_classes, build.in_channels, build.image_size = num_classes, 3, 16  # the dataset's shape
     return build
 
 

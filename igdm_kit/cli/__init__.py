@@ -1,9 +1,10 @@
 """The ``igdm-kit`` command line.
 
 One module per command group registers its commands on the Typer ``app``; plugins add theirs through the
-``register_commands(app)`` hook. Errors are mapped to ``error: message`` + ``hint`` and exit code 1 here,
-in ``main`` alone; set ``IGDM_KIT_DEBUG=1`` for the traceback. Results go to stdout, progress and
-diagnostics to stderr. Nothing here imports torch: the commands import it when they run.
+``register_commands(app)`` hook (a plugin that fails there is a warning naming it). Errors are mapped to
+``error: message`` + ``hint`` and exit code 1 here, in ``main`` alone — failures of the operating system
+(disk full, permission, read-only) included; set ``IGDM_KIT_DEBUG=1`` for the traceback. Results go to
+stdout, progress and diagnostics to stderr. Nothing here imports torch: the commands import it when they run.
 """
 
 from __future__ import annotations
@@ -45,9 +46,9 @@ def build_app() -> typer.Typer:
 
     for group in GROUPS:
         group.register(app)
-    from ..plugins import get_plugin_manager
+    from ..plugins import register_commands
 
-    get_plugin_manager().hook.register_commands(app=app)
+    register_commands(app)  # a plugin that fails is a warning naming it; the rest of the CLI works
     return app
 
 
@@ -63,13 +64,29 @@ def report(exc: IgdmKitError) -> None:
         err_console.print(f"[yellow]hint:[/] {escape(exc.hint)}", highlight=False, soft_wrap=True)
 
 
+def _one_line(exc: BaseException) -> IgdmKitError | None:
+    """The one-line error for what a command raised, or None for a bug (which keeps its traceback):
+    a failure of the operating system names the file and the fix."""
+    from ..errors import storage_error
+
+    if isinstance(exc, IgdmKitError):
+        return exc
+    if isinstance(exc, OSError):
+        return storage_error(exc, doing="read or write")
+    if isinstance(exc, RecursionError):
+        return IgdmKitError("input nested too deeply to read", "flatten the nested tables or lists")
+    return None
+
+
 def main(argv: list[str] | None = None) -> None:
-    """Entry point. Usage errors are Typer's own (message, exit 2); ``IgdmKitError`` → one line, exit 1."""
+    """Entry point. Usage errors are Typer's own (message, exit 2); ``IgdmKitError`` → one line, exit 1
+    (``Interrupted``: 128 + signal); an OS failure and runaway nesting are one line too."""
     try:
         app = build_app()
         app(args=argv, prog_name="igdm-kit")  # standalone: exits with the command's code
-    except IgdmKitError as exc:
-        if _debug():
+    except Exception as exc:
+        error = _one_line(exc)
+        if error is None or _debug():
             raise
-        report(exc)
-        sys.exit(exc.exit_code)
+        report(error)
+        sys.exit(error.exit_code)

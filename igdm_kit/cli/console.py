@@ -15,7 +15,10 @@ err_console = Console(stderr=True, soft_wrap=True)  # diagnostics stay one line 
 
 def print_json(command: str, results: Any) -> None:
     """The machine-readable envelope every ``--json`` prints on stdout."""
-    sys.stdout.write(json.dumps({"command": command, "results": results}, indent=2, default=str) + "\n")
+    from ..io import json_safe
+
+    text = json.dumps(json_safe({"command": command, "results": results}), indent=2, default=str, allow_nan=False)
+    sys.stdout.write(text + "\n")
     sys.stdout.flush()
 
 

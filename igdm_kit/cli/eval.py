@@ -38,6 +38,8 @@ def parse_eps(text: str) -> float:
         raise IgdmKitError(f"--eps {text!r} is not a number", "write e.g. 8/255 or 0.03") from None
     if value < 0:
         raise IgdmKitError(f"--eps {text!r} is negative", "ε is a radius, ≥ 0")
+    if value > 1:  # images lie in [0, 1]: a larger radius allows any image (1e300 is a typo)
+        raise IgdmKitError(f"--eps {text!r} is larger than 1", "ε is a radius in [0, 1] pixel units, e.g. 8/255")
     return value
 
 
@@ -67,6 +69,16 @@ def progress_callback(enabled: bool = True) -> Iterator[Callable[[str, int, int]
             bars.update(tasks[task], completed=done, total=total)
 
         yield update
+
+
+def stop_hint(options: list[tuple[str, Any]], aa_state: Path | None) -> str:
+    """What to run after a stop request ends an evaluation."""
+    from ..recipe import eval_command
+
+    cmd = eval_command(options)
+    if aa_state is not None:
+        return f"run it again, AutoAttack resumes from {aa_state}: {cmd}"
+    return f"run it again: {cmd} (with --aa-state FILE, AutoAttack resumes where it stopped)"
 
 
 def register(app: typer.Typer) -> None:
@@ -107,9 +119,16 @@ def register(app: typer.Typer) -> None:
         threat = _threat(threat)
         radius = parse_eps(eps) if eps is not None else None
         src = sources.Source(model, loader=loader, name=name, arch=arch, arch_options=arch_options(arch_opt))
+        again = stop_hint([("--model", model), ("--loader", None if loader == "auto" else loader),
+                           ("--name", name), ("--arch", arch), *(("--arch-opt", o) for o in arch_opt),
+                           ("--dataset", dataset), ("--attacks", attacks), *(("--attack", a) for a in attack),
+                           ("--threat", None if threat == "Linf" else threat), ("--limit", limit),
+                           ("--batch-size", batch_size), ("--device", device), ("--eps", eps), ("--seed", seed),
+                           ("--aa-state", aa_state), ("--save-flags", save_flags),
+                           ("--no-progress", not progress), ("--json", json_)], aa_state)
         result = run_eval(src, items, threat=threat, radius=radius, dataset=dataset, limit=limit,
                           batch_size=batch_size, device=device, seed=seed, aa_state=aa_state,
-                          save_flags=save_flags, progress=progress)
+                          save_flags=save_flags, progress=progress, again=again)
         if json_:
             print_json("eval", result)
             return
@@ -136,8 +155,11 @@ def arch_options(items: list[str]) -> dict[str, Any]:
 
 def run_eval(src, items: list[Any], *, threat: str, radius: float | None, dataset: str | None,
              limit: int | None, batch_size: int, device: str, seed: int, aa_state: Path | None,
-             save_flags: Path | None, progress: bool) -> dict[str, Any]:
-    """Load the model through its source, resolve the attacks, evaluate; the JSON-able result."""
+             save_flags: Path | None, progress: bool, again: str) -> dict[str, Any]:
+    """Load the model through its source, resolve the attacks, evaluate; the JSON-able result. A stop
+    request (SIGINT/SIGTERM) ends it with the message and ``again``, the command that goes on."""
+    from ..training.signals import StopFlag, checking
+
     from .. import sources
     from ..eval_attacks import DEFAULT_EPS, resolve
     from ..evaluation import evaluate, load_eval_data, report_json, resolve_device
@@ -151,9 +173,10 @@ def run_eval(src, items: list[Any], *, threat: str, radius: float | None, datase
     x, y = load_eval_data(ds_name, limit, options)
     err_console.print(escape(f"evaluating {src.path} on {ds_name} test ({x.shape[0]} images, {dev}, "
                              f"{threat} ε = {eps_text(radius)})"), style="dim", highlight=False)
-    with progress_callback(progress) as cb:
+    with StopFlag() as stop, progress_callback(progress) as cb:  # SIGINT/SIGTERM: message, 128 + signal
         result = evaluate(net, x, y, attacks=specs, batch_size=batch_size, eps=radius, threat=threat,
-                          device=dev, seed=seed, progress=cb, autoattack_state=aa_state, where="--attacks", keep_flags=True)
+                          device=dev, seed=seed, autoattack_state=aa_state, where="--attacks", keep_flags=True,
+                          progress=checking(cb, lambda: stop.check("evaluation stopped", again)))
     for w in result["warnings"]:
         err_console.print(f"[yellow]warning:[/] AutoAttack: {escape(w)}", highlight=False)
     if save_flags is not None:

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import tomllib
 
-from .commands import command, resume_command
+from .commands import command, eval_command, resume_command, shell_command
 from .load import MAX_EXTENDS_DEPTH, apply_overrides, load_raw, merge, parse_override
 from .schema import (AttackSection, DataSection, EvalSection, MethodSection, ModuleSection, OutputSection,
                      RecipeModel, StudentSection, TeacherSection, TrainSection)
@@ -21,5 +21,5 @@ from .validate import Recipe, first_difference, load, validate
 
 __all__ = ["AttackSection", "DataSection", "EvalSection", "MAX_EXTENDS_DEPTH", "MethodSection",
            "ModuleSection", "OutputSection", "Recipe", "RecipeModel", "StudentSection", "TeacherSection",
-           "TrainSection", "apply_overrides", "command", "first_difference", "load", "load_raw", "merge",
-           "parse_override", "resume_command", "to_toml", "tomllib", "validate"]
+           "TrainSection", "apply_overrides", "command", "eval_command", "first_difference", "load", "load_raw",
+           "merge", "parse_override", "resume_command", "shell_command", "to_toml", "tomllib", "validate"]

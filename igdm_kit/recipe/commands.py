@@ -17,7 +17,23 @@ def command(verb: str, recipe: str | Path | None, *, overrides: Sequence[str] = 
         parts.append("--resume")
     if output is not None:
         parts += ["--output", str(output)]
-    return " ".join(shlex.quote(p) for p in parts)
+    return shell_command(parts)
+
+
+def shell_command(parts: Sequence[str | Path]) -> str:
+    """``parts`` as one shell-quoted command line."""
+    return " ".join(shlex.quote(str(p)) for p in parts)
+
+
+def eval_command(options: Sequence[tuple[str, object]]) -> str:
+    """``igdm-kit eval`` with the given (option, value) pairs; None values are left out, True is a flag."""
+    parts: list[str] = ["igdm-kit", "eval"]
+    for flag, value in options:
+        if value is True:
+            parts.append(flag)
+        elif value is not None and value is not False:
+            parts += [flag, str(value)]
+    return shell_command(parts)
 
 
 def resume_command(recipe, output: str | Path) -> str:

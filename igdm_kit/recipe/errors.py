@@ -54,6 +54,10 @@ def raise_validation(exc: ValidationError, prefix: str = "", model: type[BaseMod
         hint = None  # a component's own validator says what is wrong and what to do
     elif err["type"] in _TABLE_ERRORS:
         msg = "must be a table ([section] or { key = value })"
+    elif err["type"] == "finite_number":
+        msg, hint = "must be a finite number (not inf or nan)", "write a number such as 0.1"
+    elif err["type"] == "string_pattern_mismatch" and str(err["loc"][-1]) == "device":
+        msg, hint = f"{err.get('input')!r} is not a device", 'use "auto", "cpu", "mps", "cuda" or "cuda:N"'
     elif err["type"] == "list_type":
         hint = 'write a TOML list, e.g. ["clean", "pgd20"] (quote it for --set: \'eval.attacks=["clean"]\')'
     elif err["type"].startswith("float") and str(err["loc"][-1]) in ("eps", "step_size"):

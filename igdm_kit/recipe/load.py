@@ -11,7 +11,7 @@ import tomllib
 from pathlib import Path
 from typing import Any
 
-from ..errors import RecipeError
+from ..errors import RecipeError, storage_error
 
 MAX_EXTENDS_DEPTH = 16
 
@@ -26,11 +26,23 @@ def _read_toml(path: Path) -> dict[str, Any]:
     if not path.is_file():
         raise RecipeError(f"recipe file {str(path)!r} does not exist", "check the path")
     try:
-        return tomllib.loads(path.read_text(encoding="utf-8"))
-    except tomllib.TOMLDecodeError as exc:
-        raise RecipeError(f"recipe {str(path)!r} is not valid TOML: {exc}", "fix the TOML syntax") from None
+        text = path.read_text(encoding="utf-8-sig")  # a byte-order mark (Windows editors) is not TOML
     except UnicodeDecodeError:
         raise RecipeError(f"recipe {str(path)!r} is not a UTF-8 text file", "pass a .toml recipe") from None
+    except OSError as exc:
+        raise storage_error(exc, path, "read") from None
+    return parse_toml(text, f"recipe {str(path)!r}")
+
+
+def parse_toml(text: str, what: str) -> dict[str, Any]:
+    """TOML text → dict; a syntax error or nesting deeper than the parser goes is one ``RecipeError``."""
+    try:
+        return tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise RecipeError(f"{what} is not valid TOML: {exc}", "fix the TOML syntax") from None
+    except RecursionError:
+        raise RecipeError(f"{what} nests tables or lists too deeply to read",
+                          "flatten the nested inline tables and lists") from None
 
 
 def merge(parent: dict[str, Any], child: dict[str, Any]) -> dict[str, Any]:
@@ -85,6 +97,9 @@ def parse_override(item: str) -> tuple[list[str], Any]:
         parsed = tomllib.loads(f"v = {value.strip()}")["v"]
     except tomllib.TOMLDecodeError:
         parsed = value.strip()
+    except RecursionError:
+        raise RecipeError(f"--set {key.strip()}: the value nests too deeply to read",
+                          "flatten the nested inline tables and lists") from None
     return key.strip().split("."), parsed
 
 

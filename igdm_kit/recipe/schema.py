@@ -1,26 +1,34 @@
 """The recipe schema: the sections of a TOML recipe and their keys (``extra="forbid"``).
 
 A section that names a component (``[method] name``, ``[student] model``, ...) keeps its other keys for
-that component's own ``Options``, validated in ``igdm_kit.recipe.validate``.
+that component's own ``Options``, validated in ``igdm_kit.recipe.validate``. No number may be ``inf`` or
+``nan``, and every number has bounds that keep it meaningful (a learning rate of 1e300 is refused here, not
+discovered after training).
 """
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from ..eval_attacks import DEFAULT_ATTACKS, DEFAULT_EPS
 from ..interfaces import Fraction
 
+#: The largest seed (torch takes seeds below 2**64; the trainer derives per-epoch seeds from it).
+MAX_SEED = 2**63 - 1
+#: train.device: auto, cpu, mps, cuda or cuda:N.
+DEVICE_PATTERN = r"^(auto|cpu|mps|cuda(:[0-9]{1,3})?)$"
+
+
 class Section(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
 
 class ComponentSection(BaseModel):
     """A section naming a component; the remaining keys are that component's options."""
 
-    model_config = ConfigDict(extra="allow")
+    model_config = ConfigDict(extra="allow", allow_inf_nan=False)
 
     def options(self) -> dict[str, Any]:
         return dict(self.model_extra or {})
@@ -28,8 +36,8 @@ class ComponentSection(BaseModel):
 
 class DataSection(ComponentSection):
     name: str
-    train_limit: int | None = Field(None, gt=0, description="use only the first N training images")
-    test_limit: int | None = Field(None, gt=0, description="evaluate on the first N test images")
+    train_limit: int | None = Field(None, gt=0, le=10**9, description="use only the first N training images")
+    test_limit: int | None = Field(None, gt=0, le=10**9, description="evaluate on the first N test images")
 
 
 class StudentSection(ComponentSection):
@@ -42,8 +50,8 @@ class TeacherSection(Section):
     loader_options: dict[str, Any] = Field(default_factory=dict)
     model: str | None = Field(None, description="architecture, for loaders that read plain weights")
     model_options: dict[str, Any] = Field(default_factory=dict)
-    mean: list[float] | None = None
-    std: list[float] | None = None
+    mean: list[Annotated[float, Field(ge=-1e3, le=1e3)]] | None = None
+    std: list[Annotated[float, Field(gt=0, le=1e3)]] | None = None
     recipe: str | None = Field(None, description="a recipe that trains the teacher (cached in its run folder)")
 
     @model_validator(mode="after")
@@ -66,15 +74,15 @@ class AttackSection(ComponentSection):
 
 
 class TrainSection(Section):
-    epochs: int = Field(200, gt=0)
-    batch_size: int = Field(128, gt=0)
-    lr: float = Field(0.1, gt=0)
+    epochs: int = Field(200, gt=0, le=100_000)
+    batch_size: int = Field(128, gt=0, le=1_000_000)
+    lr: float = Field(0.1, gt=0, le=100)
     momentum: float = Field(0.9, ge=0, lt=1)
-    weight_decay: float = Field(5e-4, ge=0)
-    milestones: list[int] = Field(default_factory=lambda: [100, 150])
-    lr_decay: float = Field(0.1, gt=0, description="factor applied at each milestone (cumulative)")
-    seed: int = 0
-    device: str = Field("auto", description="auto, cpu, cuda, cuda:N")
+    weight_decay: float = Field(5e-4, ge=0, le=1)
+    milestones: list[Annotated[int, Field(gt=0, le=100_000)]] = Field(default_factory=lambda: [100, 150])
+    lr_decay: float = Field(0.1, gt=0, le=10, description="factor applied at each milestone (cumulative)")
+    seed: int = Field(0, ge=0, le=MAX_SEED)
+    device: str = Field("auto", pattern=DEVICE_PATTERN, description="auto, cpu, mps, cuda, cuda:N")
     reference_passes: bool = Field(False, description="separate forwards as the reference code does")
     save_every_epoch: bool = Field(False, description="keep a checkpoint per epoch (for analyze linearity)")
     # Accelerator options (igdm_kit.accel); device-dependent checks happen when the run starts.
@@ -97,8 +105,9 @@ class EvalSection(Section):
         default_factory=lambda: list(DEFAULT_ATTACKS),
         description='evaluation attacks: names or tables, e.g. { name = "pgd", steps = 50, restarts = 5 }')
     threat: Literal["Linf", "L2", "L1"] = Field("Linf", description="the norm of the threat model's ball")
-    limit: int | None = Field(None, gt=0, description="evaluate on the first N test images")
-    batch_size: int = Field(256, gt=0)
+    limit: int | None = Field(None, gt=0, le=10**9, description="evaluate on the first N test images")
+    batch_size: int = Field(256, gt=0, le=1_000_000)
+    # (an L∞ ε above 1, or an Lp ε beyond the image cube, is refused by eval_attacks.check_eps)
     eps: Fraction | None = Field(None, ge=0, description="radius; default 8/255 at Linf, 0.5 at L2, 12 at L1")
     analysis: bool = Field(False, description="also report GD/GC against the teacher (needs a teacher)")
 

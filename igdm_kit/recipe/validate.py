@@ -168,9 +168,13 @@ def _validate_teacher(t: TeacherSection) -> None:
 def load(path: str | Path, overrides: list[str] | None = None) -> Recipe:
     """Read, resolve ``extends``, apply ``--set`` overrides and validate a recipe file."""
     path = Path(path)
-    raw = load_raw(path)
-    apply_overrides(raw, overrides or [])
-    r = validate(raw, path)
+    try:
+        raw = load_raw(path)
+        apply_overrides(raw, overrides or [])
+        r = validate(raw, path)
+    except RecursionError:  # values nested deeper than the validators go (the parser's own limit is nearer)
+        raise RecipeError(f"recipe {str(path)!r} nests tables or lists too deeply",
+                          "flatten the nested inline tables and lists") from None
     r.overrides = list(overrides or [])
     return r
 

@@ -6,6 +6,7 @@ correct counts (and GD/GC sums) are added up.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -32,13 +33,18 @@ def clean_accuracy(model, x: torch.Tensor, y: torch.Tensor, device, batch_size: 
     return 100.0 * correct / max(1, total)
 
 
-def _eval_progress(progress: Any, name: str):
-    """Adapt a Rich ``Progress`` to evaluation's ``callback(task, done, total)``: a bar per attack."""
-    if progress is None:
+def _eval_progress(progress: Any, name: str, check: Callable[[], None] | None = None):
+    """Adapt a Rich ``Progress`` to evaluation's ``callback(task, done, total)``: a bar per attack; ``check``
+    runs after every batch first (a stop request raises there, AutoAttack's state already saved)."""
+    if progress is None and check is None:
         return None
     tasks: dict[str, Any] = {}
 
     def callback(task: str, done: int, total: int) -> None:
+        if check is not None:
+            check()
+        if progress is None:
+            return
         if task not in tasks:
             tasks[task] = progress.add_task(f"{name} eval {task}", total=total)
         progress.update(tasks[task], completed=done)
@@ -48,9 +54,10 @@ def _eval_progress(progress: Any, name: str):
 
 def final_evaluation(r: Recipe, student, teacher, xte, yte, device, *, log, dist=None,
                      aa_state: Path | None = None, progress: Any = None,
-                     flags_path: Path | None = None) -> dict[str, Any]:
+                     flags_path: Path | None = None, check: Callable[[], None] | None = None) -> dict[str, Any]:
     """The recipe's ``[eval]``: its attacks under its threat model, the worst case per image over them,
-    and with ``analysis = true`` GD/GC. The per-image robust flags go to ``flags_path`` (one process)."""
+    and with ``analysis = true`` GD/GC. The per-image robust flags go to ``flags_path`` (one process);
+    ``check`` is called after every evaluated batch (the engine's stop check)."""
     from ..evaluation import evaluate, report_json, save_flags
 
     ev = r.model.eval
@@ -61,7 +68,7 @@ def final_evaluation(r: Recipe, student, teacher, xte, yte, device, *, log, dist
         x, y = x[dist.rank::dist.world], y[dist.rank::dist.world]
     report = evaluate(student, x, y, attacks=r.eval_specs, batch_size=ev.batch_size, eps=ev.eps,
                       threat=ev.threat, device=device, autoattack_state=aa_state,
-                      progress=_eval_progress(progress, r.name), where="eval.attacks", keep_flags=True)
+                      progress=_eval_progress(progress, r.name, check), where="eval.attacks", keep_flags=True)
     for w in report.get("warnings", []):
         log(f"AutoAttack: {w}")
     if flags_path is not None and not sharded:

@@ -2,7 +2,7 @@
 
 ::
 
-    manifest.json            resolved recipe, digest, seeds, versions, teacher digest
+    manifest.json            igdm-kit's marker (``format``), resolved recipe, digest, seeds, versions, teacher
     recipe.toml              the resolved recipe
     metrics.jsonl            one JSON object per epoch
     last.safetensors         the latest model (a self-describing checkpoint)
@@ -12,9 +12,15 @@
     eval_flags.safetensors   per-image robust flags of every attack and the worst case (igdm-kit compare)
     model.safetensors        the final model
     results.json             the final evaluation; its presence marks the run finished
+    .igdm-kit.lock           while a process works in the folder: its pid and host
+
+A folder is an igdm-kit run only when its ``manifest.json`` carries igdm-kit's ``format`` key: any other
+folder (a project that merely has a ``manifest.json``) is never used, and ``--overwrite`` deletes only the
+files named above, never anything else in the folder.
 
 ``RunFolder.decide`` is the one policy for an existing folder: ``new``, ``resume``, ``reuse`` (a finished run
-of the same recipe, when the caller allows it) or a one-line error.
+of the same recipe, when the caller allows it), ``finished`` (``--resume`` of a finished run) or a one-line
+error. It is called with the folder's ``RunLock`` held: one process at a time works in a run folder.
 """
 
 from __future__ import annotations
@@ -23,20 +29,28 @@ import hashlib
 import json
 import os
 import platform
-import shutil
+import re
+import socket
 import subprocess
+import time
 from pathlib import Path
 from typing import Any, Literal
 
-from ..errors import IgdmKitError
-from ..io import atomic_write_json, atomic_write_text, read_jsonl
+from ..errors import IgdmKitError, storage_error
+from ..io import TEMP_SUFFIX, atomic_write_json, atomic_write_jsonl, atomic_write_text, is_temp_of, read_jsonl
 from ..recipe import Recipe, first_difference, to_toml
 
-Mode = Literal["new", "resume", "reuse"]
+Mode = Literal["new", "resume", "reuse", "finished"]
 
 MANIFEST, RECIPE_FILE, METRICS = "manifest.json", "recipe.toml", "metrics.jsonl"
 LAST, STATE, FINAL, RESULTS = "last.safetensors", "train_state.safetensors", "model.safetensors", "results.json"
-AA_STATE, CHECKPOINTS, FLAGS = "autoattack.state", "checkpoints", "eval_flags.safetensors"
+AA_STATE, CHECKPOINTS, LOCK = "autoattack.state", "checkpoints", ".igdm-kit.lock"
+FLAGS = "eval_flags.safetensors"
+#: The manifest's marker: what makes a folder an igdm-kit run folder.
+RUN_FORMAT = "igdm-kit/run/1"
+#: Every file igdm-kit writes at the top of a run folder (the lock aside; also autoattack.state.<attack>).
+OWN_FILES = (MANIFEST, RECIPE_FILE, METRICS, LAST, STATE, FINAL, RESULTS, AA_STATE, FLAGS)
+_EPOCH_FILE = re.compile(r"^epoch_\d{3,}\.safetensors$")
 
 
 def sha256_file(path: str | Path) -> str:
@@ -53,6 +67,12 @@ def _git_commit() -> str | None:
         return None
 
 
+def _is_own(name: str) -> bool:
+    """A file igdm-kit writes at the top of a run folder (or the temporary of one), by name."""
+    return name in OWN_FILES or name == LOCK or name.startswith(AA_STATE + ".") or \
+        any(is_temp_of(name, f) for f in OWN_FILES)
+
+
 class RunFolder:
     """One run's folder and the names of the files in it."""
 
@@ -65,13 +85,21 @@ class RunFolder:
     def epoch_checkpoint(self, epoch: int) -> Path:
         return self.path / CHECKPOINTS / f"epoch_{epoch:03d}.safetensors"
 
+    def lock(self, *, what: str = "run folder", hint: str | None = None) -> RunLock:
+        """The folder's exclusive lock (not yet acquired)."""
+        return RunLock(self.path, what=what, hint=hint)
+
     # -- what is there ------------------------------------------------------------------------------------
     def _manifest(self) -> dict[str, Any]:
         try:
-            data = json.loads((self / MANIFEST).read_text())
-        except (OSError, ValueError):
+            data = json.loads((self / MANIFEST).read_text(encoding="utf-8"))
+        except (OSError, ValueError, RecursionError):
             return {}
         return data if isinstance(data, dict) else {}
+
+    def is_run(self) -> bool:
+        """Whether igdm-kit made this folder: its manifest carries igdm-kit's marker."""
+        return self._manifest().get("format") == RUN_FORMAT
 
     def is_finished(self) -> bool:
         return (self / RESULTS).is_file()
@@ -83,21 +111,53 @@ class RunFolder:
         return read_jsonl(self / METRICS) if (self / METRICS).exists() else []
 
     def results(self) -> dict[str, Any]:
-        return json.loads((self / RESULTS).read_text())
+        try:
+            data = json.loads((self / RESULTS).read_text(encoding="utf-8"))
+        except (ValueError, RecursionError):  # edited by hand: igdm-kit writes it atomically
+            data = None
+        if not isinstance(data, dict):
+            raise IgdmKitError(f"{str(self / RESULTS)!r} is not the JSON object igdm-kit wrote",
+                               "pass --overwrite to run again")
+        return data
+
+    def _own(self) -> list[Path]:
+        """The files igdm-kit wrote here (temporaries of killed writes included, the lock excluded)."""
+        if not self.path.is_dir():
+            return []
+        found = [p for p in self.path.iterdir() if _is_own(p.name) and p.name != LOCK and not p.is_dir()]
+        sub = self / CHECKPOINTS
+        if sub.is_dir() and not sub.is_symlink():
+            found += [p for p in sub.iterdir() if _is_epoch_file(p.name) and not p.is_dir()]
+        return found
+
+    def foreign(self) -> list[str]:
+        """What the folder holds that igdm-kit did not write."""
+        if not self.path.is_dir():
+            return []
+        own = set(self._own())
+        names = [p.name for p in self.path.iterdir()
+                 if p not in own and p.name != LOCK and not (p.name == CHECKPOINTS and p.is_dir()
+                                                             and not p.is_symlink())]
+        sub = self / CHECKPOINTS
+        if sub.is_dir() and not sub.is_symlink():
+            names += [f"{CHECKPOINTS}/{p.name}" for p in sub.iterdir() if p not in own]
+        return sorted(names)
 
     # -- the policy ---------------------------------------------------------------------------------------
     def decide(self, r: Recipe, *, resume: bool, overwrite: bool, reuse_finished: bool) -> Mode:
-        """What to do with this folder for recipe ``r``; raises ``IgdmKitError`` when it must not be used."""
+        """What to do with this folder for recipe ``r``; raises ``IgdmKitError`` when it must not be used.
+        Call it with the folder's lock held."""
         out = self.path
         if out.exists() and not out.is_dir():
             raise IgdmKitError(f"output {str(out)!r} is a file, not a folder", "choose a folder with --output")
-        if not out.exists() or not any(out.iterdir()):
-            return "new"
-        if not any((self / f).exists() for f in (MANIFEST, STATE, METRICS, RESULTS)):
-            raise IgdmKitError(f"output folder {str(out)!r} is not empty and holds no igdm-kit run",
-                               "choose an empty or new folder with --output (it is never deleted)")
+        if not self.is_run():
+            if self.foreign() or any(p.name in OWN_FILES for p in self._own()):
+                raise IgdmKitError(f"output folder {str(out)!r} is not empty and holds no igdm-kit run",
+                                   "choose an empty or new folder with --output (igdm-kit never deletes a "
+                                   "folder it did not make)")
+            return "new"  # empty, or only what a process killed before its manifest left
         if overwrite:
-            shutil.rmtree(out)
+            self.delete_run()
             return "new"
         same = self._manifest().get("recipe_digest") == r.digest()
         finished = self.is_finished()
@@ -105,6 +165,8 @@ class RunFolder:
             raise IgdmKitError(f"the teacher file changed since the run in {str(out)!r} was made",
                                "pass --overwrite to train again with the new teacher")
         if finished:
+            if same and resume:
+                return "finished"
             if reuse_finished and same:
                 return "reuse"
             raise IgdmKitError(f"run folder {str(out)!r} already holds a finished run",
@@ -112,7 +174,7 @@ class RunFolder:
         if not resume:
             raise IgdmKitError(f"run folder {str(out)!r} holds an unfinished run",
                                "pass --resume to continue it, or --overwrite to start again")
-        if not same and (self / MANIFEST).is_file():
+        if not same:
             key = first_difference(self._manifest().get("recipe", {}), r.resolved())
             raise IgdmKitError(f"run folder {str(out)!r} holds a run of a different recipe"
                                + (f" ({key} differs)" if key else ""),
@@ -129,6 +191,24 @@ class RunFolder:
         return recorded is None or recorded == sha256_file(t.checkpoint)
 
     # -- writing ------------------------------------------------------------------------------------------
+    def delete_run(self) -> None:
+        """``--overwrite``: delete the files igdm-kit wrote, nothing else (foreign files stay)."""
+        try:
+            for p in self._own():
+                p.unlink()
+            sub = self / CHECKPOINTS
+            if sub.is_dir() and not sub.is_symlink() and not any(sub.iterdir()):
+                sub.rmdir()
+        except OSError as exc:
+            raise storage_error(exc, exc.filename or self.path, "delete") from None
+
+    def clean_temporaries(self) -> list[str]:
+        """Delete the temporary files of writes a killed process left behind (call with the lock held)."""
+        stale = [p for p in self._own() if p.name.endswith(TEMP_SUFFIX)]
+        for p in stale:
+            p.unlink(missing_ok=True)
+        return [p.name for p in stale]
+
     def ensure_writable(self) -> None:
         """Fail early if the folder cannot be written — without creating it yet, so that a run stopped by bad
         data or a missing teacher leaves no empty folder behind (the first atomic write creates it)."""
@@ -149,28 +229,156 @@ class RunFolder:
                                "choose another folder with --output") from None
 
     def start(self, r: Recipe, *, device: str, world_size: int, teacher_digest: str | None) -> None:
-        """A new run: drop what an unfinished earlier run left, write the resolved recipe and the manifest."""
+        """A new run: drop what an unfinished earlier run left, write the manifest (igdm-kit's marker) and
+        the resolved recipe."""
         import torch
 
         from ..checkpoint import toolkit_version
 
         for stale in (METRICS, FLAGS, *(p.name for p in self.path.glob(AA_STATE + "*"))):
             (self / stale).unlink(missing_ok=True)
-        atomic_write_text(self / RECIPE_FILE, to_toml(r.resolved()))
         atomic_write_json(self / MANIFEST, {
-            "recipe": r.resolved(), "recipe_digest": r.digest(), "seed": r.model.train.seed,
-            "world_size": world_size, "toolkit_version": toolkit_version(), "torch_version": torch.__version__,
-            "cuda_version": torch.version.cuda, "python_version": platform.python_version(),
-            "device": device, "git_commit": _git_commit(), "teacher_sha256": teacher_digest,
-            "recipe_file": str(r.path) if r.path else None,
+            "format": RUN_FORMAT, "recipe": r.resolved(), "recipe_digest": r.digest(),
+            "seed": r.model.train.seed, "world_size": world_size, "toolkit_version": toolkit_version(),
+            "torch_version": torch.__version__, "cuda_version": torch.version.cuda,
+            "python_version": platform.python_version(), "device": device, "git_commit": _git_commit(),
+            "teacher_sha256": teacher_digest, "recipe_file": str(r.path) if r.path else None,
         })
+        atomic_write_text(self / RECIPE_FILE, to_toml(r.resolved()))
+
+    def write_metrics(self, rows: list[dict[str, Any]]) -> None:
+        """``metrics.jsonl``: every row so far, written atomically (never a torn line)."""
+        atomic_write_jsonl(self / METRICS, rows)
 
     def trim_metrics(self, last_epoch: int) -> list[dict[str, Any]]:
         """Drop metrics rows of epochs after the saved state (a crash between the two writes); the rows kept."""
         kept = [m for m in self.metrics() if m["epoch"] <= last_epoch]
         if (self / METRICS).exists():
-            atomic_write_text(self / METRICS, "".join(json.dumps(m, sort_keys=True) + "\n" for m in kept))
+            self.write_metrics(kept)
         return kept
 
     def finish(self, results: dict[str, Any]) -> None:
         atomic_write_json(self / RESULTS, results)
+
+
+class RunLock:
+    """An exclusive lock on a run folder for the life of a run: ``.igdm-kit.lock`` holds the holder's pid,
+    host and start time, and is ``flock``-ed, so the kernel drops it when the holder dies (even by SIGKILL):
+    a lock file left behind is stale, and taken over. A second process gets one line naming the holder.
+
+    Acquiring creates the folder; releasing deletes the lock file and the folders acquiring created when
+    nothing else was put in them (a run refused before training leaves no empty folder).
+    """
+
+    def __init__(self, folder: Path, *, what: str = "run folder", hint: str | None = None) -> None:
+        self.folder, self.path = Path(folder), Path(folder) / LOCK
+        self.what, self.hint = what, hint or "wait for it to end, or write elsewhere with --output"
+        self._fd: int | None = None
+        self._created: list[Path] = []
+        #: what the lock file said when it was taken over (a holder that died), else None
+        self.stale: dict[str, Any] | None = None
+
+    def __enter__(self) -> RunLock:
+        self.acquire()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.release()
+
+    def acquire(self) -> None:
+        if self.folder.exists() and not self.folder.is_dir():
+            raise IgdmKitError(f"output {str(self.folder)!r} is a file, not a folder",
+                               "choose a folder with --output")
+        missing = [p for p in (self.folder, *self.folder.parents) if not p.exists()]
+        try:
+            self.folder.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise storage_error(exc, self.folder, "create the run folder") from None
+        self._created = missing  # deepest first
+        try:
+            self._fd, self.stale = self._take()
+        except BaseException:
+            self._tidy()
+            raise
+
+    def _take(self) -> tuple[int, dict[str, Any] | None]:
+        while True:
+            try:
+                fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+            except OSError as exc:
+                raise storage_error(exc, self.path, "create the lock file") from None
+            holder = _read_holder(fd)
+            if not _flock(fd, holder):
+                os.close(fd)
+                raise self._busy(holder)
+            try:
+                same_file = os.fstat(fd).st_ino == os.stat(self.path).st_ino
+            except FileNotFoundError:
+                same_file = False
+            if same_file:  # not a file its holder deleted while we opened it
+                break
+            os.close(fd)
+        info = {"pid": os.getpid(), "host": socket.gethostname(),
+                "since": time.strftime("%Y-%m-%d %H:%M:%S"), "format": RUN_FORMAT}
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, json.dumps(info).encode(), 0)
+        return fd, holder or None
+
+    def _busy(self, holder: dict[str, Any]) -> IgdmKitError:
+        who = (f"pid {holder.get('pid')} on {holder.get('host')}, since {holder.get('since')}"
+               if holder.get("pid") else "a process that is starting")
+        return IgdmKitError(f"{self.what} {str(self.folder)!r} is in use by another igdm-kit process ({who})",
+                            self.hint)
+
+    def release(self) -> None:
+        if self._fd is None:
+            return
+        try:
+            self.path.unlink(missing_ok=True)
+        except OSError:
+            pass
+        os.close(self._fd)
+        self._fd = None
+        self._tidy()
+
+    def _tidy(self) -> None:
+        for p in self._created:
+            try:
+                p.rmdir()  # only when empty
+            except OSError:
+                break
+        self._created = []
+
+
+def _read_holder(fd: int) -> dict[str, Any]:
+    try:
+        data = json.loads(os.pread(fd, 4096, 0).decode("utf-8") or "{}")
+    except (OSError, ValueError):
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
+def _flock(fd: int, holder: dict[str, Any]) -> bool:
+    """Take the kernel lock; where the file system has none, judge by the holder's pid on this host."""
+    try:
+        import fcntl
+
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        return True
+    except BlockingIOError:
+        return False
+    except (ImportError, OSError):  # no flock here (some network file systems): pid and host decide
+        pid = holder.get("pid")
+        if not isinstance(pid, int) or holder.get("host") != socket.gethostname() or pid == os.getpid():
+            return True
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return True
+        except PermissionError:
+            return False
+        return False
+
+
+def _is_epoch_file(name: str) -> bool:
+    return bool(_EPOCH_FILE.match(name)) or (name.startswith(".epoch_") and name.endswith(TEMP_SUFFIX))

@@ -1,8 +1,9 @@
-"""The trainer's built-in subscribers: a progress bar, per-epoch clean accuracy, the metrics log, the log
-line, and checkpoints with the training state that ``--resume`` trusts.
+"""The trainer's built-in subscribers: a progress bar, per-epoch clean accuracy, the finiteness guard of
+the weights, the metrics log, the log line, and checkpoints with the training state that ``--resume`` trusts.
 
-Order matters for resume: the metrics row is appended before the training state is written (the state is
-what resume trusts; rows newer than it are dropped), so ``MetricsLog`` comes before ``Checkpointer``.
+Order matters: ``FiniteWeights`` comes first, so non-finite weights are never logged as an epoch nor saved;
+the metrics row is written before the training state (the state is what resume trusts; rows newer than it
+are dropped), so ``MetricsLog`` comes before ``Checkpointer``.
 """
 
 from __future__ import annotations
@@ -11,10 +12,10 @@ from collections.abc import Callable
 from typing import Any
 
 from ..checkpoint import save_model
-from ..io import append_jsonl
+from ..errors import TrainingError
 from ..train_state import save_train_state
 from .events import Partial, Subscriber
-from .folder import LAST, METRICS, STATE, RunFolder
+from .folder import LAST, STATE, RunFolder
 
 
 class ProgressBar(Subscriber):
@@ -45,14 +46,47 @@ class CleanAccuracy(Subscriber):
             row["test_clean_acc"] = clean_accuracy(p.student, *p.test_data, p.device, dist=p.dist)
 
 
+def check_weights(model, when: str, hint: str) -> None:
+    """Raise ``TrainingError`` if any weight or buffer of ``model`` is NaN or infinite."""
+    import torch
+
+    tensors = [(k, v) for k, v in model.state_dict().items() if v.is_floating_point()]
+    if not tensors or bool(torch.stack([v.isfinite().all() for _, v in tensors]).all()):
+        return
+    name, bad = next((k, v) for k, v in tensors if not bool(v.isfinite().all()))
+    count = int((~bad.isfinite()).sum())
+    raise TrainingError(f"the student's weights are not finite {when} ({name}: {count} of {bad.numel()} "
+                        "values)", hint)
+
+
+class FiniteWeights(Subscriber):
+    """Non-finite weights stop the run before the epoch is logged or saved, and before a stop request
+    saves them (every rank: the ranks hold the same weights)."""
+
+    def __init__(self, folder: RunFolder) -> None:
+        self.folder = folder
+
+    def _hint(self, epochs_done: int) -> str:
+        last = (f"the last good checkpoint is {self.folder / LAST} (epoch {epochs_done})" if epochs_done
+                else "no checkpoint was saved")
+        return f"nothing of this epoch was saved; {last}; lower train.lr or the module's alpha"
+
+    def on_epoch_end(self, trainer, epoch, row) -> None:
+        check_weights(trainer.parts.student, f"after epoch {epoch}", self._hint(epoch - 1))
+
+    def on_interrupt(self, trainer, epochs_done: int, partial: Partial | None, generator_state) -> None:
+        check_weights(trainer.parts.student, f"when the run was stopped in epoch {epochs_done + 1}",
+                      self._hint(epochs_done))
+
+
 class MetricsLog(Subscriber):
-    """``metrics.jsonl``: one line per epoch (rank 0)."""
+    """``metrics.jsonl``: one line per epoch, the whole file written atomically each time (rank 0)."""
 
     def __init__(self, folder: RunFolder) -> None:
         self.folder = folder
 
     def on_epoch_end(self, trainer, epoch, row) -> None:
-        append_jsonl(self.folder / METRICS, row)
+        self.folder.write_metrics(trainer.metrics)
 
 
 class LogLine(Subscriber):

@@ -2,8 +2,9 @@
 
 Each epoch draws its data order and augmentation from (seed, epoch) and its attack starts from a seed of
 (seed, epoch, rank), so a resumed run sees exactly what an uninterrupted one would. A non-finite loss term
-stops the run naming the epoch, step and term. A stop request (SIGINT/SIGTERM) finishes the current step;
-the subscribers save, and ``Interrupted`` carries the resume command.
+or gradient stops the run naming the epoch, step and term (the weights are checked before each checkpoint by
+the ``FiniteWeights`` subscriber). A stop request (SIGINT/SIGTERM) finishes the current step; the subscribers
+save, and ``Interrupted`` carries the resume command — after the last epoch too, before the final evaluation.
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ from ..errors import Interrupted, TrainingError
 from ..training_step import compute_loss, module_weight
 from .events import Partial, Subscriber
 from .parts import Parts
-from .signals import StopFlag
+from .signals import StopFlag, stopped
 
 
 def epoch_seed(seed: int, epoch: int, rank: int) -> int:
@@ -35,7 +36,7 @@ class Trainer:
     """Trains ``parts.student`` for the recipe's epochs, telling ``subscribers`` what happens."""
 
     def __init__(self, parts: Parts, subscribers: list[Subscriber], *, saved_in: Path, resume_hint: str,
-                 metrics: list[dict[str, Any]] | None = None) -> None:
+                 metrics: list[dict[str, Any]] | None = None, stop: StopFlag | None = None) -> None:
         self.parts = parts
         self.subscribers = subscribers
         self.saved_in, self.resume_hint = saved_in, resume_hint
@@ -44,7 +45,7 @@ class Trainer:
         n = parts.train_data[0].shape[0]
         self.steps_per_epoch = math.ceil(parts.dist.shard(torch.arange(n)).shape[0]
                                          / parts.recipe.model.train.batch_size)
-        self._stop = StopFlag()
+        self._stop = stop if stop is not None else StopFlag()
         self._trace = os.environ.get("IGDM_KIT_TRACE_DATA")  # tests: which samples each rank saw
 
     def _emit(self, event: Callable[[Subscriber], None]) -> None:
@@ -61,8 +62,11 @@ class Trainer:
                 partial = None
                 self.metrics.append(row)
                 self._emit(lambda s: s.on_epoch_end(self, epoch, row))
-                if self._stop_requested() and epoch < self.epochs:
-                    self._interrupted(epoch + 1, 0)  # the epoch's end already saved everything
+                if self._stop_requested():  # the epoch's end already saved everything
+                    if epoch < self.epochs:
+                        self._interrupted(epoch + 1, 0)
+                    raise stopped(self._stop.signum, f"stopped after the last epoch, before the final evaluation "
+                                  f"(training is saved in {self.saved_in})", f"resume with: {self.resume_hint}")
         return self.metrics
 
     def _stop_requested(self) -> bool:
@@ -111,7 +115,7 @@ class Trainer:
                     f"the last good checkpoint is {self.saved_in / 'last.safetensors'}; lower train.lr or "
                     "the module's alpha")
         p.optimizer.zero_grad(set_to_none=True)
-        p.acc.backward_and_step(res.loss, p.optimizer)
+        p.acc.backward_and_step(res.loss, p.optimizer, before_step=lambda: self._check_gradients(epoch, step_i))
         bs = y.shape[0]
         for k, v in values.items():
             acc.sums[k] = acc.sums.get(k, 0.0) + v * bs
@@ -120,6 +124,18 @@ class Trainer:
         if s_adv is not None:
             acc.correct += int((s_adv.detach().argmax(1) == y).sum())
         acc.seen += bs
+
+    def _check_gradients(self, epoch: int, step_i: int) -> None:
+        """A non-finite gradient stops the run before the optimizer step writes it into the weights (one
+        device-side reduction per step; under fp16 the grad scaler skips such steps itself)."""
+        grads = [q.grad for q in self.parts.student.parameters() if q.grad is not None]
+        if grads and not bool(torch.stack([g.isfinite().all() for g in grads]).all()):
+            name = next(n for n, q in self.parts.student.named_parameters()
+                        if q.grad is not None and not bool(q.grad.isfinite().all()))
+            raise TrainingError(
+                f"the gradient of {name!r} is not finite at epoch {epoch}, step {step_i + 1}",
+                f"the last good checkpoint is {self.saved_in / 'last.safetensors'}; lower train.lr or the "
+                "module's alpha")
 
     def _check_stop(self, epoch: int, step_i: int, gen: torch.Generator, acc: Partial) -> None:
         d = self.parts.dist
@@ -155,7 +171,6 @@ class Trainer:
 
 def interruption(signum: int, saved_in: Path, resume_command: str, epoch: int, step: int) -> Interrupted:
     """The error a stop request ends training with: where it stopped, the command that resumes, 128 + signal."""
-    name = signal.Signals(signum).name
     where = f"epoch {epoch}, step {step}" if step else f"the start of epoch {epoch}"
-    return Interrupted(f"{name}: training stopped and saved at {where} in {saved_in}",
-                       f"resume with: {resume_command}", 128 + signum)
+    return stopped(signum, f"training stopped and saved at {where} in {saved_in}",
+                   f"resume with: {resume_command}")
