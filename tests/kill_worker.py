@@ -3,8 +3,9 @@ children and SIGKILLs them at random moments, then resumes each with ``--resume`
 
 Forking from a process that has imported everything (but run no torch op: fork-safe) makes a child cost
 its run alone, so many kills fit in the suite. Usage: ``kill_worker.py RECIPE BASE KILLS SEED``: trials go
-on until KILLS kills landed inside a run (at most 2·KILLS trials); prints a JSON report. Two uninterrupted runs come first (``ref``, ``ref2``); each trial's folder is copied as the
-kill left it (``tNN.killed``) before it is resumed.
+on until KILLS kills landed inside a run (at most 2·KILLS trials); prints a JSON report. Two uninterrupted
+runs come first (``ref``, ``ref2``); each trial's folder is copied as the kill left it (``tNN.killed``)
+before it is resumed.
 """
 
 from __future__ import annotations
