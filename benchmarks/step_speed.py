@@ -6,7 +6,9 @@ One step = fetch a batch (index + random crop/flip, from host memory or, with gp
 ``igdm_kit.engine.run`` does per step. For every method × module and variant it reports the pass counts
 (``igdm_kit.passes``), the FLOPs of one step, the median ms/step over ``--repeats`` after ``--warmup``
 steps, images/s and speedups; variants are timed interleaved, so a drifting machine load hits them alike.
-On CUDA it also projects seconds per CIFAR epoch (50,000 images / batch size × ms/step).
+On CUDA it also projects seconds per CIFAR epoch (50,000 images / batch size × ms/step) and reports each
+variant's peak GPU memory (``memory_fields``); ``benchmarks/device_check.py`` runs it on a GPU in one
+command.
 
     python benchmarks/step_speed.py --quick                       # smoke test, seconds
     python benchmarks/step_speed.py --methods rslad+igdm,adaad+igdm --student-opt width=32 --out cpu.json
@@ -112,6 +114,7 @@ class Runner:
         self.batch = args.batch_size
         self.gen = torch.Generator().manual_seed(0)
         self.times: list[float] = []
+        self.peaks: list[int] = []  # CUDA: bytes above the allocation at the start of each timed step
 
     def step(self) -> None:
         idx = torch.randint(0, self.x.shape[0], (self.batch,), generator=self.gen)
@@ -124,11 +127,17 @@ class Runner:
         self.acc.backward_and_step(res.loss, self.opt)
 
     def timed_step(self) -> None:
+        cuda = self.device.type == "cuda"
+        if cuda:
+            torch.cuda.reset_peak_memory_stats(self.device)
+            start = torch.cuda.memory_allocated(self.device)
         sync(self.device)
         t0 = time.perf_counter()
         self.step()
         sync(self.device)
         self.times.append(time.perf_counter() - t0)
+        if cuda:
+            self.peaks.append(torch.cuda.max_memory_allocated(self.device) - start)
 
     def counted_step(self) -> dict[str, Any]:
         with count_passes(student=self.student, teacher=self.teacher) as c:
@@ -147,6 +156,33 @@ class Runner:
         with fc:
             self.step()
         return fc.get_total_flops()
+
+
+def resident_bytes(r: Runner) -> int:
+    """Bytes a runner keeps on its device between steps: both models' parameters, buffers and gradients,
+    the optimizer's state and (gpu_data) the training set; each storage counted once."""
+    tensors = [*r.student.parameters(), *r.student.buffers(), *r.teacher.parameters(), *r.teacher.buffers(),
+               *(p.grad for p in r.student.parameters() if p.grad is not None),
+               *(v for state in r.opt.state.values() for v in state.values() if torch.is_tensor(v)), r.x, r.y]
+    seen: set[int] = set()
+    total = 0
+    for t in tensors:
+        storage = t.untyped_storage()
+        if t.device.type != r.device.type or storage.data_ptr() in seen:
+            continue
+        seen.add(storage.data_ptr())
+        total += storage.nbytes()
+    return total
+
+
+def memory_fields(r: Runner) -> dict[str, Any]:
+    """Peak GPU memory of one step of this variant as if it ran alone: its resident tensors plus the most
+    its timed steps allocated above what was allocated when they started (CUDA only; None on CPU)."""
+    if not r.peaks:
+        return {"peak_mem_bytes": None, "step_mem_bytes": None, "resident_mem_bytes": None}
+    resident = resident_bytes(r)
+    return {"peak_mem_bytes": resident + max(r.peaks), "step_mem_bytes": max(r.peaks),
+            "resident_mem_bytes": resident}
 
 
 class _GlobalOnly:
@@ -241,6 +277,7 @@ def main(argv: list[str] | None = None) -> int:
                    "reference_passes": not r.variant.cache, "passes": r.passes, "flops": r.flop_count,
                    "ms_per_step": ms, "ms_min": 1000 * min(r.times), "ms_all": [1000 * t for t in r.times],
                    "images_per_s": args.batch_size / ms * 1000, "baseline": r.variant.baseline}
+            row.update(memory_fields(r))
             base = by_name.get(r.variant.baseline)
             if base is not None:
                 # The repeats are interleaved, so repeat i of both variants ran under the same machine
@@ -284,7 +321,7 @@ def print_table(rows: list[dict[str, Any]], meta: dict[str, Any], cuda: bool) ->
                     f"({meta['device']}, torch {meta['torch']}, {meta['threads']} threads)")
     for col in ("method", "variant", "S fwd/bwd", "T fwd (images)", "GFLOP", "ms/step", "img/s",
                 "speedup (paired IQR)",
-                "vs", "predicted") + (("CIFAR epoch s",) if cuda else ()):
+                "vs", "predicted") + (("CIFAR epoch s", "peak MiB") if cuda else ()):
         t.add_column(col, justify="left" if col in ("method", "variant") else "right")
     for r in rows:
         s, te = r["passes"].get("student", {}), r["passes"].get("teacher", {})
@@ -296,6 +333,7 @@ def print_table(rows: list[dict[str, Any]], meta: dict[str, Any], cuda: bool) ->
                  f"{r['predicted_speedup']:.3f}×" if "predicted_speedup" in r else ""]
         if cuda:
             cells.append(f"{r['cifar_epoch_s']:.1f}")
+            cells.append(f"{r['peak_mem_bytes'] / 2**20:.0f}" if r["peak_mem_bytes"] is not None else "")
         t.add_row(*cells)
     console = Console()
     if not console.is_terminal:  # piped or redirected: do not squeeze the table into 80 columns

@@ -31,7 +31,10 @@ def validate_options(kind: str, name: str, options: dict[str, Any] | BaseModel |
         err = exc.errors()[0]
         loc = ".".join(str(p) for p in err["loc"])
         path = f"{where}.{loc}" if where else loc
-        raise IgdmKitError(f"{path}: {err['msg']}", f"see the options of {kind} {name!r}") from None
+        fields = ", ".join(model.model_fields) or "none"
+        raise IgdmKitError(f"{path}: {err['msg']}",
+                           None if err["type"] == "value_error" else f"the options of {kind} {name!r}: {fields}"
+                           ) from None
 
 
 def list_components(kind: str, pattern: str = "*") -> list[str]:
@@ -78,6 +81,13 @@ def create_attack(name: str, student, *, teacher=None, options: dict[str, Any] |
     """A registered training attack (``interfaces.TrainingAttack``) against ``student``."""
     opts = validate_options("attack", name, options if options is not None else kwargs, where="attack")
     return registry("attack").get(name)(student, options=opts, teacher=teacher)
+
+
+def create_eval_attack(name: str, options: dict[str, Any] | BaseModel | None = None, **kwargs: Any):
+    """A registered evaluation attack (``interfaces.EvalAttack``) with validated options."""
+    opts = validate_options("eval_attack", name, options if options is not None else kwargs,
+                            where="eval.attacks")
+    return registry("eval_attack").get(name)(opts)
 
 
 class ArchitectureBuilder:

@@ -33,7 +33,7 @@ from .errors import IgdmKitError, Interrupted, RecipeError
 from .recipe import Recipe, load as load_recipe, resume_command
 from .train_state import load_train_state
 from .training.final_eval import clean_accuracy, final_evaluation
-from .training.folder import AA_STATE, FINAL, LAST, RESULTS, STATE, Mode, RunFolder, sha256_file
+from .training.folder import AA_STATE, FINAL, FLAGS, LAST, RESULTS, STATE, Mode, RunFolder, sha256_file
 from .training.parts import Parts, build_parts, build_student, build_training, check_data, load_data, load_teacher
 from .training.signals import StopFlag
 from .training.subscribers import (Checkpointer, CleanAccuracy, FiniteWeights, LogLine, MetricsLog, ProgressBar,
@@ -204,7 +204,9 @@ def _train(folder: RunFolder, r: Recipe, mode: Mode, teacher_file: Path | None, 
     # AutoAttack keeps its progress in the run folder, so an interrupted final evaluation resumes.
     results = final_evaluation(r, parts.student, parts.teacher, *parts.test_data, device, log=log, dist=d,
                                aa_state=folder / AA_STATE if d.is_main else None,
-                               progress=progress if d.is_main else None, check=lambda: stop.check(what, again))
+                               progress=progress if d.is_main else None,
+                               flags_path=folder / FLAGS if d.is_main else None,
+                               check=lambda: stop.check(what, again))
     stop.check(what, again)
     if d.is_main:
         save_model(folder / FINAL, parts.student, {**parts.checkpoint_meta(), "epoch": tr.epochs})

@@ -1,73 +1,117 @@
-"""The evaluation attacks, in one table: name → labels and how to build the attack.
+"""Which evaluation attacks to run: specs from a recipe's ``[eval] attacks`` or ``igdm-kit eval --attack``.
 
-Everything that lists evaluation attacks derives from ``EVAL_ATTACKS``: the recipe schema's
-``[eval] attacks``, the labels of the CLI tables, the sweep's columns and ``igdm_kit.evaluation``. Importing
-this module does not import torch (the recipe schema and ``--help`` need the names only); the factories
-import it when called.
-
-* ``clean``: accuracy on x;
-* ``fgsm``: one step x + ε·sign(∇_x CE), no random start (torchattacks' ``FGSM``);
-* ``pgd20``: PGD on CE, 20 steps of 2/255 from a uniform random start (torchattacks' ``PGD``);
-* ``cw``: CW-∞, PGD on the margin loss max_{j≠y} z_j − z_y, 30 steps of 2/255, uniform random start
-  (``igdm_kit.evaluation.CWLinf``; torchattacks' ``CW`` is the L2 attack, not this one);
-* ``autoattack``: the official AutoAttack (``pyautoattack``, version ``standard``), resumable.
+Evaluation attacks are a registered plugin kind (``register_eval_attacks``, ``interfaces.EvalAttack``);
+the built-ins are in ``igdm_kit_plugins.eval_attacks``. A spec is a name (``"pgd20"``), a table
+(``{ name = "pgd", steps = 50, restarts = 5 }``) or, on the command line, ``pgd:steps=50,restarts=5``.
+Each spec is validated by the attack's own ``Options`` and against the threat model's norm; its ``key``
+(the name, plus its options when given) names its results. Importing this module does not import torch.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import math
+import tomllib
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any
 
-#: The step size of the paper's white-box attacks (Section 4.1).
-STEP_SIZE = 2 / 255
+from pydantic import BaseModel, ValidationError
+
+from .errors import IgdmKitError, RecipeError, UnknownComponentError
+
+#: The paper's attacks (Section 4.1), the default of ``[eval] attacks`` and ``igdm-kit eval``.
+DEFAULT_ATTACKS: tuple[str, ...] = ("clean", "fgsm", "pgd20", "cw", "autoattack")
+NORMS = ("Linf", "L2", "L1")
+#: The default radius per norm (RobustBench's: L∞ 8/255, L2 0.5, L1 12).
+DEFAULT_EPS = {"Linf": 8 / 255, "L2": 0.5, "L1": 12.0}
+#: The key of the worst case per image over every attack run.
+WORST = "worst"
 
 
 @dataclass(frozen=True)
-class EvalAttack:
+class EvalSpec:
     name: str
-    #: the column header of ``eval`` / ``run`` tables, e.g. "PGD-20"
+    options: BaseModel
+    #: the name, with the options given (``pgd(restarts=5,steps=50)``): the key of its results
+    key: str
     label: str
-    #: the compact header of multi-column tables (the sweep), e.g. "AA"
     short: str
-    #: ``clean`` (no attack), ``white-box`` (``build(model, eps)`` → a torchattacks attack, run per batch)
-    #: or ``autoattack`` (the official package, driven with a resumable state file)
-    kind: Literal["clean", "white-box", "autoattack"]
-    build: Callable[[Any, float], Any] | None = None
 
 
-def _fgsm(model, eps: float):
-    import torchattacks
-
-    return torchattacks.FGSM(model, eps=eps)
-
-
-def _pgd20(model, eps: float):
-    import torchattacks
-
-    return torchattacks.PGD(model, eps=eps, alpha=STEP_SIZE, steps=20, random_start=True)
-
-
-def _cw(model, eps: float):
-    from .evaluation import CWLinf
-
-    return CWLinf(model, eps=eps, alpha=STEP_SIZE, steps=30, random_start=True)
+def parse_cli_spec(text: str) -> dict[str, Any]:
+    """``pgd:steps=50,restarts=5`` → {"name": "pgd", "steps": 50, "restarts": 5} (values read as TOML)."""
+    name, _, rest = text.strip().partition(":")
+    spec: dict[str, Any] = {"name": name.strip()}
+    for item in filter(None, (p.strip() for p in rest.split(","))):
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise IgdmKitError(f"--attack {text!r}: {item!r} is not key=value",
+                               "write e.g. --attack pgd:steps=50,restarts=5")
+        try:
+            spec[key.strip()] = tomllib.loads(f"v = {value.strip()}")["v"]
+        except tomllib.TOMLDecodeError:
+            spec[key.strip()] = value.strip()
+    return spec
 
 
-EVAL_ATTACKS: dict[str, EvalAttack] = {a.name: a for a in (
-    EvalAttack("clean", "Clean", "Clean", "clean"),
-    EvalAttack("fgsm", "FGSM", "FGSM", "white-box", _fgsm),
-    EvalAttack("pgd20", "PGD-20", "PGD-20", "white-box", _pgd20),
-    EvalAttack("cw", "CW-∞", "CW-∞", "white-box", _cw),
-    EvalAttack("autoattack", "AutoAttack", "AA", "autoattack"),
-)}
-
-#: The names in the paper's order (the default attack list of ``[eval]`` and ``igdm-kit eval``).
-ATTACKS: tuple[str, ...] = tuple(EVAL_ATTACKS)
-#: The names as a type, for the recipe schema.
-AttackName = Literal[ATTACKS]  # type: ignore[valid-type]
+def _fmt(v: Any) -> str:
+    return f"{v:g}" if isinstance(v, float) else str(v).replace(" ", "")
 
 
-def labels() -> dict[str, str]:
-    """name → column header, e.g. {"pgd20": "PGD-20", ...}."""
-    return {a.name: a.label for a in EVAL_ATTACKS.values()}
+def resolve(items: list[Any], norm: str, where: str = "eval.attacks") -> list[EvalSpec]:
+    """Validated specs for ``items`` (names or tables) under threat ``norm``; one-line errors name the key."""
+    from .plugins import registry
+
+    reg = registry("eval_attack")
+    specs: list[EvalSpec] = []
+    for i, item in enumerate(items):
+        at = f"{where}[{i}]"
+        raw = {"name": item} if isinstance(item, str) else dict(item) if isinstance(item, dict) else None
+        if raw is None or not isinstance(raw.get("name"), str):
+            raise RecipeError(f"{at}: an attack is a name or a table with a name",
+                              'e.g. "pgd20" or { name = "pgd", steps = 50, restarts = 5 }', path=at)
+        name = raw.pop("name")
+        try:
+            entry = reg.entry(name)
+        except UnknownComponentError as exc:
+            raise RecipeError(f"{at}: unknown attack {name!r}", exc.hint, path=at) from None
+        try:
+            options = entry.options_model.model_validate(raw)
+        except ValidationError as exc:
+            err = exc.errors()[0]
+            loc = ".".join(str(p) for p in err["loc"])
+            raise RecipeError(f"{at}.{loc}: {err['msg']}",
+                              f"options of {name!r}: {', '.join(entry.options_model.model_fields) or 'none'}",
+                              path=f"{at}.{loc}") from None
+        cls = entry.component
+        if norm not in cls.norms:
+            raise RecipeError(f"{at}: {name!r} has no {norm} version (it supports {', '.join(cls.norms)})",
+                              f"drop it from the attacks or use threat = {cls.norms[0]!r}", path=at)
+        given = ",".join(f"{k}={_fmt(v)}" for k, v in sorted(raw.items()))
+        key = f"{name}({given})" if given else name
+        label = (cls.label or name) + (f" ({given.replace(',', ', ')})" if given else "")
+        specs.append(EvalSpec(name, options, key, label, (cls.short or cls.label or name) + ("*" if given else "")))
+    keys = [s.key for s in specs]
+    dup = next((k for k in keys if keys.count(k) > 1), None)
+    if dup:
+        raise RecipeError(f"{where}: {dup!r} is listed twice", "list each attack (with its options) once",
+                          path=where)
+    if not specs:
+        raise RecipeError(f"{where}: no attack selected", "known: " + ", ".join(reg.names()), path=where)
+    return specs
+
+
+def check_eps(eps: float, norm: str, where: str = "eval.eps", dims: int | None = None) -> None:
+    """Refuse radii no one means: negative or non-finite, an L∞ ε above 1 (pixels lie in [0, 1]), or an Lp
+    ε larger than the whole image cube's diameter (``dims`` = C·H·W, when known)."""
+    if not math.isfinite(eps) or eps < 0:
+        raise RecipeError(f"{where}: ε = {eps} is not a radius", "give a finite number ≥ 0, e.g. 8/255",
+                          path=where)
+    if norm == "Linf" and eps > 1:
+        raise RecipeError(f"{where}: an L∞ ε of {eps:g} exceeds the pixel range [0, 1]",
+                          f"did you mean {eps:g}/255?", path=where)
+    if dims is not None and norm in ("L2", "L1"):
+        diameter = math.sqrt(dims) if norm == "L2" else float(dims)
+        if eps > diameter:
+            raise RecipeError(f"{where}: an {norm} ε of {eps:g} exceeds the largest {norm} distance between two "
+                              f"images of this size ({diameter:.4g})",
+                              f"{norm} radii are absolute, e.g. {DEFAULT_EPS[norm]:g} (RobustBench's)", path=where)

@@ -54,6 +54,15 @@ def register_attacks(register: Register) -> None:
 
 
 @hookspec
+def register_eval_attacks(register: Register) -> None:
+    """Register evaluation attacks (``interfaces.EvalAttack``), named in ``[eval] attacks`` and by
+    ``igdm-kit eval --attack``.
+
+    Called when the evaluation-attack registry is first built. Returns nothing.
+    """
+
+
+@hookspec
 def register_models(register: Register) -> None:
     """Register model architectures (``interfaces.ModelFactory``: ``Options`` + ``build`` returning the
     bare network; ``igdm_kit.create_model`` adds the normalization).

@@ -219,6 +219,65 @@ class TrainingAttack:
         raise NotImplementedError
 
 
+#: The threat models of evaluation: the norm of the perturbation ball.
+Norm = Literal["Linf", "L2", "L1"]
+
+
+@dataclass(frozen=True)
+class Threat:
+    """An evaluation threat model: the ball ‖δ‖_norm ≤ eps around x, intersected with [0, 1]."""
+
+    norm: Norm = "Linf"
+    eps: float = 8 / 255
+
+
+class EvalContext(Protocol):
+    """What an evaluation attack gets besides the model and the data (implemented in
+    ``igdm_kit.evaluation``): the threat model, batching, the seed, progress and a place for state."""
+
+    threat: Threat
+    batch_size: int
+    device: Any
+    seed: int | None
+    #: a file the attack may keep its progress in, to resume after an interruption (None: not resumable)
+    state_path: Any
+
+    def per_batch(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor,
+                  perturb: Any) -> torch.Tensor:
+        """Robust flags (bool, one per image): ``model`` classifies ``perturb(xb, yb)`` correctly, batch by
+        batch on the context's device, progress reported; ``perturb`` returns the attacked batch."""
+        ...
+
+    def progress(self, task: str, done: int, total: int) -> None: ...
+    def warn(self, message: str) -> None: ...
+    def report(self, details: dict[str, Any]) -> None:
+        """Extra numbers for the results, under the attack's key in ``details``."""
+        ...
+
+
+class EvalAttack:
+    """An evaluation attack, registered by ``register_eval_attacks`` and named in ``[eval] attacks``.
+
+    ``robust(model, x, y, ctx)`` returns one bool per image: still classified correctly under the attack
+    within ``ctx.threat`` (the model is in eval mode; its mode is the host's to restore). An attack that
+    supports only some norms lists them in ``norms``; a recipe asking for another threat is refused.
+    Reported numbers, and the worst case per image across every attack run, come from these flags.
+    """
+
+    Options: ClassVar[type[Options]] = NoOptions
+    #: the column header of result tables (e.g. "PGD-20"); ``short`` for compact tables (e.g. "AA")
+    label: ClassVar[str] = ""
+    short: ClassVar[str] = ""
+    norms: ClassVar[tuple[str, ...]] = ("Linf", "L2")
+    description: ClassVar[str] = ""
+
+    def __init__(self, options: Options) -> None:
+        self.options = options
+
+    def robust(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, ctx: EvalContext) -> torch.Tensor:
+        raise NotImplementedError
+
+
 @dataclass(frozen=True)
 class DatasetInfo:
     """What the engine and the models need to know about a dataset."""

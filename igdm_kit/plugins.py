@@ -23,6 +23,7 @@ from .registry import KINDS, Registry
 
 DEFAULT_PLUGINS: tuple[str, ...] = (
     "igdm_kit_plugins.attacks",
+    "igdm_kit_plugins.eval_attacks",
     "igdm_kit_plugins.methods",
     "igdm_kit_plugins.modules",
     "igdm_kit_plugins.models",
@@ -34,6 +35,7 @@ _HOOK_OF_KIND = {
     "method": "register_methods",
     "module": "register_modules",
     "attack": "register_attacks",
+    "eval_attack": "register_eval_attacks",
     "model": "register_models",
     "dataset": "register_datasets",
     "teacher_loader": "register_teacher_loaders",

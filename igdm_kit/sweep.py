@@ -18,12 +18,8 @@ from pathlib import Path
 from typing import Any
 
 from . import recipe as recipe_mod
-from .errors import Interrupted, RecipeError
-from .eval_attacks import EVAL_ATTACKS
+from .errors import IgdmKitError, Interrupted, RecipeError
 from .recipe import Recipe
-
-#: (result key, column header) of the sweep table, in the evaluation table's order.
-COLUMNS = tuple((a.name, a.short) for a in EVAL_ATTACKS.values())
 
 
 @dataclass
@@ -106,8 +102,27 @@ def run_sweep(path: str | Path, *, overrides: list[str] | None = None, grid: dic
             raise Interrupted(exc.message, f"resume with: {resume_command or 'the same command with --resume'}",
                               exc.exit_code) from None
         rows.append(row_of(v, result))
-    return {"recipe": str(path), "output_dir": str(base), "rows": rows,
-            "correlation": correlations(rows)}
+    return {"recipe": str(path), "output_dir": str(base), "rows": rows, "columns": columns(variants[0]),
+            "correlation": correlations(rows), "versus_first": versus_first(rows)}
+
+
+def columns(v: Variant) -> list[list[str]]:
+    """[result key, short header] of the table: the recipe's evaluation attacks, then the worst case."""
+    cols = [[s.key, s.short] for s in v.recipe.eval_specs]
+    return cols + [["worst", "worst"]] if len(cols) > 1 else cols
+
+
+def versus_first(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Each variant after the first against the first, on the same images: McNemar's test per attack."""
+    from .compare import compare
+
+    out = []
+    for r in rows[1:]:
+        try:
+            out.append({"variant": r["variant"], **compare(rows[0]["output_dir"], r["output_dir"])})
+        except IgdmKitError as exc:  # e.g. a run evaluated before per-image flags were kept
+            out.append({"variant": r["variant"], "error": exc.message})
+    return out
 
 
 def _folder_name(label: str) -> str:
@@ -115,12 +130,14 @@ def _folder_name(label: str) -> str:
 
 
 def row_of(v: Variant, result) -> dict[str, Any]:
-    metrics = result.results.get("metrics", {})
+    res = result.results
+    metrics = {**res.get("metrics", {}), **({"worst": res["worst"]} if "worst" in res else {})}
     row: dict[str, Any] = {"variant": v.label, "overrides": v.overrides, "output_dir": str(result.output_dir),
-                           "reused": result.reused, "n": result.results.get("n")}
-    for key, _ in COLUMNS:
-        if key in metrics:
-            row[key] = metrics[key]["accuracy"]
+                           "reused": result.reused, "n": res.get("n"), "ci95": {}}
+    for key, m in metrics.items():
+        row[key] = m["accuracy"]
+        if "ci95" in m:
+            row["ci95"][key] = m["ci95"]
     for key in ("gd", "gc"):
         if key in (result.results.get("alignment") or {}):
             row[key] = result.results["alignment"][key]

@@ -17,6 +17,44 @@ RECIPES = ROOT / "recipes"
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 
+def pytest_addoption(parser):
+    parser.addoption("--device", default="cpu", metavar="DEVICE",
+                     help="where the accelerator, attack, method and resume tests run: cpu (default), cuda, "
+                          "cuda:N (benchmarks/device_check.py runs them on the GPU)")
+
+
+def pytest_configure(config):
+    name = config.getoption("--device", "cpu")
+    if name == "cpu":
+        return
+    import torch
+
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise pytest.UsageError(f"--device {name!r} is not a torch device; use cpu, cuda or cuda:N") from None
+    if device.type != "cuda":
+        raise pytest.UsageError(f"--device {name!r}: only cpu and cuda are supported; use cpu or cuda:N")
+    if not torch.cuda.is_available():
+        raise pytest.UsageError(f"--device {name!r}: this torch sees no CUDA GPU; run without --device")
+    if device.index is not None and device.index >= torch.cuda.device_count():
+        raise pytest.UsageError(f"--device {name!r}: only {torch.cuda.device_count()} GPU(s) here; "
+                                f"use cuda:0..cuda:{torch.cuda.device_count() - 1}")
+    # The tests compare against float32 references with CPU tolerances: TF32 convolutions and matmuls
+    # (cuDNN's default on Ampere and later) would round to 10 mantissa bits.
+    torch.backends.cudnn.allow_tf32 = False
+    torch.backends.cuda.matmul.allow_tf32 = False
+
+
+@pytest.fixture(scope="session")
+def device(request):
+    """The torch device of ``--device`` (cpu unless asked): tests that take it put their models and
+    tensors there, so the same assertions check the CUDA paths on a GPU."""
+    import torch
+
+    return torch.device(request.config.getoption("--device"))
+
+
 @dataclass
 class CliResult:
     code: int

@@ -1,9 +1,10 @@
 """Accelerator options (igdm_kit.accel): validation, bf16 autocast, the fp16 attack-gradient guard,
-channels_last, torch.compile, the GradScaler step, gpu_data, and the engine wiring — all on CPU.
+channels_last, torch.compile, the GradScaler step, gpu_data, and the engine wiring — on CPU by default.
 
 The CUDA-only paths (fp16 autocast with the CUDA GradScaler, cudnn benchmark, moving data to a GPU) cannot
-run here; their CPU counterparts (fp16 autocast and GradScaler on CPU, the memory check with a faked
-``mem_get_info``) exercise the same code.
+run on a CPU; their CPU counterparts (fp16 autocast and GradScaler on CPU, the memory check with a faked
+``mem_get_info``) exercise the same code. ``pytest --device cuda`` (``benchmarks/device_check.py``) runs
+every test that takes the ``device`` fixture on the GPU with the same assertions, and the GPU-only test.
 """
 
 from __future__ import annotations
@@ -60,9 +61,9 @@ def frozen(model):
 
 
 @pytest.fixture
-def batch():
+def batch(device):
     g = torch.Generator().manual_seed(5)
-    return torch.rand(8, 3, 16, 16, generator=g), torch.randint(0, C, (8,), generator=g)
+    return torch.rand(8, 3, 16, 16, generator=g).to(device), torch.randint(0, C, (8,), generator=g).to(device)
 
 
 def conv_calls(model) -> tuple[list, list]:
@@ -139,10 +140,10 @@ def objective(attack_name, student, teacher, x, y):
 
 
 @pytest.mark.parametrize("attack_name", ["pgd", "trades", "rslad", "adaad"])
-def test_bf16_attacks_stay_in_the_ball_and_increase_their_loss(attack_name, batch):
+def test_bf16_attacks_stay_in_the_ball_and_increase_their_loss(attack_name, batch, device):
     x, y = batch
-    student, teacher = calibrated_cnn(0), frozen(calibrated_cnn(1))
-    acc = Accelerator(AccelOptions(amp="bf16"), "cpu")
+    student, teacher = calibrated_cnn(0).to(device), frozen(calibrated_cnn(1)).to(device)
+    acc = Accelerator(AccelOptions(amp="bf16"), device)
     acc.prepare(student)
     acc.prepare(teacher)
     dtypes, _ = conv_calls(student)
@@ -185,13 +186,13 @@ def _input_grad(model, x, y, scale, acc=None, attack=False):
     return g
 
 
-def test_fp16_guard_prevents_sign_zero_stalls(batch):
+def test_fp16_guard_prevents_sign_zero_stalls(batch, device):
     """A small objective (as a batch-mean over a large batch) underflows in an fp16 backward: sign(0)
     would stall the attack. With the guard, the signs match the float32 gradient's."""
     x, y = batch
-    model = small_cnn(0).eval()
+    model = small_cnn(0).to(device).eval()
     reference = _input_grad(model, x, y, 1e-3)  # float32
-    acc = Accelerator(AccelOptions(amp="fp16"), "cpu")  # fp16 autocast exists on CPU; validate() refuses it
+    acc = Accelerator(AccelOptions(amp="fp16"), device)  # fp16 autocast exists on CPU; validate() refuses it
     acc.prepare(model)
     unguarded = _input_grad(model, x, y, 1e-3, acc, attack=False)
     guarded = _input_grad(model, x, y, 1e-3, acc, attack=True)
@@ -201,12 +202,12 @@ def test_fp16_guard_prevents_sign_zero_stalls(batch):
     assert (guarded - reference).norm() / reference.norm() < 0.1  # fp16 accuracy, at the right scale
 
 
-def test_guard_is_exact_when_nothing_underflows(batch):
+def test_guard_is_exact_when_nothing_underflows(batch, device):
     """Scaling by a power of two is exact: in bf16 (float32's exponent range) the guarded input gradient
     equals the unguarded one."""
     x, y = batch
-    model = small_cnn(0).eval()
-    acc = Accelerator(AccelOptions(amp="bf16"), "cpu")
+    model = small_cnn(0).to(device).eval()
+    acc = Accelerator(AccelOptions(amp="bf16"), device)
     acc.prepare(model)
     torch.testing.assert_close(_input_grad(model, x, y, 1.0, acc, attack=True),
                                _input_grad(model, x, y, 1.0, acc, attack=False), rtol=0, atol=0)
@@ -231,11 +232,11 @@ def training_step(student, teacher, method_name, module_name, x, y, acc=None, se
 
 
 @pytest.mark.parametrize(("method", "module"), METHOD_MODULES)
-def test_bf16_training_step_is_close_to_fp32(method, module, batch):
+def test_bf16_training_step_is_close_to_fp32(method, module, batch, device):
     x, y = batch
-    student, teacher = small_cnn(0), frozen(small_cnn(1))
+    student, teacher = small_cnn(0).to(device), frozen(small_cnn(1)).to(device)
     s_bf16 = copy.deepcopy(student)
-    acc = Accelerator(AccelOptions(amp="bf16"), "cpu")
+    acc = Accelerator(AccelOptions(amp="bf16"), device)
     acc.prepare(s_bf16)
     t_bf16 = acc.prepare(copy.deepcopy(teacher))
     s_dtypes, _ = conv_calls(s_bf16)
@@ -254,11 +255,11 @@ def test_bf16_training_step_is_close_to_fp32(method, module, batch):
 # -- channels_last -------------------------------------------------------------------------------------------
 
 @pytest.mark.parametrize(("method", "module"), METHOD_MODULES)
-def test_channels_last_training_step_matches_eager(method, module, batch):
+def test_channels_last_training_step_matches_eager(method, module, batch, device):
     x, y = batch
-    student, teacher = small_cnn(0), frozen(small_cnn(1))
+    student, teacher = small_cnn(0).to(device), frozen(small_cnn(1)).to(device)
     s_cl, t_cl = copy.deepcopy(student), copy.deepcopy(teacher)
-    acc = Accelerator(AccelOptions(channels_last=True), "cpu")
+    acc = Accelerator(AccelOptions(channels_last=True), device)
     acc.prepare(s_cl)
     acc.prepare(t_cl)
     _, formats = conv_calls(s_cl)
@@ -271,10 +272,10 @@ def test_channels_last_training_step_matches_eager(method, module, batch):
         torch.testing.assert_close(q.grad, p.grad, rtol=1e-3, atol=1e-6, msg=name)
 
 
-def test_pass_counts_are_unchanged_by_the_hooks(batch):
+def test_pass_counts_are_unchanged_by_the_hooks(batch, device):
     x, y = batch
-    student, teacher = small_cnn(0), frozen(small_cnn(1))
-    acc = Accelerator(AccelOptions(amp="bf16", channels_last=True), "cpu")
+    student, teacher = small_cnn(0).to(device), frozen(small_cnn(1)).to(device)
+    acc = Accelerator(AccelOptions(amp="bf16", channels_last=True), device)
     acc.prepare(student)
     acc.prepare(teacher)
     with count_passes(student=student, teacher=teacher) as c:
@@ -283,13 +284,13 @@ def test_pass_counts_are_unchanged_by_the_hooks(batch):
     assert c.snapshot()["student"]["forwards"] == 6 and c.snapshot()["teacher"]["forwards"] == 2
 
 
-def test_paused_and_release_give_plain_fp32_models(batch):
+def test_paused_and_release_give_plain_fp32_models(batch, device):
     x, y = batch
-    model = small_cnn(0).eval()
+    model = small_cnn(0).to(device).eval()
     keys = list(model.state_dict())
     with torch.no_grad():
         ref = model(x)
-    acc = Accelerator(AccelOptions(amp="bf16", channels_last=True, compile=True), "cpu",
+    acc = Accelerator(AccelOptions(amp="bf16", channels_last=True, compile=True), device,
                       compile_backend="eager")
     acc.prepare(model)
     dtypes, _ = conv_calls(model)
@@ -303,11 +304,11 @@ def test_paused_and_release_give_plain_fp32_models(batch):
 
 # -- torch.compile -------------------------------------------------------------------------------------------
 
-def _compiled_step_matches_eager(backend, batch, method="rslad", module="igdm"):
+def _compiled_step_matches_eager(backend, batch, device, method="rslad", module="igdm"):
     x, y = batch
-    student, teacher = small_cnn(0, width=4), frozen(small_cnn(1, width=4))
+    student, teacher = small_cnn(0, width=4).to(device), frozen(small_cnn(1, width=4)).to(device)
     s_c, t_c = copy.deepcopy(student), copy.deepcopy(teacher)
-    acc = Accelerator(AccelOptions(compile=True), "cpu", compile_backend=backend)
+    acc = Accelerator(AccelOptions(compile=True), device, compile_backend=backend)
     acc.prepare(s_c)
     acc.prepare(t_c)
     ref = training_step(student, teacher, method, module, x, y)
@@ -320,28 +321,29 @@ def _compiled_step_matches_eager(backend, batch, method="rslad", module="igdm"):
     acc.release()
 
 
-def test_compiled_training_step_matches_eager_aot(batch):
+def test_compiled_training_step_matches_eager_aot(batch, device):
     """Dynamo + AOTAutograd (what inductor compiles), without code generation: quick on CPU."""
     torch._dynamo.reset()
-    _compiled_step_matches_eager("aot_eager", batch)
+    _compiled_step_matches_eager("aot_eager", batch, device)
 
 
 @pytest.mark.slow
-def test_compiled_training_step_matches_eager_inductor(batch):
-    """The real backend: inductor generates C++ here, about a minute per graph on 2 CPU cores."""
+def test_compiled_training_step_matches_eager_inductor(batch, device):
+    """The real backend: inductor generates C++ on a CPU (about a minute per graph on 2 cores), Triton on
+    a GPU."""
     torch._dynamo.reset()
-    _compiled_step_matches_eager("inductor", batch)
+    _compiled_step_matches_eager("inductor", batch, device)
 
 
 # -- GradScaler step, gpu_data, cudnn_benchmark -------------------------------------------------------------
 
-def test_fp16_step_goes_through_the_grad_scaler():
+def test_fp16_step_goes_through_the_grad_scaler(device):
     """The GradScaler multiplies the loss by 2^16 and divides the gradients back before the step, so the
-    update equals plain SGD's (CPU GradScaler; on CUDA the same object is used)."""
+    update equals plain SGD's (the CPU GradScaler by default, the CUDA one with --device cuda)."""
     torch.manual_seed(0)
-    w = torch.nn.Parameter(torch.randn(4))
+    w = torch.nn.Parameter(torch.randn(4).to(device))
     w_ref = torch.nn.Parameter(w.detach().clone())
-    acc = Accelerator(AccelOptions(amp="fp16"), "cpu")
+    acc = Accelerator(AccelOptions(amp="fp16"), device)
     assert acc.scaler is not None and acc.scaler.get_scale() == 2.0 ** 16
     opt, opt_ref = torch.optim.SGD([w], lr=0.1), torch.optim.SGD([w_ref], lr=0.1)
     seen = []
@@ -363,6 +365,30 @@ def test_gpu_data_is_a_noop_on_cpu():
     assert torch.backends.cudnn.benchmark is False  # untouched on CPU
 
 
+def test_gpu_data_and_cudnn_benchmark_on_a_gpu(device):
+    """On CUDA the training set moves to the GPU once and its crops and flips run there, giving the same
+    images as on the CPU from the same generator; cudnn_benchmark sets the global flag."""
+    if device.type != "cuda":
+        pytest.skip("needs a GPU (pytest --device cuda); the CPU no-op is tested above")
+    from igdm_kit.data import augment
+    from igdm_kit.interfaces import DatasetInfo
+
+    x, y = torch.rand(16, 3, 8, 8), torch.arange(16)
+    previous = torch.backends.cudnn.benchmark
+    try:
+        acc = Accelerator(AccelOptions(gpu_data=True, cudnn_benchmark=True), device)
+        assert torch.backends.cudnn.benchmark is True
+        x2, y2 = acc.place_data(x, y)
+    finally:
+        torch.backends.cudnn.benchmark = previous
+    assert x2.device.type == "cuda" and y2.device.type == "cuda"
+    assert torch.equal(x2.cpu(), x) and torch.equal(y2.cpu(), y)
+    info = DatasetInfo(num_classes=16, in_channels=3, image_size=8, crop_padding=2, hflip=True)
+    on_gpu = augment(x2, info, torch.Generator().manual_seed(0))
+    assert on_gpu.device == x2.device
+    assert torch.equal(on_gpu.cpu(), augment(x, info, torch.Generator().manual_seed(0)))
+
+
 def test_gpu_data_refuses_a_set_that_does_not_fit(monkeypatch):
     monkeypatch.setattr(torch.cuda, "mem_get_info", lambda device=None: (1000, 1000))
     acc = Accelerator(AccelOptions(gpu_data=True), "cuda")
@@ -373,13 +399,13 @@ def test_gpu_data_refuses_a_set_that_does_not_fit(monkeypatch):
 
 # -- the engine ----------------------------------------------------------------------------------------------
 
-def test_engine_trains_with_bf16_and_channels_last(write_recipe, tmp_path):
+def test_engine_trains_with_bf16_and_channels_last(write_recipe, tmp_path, device):
     from igdm_kit.engine import run
     from igdm_kit.io import read_jsonl
     from igdm_kit.checkpoint import load_model
 
     text = with_train(DIGITS_PGDAT, 'amp = "bf16"\nchannels_last = true\ncudnn_benchmark = true\n'
-                      'gpu_data = true\ndevice = "cpu"\n')
+                      f'gpu_data = true\ndevice = "{device}"\n')
     text = text.replace("[data]\nname = \"digits\"\n", "[data]\nname = \"digits\"\ntrain_limit = 256\n"
                         "test_limit = 64\n")
     r = R.load(write_recipe(text))

@@ -1,8 +1,9 @@
 """The training attacks (inner maximization) against the spec's properties and independent oracles.
 
-Every test runs over every registered attack. Oracles: the attack's own loss written again with explicit
-float64 numpy loops (softmax, log, KL, CE), the analytic input gradient of those losses for linear models
-(so one step's sign can be checked by hand), and properties (‖δ‖∞ ≤ ε, [0, 1], modes, no .grad).
+Every test runs over every registered attack, on ``pytest --device`` (cpu unless asked). Oracles: the
+attack's own loss written again with explicit float64 numpy loops (softmax, log, KL, CE), the analytic
+input gradient of those losses for linear models (so one step's sign can be checked by hand), and
+properties (‖δ‖∞ ≤ ε, [0, 1], modes, no .grad).
 """
 
 from __future__ import annotations
@@ -23,6 +24,13 @@ from oracles import np_ce, np_kl, np_softmax
 ATTACKS = registry("attack").names()
 B, SHAPE, C = 8, (1, 4, 4), 3
 D = int(np.prod(SHAPE))
+DEVICE = torch.device("cpu")  # where the models and batches are made: the --device option, set below
+
+
+@pytest.fixture(autouse=True)
+def _on_device(device):
+    global DEVICE
+    DEVICE = device
 
 
 # -- independent oracles ------------------------------------------------------------------------------
@@ -34,12 +42,12 @@ D = int(np.prod(SHAPE))
 
 def logits_of(model, z):
     with torch.no_grad():
-        return model(z).double().numpy()
+        return model(z).double().cpu().numpy()
 
 
 #: The loss each attack maximizes (spec, "Inner maximization"), from logits only.
 OWN_LOSS = {
-    "pgd": lambda s, t, x, z, y: np_ce(logits_of(s, z), y.numpy()),
+    "pgd": lambda s, t, x, z, y: np_ce(logits_of(s, z), y.cpu().numpy()),
     "trades": lambda s, t, x, z, y: np_kl(logits_of(s, x), logits_of(s, z)),
     "rslad": lambda s, t, x, z, y: np_kl(logits_of(t, x), logits_of(s, z)),
     "adaad": lambda s, t, x, z, y: np_kl(logits_of(t, z), logits_of(s, z)),
@@ -75,12 +83,12 @@ def own_loss_gradient(name, W, b, A, c, x, z, y):
 def mlp(seed: int) -> nn.Module:
     torch.manual_seed(seed)
     return nn.Sequential(nn.Flatten(), nn.Linear(D, 12), nn.BatchNorm1d(12), nn.ReLU(), nn.Dropout(0.1),
-                         nn.Linear(12, C)).double()
+                         nn.Linear(12, C)).double().to(DEVICE)
 
 
 def linear(seed: int) -> nn.Module:
     torch.manual_seed(seed)
-    return nn.Sequential(nn.Flatten(), nn.Linear(D, C)).double()
+    return nn.Sequential(nn.Flatten(), nn.Linear(D, C)).double().to(DEVICE)
 
 
 def batch(seed: int = 0):
@@ -89,7 +97,7 @@ def batch(seed: int = 0):
     x[:, :, 0] = 0.0  # pixels on the box's faces: the [0, 1] clamp must act
     x[:, :, 1] = 1.0
     y = torch.randint(0, C, (B,), generator=g)
-    return x, y
+    return x.to(DEVICE), y.to(DEVICE)
 
 
 def build(name, student, teacher, **options):
@@ -209,36 +217,37 @@ def test_random_start_is_near_x(name):
 @pytest.mark.parametrize("name", ATTACKS)
 def test_one_step_is_the_sign_of_the_analytic_gradient(name):
     student, teacher = linear(0).eval(), linear(1).eval()
-    W, b = (p.detach().numpy() for p in student[1].parameters())
-    A, c = (p.detach().numpy() for p in teacher[1].parameters())
+    W, b = (p.detach().cpu().numpy() for p in student[1].parameters())
+    A, c = (p.detach().cpu().numpy() for p in teacher[1].parameters())
     x, y = batch()
     eps, eta = 0.1, 0.03
     start = run_seeded(name, student, teacher, x, y, seed=7, eps=eps, step_size=eta, steps=0)
     x_adv = run_seeded(name, student, teacher, x, y, seed=7, eps=eps, step_size=eta, steps=1)
 
-    xf, zf = x.reshape(B, -1).numpy(), start.reshape(B, -1).numpy()
-    grad = own_loss_gradient(name, W, b, A, c, xf, zf, y.numpy())
+    xf, zf = x.reshape(B, -1).cpu().numpy(), start.reshape(B, -1).cpu().numpy()
+    grad = own_loss_gradient(name, W, b, A, c, xf, zf, y.cpu().numpy())
     assert np.abs(grad).min() > 1e-12  # no sign ties (float64 errors are ~1e-17 here)
     expected = np.clip(np.clip(zf + eta * np.sign(grad), xf - eps, xf + eps), 0.0, 1.0)
-    np.testing.assert_allclose(x_adv.reshape(B, -1).numpy(), expected, rtol=0, atol=1e-12)
+    np.testing.assert_allclose(x_adv.reshape(B, -1).cpu().numpy(), expected, rtol=0, atol=1e-12)
 
 
 def test_one_step_oracle_gradient_matches_finite_differences():
     """Checks the hand-derived gradients above (the oracle of the previous test) numerically."""
     student, teacher = linear(0).eval(), linear(1).eval()
-    W, b = (p.detach().numpy() for p in student[1].parameters())
-    A, c = (p.detach().numpy() for p in teacher[1].parameters())
+    W, b = (p.detach().cpu().numpy() for p in student[1].parameters())
+    A, c = (p.detach().cpu().numpy() for p in teacher[1].parameters())
     x, y = batch()
     z = (x + 0.01 * torch.randn_like(x)).clamp(0, 1)
-    xf, zf = x.reshape(B, -1).numpy(), z.reshape(B, -1).numpy()
+    xf, zf = x.reshape(B, -1).cpu().numpy(), z.reshape(B, -1).cpu().numpy()
     h = 1e-6
     for name in OWN_LOSS:
-        grad = own_loss_gradient(name, W, b, A, c, xf, zf, y.numpy())
+        grad = own_loss_gradient(name, W, b, A, c, xf, zf, y.cpu().numpy())
         for i, j in [(0, 0), (3, 5), (7, 15)]:
             zp, zm = zf.copy(), zf.copy()
             zp[i, j] += h
             zm[i, j] -= h
-            f = lambda zz: OWN_LOSS[name](student, teacher, x, torch.from_numpy(zz).reshape(B, *SHAPE), y)  # noqa: E731
+            f = lambda zz: OWN_LOSS[name](student, teacher, x,  # noqa: E731
+                                          torch.from_numpy(zz).reshape(B, *SHAPE).to(DEVICE), y)
             assert grad[i, j] == pytest.approx((f(zp) - f(zm)) / (2 * h), rel=1e-5, abs=1e-9), name
 
 
@@ -258,9 +267,9 @@ def test_rslad_uses_the_given_teacher_logits():
     x, y = batch()
     attack = build("rslad", student, None, steps=3)
     torch.manual_seed(2)
-    a = attack(x, y, teacher_logits=torch.zeros(B, C, dtype=torch.float64))
+    a = attack(x, y, teacher_logits=torch.zeros(B, C, dtype=torch.float64, device=DEVICE))
     torch.manual_seed(2)
-    b = attack(x, y, teacher_logits=torch.eye(C, dtype=torch.float64)[y] * 5)
+    b = attack(x, y, teacher_logits=torch.eye(C, dtype=torch.float64, device=DEVICE)[y] * 5)
     assert not torch.equal(a, b)
 
 

@@ -92,7 +92,7 @@ def test_eval_subset_and_dataset_option(cli, ckpt):
 
 @pytest.mark.parametrize("args, words", [
     (["--model", "nope.safetensors"], ["nope.safetensors", "does not exist"]),
-    (["--attacks", "clean,pgd"], ["unknown attack 'pgd'"]),
+    (["--attacks", "clean,pgdd"], ["unknown attack 'pgdd'"]),
     (["--eps", "eight"], ["--eps"]),
     (["--dataset", "digitz"], ["unknown dataset 'digitz'"]),
 ])

@@ -127,6 +127,7 @@ FAKE = {
     "tiny-imagenet": lambda root: (write_tiny_imagenet(root), {"root": str(root)})[1],
     "image-folder": lambda root: (write_image_folder(root), {"root": str(root), "image_size": 16})[1],
     "digits": lambda root: {},  # shipped with scikit-learn
+    "synthetic": lambda root: {"train_size": 6, "test_size": 4},  # generated, no files
 }
 
 

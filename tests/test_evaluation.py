@@ -17,7 +17,14 @@ import torchattacks
 from torch import nn
 
 from igdm_kit.errors import DataError, IgdmKitError
-from igdm_kit.evaluation import CWLinf, _make_attack, evaluate, load_eval_data, margin, run_autoattack
+from igdm_kit.components import create_eval_attack
+from igdm_kit.evaluation import CWLinf, evaluate, load_eval_data, margin, run_autoattack
+from igdm_kit.interfaces import Threat
+
+
+def _make_attack(name, model, eps):
+    """The torchattacks attack behind a built-in white-box evaluation attack."""
+    return create_eval_attack(name).make(model, Threat("Linf", eps))
 
 EPS = 8 / 255
 
@@ -293,7 +300,9 @@ def test_evaluate_reports_autoattack_in_percent_and_counts(narrow_aa):
     res = evaluate(model, x, y, batch_size=4)
     assert list(res["metrics"]) == ["clean", "fgsm", "pgd20", "cw", "autoattack"]
     aa = res["metrics"]["autoattack"]
-    assert aa == {"accuracy": pytest.approx(10.0 * robust.sum()), "correct": int(robust.sum()), "total": 10}
+    assert {k: aa[k] for k in ("accuracy", "correct", "total")} == \
+        {"accuracy": pytest.approx(10.0 * robust.sum()), "correct": int(robust.sum()), "total": 10}
+    assert aa["ci95"][0] <= aa["accuracy"] <= aa["ci95"][1]
     # on a linear model the gradient attacks with a random start find the same worst case
     assert res["metrics"]["pgd20"]["correct"] >= aa["correct"]
     json.dumps(res)  # the result is plain JSON
@@ -304,15 +313,15 @@ def test_evaluate_runs_standard_autoattack_on_a_tiny_model():
     model, x, y, robust, _ = linear_problem(n=8, scale=0.4)
     res = evaluate(model, x, y, attacks=("autoattack",), batch_size=8)
     assert res["metrics"]["autoattack"]["correct"] == int(robust.sum())
-    assert list(res["autoattack"]) == ["clean", "apgd-ce", "apgd-t", "fab-t", "square"]
+    assert list(res["details"]["autoattack"]) == ["clean", "apgd-ce", "apgd-t", "fab-t", "square"]
     assert res["warnings"] == []  # a plain logit model raises no flag
 
 
 # -- inputs -------------------------------------------------------------------------------------------------------
 def test_bad_inputs_are_user_errors(digits_model):
     model, x, y = digits_model
-    with pytest.raises(IgdmKitError, match="unknown attack 'pgd'"):
-        evaluate(model, x, y, attacks=("pgd",))
+    with pytest.raises(IgdmKitError, match="unknown attack 'pgdd'"):
+        evaluate(model, x, y, attacks=("pgdd",))
     with pytest.raises(DataError, match=r"not in \[0, 1\]"):
         evaluate(model, x * 2 - 1, y, attacks=("clean",))
     with pytest.raises(DataError, match="shapes"):

@@ -4,7 +4,7 @@ Oracles: every loss is recomputed in float64 numpy from the linear models' *weig
 hand, softmax/log/KL/CE by loops), and its gradient w.r.t. the student's weights is checked against central
 finite differences of that oracle (so "target not detached" and "w_i constant" are checked, not assumed).
 Forward counts (igdm_kit.passes) check that zero-weight terms are not computed and teacher inputs are
-batched as declared.
+batched as declared. Models and batches live on ``pytest --device`` (cpu unless asked).
 """
 
 from __future__ import annotations
@@ -25,6 +25,13 @@ from oracles import np_ce, np_kl, np_kl_row, np_softmax
 
 B, SHAPE, C = 6, (3, 2, 2), 4
 D = int(np.prod(SHAPE))
+DEVICE = torch.device("cpu")  # where the models and batches are made: the --device option, set below
+
+
+@pytest.fixture(autouse=True)
+def _on_device(device):
+    global DEVICE
+    DEVICE = device
 
 
 # -- independent oracles ------------------------------------------------------------------------------
@@ -85,7 +92,7 @@ def linear(seed: int, scale: float = 1.0) -> nn.Module:
     m = nn.Sequential(nn.Flatten(), nn.Linear(D, C)).double()
     with torch.no_grad():
         m[1].weight.mul_(scale)
-    return m
+    return m.to(DEVICE)
 
 
 def data(seed: int = 0):
@@ -93,12 +100,12 @@ def data(seed: int = 0):
     x = torch.rand(B, *SHAPE, generator=g, dtype=torch.float64)
     x_adv = (x + 0.1 * torch.randn(x.shape, generator=g, dtype=torch.float64)).clamp(0, 1)
     y = torch.randint(0, C, (B,), generator=g)
-    return x, x_adv, y
+    return x.to(DEVICE), x_adv.to(DEVICE), y.to(DEVICE)
 
 
 def np_logits(model, x):
-    W, b = (p.detach().numpy() for p in model[1].parameters())
-    xf = x.reshape(len(x), -1).numpy()
+    W, b = (p.detach().cpu().numpy() for p in model[1].parameters())
+    xf = x.reshape(len(x), -1).cpu().numpy()
     return np.array([W @ xf[i] + b for i in range(len(xf))])
 
 
@@ -154,7 +161,7 @@ def test_loss_equals_the_spec_formula(name, opts, epoch, epochs):
     terms = method.loss(step_for(method, student, teacher, x, x_adv, y, epoch, epochs))
     total = sum(terms.values()).item()
     expected = oracle(name, opts, np_logits(student, x), np_logits(student, x_adv), np_logits(teacher, x),
-                      np_logits(teacher, x_adv), y.numpy(), epoch, epochs)
+                      np_logits(teacher, x_adv), y.cpu().numpy(), epoch, epochs)
     assert total == pytest.approx(expected, rel=1e-10, abs=1e-12)
     assert all(t.dim() == 0 for t in terms.values())
 
@@ -170,9 +177,9 @@ def test_gradient_matches_finite_differences_of_the_oracle(name, opts, epoch, ep
     method = make(name, **opts)
     sum(method.loss(step_for(method, student, teacher, x, x_adv, y, epoch, epochs)).values()).backward()
     assert all(p.grad is None for p in teacher.parameters())
-    grad_w = student[1].weight.grad.numpy()
+    grad_w = student[1].weight.grad.cpu().numpy()
 
-    fixed = (np_logits(teacher, x), np_logits(teacher, x_adv), y.numpy(), epoch, epochs)
+    fixed = (np_logits(teacher, x), np_logits(teacher, x_adv), y.cpu().numpy(), epoch, epochs)
     h = 1e-6
     for i, j in [(0, 0), (1, 5), (2, 11), (3, 7)]:
         values = []
@@ -270,7 +277,7 @@ def test_rslad_step_evaluates_the_teacher_once():
                               epoch=1, epochs=10)
     assert counter.forwards["teacher"] == 1 and counter.images["teacher"] == B
     expected = oracle("rslad", {}, np_logits(student, x), np_logits(student, result.x_adv),
-                      np_logits(teacher, x), np_logits(teacher, result.x_adv), y.numpy(), 1, 10)
+                      np_logits(teacher, x), np_logits(teacher, result.x_adv), y.cpu().numpy(), 1, 10)
     assert result.loss.item() == pytest.approx(expected, rel=1e-10)
     assert (result.x_adv - x).abs().max().item() <= 8 / 255 + 1e-12
 
@@ -287,5 +294,5 @@ def test_adaad_step_through_compute_loss_leaves_the_teacher_without_grad():
     assert all(p.grad is None for p in teacher.parameters())
     assert student[1].weight.grad is not None and student[1].weight.grad.abs().sum() > 0
     expected = oracle("adaad", {}, np_logits(student, x), np_logits(student, result.x_adv),
-                      np_logits(teacher, x), np_logits(teacher, result.x_adv), y.numpy(), 1, 10)
+                      np_logits(teacher, x), np_logits(teacher, result.x_adv), y.cpu().numpy(), 1, 10)
     assert result.loss.item() == pytest.approx(expected, rel=1e-10)

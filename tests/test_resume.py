@@ -1,5 +1,6 @@
 """Interruptions: SIGKILL after a checkpoint, then --resume, ends bit-identical to an uninterrupted run;
-SIGINT finishes the step, saves, says how to resume; a non-finite loss stops with the last good checkpoint."""
+SIGINT finishes the step, saves, says how to resume; a non-finite loss stops with the last good checkpoint.
+The runs train on ``pytest --device`` (``train.device``; cpu unless asked)."""
 
 from __future__ import annotations
 
@@ -21,6 +22,11 @@ from conftest import DIGITS_PGDAT
 
 RECIPE = DIGITS_PGDAT.replace("epochs = 1", "epochs = 4").replace("milestones = []", "milestones = [3]") \
     .replace("steps = 2", "steps = 5")
+
+
+def on(text: str, device) -> str:
+    """A recipe with ``train.device`` set to the tests' device."""
+    return text.replace("[train]\n", f'[train]\ndevice = "{device}"\n', 1)
 
 
 def _weights(path):
@@ -48,10 +54,10 @@ def _wait_for(pred, proc, timeout=300):
 
 
 @pytest.fixture(scope="module")
-def reference(tmp_path_factory):
+def reference(tmp_path_factory, device):
     out = tmp_path_factory.mktemp("ref") / "run"
     p = out.parent / "r.toml"
-    p.write_text(RECIPE)
+    p.write_text(on(RECIPE, device))
     run(R.load(p), output_dir=out)
     return p, _weights(out / "model.safetensors")
 
@@ -92,7 +98,7 @@ def test_sigint_finishes_the_step_saves_and_resumes_exactly(reference, tmp_path)
     _same(_weights(out / "model.safetensors"), expected)
 
 
-def test_non_finite_loss_stops_with_last_good_checkpoint(tmp_path, monkeypatch, write_recipe):
+def test_non_finite_loss_stops_with_last_good_checkpoint(tmp_path, monkeypatch, write_recipe, device):
     from igdm_kit_plugins.methods.pgd_at import PGDAT
 
     real = PGDAT.loss
@@ -104,7 +110,7 @@ def test_non_finite_loss_stops_with_last_good_checkpoint(tmp_path, monkeypatch, 
         return terms
 
     monkeypatch.setattr(PGDAT, "loss", poisoned)
-    p = write_recipe(DIGITS_PGDAT.replace("epochs = 1", "epochs = 3"))
+    p = write_recipe(on(DIGITS_PGDAT.replace("epochs = 1", "epochs = 3"), device))
     out = tmp_path / "run"
     with pytest.raises(TrainingError) as exc:
         run(R.load(p), output_dir=out)

@@ -324,6 +324,8 @@ def test_robustbench_zoo_table():
 
 def test_robustbench_round_trip_wrn_28_10_silu(tmp_path):
     """A DM-Improves-AT style file (DataParallel keys, no mean/std buffers) in RobustBench's cache layout."""
+    for name in [m for m in sys.modules if m == "robustbench" or m.startswith("robustbench.")]:
+        del sys.modules[name]  # other tests may have loaded the optional package; this load must not
     mean, std = DM_CIFAR100
     torch.manual_seed(0)
     reference = igdm_kit.create_model("wrn-28-10", num_classes=100, activation="silu", mean=mean, std=std)

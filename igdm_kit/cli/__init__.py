@@ -16,6 +16,7 @@ import typer
 
 from ..errors import IgdmKitError
 from . import analyze as analyze_cmd
+from . import compare as compare_cmd
 from . import eval as eval_cmd
 from . import plugins as plugins_cmd
 from . import recipe as recipe_cmd
@@ -23,7 +24,7 @@ from . import run as run_cmd
 from . import sweep as sweep_cmd
 from .console import err_console
 
-GROUPS = (run_cmd, recipe_cmd, plugins_cmd, sweep_cmd, eval_cmd, analyze_cmd)
+GROUPS = (run_cmd, recipe_cmd, plugins_cmd, sweep_cmd, eval_cmd, compare_cmd, analyze_cmd)
 
 
 def build_app() -> typer.Typer:

@@ -21,8 +21,10 @@ from ..errors import IgdmKitError
 from ..plotting import checkpoint_label as _label
 from ..plotting import histograms_figure, linearity_figure, pyplot
 from .console import err_console, out_console, print_json
-from .eval import check_fits, dataset_for, parse_eps, progress_callback
-from .options import EPS_HELP, BatchSize, Dataset, Device, Json, Limit, PerSample, Plot, ShowProgress
+from ..sources import check_fits, dataset_for
+from .eval import parse_eps, progress_callback
+from .options import (EPS_HELP, BatchSize, Dataset, Device, Json, Limit, PerSample, Plot, ShowProgress, TeacherArch,
+                      TeacherArchOpt, TeacherLoader, TeacherName)
 
 
 def _plotted(path: Path) -> None:
@@ -42,6 +44,19 @@ def _prepare(checkpoints: list[Path], dataset: str | None, limit: int | None, de
         check_fits(c, m, name, info)
     x, y = load_eval_data(name, limit, options)
     return metas, name, x, y, resolve_device(device)
+
+
+def _student_and_teacher(student: Path, teacher: Path, loader: str, name: str | None, arch: str | None,
+                         arch_opt: list[str], dataset: str | None, limit: int | None, device: str):
+    """The student checkpoint and a teacher from any source a teacher loader reads, on the student's data."""
+    from .. import sources
+    from ..checkpoint import load_model
+    from .eval import arch_options
+
+    source = sources.Source(teacher, loader=loader, name=name, arch=arch, arch_options=arch_options(arch_opt))
+    _, ds, x, y, dev = _prepare([student] + ([teacher] if source.is_native() else []), dataset, limit, device)
+    t, _, _, _ = sources.load(source, ds, dev)
+    return load_model(student, device=str(dev)), t, ds, x, y, dev
 
 
 def _table(title: str, columns: list[str], rows: list[list[str]]):
@@ -128,7 +143,11 @@ def _alignment(group: typer.Typer) -> None:
     @group.command("alignment")
     def alignment(
         student: Path = typer.Option(..., "--student", "-s", help="student checkpoint"),
-        teacher: Path = typer.Option(..., "--teacher", "-t", help="teacher checkpoint"),
+        teacher: Path = typer.Option(..., "--teacher", "-t", help="teacher checkpoint or weights file"),
+        teacher_loader: TeacherLoader = "auto",
+        teacher_name: TeacherName = None,
+        teacher_arch: TeacherArch = None,
+        teacher_arch_opt: TeacherArchOpt = [],  # noqa: B006 - Typer's default
         dataset: Dataset = None,
         limit: Limit = None,
         batch_size: BatchSize = 256,
@@ -141,11 +160,10 @@ def _alignment(group: typer.Typer) -> None:
         """Gradient distance GD and cosine GC of ∇ₓCE between student and teacher (Table 4)."""
         if plot is not None:
             pyplot()
-        _, name, x, y, dev = _prepare([student, teacher], dataset, limit, device)
+        s, t, name, x, y, dev = _student_and_teacher(student, teacher, teacher_loader, teacher_name, teacher_arch,
+                                                     teacher_arch_opt, dataset, limit, device)
         from ..analysis import gradient_alignment, summarize
-        from ..checkpoint import load_model
 
-        s, t = load_model(student, device=str(dev)), load_model(teacher, device=str(dev))
         with progress_callback(progress) as cb:
             res = gradient_alignment(s, t, x, y, batch_size=batch_size, progress=cb)
         out: dict[str, Any] = {"student": str(student), "teacher": str(teacher), "dataset": name,
@@ -170,7 +188,11 @@ def _pointwise(group: typer.Typer) -> None:
     @group.command("pointwise")
     def pointwise(
         student: Path = typer.Option(..., "--student", "-s", help="student checkpoint"),
-        teacher: Path = typer.Option(..., "--teacher", "-t", help="teacher checkpoint"),
+        teacher: Path = typer.Option(..., "--teacher", "-t", help="teacher checkpoint or weights file"),
+        teacher_loader: TeacherLoader = "auto",
+        teacher_name: TeacherName = None,
+        teacher_arch: TeacherArch = None,
+        teacher_arch_opt: TeacherArchOpt = [],  # noqa: B006 - Typer's default
         method: str = typer.Option("pgd-at", "--method", help="method whose inner attack makes the adversarial δ"),
         attack: str | None = typer.Option(None, "--attack", help="attack instead of the method's default"),
         steps: int = typer.Option(20, "--steps", min=1, help="steps of the adversarial δ's attack"),
@@ -194,14 +216,13 @@ def _pointwise(group: typer.Typer) -> None:
         registry("method").get(method)  # an unknown method fails before any data loads
         if attack is not None:
             registry("attack").get(attack)
-        _, name, x, y, dev = _prepare([student, teacher], dataset, limit, device)
+        s, t, name, x, y, dev = _student_and_teacher(student, teacher, teacher_loader, teacher_name, teacher_arch,
+                                                     teacher_arch_opt, dataset, limit, device)
         import torch
 
         from ..analysis import pointwise_distance, summarize
-        from ..checkpoint import load_model
         from ..evaluation import seeded
 
-        s, t = load_model(student, device=str(dev)), load_model(teacher, device=str(dev))
         per: dict[str, Any] = {}
         with progress_callback(progress) as cb, seeded(seed, dev):
             gen = torch.Generator(device="cpu").manual_seed(seed)

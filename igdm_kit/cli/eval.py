@@ -16,13 +16,12 @@ import typer
 from rich.markup import escape  # paths and messages are text, not Rich markup
 
 from ..errors import IgdmKitError
-from ..eval_attacks import labels
+from ..eval_attacks import DEFAULT_ATTACKS
 from ..training.signals import StopFlag, checking
 from .console import err_console, make_progress, out_console, print_json
 from .options import EPS_HELP, BatchSize, Dataset, Device, Json, Limit, ShowProgress
 
-METRIC_LABELS = labels()
-ALL_ATTACKS = ",".join(METRIC_LABELS)
+ALL_ATTACKS = ",".join(DEFAULT_ATTACKS)
 
 # Options shared by the eval and analyze commands.
 
@@ -40,63 +39,18 @@ def parse_eps(text: str) -> float:
         raise IgdmKitError(f"--eps {text!r} is not a number", "write e.g. 8/255 or 0.03") from None
     if value < 0:
         raise IgdmKitError(f"--eps {text!r} is negative", "ε is a radius, ≥ 0")
-    if value > 1:  # images lie in [0, 1]: a larger radius allows any image (1e300 is a typo)
-        raise IgdmKitError(f"--eps {text!r} is larger than 1", "ε is a radius in [0, 1] pixel units, e.g. 8/255")
     return value
 
 
-def parse_attacks(text: str) -> list[str]:
-    names = [a.strip().lower() for a in text.split(",") if a.strip()]
-    for name in names:
-        if name not in METRIC_LABELS:
-            import difflib
+def parse_attacks(text: str | None, specs: list[str]) -> list[Any]:
+    """``--attacks a,b`` (names) and every ``--attack name:key=value,...`` (one attack with options)."""
+    from ..eval_attacks import parse_cli_spec
 
-            close = difflib.get_close_matches(name, list(METRIC_LABELS), n=1)
-            hint = f"did you mean {close[0]!r}?" if close else "known: " + ALL_ATTACKS
-            raise IgdmKitError(f"unknown attack {name!r} in --attacks", hint)
-    if not names:
-        raise IgdmKitError("--attacks names no attack", "known: " + ALL_ATTACKS)
-    return list(dict.fromkeys(names))
-
-
-def dataset_for(checkpoint: Path, meta: dict[str, Any], name: str | None) -> tuple[str, dict[str, Any]]:
-    """The dataset to evaluate on: ``--dataset`` or the checkpoint's ``dataset`` metadata (name, options)."""
-    recorded = meta.get("dataset")
-    rec_name, rec_opts = None, {}
-    if isinstance(recorded, dict):
-        rec_name, rec_opts = recorded.get("name"), dict(recorded.get("options") or {})
-    elif isinstance(recorded, str):
-        rec_name = recorded
-    if name is None:
-        if rec_name is None:
-            raise IgdmKitError(f"checkpoint {str(checkpoint)!r} does not record its dataset",
-                               "pass --dataset NAME (see `igdm-kit plugins list`)")
-        return rec_name, rec_opts
-    return name, (rec_opts if name == rec_name else {})
-
-
-def load_checkpoint_and_data(checkpoint: Path, dataset: str | None, limit: int | None, device: str):
-    """(model on device, x, y, dataset name, torch.device) for one checkpoint; checks the data fits it."""
-    from ..checkpoint import load_model, read_metadata
-    from ..components import create_dataset
-    from ..evaluation import load_eval_data, resolve_device
-
-    meta = read_metadata(checkpoint)
-    name, options = dataset_for(checkpoint, meta, dataset)
-    dev = resolve_device(device)
-    info = create_dataset(name, **options).info()
-    check_fits(checkpoint, meta, name, info)
-    model = load_model(checkpoint, device=str(dev))
-    x, y = load_eval_data(name, limit, options)
-    return model, x, y, name, dev
-
-
-def check_fits(checkpoint: Path, meta: dict[str, Any], name: str, info) -> None:
-    for key in ("num_classes", "in_channels", "image_size"):
-        want, have = getattr(info, key), meta.get(key)
-        if have is not None and want != have:
-            raise IgdmKitError(f"checkpoint {str(checkpoint)!r} has {key}={have} but dataset {name!r} has {want}",
-                               "pass the --dataset the model was trained on")
+    names = [a.strip().lower() for a in (text or "").split(",") if a.strip()]
+    if text is not None and not names:
+        raise IgdmKitError("--attacks names no attack", "e.g. --attacks " + ALL_ATTACKS)
+    items: list[Any] = list(dict.fromkeys(names)) + [parse_cli_spec(s) for s in specs]
+    return items or list(DEFAULT_ATTACKS)
 
 
 @contextmanager
@@ -129,57 +83,126 @@ def stop_hint(options: list[tuple[str, Any]], aa_state: Path | None) -> str:
 def register(app: typer.Typer) -> None:
     @app.command("eval")
     def eval_(
-        model: Path = typer.Option(..., "--model", "-m", help="checkpoint (.safetensors written by igdm-kit)"),
+        model: Path = typer.Option(..., "--model", "-m", help="the model file: an igdm-kit checkpoint, or a "
+                                   "file of a teacher loader (see --loader)"),
+        loader: str = typer.Option("auto", "--loader", help="auto (igdm-kit for .safetensors with metadata, "
+                                   "else state-dict), igdm-kit, state-dict, robustbench, or a plugin's"),
+        name: str | None = typer.Option(None, "--name", help="RobustBench model name (--loader robustbench)"),
+        arch: str | None = typer.Option(None, "--arch", help="registered architecture of plain weights "
+                                        "(--loader state-dict), e.g. wrn-34-10"),
+        arch_opt: list[str] = typer.Option([], "--arch-opt", help="an option of --arch, key=value (repeatable)"),
         dataset: Dataset = None,
-        attacks: str = typer.Option(ALL_ATTACKS, "--attacks", "-a", help="comma-separated metrics to compute"),
+        attacks: str | None = typer.Option(None, "--attacks", "-a", help=f"comma-separated attack names "
+                                           f"(default {ALL_ATTACKS})"),
+        attack: list[str] = typer.Option([], "--attack", help="an attack with options, e.g. "
+                                         "pgd:steps=50,restarts=5 or autoattack:version=plus (repeatable)"),
+        threat: str = typer.Option("Linf", "--threat", help="threat model: Linf, L2 or L1"),
         limit: Limit = None,
         batch_size: BatchSize = 256,
         device: Device = "auto",
         eps: str | None = typer.Option(None, "--eps", help=EPS_HELP + "; default: the ε of the run's "
-                                       "evaluation recorded in the checkpoint, else 8/255"),
+                                       "evaluation recorded in the checkpoint, else 8/255 (L2: 0.5, L1: 12)"),
         seed: int = typer.Option(0, "--seed", help="seed of the random starts (each attack starts from it)"),
         aa_state: Path | None = typer.Option(
             None, "--aa-state", help="AutoAttack state file: progress is saved there and a rerun resumes it"),
+        save_flags: Path | None = typer.Option(None, "--save-flags", help="write the per-image robust flags "
+                                               "here (for igdm-kit compare)"),
         progress: ShowProgress = True,
         json_: Json = False,
     ) -> None:
-        """Clean, FGSM, PGD-20, CW-∞ and AutoAttack accuracy of a checkpoint (L∞; ε of its run, or 8/255)."""
-        names = parse_attacks(attacks)
-        radius = parse_eps(eps) if eps is not None else None
-        net, x, y, ds_name, dev = load_checkpoint_and_data(model, dataset, limit, device)
-        if radius is None:  # a model trained at another radius would otherwise be judged at 8/255 silently
-            radius = float(getattr(net, "igdm_kit_meta", {}).get("eval_eps", 8 / 255))
-        from ..evaluation import evaluate
+        """Accuracy of any model under any attacks and threat model, with 95% intervals and the worst case
+        per image over all attacks (default: the paper's five at L∞, ε of the model's run or 8/255)."""
+        from .. import sources
 
-        err_console.print(escape(f"evaluating {model} on {ds_name} test ({x.shape[0]} images, {dev}, "
-                                 f"ε = {eps_text(radius)})"), style="dim", highlight=False)
-        again = stop_hint([("--model", model), ("--dataset", dataset), ("--attacks", ",".join(names)),
-                           ("--limit", limit), ("--batch-size", batch_size), ("--device", device),
-                           ("--eps", eps), ("--seed", seed), ("--aa-state", aa_state),
-                           ("--no-progress", not progress), ("--json", json_)], aa_state)
-        with StopFlag() as stop, progress_callback(progress) as cb:  # SIGINT/SIGTERM: message, 128 + signal
-            result = evaluate(net, x, y, attacks=names, batch_size=batch_size, eps=radius, device=dev,
-                              seed=seed, progress=checking(cb, lambda: stop.check("evaluation stopped", again)),
-                              autoattack_state=aa_state)
-        for w in result["warnings"]:
-            err_console.print(f"[yellow]warning:[/] AutoAttack: {escape(w)}", highlight=False)
-        result = {"checkpoint": str(model), "dataset": ds_name, **result}
+        items = parse_attacks(attacks, attack)
+        threat = _threat(threat)
+        radius = parse_eps(eps) if eps is not None else None
+        src = sources.Source(model, loader=loader, name=name, arch=arch, arch_options=arch_options(arch_opt))
+        again = stop_hint([("--model", model), ("--loader", None if loader == "auto" else loader),
+                           ("--name", name), ("--arch", arch), *(("--arch-opt", o) for o in arch_opt),
+                           ("--dataset", dataset), ("--attacks", attacks), *(("--attack", a) for a in attack),
+                           ("--threat", threat), ("--limit", limit), ("--batch-size", batch_size),
+                           ("--device", device), ("--eps", eps), ("--seed", seed), ("--aa-state", aa_state),
+                           ("--save-flags", save_flags), ("--no-progress", not progress), ("--json", json_)],
+                          aa_state)
+        result = run_eval(src, items, threat=threat, radius=radius, dataset=dataset, limit=limit,
+                          batch_size=batch_size, device=device, seed=seed, aa_state=aa_state,
+                          save_flags=save_flags, progress=progress, stop_hint=again)
         if json_:
             print_json("eval", result)
             return
         print_table(result)
 
 
+def _threat(text: str) -> str:
+    norms = {"linf": "Linf", "l2": "L2", "l1": "L1"}
+    if text.lower() not in norms:
+        raise IgdmKitError(f"--threat {text!r} is not a threat model", "use Linf, L2 or L1")
+    return norms[text.lower()]
+
+
+def arch_options(items: list[str]) -> dict[str, Any]:
+    """``--arch-opt key=value`` items as options (values read as TOML)."""
+    from ..recipe import parse_override
+
+    out = {}
+    for item in items:
+        keys, value = parse_override(item)
+        out[".".join(keys)] = value
+    return out
+
+
+def run_eval(src, items: list[Any], *, threat: str, radius: float | None, dataset: str | None,
+             limit: int | None, batch_size: int, device: str, seed: int, aa_state: Path | None,
+             save_flags: Path | None, progress: bool, stop_hint: str = "run the same command again"
+             ) -> dict[str, Any]:
+    """Load the model through its source, resolve the attacks, evaluate; the JSON-able result. A stop
+    request (SIGINT/SIGTERM) ends the evaluation after the current batch: ``Interrupted`` with
+    ``stop_hint``, exit 128 + signal."""
+    from .. import sources
+    from ..eval_attacks import DEFAULT_EPS, resolve
+    from ..evaluation import evaluate, load_eval_data, report_json, resolve_device
+    from ..evaluation import save_flags as write_flags
+
+    specs = resolve(items, threat, "--attacks")  # bad attacks fail before any model is loaded
+    dev = resolve_device(device)
+    net, meta, ds_name, options = sources.load(src, dataset, dev)
+    if radius is None:  # a model trained at another radius would otherwise be judged at 8/255 silently
+        radius = float(meta.get("eval_eps", DEFAULT_EPS[threat])) if threat == "Linf" else DEFAULT_EPS[threat]
+    x, y = load_eval_data(ds_name, limit, options)
+    err_console.print(escape(f"evaluating {src.path} on {ds_name} test ({x.shape[0]} images, {dev}, "
+                             f"{threat} ε = {eps_text(radius)})"), style="dim", highlight=False)
+    with StopFlag() as stop, progress_callback(progress) as cb:  # SIGINT/SIGTERM: message, 128 + signal
+        result = evaluate(net, x, y, attacks=specs, batch_size=batch_size, eps=radius, threat=threat,
+                          device=dev, seed=seed, autoattack_state=aa_state, where="--attacks", keep_flags=True,
+                          progress=checking(cb, lambda: stop.check("evaluation stopped", stop_hint)))
+    for w in result["warnings"]:
+        err_console.print(f"[yellow]warning:[/] AutoAttack: {escape(w)}", highlight=False)
+    if save_flags is not None:
+        write_flags(save_flags, result, x, y, {"checkpoint": str(src.path), "dataset": ds_name})
+        err_console.print(escape(f"flags: {save_flags}"), style="dim", highlight=False)
+    return {"checkpoint": str(src.path), "dataset": ds_name, **report_json(result)}
+
+
+def ci_text(m: dict[str, Any]) -> str:
+    lo, hi = m["ci95"]
+    return f"{lo:.1f}–{hi:.1f}"
+
+
 def print_table(result: dict[str, Any]) -> None:
     from rich.table import Table
 
     table = Table(title=escape(f"{result['checkpoint']} — {result['dataset']} test, n={result['n']}, "
-                               f"ε={eps_text(result['eps'])}"))
-    table.add_column("metric")
-    table.add_column("accuracy (%)", justify="right")
-    table.add_column("correct", justify="right")
-    table.add_column("seconds", justify="right")
+                               f"{result['threat']} ε={eps_text(result['eps'])}"),
+                  caption="95% Wilson intervals; worst case: an image counts only if it resists every attack")
+    for col, justify in (("attack", "left"), ("accuracy (%)", "right"), ("95% CI", "right"),
+                         ("correct", "right"), ("seconds", "right")):
+        table.add_column(col, justify=justify)
     for key, m in result["metrics"].items():
-        table.add_row(METRIC_LABELS.get(key, key), f"{m['accuracy']:.2f}", f"{m['correct']}/{m['total']}",
+        table.add_row(escape(m["label"]), f"{m['accuracy']:.2f}", ci_text(m), f"{m['correct']}/{m['total']}",
                       f"{result['seconds'][key]:.1f}")
+    if len(result["metrics"]) > 1:
+        w = result["worst"]
+        table.add_row("worst case", f"{w['accuracy']:.2f}", ci_text(w), f"{w['correct']}/{w['total']}", "",
+                      style="bold")
     out_console.print(table)

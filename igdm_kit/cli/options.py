@@ -21,3 +21,10 @@ PerSample = Annotated[bool, typer.Option("--per-sample", help="include per-sampl
 Plot = Annotated[Path | None, typer.Option("--plot", help=PLOT_HELP)]
 ShowProgress = Annotated[bool, typer.Option("--progress/--no-progress", help="progress bars on stderr")]
 Json = Annotated[bool, typer.Option("--json", help="print the results as a JSON envelope on stdout")]
+TeacherLoader = Annotated[str, typer.Option("--teacher-loader", help="teacher loader for a teacher that is not an "
+                                            "igdm-kit checkpoint: state-dict, robustbench, ...")]
+TeacherName = Annotated[str | None, typer.Option("--teacher-name", help="RobustBench model name of the teacher")]
+TeacherArch = Annotated[str | None, typer.Option("--teacher-arch", help="registered architecture of plain "
+                                                 "teacher weights, e.g. wrn-34-10")]
+TeacherArchOpt = Annotated[list[str], typer.Option("--teacher-arch-opt", help="an option of --teacher-arch, "
+                                                   "key=value (repeatable)")]

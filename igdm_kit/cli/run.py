@@ -7,11 +7,8 @@ from pathlib import Path
 
 import typer
 
-from ..eval_attacks import labels
 from .console import err_console, make_progress, out_console, print_json
 from .recipe import SET_HELP
-
-METRIC_LABELS = labels()
 
 
 def register(app: typer.Typer) -> None:
@@ -65,14 +62,14 @@ def print_summary(result) -> None:
         if k in ("epoch", "seconds") or not isinstance(v, (int, float)):
             continue
         table.add_row(f"last epoch: {k.replace('_', ' ')}", f"{v:.4g}")
-    metrics = result.results.get("metrics", {})
-    for key, label in METRIC_LABELS.items():
-        if key in metrics:
-            v = metrics[key]
-            acc = v["accuracy"] if isinstance(v, dict) else v
-            table.add_row(f"test {label} acc (%)", f"{acc:.2f}")
+    res = result.results
+    rows = list(res.get("metrics", {}).values()) + ([res["worst"]] if len(res.get("metrics", {})) > 1 else [])
+    for m in rows:
+        lo, hi = m["ci95"]
+        table.add_row(f"test {m['label']} acc (%)", f"{m['accuracy']:.2f} ({lo:.1f}–{hi:.1f})")
     for k, v in (result.results.get("alignment") or {}).items():
         if isinstance(v, (int, float)):
             table.add_row(f"test {k.upper()}", f"{v:.4f}")
+    table.caption = f"{res.get('threat', 'Linf')} ε = {res.get('eps', 0):.4g}, n = {res.get('n')}; (95% Wilson interval)"
     out_console.print(table)
     err_console.print(f"checkpoint: {result.output_dir / 'model.safetensors'}", style="dim")

@@ -51,40 +51,65 @@ def execute(recipe: Path, overrides: list[str], grid: dict, output: Path | None,
 
 
 def print_table(summary: dict) -> None:
+    """Accuracies with 95% intervals; against the first variant, McNemar's test on the same images."""
     from rich.table import Table
 
-    from ..sweep import COLUMNS
-
     rows = summary["rows"]
-    cols = [(k, label) for k, label in COLUMNS if any(k in r for r in rows)]
+    cols = [(k, label) for k, label in summary.get("columns", []) if any(k in r for r in rows)]
     cols += [(k, label) for k, label in (("gd", "GD ↓"), ("gc", "GC ↑")) if any(k in r for r in rows)]
     n = {r.get("n") for r in rows}
     where = f"{n.pop()} test images" if len(n) == 1 and None not in n else "the test split"
-    table = Table(title=f"{summary['recipe']} — accuracy (%) on {where}")
+    tests = {c["variant"]: c.get("rows", {}) for c in summary.get("versus_first", [])}
+    table = Table(title=f"{summary['recipe']} — accuracy (%) on {where}", caption=_caption(len(rows)))
     table.add_column("variant")
     for _, label in cols:
         table.add_column(label, justify="right")
-    for r in rows:
-        table.add_row(r["variant"], *[_cell(r.get(k), k) for k, _ in cols])
-    if len(rows) == 2:  # a base method and the same with the module: show what the module changed
+    for i, r in enumerate(rows):
+        marks = tests.get(r["variant"], {}) if i and len(rows) > 2 else {}
+        table.add_row(r["variant"], *[_cell(r, k, marks.get(k)) for k, _ in cols])
+    if len(rows) == 2:  # a base method and the same with the module: what the module changed, tested
         a, b = rows
-        table.add_row("change", *[_delta(a.get(k), b.get(k), k) for k, _ in cols], style="bold")
+        table.add_row("change", *[_delta(a.get(k), b.get(k), k, tests.get(b["variant"], {}).get(k))
+                                  for k, _ in cols], style="bold")
     out_console.print(table)
     corr = summary.get("correlation") or {}
     if corr.get("gc") is not None or corr.get("gd") is not None:
-        out_console.print(f"correlation with {corr['against']} accuracy: "
+        out_console.print(f"correlation with {corr['against']} accuracy across {len(rows)} variants: "
                           + ", ".join(f"{g.upper()} r = {corr[g]:.2f}" for g in ("gc", "gd")
-                                      if corr.get(g) is not None))
+                                      if corr.get(g) is not None)
+                          + (" (few variants: r is a description, not evidence)" if len(rows) < 8 else ""))
 
 
-def _cell(v, key: str) -> str:
+def _caption(n_rows: int) -> str:
+    text = "accuracy (95% Wilson interval); worst = the worst case per image over every attack"
+    if n_rows == 2:
+        return text + "; change: second − first in points, McNemar's exact test on the same images, " \
+                      "n.s. = not significant (p ≥ 0.05)"
+    if n_rows > 2:
+        return text + "; † = differs from the first variant (McNemar's exact test, p < 0.05)"
+    return text
+
+
+def _cell(r: dict, key: str, test: dict | None = None) -> str:
+    v = r.get(key)
     if v is None:
         return "—"
-    return f"{v:.3f}" if key in ("gd", "gc") else f"{v:.2f}"
+    if key in ("gd", "gc"):
+        return f"{v:.3f}"
+    ci = (r.get("ci95") or {}).get(key)
+    mark = "†" if test and test.get("significant") else ""
+    return f"{v:.2f}{mark}" + (f" ({ci[0]:.0f}–{ci[1]:.0f})" if ci else "")
 
 
-def _delta(a, b, key: str) -> str:
+def _delta(a, b, key: str, test: dict | None) -> str:
+    from ..stats import fmt_p
+
     if a is None or b is None:
         return "—"
     d = b - a
-    return f"{d:+.3f}" if key in ("gd", "gc") else f"{d:+.2f}"
+    if key in ("gd", "gc"):
+        return f"{d:+.3f}"
+    if test is None:
+        return f"{d:+.2f}"
+    return f"{d:+.2f} (p={fmt_p(test['p_value'])})" if test["significant"] else \
+        f"{d:+.2f} n.s. (p={fmt_p(test['p_value'])})"

@@ -50,6 +50,8 @@ def raise_validation(exc: ValidationError, prefix: str = "", model: type[BaseMod
         msg = "required key is missing"
         if source is not None and source.name.startswith("_"):
             hint = "files starting with '_' are bases for `extends`, not recipes to run"
+    elif err["type"] == "value_error":
+        hint = None  # a component's own validator says what is wrong and what to do
     elif err["type"] in _TABLE_ERRORS:
         msg = "must be a table ([section] or { key = value })"
     elif err["type"] == "finite_number":

@@ -12,7 +12,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from ..eval_attacks import ATTACKS, AttackName
+from ..eval_attacks import DEFAULT_ATTACKS, DEFAULT_EPS
 from ..interfaces import Fraction
 
 #: The largest seed (torch takes seeds below 2**64; the trainer derives per-epoch seeds from it).
@@ -101,11 +101,20 @@ class TrainSection(Section):
 
 
 class EvalSection(Section):
-    attacks: list[AttackName] = Field(default_factory=lambda: list(ATTACKS))
+    attacks: list[str | dict[str, Any]] = Field(
+        default_factory=lambda: list(DEFAULT_ATTACKS),
+        description='evaluation attacks: names or tables, e.g. { name = "pgd", steps = 50, restarts = 5 }')
+    threat: Literal["Linf", "L2", "L1"] = Field("Linf", description="the norm of the threat model's ball")
     limit: int | None = Field(None, gt=0, le=10**9, description="evaluate on the first N test images")
     batch_size: int = Field(256, gt=0, le=1_000_000)
-    eps: Fraction = Field(8 / 255, ge=0, le=1, description="L∞ radius of the attacks, in [0, 1] pixel units")
+    eps: Fraction | None = Field(None, ge=0, description="radius; default 8/255 at Linf, 0.5 at L2, 12 at L1")
     analysis: bool = Field(False, description="also report GD/GC against the teacher (needs a teacher)")
+
+    @model_validator(mode="after")
+    def _eps_of_threat(self) -> EvalSection:
+        if self.eps is None:
+            self.eps = DEFAULT_EPS[self.threat]
+        return self
 
 
 class OutputSection(Section):

@@ -17,7 +17,8 @@ from typing import Any
 
 from pydantic import BaseModel, ValidationError
 
-from ..errors import RecipeError, UnknownComponentError
+from ..errors import IgdmKitError, RecipeError, UnknownComponentError
+from ..eval_attacks import EvalSpec, check_eps, resolve
 from .errors import raise_validation
 from .load import apply_overrides, load_raw
 from .schema import RecipeModel, TeacherSection
@@ -28,12 +29,14 @@ class Recipe:
     the inner attack it trains with (the ``[attack]`` section's, else the method's own)."""
 
     def __init__(self, model: RecipeModel, path: Path | None, components: dict[str, BaseModel],
-                 attack_name: str) -> None:
+                 attack_name: str, eval_specs: list[EvalSpec]) -> None:
         self.model = model
         self.path = path
         #: section → validated component Options (data, student, method, module, attack)
         self.components = components
         self.attack_name = attack_name
+        #: the validated ``[eval] attacks``
+        self.eval_specs = eval_specs
         #: the ``--set`` overrides it was loaded with (to print commands that reproduce it)
         self.overrides: list[str] = []
 
@@ -129,12 +132,35 @@ def validate(raw: dict[str, Any], path: Path | None = None) -> Recipe:
                               "add [teacher] with `checkpoint = ...` or `recipe = ...`", path="teacher")
     if model.teacher is not None:
         _validate_teacher(model.teacher)
-    return Recipe(model, path, comps, attack_name)
+    return Recipe(model, path, comps, attack_name, _validate_eval(model, comps["data"]))
+
+
+def _validate_eval(model: RecipeModel, data_options: BaseModel) -> list[EvalSpec]:
+    """The ``[eval]`` attacks under its threat, and a radius that makes sense for the data's images."""
+    from ..components import create_dataset
+
+    ev = model.eval
+    try:
+        info = create_dataset(model.data.name, data_options).info()
+        dims = info.in_channels * info.image_size ** 2
+    except Exception:  # noqa: BLE001 - data not there (yet): `run` says so; the radius is checked again then
+        dims = None
+    check_eps(ev.eps, ev.threat, "eval.eps", dims)
+    return resolve(ev.attacks, ev.threat, "eval.attacks")
 
 
 def _validate_teacher(t: TeacherSection) -> None:
     if t.loader != "auto":
-        _component("teacher_loader", t.loader, t.loader_options, "teacher", "loader")
+        from ..plugins import registry
+
+        try:
+            entry = registry("teacher_loader").entry(t.loader)
+        except UnknownComponentError as exc:
+            raise RecipeError(f"teacher.loader: {exc.message}", exc.hint, path="teacher.loader") from None
+        try:
+            entry.options_model.model_validate(t.loader_options)
+        except ValidationError as exc:
+            raise_validation(exc, "teacher.loader_options", entry.options_model)
     if t.model is not None:
         _component("model", t.model, t.model_options, "teacher", "model")
 

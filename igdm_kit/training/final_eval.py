@@ -54,10 +54,12 @@ def _eval_progress(progress: Any, name: str, check: Callable[[], None] | None = 
 
 def final_evaluation(r: Recipe, student, teacher, xte, yte, device, *, log, dist=None,
                      aa_state: Path | None = None, progress: Any = None,
+                     flags_path: Path | None = None,
                      check: Callable[[], None] | None = None) -> dict[str, Any]:
-    """The recipe's ``[eval]``: the attacks of Section 4.1 and, with ``analysis = true``, GD/GC.
+    """The recipe's ``[eval]``: its attacks under its threat model, the worst case per image over them,
+    and with ``analysis = true`` GD/GC. The per-image robust flags go to ``flags_path`` (one process).
     ``check`` is called after every evaluated batch (the engine's stop check)."""
-    from ..evaluation import evaluate
+    from ..evaluation import evaluate, report_json, save_flags
 
     ev = r.model.eval
     x, y = (xte[: ev.limit], yte[: ev.limit]) if ev.limit else (xte, yte)
@@ -65,18 +67,17 @@ def final_evaluation(r: Recipe, student, teacher, xte, yte, device, *, log, dist
     sharded = dist is not None and dist.enabled
     if sharded:
         x, y = x[dist.rank::dist.world], y[dist.rank::dist.world]
-    report = evaluate(student, x, y, attacks=tuple(ev.attacks), batch_size=ev.batch_size, eps=ev.eps,
-                      device=device, autoattack_state=aa_state,
-                      progress=_eval_progress(progress, r.name, check))
+    report = evaluate(student, x, y, attacks=r.eval_specs, batch_size=ev.batch_size, eps=ev.eps,
+                      threat=ev.threat, device=device, autoattack_state=aa_state,
+                      progress=_eval_progress(progress, r.name, check), where="eval.attacks", keep_flags=True)
     for w in report.get("warnings", []):
         log(f"AutoAttack: {w}")
+    if flags_path is not None and not sharded:
+        save_flags(flags_path, report, x, y, {"recipe": r.name, "digest": r.digest(),
+                                        "dataset": r.model.data.name, "limit": ev.limit})
+    report = report_json(report)
     if sharded:
-        names = list(report["metrics"])
-        counts = dist.sum([float(report["metrics"][k]["correct"]) for k in names], device)
-        report["metrics"] = {k: {"accuracy": 100.0 * c / n_total, "correct": int(c), "total": n_total}
-                             for k, c in zip(names, counts, strict=True)}
-        report["n"] = n_total
-        report.pop("autoattack", None)  # per-attack breakdown of one shard only: not the test split
+        report = _merge_shards(report, dist, device, n_total)
     results: dict[str, Any] = {"recipe": r.name, "digest": r.digest(), **report}
     if ev.analysis and teacher is not None:
         from ..analysis import gradient_alignment
@@ -87,3 +88,17 @@ def final_evaluation(r: Recipe, student, teacher, xte, yte, device, *, log, dist
             gd, gc = dist.sum([gd, gc], device)
         results["alignment"] = {"gd": gd / n_total, "gc": gc / n_total}
     return results
+
+
+def _merge_shards(report: dict[str, Any], dist, device, n_total: int) -> dict[str, Any]:
+    """Counts added up over the ranks' disjoint shards (the worst case per image too: it is per image)."""
+    from ..evaluation import accuracy
+
+    entries = {**report["metrics"], "worst": report["worst"]}
+    counts = dist.sum([float(m["correct"]) for m in entries.values()], device)
+    merged = {k: {**accuracy(int(c), n_total), "label": m["label"]}
+              for (k, m), c in zip(entries.items(), counts, strict=True)}
+    worst = merged.pop("worst")
+    report.update(metrics=merged, worst={**worst, "over": report["worst"]["over"]}, n=n_total)
+    report.pop("details", None)  # per-attack breakdowns of one shard only: not the test split
+    return report

@@ -9,6 +9,7 @@
     train_state.safetensors  optimizer, scheduler, RNG and epoch, for --resume
     checkpoints/epoch_NNN.safetensors   with train.save_every_epoch
     autoattack.state         while the final AutoAttack runs (it resumes from it)
+    eval_flags.safetensors   per-image robust flags of every attack and the worst case (igdm-kit compare)
     model.safetensors        the final model
     results.json             the final evaluation; its presence marks the run finished
     .igdm-kit.lock           while a process works in the folder: its pid and host
@@ -44,10 +45,12 @@ Mode = Literal["new", "resume", "reuse", "finished"]
 MANIFEST, RECIPE_FILE, METRICS = "manifest.json", "recipe.toml", "metrics.jsonl"
 LAST, STATE, FINAL, RESULTS = "last.safetensors", "train_state.safetensors", "model.safetensors", "results.json"
 AA_STATE, CHECKPOINTS, LOCK = "autoattack.state", "checkpoints", ".igdm-kit.lock"
+FLAGS = "eval_flags.safetensors"
 #: The manifest's marker: what makes a folder an igdm-kit run folder.
 RUN_FORMAT = "igdm-kit/run/1"
-#: Every file igdm-kit writes at the top of a run folder (the lock aside).
-OWN_FILES = (MANIFEST, RECIPE_FILE, METRICS, LAST, STATE, FINAL, RESULTS, AA_STATE)
+#: Every file igdm-kit writes at the top of a run folder (the lock aside; each resumable attack of the final
+#: evaluation also keeps a state ``autoattack.state.<attack>``).
+OWN_FILES = (MANIFEST, RECIPE_FILE, METRICS, LAST, STATE, FINAL, RESULTS, AA_STATE, FLAGS)
 _EPOCH_FILE = re.compile(r"^epoch_\d{3,}\.safetensors$")
 
 
@@ -67,7 +70,8 @@ def _git_commit() -> str | None:
 
 def _is_own(name: str) -> bool:
     """A file igdm-kit writes at the top of a run folder (or the temporary of one), by name."""
-    return name in OWN_FILES or name == LOCK or any(is_temp_of(name, f) for f in OWN_FILES)
+    return (name in OWN_FILES or name == LOCK or name.startswith(f"{AA_STATE}.")
+            or any(is_temp_of(name, f) for f in OWN_FILES))
 
 
 class RunFolder:
@@ -232,7 +236,7 @@ class RunFolder:
 
         from ..checkpoint import toolkit_version
 
-        for stale in (METRICS, AA_STATE):
+        for stale in (METRICS, FLAGS, AA_STATE, *(p.name for p in self.path.glob(AA_STATE + ".*"))):
             (self / stale).unlink(missing_ok=True)
         atomic_write_json(self / MANIFEST, {
             "format": RUN_FORMAT, "recipe": r.resolved(), "recipe_digest": r.digest(),

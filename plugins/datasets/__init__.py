@@ -9,6 +9,7 @@ def register_datasets(register):
     from .digits import Digits
     from .image_folder import ImageFolder
     from .svhn import SVHN
+    from .synthetic import Synthetic
     from .tiny_imagenet import TinyImageNet
 
     register("digits", Digits)
@@ -17,3 +18,4 @@ def register_datasets(register):
     register("svhn", SVHN)
     register("tiny-imagenet", TinyImageNet)
     register("image-folder", ImageFolder)
+    register("synthetic", Synthetic)

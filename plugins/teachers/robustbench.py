@@ -25,17 +25,24 @@ repository ``jiequancui/DKL`` evaluates it with the same ``wideresnetwithswish``
 does carry ``mean``/``std`` buffers (RobustBench's ``DMWideResNet`` registers them), those are used,
 exactly as RobustBench's strict ``load_state_dict`` does.
 
+Any other model of RobustBench's zoo loads by name when the ``robustbench`` package is installed (the
+``robustbench`` extra): its own architecture definition (``robustbench.model_zoo``) is built and the file's
+weights are loaded into it with the same safe reader (its normalization is part of its architecture).
+Without the package, an unknown name is one line naming ``teacher.loader_options.name``, close matches
+and the ``state-dict`` route.
+
 ``path`` may be the ``.pt`` file, or a folder holding ``<name>.pt`` or RobustBench's cache layout
-``<dataset>/Linf/<name>.pt``. The recipe's teacher model, if any, is not used: the name decides.
+``<dataset>/<threat>/<name>.pt``. The recipe's teacher model, if any, is not used: the name decides.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
+import difflib
 from typing import Literal
 
-from pydantic import Field
+from pydantic import Field, ValidationInfo, field_validator
 
 from igdm_kit.errors import CheckpointError
 from igdm_kit.interfaces import Options
@@ -45,8 +52,8 @@ from .weights import find_state_dict, fit, read_weights
 CIFAR10_MEAN, CIFAR10_STD = (0.4914, 0.4822, 0.4465), (0.2471, 0.2435, 0.2616)
 CIFAR100_MEAN, CIFAR100_STD = (0.5071, 0.4865, 0.4409), (0.2673, 0.2564, 0.2762)
 
-Name = Literal["Chen2021LTD_WRN34_10", "Wang2023Better_WRN-28-10", "Cui2023Decoupled_WRN-28-10"]
 Dataset = Literal["cifar10", "cifar100"]
+Threat = Literal["Linf", "L2", "corruptions"]
 
 
 @dataclass(frozen=True)
@@ -70,11 +77,42 @@ ZOO: dict[tuple[str, str], ZooEntry] = {
 NUM_CLASSES = {"cifar10": 10, "cifar100": 100}
 
 
-def resolve_path(path: str | Path, name: str, dataset: str) -> Path:
-    """The checkpoint file: ``path`` itself, or ``<name>.pt`` / ``<dataset>/Linf/<name>.pt`` inside it."""
+def package_zoo(dataset: str, threat: str) -> dict | None:
+    """RobustBench's own model table for (dataset, threat) when the package is installed, else None."""
+    import importlib.util
+    import sys
+    import warnings
+
+    if importlib.util.find_spec("robustbench") is None:
+        return None
+    if importlib.util.find_spec("autoattack") is None and importlib.util.find_spec("pyautoattack") is not None:
+        # robustbench 1.1.1 imports AutoAttack's official code by its git name; PyPI ships it as pyautoattack
+        import pyautoattack
+
+        sys.modules.setdefault("autoattack", pyautoattack)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # its imports warn about pkg_resources and torch.jit
+        from robustbench.model_zoo import model_dicts
+        from robustbench.model_zoo.enums import BenchmarkDataset, ThreatModel
+    return model_dicts[BenchmarkDataset(dataset)].get(ThreatModel(threat), {})
+
+
+def unknown_name(name: str, dataset: str, threat: str) -> str:
+    """The one-line explanation for a name neither table knows."""
+    known = sorted({n for n, d in ZOO if d == dataset} | set(package_zoo(dataset, threat) or {}))
+    close = difflib.get_close_matches(name, known, n=3, cutoff=0.4)
+    where = "RobustBench's zoo" if package_zoo(dataset, threat) is not None else \
+        "the built-in table (install igdm-kit[robustbench] for every zoo model)"
+    return (f"unknown RobustBench model {name!r} for {dataset} {threat} in {where}"
+            + (f"; did you mean {', '.join(map(repr, close))}?" if close else f"; known: {', '.join(known)}")
+            + "; or load the file with loader = \"state-dict\" and the teacher's model = \"<architecture>\"")
+
+
+def resolve_path(path: str | Path, name: str, dataset: str, threat: str = "Linf") -> Path:
+    """The checkpoint file: ``path`` itself, or ``<name>.pt`` / ``<dataset>/<threat>/<name>.pt`` inside it."""
     path = Path(path)
     if path.is_dir():
-        for candidate in (path / f"{name}.pt", path / dataset / "Linf" / f"{name}.pt"):
+        for candidate in (path / f"{name}.pt", path / dataset / threat / f"{name}.pt"):
             if candidate.is_file():
                 return candidate
         raise CheckpointError(
@@ -94,11 +132,24 @@ class RobustBenchLoader:
     description = "a RobustBench checkpoint on disk (LTD, BDM-AT, IKL-AT teachers): architecture by name"
 
     class Options(Options):
-        name: Name = Field(..., description="RobustBench model name (L∞ leaderboard)")
         dataset: Dataset = Field(..., description="the dataset the checkpoint was trained on")
+        threat_model: Threat = Field("Linf", description="the RobustBench leaderboard the model is on")
+        name: str = Field(..., description="RobustBench model name, e.g. Chen2021LTD_WRN34_10")
+
+        @field_validator("name")
+        @classmethod
+        def _known(cls, name: str, info: ValidationInfo) -> str:
+            dataset, threat = info.data.get("dataset"), info.data.get("threat_model", "Linf")
+            if dataset is None or (name, dataset) in ZOO and threat == "Linf":
+                return name
+            if name not in (package_zoo(dataset, threat) or {}):
+                raise ValueError(unknown_name(name, dataset, threat))
+            return name
 
     @classmethod
     def load(cls, options: Options, *, path: str, build=None):
+        if (options.name, options.dataset) not in ZOO or options.threat_model != "Linf":
+            return cls._from_package(options, path)
         from igdm_kit.components import create_model
 
         entry = ZOO[(options.name, options.dataset)]
@@ -108,5 +159,19 @@ class RobustBenchLoader:
         state = find_state_dict(read_weights(file), file)
         return fit(model, state, file, arch=f"{options.name} ({entry.model}, {options.dataset})",
                    adopt_normalization=True,
+                   hint=f"is this the {options.name} checkpoint for {options.dataset}? check the name and "
+                        "dataset options")
+
+    @classmethod
+    def _from_package(cls, options: Options, path: str):
+        """Any zoo model: RobustBench's architecture, the file's weights read without running code."""
+        from igdm_kit.nn import Classifier
+
+        entry = package_zoo(options.dataset, options.threat_model)[options.name]
+        file = resolve_path(path, options.name, options.dataset, options.threat_model)
+        model = Classifier(entry["model"]())  # its normalization, if any, is inside RobustBench's model
+        state = find_state_dict(read_weights(file), file)
+        return fit(model, state, file, arch=f"RobustBench's {options.name} ({options.dataset}, "
+                   f"{options.threat_model})",
                    hint=f"is this the {options.name} checkpoint for {options.dataset}? check the name and "
                         "dataset options")

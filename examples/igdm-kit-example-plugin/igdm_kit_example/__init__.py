@@ -1,4 +1,5 @@
-"""Example igdm-kit plugin: registers the MART method through the ``igdm_kit`` entry point."""
+"""Example igdm-kit plugin: registers the MART method and the MI-FGSM evaluation attack through the
+``igdm_kit`` entry point."""
 
 from igdm_kit import hookimpl
 
@@ -8,3 +9,10 @@ def register_methods(register):
     from .mart import MART
 
     register("mart", MART)
+
+
+@hookimpl
+def register_eval_attacks(register):
+    from .mim import MIM
+
+    register("mim", MIM)
