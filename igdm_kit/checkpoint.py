@@ -123,8 +123,8 @@ def check_metadata(path: str | os.PathLike, info: dict[str, Any]) -> None:
                               or not all(_number(x) for x in v) or (key == "std" and min(v) <= 0)):
             raise bad(key, f"not {info['in_channels']} finite numbers"
                       + (", all positive" if key == "std" else ""))
-    if "eval_eps" in info and not (_number(info["eval_eps"]) and 0 <= info["eval_eps"] <= 1):
-        raise bad("eval_eps", "not a radius from 0 to 1")
+    if "eval_eps" in info and not (_number(info["eval_eps"]) and info["eval_eps"] >= 0):
+        raise bad("eval_eps", "not a finite radius ≥ 0")
     if "epoch" in info and not (isinstance(info["epoch"], int) and not isinstance(info["epoch"], bool)
                                 and info["epoch"] >= 0):
         raise bad("epoch", "not a whole number ≥ 0")

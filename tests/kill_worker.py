@@ -2,9 +2,10 @@
 children and SIGKILLs them at random moments, then resumes each with ``--resume``.
 
 Forking from a process that has imported everything (but run no torch op: fork-safe) makes a child cost
-its run alone, so many kills fit in the suite. Usage: ``kill_worker.py RECIPE BASE TRIALS SEED``; prints a
-JSON report. Two uninterrupted runs come first (``ref``, ``ref2``); each trial's folder is copied as the
-kill left it (``tNN.killed``) before it is resumed.
+its run alone, so many kills fit in the suite. Usage: ``kill_worker.py RECIPE BASE KILLS SEED``: trials go
+on until KILLS kills landed inside a run (at most 2·KILLS trials); prints a JSON report. Two uninterrupted
+runs come first (``ref``, ``ref2``); each trial's folder is copied as the kill left it (``tNN.killed``)
+before it is resumed.
 """
 
 from __future__ import annotations
@@ -72,17 +73,22 @@ def main() -> None:
     duration = min(durations)
     report = {"seed": seed, "reference_codes": codes, "duration": duration, "trials": []}
     rng = random.Random(seed)
-    for i in range(trials):
+    kills, i = 0, 0
+    while kills < trials and i < 2 * trials:  # until TRIALS kills landed inside a run
         out, log = base / f"t{i:02d}", base / f"t{i:02d}.log"
         delay = rng.uniform(0.0, duration)
         pid = child(["run", recipe, "--output", str(out)], log)
         time.sleep(delay)
         os.kill(pid, signal.SIGKILL)
         killed = wait(pid) == -signal.SIGKILL
+        kills += killed
+        if not killed:  # the run was quicker than that: draw the next moments from a shorter span
+            duration = delay
         if out.exists():
             shutil.copytree(out, base / f"t{i:02d}.killed", symlinks=True)
         resumed = wait(child(["run", recipe, "--output", str(out), "--resume"], log))
         report["trials"].append({"delay": round(delay, 3), "killed": killed, "resume_code": resumed})
+        i += 1
     print(json.dumps(report))
 
 

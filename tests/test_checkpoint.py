@@ -97,7 +97,7 @@ BAD_METADATA = {
     # hostile or unlucky metadata (issue 18): refused before anything is built
     "deeply nested JSON": ({META_KEY: "[" * 100_000 + "]" * 100_000}, "corrupt igdm-kit metadata"),
     "eval_eps inf": ({META_KEY: good_meta()[META_KEY].replace("}", ', "eval_eps": Infinity}')},
-                     "eval_eps = inf.*radius"),
+                     "eval_eps = inf.*finite radius"),
     "eval_eps NaN": ({META_KEY: good_meta()[META_KEY].replace("}", ', "eval_eps": NaN}')}, "eval_eps = nan"),
     "eval_eps text": (good_meta(eval_eps="8/255"), "eval_eps = '8/255'"),
     "a billion classes": (good_meta(num_classes=10**9), "num_classes = 1000000000.*1 to 1,000,000"),

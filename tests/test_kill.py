@@ -2,7 +2,8 @@
 weights bit-identical to an uninterrupted run, and every file a kill left behind loads.
 
 The kills come from ``kill_worker.py`` (children forked from one warm process, so a trial costs its run
-alone). ``IGDM_KIT_KILL_SEED`` replays a failing seed; ``IGDM_KIT_KILL_TRIALS`` sets the number of trials.
+alone); trials go on until ``IGDM_KIT_KILLS`` (20) kills landed inside a run. ``IGDM_KIT_KILL_SEED``
+replays a failing seed.
 """
 
 from __future__ import annotations
@@ -25,8 +26,9 @@ from igdm_kit.io import read_jsonl
 
 from conftest import TINY
 
-RECIPE = TINY.replace("epochs = 1", "epochs = 3").replace("milestones = []", "milestones = [2]\nsave_every_epoch = true")
-TRIALS = int(os.environ.get("IGDM_KIT_KILL_TRIALS", "24"))
+RECIPE = TINY.replace("epochs = 1", "epochs = 3").replace("milestones = []",
+                                                         "milestones = [2]\nsave_every_epoch = true")
+KILLS = int(os.environ.get("IGDM_KIT_KILLS", "20"))
 
 
 def _strict_json(text: str):
@@ -68,7 +70,7 @@ def test_random_sigkills_then_resume_are_bit_identical_and_leave_only_loadable_f
     base = tmp_path / "runs"
     base.mkdir()
     worker = Path(__file__).with_name("kill_worker.py")
-    res = subprocess.run([sys.executable, str(worker), str(recipe), str(base), str(TRIALS), str(seed)],
+    res = subprocess.run([sys.executable, str(worker), str(recipe), str(base), str(KILLS), str(seed)],
                          capture_output=True, text=True, timeout=1200, env={**os.environ, "OMP_NUM_THREADS": "1"})
     assert res.returncode == 0, res.stderr[-3000:]
     report = json.loads(res.stdout.strip().splitlines()[-1])
@@ -94,4 +96,5 @@ def test_random_sigkills_then_resume_are_bit_identical_and_leave_only_loadable_f
         assert _strict_json((out / "results.json").read_text())["metrics"] == \
             _strict_json((ref / "results.json").read_text())["metrics"], where
         assert sorted(p.name for p in out.rglob("*")) == sorted(p.name for p in ref.rglob("*")), where
-    assert killed >= 20, f"only {killed} of {len(report['trials'])} kills landed inside a run {replay}: {report}"
+    assert killed >= KILLS, \
+        f"only {killed} of {len(report['trials'])} kills landed inside a run {replay}: {report}"

@@ -137,7 +137,7 @@ def test_sigterm_during_autoattack_at_the_cli_resumes_to_an_uninterrupted_result
     SIGTERM once AutoAttack's state exists → 'error: SIGTERM: …' + 'hint: <the command>', exit 143, no
     traceback; that command finishes with the numbers of an uninterrupted evaluation."""
     from igdm_kit.checkpoint import load_model
-    from igdm_kit.evaluation import evaluate, load_eval_data
+    from igdm_kit.evaluation import evaluate, load_eval_data, report_json
 
     p = tmp_path / "r.toml"
     p.write_text(DIGITS_PGDAT.replace("epochs = 1", "epochs = 4").replace(
@@ -155,9 +155,9 @@ def test_sigterm_during_autoattack_at_the_cli_resumes_to_an_uninterrupted_result
     results = json.loads((out / "results.json").read_text())
 
     x, y = load_eval_data("digits", 8)
-    reference = evaluate(load_model(out / "model.safetensors"), x, y, attacks=("clean", "autoattack"),
-                         batch_size=4, eps=0.2)  # uninterrupted, in this process
-    assert results["metrics"] == reference["metrics"] and results["autoattack"] == reference["autoattack"]
+    reference = report_json(evaluate(load_model(out / "model.safetensors"), x, y, attacks=("clean", "autoattack"),
+                                     batch_size=4, eps=0.2))  # uninterrupted, in this process
+    assert results["metrics"] == reference["metrics"] and results["details"] == reference["details"]
 
     state = tmp_path / "aa.state"
     cmd = ["eval", "--model", str(out / "model.safetensors"), "--attacks", "clean,autoattack", "--limit", "8",
@@ -173,4 +173,4 @@ def test_sigterm_during_autoattack_at_the_cli_resumes_to_an_uninterrupted_result
                            env=env, timeout=600)  # the printed command itself
     assert again.returncode == 0, again.stderr[-2000:]
     resumed = json.loads(again.stdout)["results"]
-    assert resumed["metrics"] == reference["metrics"] and resumed["autoattack"] == reference["autoattack"]
+    assert resumed["metrics"] == reference["metrics"] and resumed["details"] == reference["details"]

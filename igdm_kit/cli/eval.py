@@ -17,6 +17,7 @@ from rich.markup import escape  # paths and messages are text, not Rich markup
 
 from ..errors import IgdmKitError
 from ..eval_attacks import DEFAULT_ATTACKS
+from ..training.signals import StopFlag, checking
 from .console import err_console, make_progress, out_console, print_json
 from .options import EPS_HELP, BatchSize, Dataset, Device, Json, Limit, ShowProgress
 
@@ -38,8 +39,6 @@ def parse_eps(text: str) -> float:
         raise IgdmKitError(f"--eps {text!r} is not a number", "write e.g. 8/255 or 0.03") from None
     if value < 0:
         raise IgdmKitError(f"--eps {text!r} is negative", "ε is a radius, ≥ 0")
-    if value > 1:  # images lie in [0, 1]: a larger radius allows any image (1e300 is a typo)
-        raise IgdmKitError(f"--eps {text!r} is larger than 1", "ε is a radius in [0, 1] pixel units, e.g. 8/255")
     return value
 
 
@@ -122,13 +121,13 @@ def register(app: typer.Typer) -> None:
         again = stop_hint([("--model", model), ("--loader", None if loader == "auto" else loader),
                            ("--name", name), ("--arch", arch), *(("--arch-opt", o) for o in arch_opt),
                            ("--dataset", dataset), ("--attacks", attacks), *(("--attack", a) for a in attack),
-                           ("--threat", None if threat == "Linf" else threat), ("--limit", limit),
-                           ("--batch-size", batch_size), ("--device", device), ("--eps", eps), ("--seed", seed),
-                           ("--aa-state", aa_state), ("--save-flags", save_flags),
-                           ("--no-progress", not progress), ("--json", json_)], aa_state)
+                           ("--threat", threat), ("--limit", limit), ("--batch-size", batch_size),
+                           ("--device", device), ("--eps", eps), ("--seed", seed), ("--aa-state", aa_state),
+                           ("--save-flags", save_flags), ("--no-progress", not progress), ("--json", json_)],
+                          aa_state)
         result = run_eval(src, items, threat=threat, radius=radius, dataset=dataset, limit=limit,
                           batch_size=batch_size, device=device, seed=seed, aa_state=aa_state,
-                          save_flags=save_flags, progress=progress, again=again)
+                          save_flags=save_flags, progress=progress, stop_hint=again)
         if json_:
             print_json("eval", result)
             return
@@ -155,11 +154,11 @@ def arch_options(items: list[str]) -> dict[str, Any]:
 
 def run_eval(src, items: list[Any], *, threat: str, radius: float | None, dataset: str | None,
              limit: int | None, batch_size: int, device: str, seed: int, aa_state: Path | None,
-             save_flags: Path | None, progress: bool, again: str) -> dict[str, Any]:
+             save_flags: Path | None, progress: bool, stop_hint: str = "run the same command again"
+             ) -> dict[str, Any]:
     """Load the model through its source, resolve the attacks, evaluate; the JSON-able result. A stop
-    request (SIGINT/SIGTERM) ends it with the message and ``again``, the command that goes on."""
-    from ..training.signals import StopFlag, checking
-
+    request (SIGINT/SIGTERM) ends the evaluation after the current batch: ``Interrupted`` with
+    ``stop_hint``, exit 128 + signal."""
     from .. import sources
     from ..eval_attacks import DEFAULT_EPS, resolve
     from ..evaluation import evaluate, load_eval_data, report_json, resolve_device
@@ -176,7 +175,7 @@ def run_eval(src, items: list[Any], *, threat: str, radius: float | None, datase
     with StopFlag() as stop, progress_callback(progress) as cb:  # SIGINT/SIGTERM: message, 128 + signal
         result = evaluate(net, x, y, attacks=specs, batch_size=batch_size, eps=radius, threat=threat,
                           device=dev, seed=seed, autoattack_state=aa_state, where="--attacks", keep_flags=True,
-                          progress=checking(cb, lambda: stop.check("evaluation stopped", again)))
+                          progress=checking(cb, lambda: stop.check("evaluation stopped", stop_hint)))
     for w in result["warnings"]:
         err_console.print(f"[yellow]warning:[/] AutoAttack: {escape(w)}", highlight=False)
     if save_flags is not None:

@@ -107,7 +107,6 @@ class EvalSection(Section):
     threat: Literal["Linf", "L2", "L1"] = Field("Linf", description="the norm of the threat model's ball")
     limit: int | None = Field(None, gt=0, le=10**9, description="evaluate on the first N test images")
     batch_size: int = Field(256, gt=0, le=1_000_000)
-    # (an L∞ ε above 1, or an Lp ε beyond the image cube, is refused by eval_attacks.check_eps)
     eps: Fraction | None = Field(None, ge=0, description="radius; default 8/255 at Linf, 0.5 at L2, 12 at L1")
     analysis: bool = Field(False, description="also report GD/GC against the teacher (needs a teacher)")
 

@@ -54,9 +54,10 @@ def _eval_progress(progress: Any, name: str, check: Callable[[], None] | None = 
 
 def final_evaluation(r: Recipe, student, teacher, xte, yte, device, *, log, dist=None,
                      aa_state: Path | None = None, progress: Any = None,
-                     flags_path: Path | None = None, check: Callable[[], None] | None = None) -> dict[str, Any]:
+                     flags_path: Path | None = None,
+                     check: Callable[[], None] | None = None) -> dict[str, Any]:
     """The recipe's ``[eval]``: its attacks under its threat model, the worst case per image over them,
-    and with ``analysis = true`` GD/GC. The per-image robust flags go to ``flags_path`` (one process);
+    and with ``analysis = true`` GD/GC. The per-image robust flags go to ``flags_path`` (one process).
     ``check`` is called after every evaluated batch (the engine's stop check)."""
     from ..evaluation import evaluate, report_json, save_flags
 

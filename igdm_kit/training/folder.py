@@ -48,7 +48,8 @@ AA_STATE, CHECKPOINTS, LOCK = "autoattack.state", "checkpoints", ".igdm-kit.lock
 FLAGS = "eval_flags.safetensors"
 #: The manifest's marker: what makes a folder an igdm-kit run folder.
 RUN_FORMAT = "igdm-kit/run/1"
-#: Every file igdm-kit writes at the top of a run folder (the lock aside; also autoattack.state.<attack>).
+#: Every file igdm-kit writes at the top of a run folder (the lock aside; each resumable attack of the final
+#: evaluation also keeps a state ``autoattack.state.<attack>``).
 OWN_FILES = (MANIFEST, RECIPE_FILE, METRICS, LAST, STATE, FINAL, RESULTS, AA_STATE, FLAGS)
 _EPOCH_FILE = re.compile(r"^epoch_\d{3,}\.safetensors$")
 
@@ -69,8 +70,8 @@ def _git_commit() -> str | None:
 
 def _is_own(name: str) -> bool:
     """A file igdm-kit writes at the top of a run folder (or the temporary of one), by name."""
-    return name in OWN_FILES or name == LOCK or name.startswith(AA_STATE + ".") or \
-        any(is_temp_of(name, f) for f in OWN_FILES)
+    return (name in OWN_FILES or name == LOCK or name.startswith(f"{AA_STATE}.")
+            or any(is_temp_of(name, f) for f in OWN_FILES))
 
 
 class RunFolder:
@@ -235,7 +236,7 @@ class RunFolder:
 
         from ..checkpoint import toolkit_version
 
-        for stale in (METRICS, FLAGS, *(p.name for p in self.path.glob(AA_STATE + "*"))):
+        for stale in (METRICS, FLAGS, AA_STATE, *(p.name for p in self.path.glob(AA_STATE + ".*"))):
             (self / stale).unlink(missing_ok=True)
         atomic_write_json(self / MANIFEST, {
             "format": RUN_FORMAT, "recipe": r.resolved(), "recipe_digest": r.digest(),
