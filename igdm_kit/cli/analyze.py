@@ -36,7 +36,9 @@ def _prepare(checkpoints: list[Path], dataset: str | None, limit: int | None, de
     from ..checkpoint import read_metadata
     from ..components import create_dataset
     from ..evaluation import load_eval_data, resolve_device
+    from ..threads import configure
 
+    configure()  # --threads / IGDM_KIT_THREADS, else the default
     metas = [read_metadata(c) for c in checkpoints]  # every path is checked before anything heavy runs
     name, options = dataset_for(checkpoints[0], metas[0], dataset)
     info = create_dataset(name, **options).info()
@@ -71,7 +73,7 @@ def _table(title: str, columns: list[str], rows: list[list[str]]):
 
 
 def register(app: typer.Typer) -> None:
-    group = typer.Typer(help="Local linearity, gradient alignment and point-wise alignment (Sections 3.1, 4.2).",
+    group = typer.Typer(rich_markup_mode=None, help="Local linearity, gradient alignment and point-wise alignment (Sections 3.1, 4.2).",
                         no_args_is_help=True)
     app.add_typer(group, name="analyze")
     for add in (_linearity, _alignment, _pointwise):

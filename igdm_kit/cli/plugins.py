@@ -8,7 +8,7 @@ from .console import out_console
 
 
 def register(app: typer.Typer) -> None:
-    group = typer.Typer(help="Inspect installed plugins and their components.", no_args_is_help=True)
+    group = typer.Typer(rich_markup_mode=None, help="Inspect installed plugins and their components.", no_args_is_help=True)
     app.add_typer(group, name="plugins")
 
     @group.command("list")

@@ -12,7 +12,7 @@ SET_HELP = "override a recipe key, e.g. --set train.epochs=5 (repeatable)"
 
 
 def register(app: typer.Typer) -> None:
-    group = typer.Typer(help="Validate and inspect TOML recipes.", no_args_is_help=True)
+    group = typer.Typer(rich_markup_mode=None, help="Validate and inspect TOML recipes.", no_args_is_help=True)
     app.add_typer(group, name="recipe")
 
     @group.command("check")

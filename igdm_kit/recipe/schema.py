@@ -83,6 +83,8 @@ class TrainSection(Section):
     lr_decay: float = Field(0.1, gt=0, le=10, description="factor applied at each milestone (cumulative)")
     seed: int = Field(0, ge=0, le=MAX_SEED)
     device: str = Field("auto", pattern=DEVICE_PATTERN, description="auto, cpu, mps, cuda, cuda:N")
+    threads: int | None = Field(None, gt=0, le=4096, description="CPU threads of torch (default: the "
+                                "physical cores available; --threads and IGDM_KIT_THREADS override it)")
     reference_passes: bool = Field(False, description="separate forwards as the reference code does")
     save_every_epoch: bool = Field(False, description="keep a checkpoint per epoch (for analyze linearity)")
     # Accelerator options (igdm_kit.accel); device-dependent checks happen when the run starts.

@@ -75,6 +75,7 @@ class Recipe:
     @cached_property
     def _digest(self) -> str:
         body = {k: v for k, v in self._resolved.items() if k not in ("output", "sweep", "description")}
+        body["train"] = {k: v for k, v in body["train"].items() if k != "threads"}  # how, not what
         if "teacher" in body:  # where the teacher lies is not what it is: a moved clone keeps its runs
             body["teacher"] = {k: (Path(v).name if k in ("checkpoint", "recipe") else v)
                                for k, v in body["teacher"].items()}

@@ -2,7 +2,8 @@
 
 ::
 
-    manifest.json            igdm-kit's marker (``format``), resolved recipe, digest, seeds, versions, teacher
+    manifest.json            igdm-kit's marker (``format``), resolved recipe, digest, seeds, versions, CPU
+                             threads, teacher
     recipe.toml              the resolved recipe
     metrics.jsonl            one JSON object per epoch
     last.safetensors         the latest model (a self-describing checkpoint)
@@ -241,7 +242,8 @@ class RunFolder:
             "format": RUN_FORMAT, "recipe": r.resolved(), "recipe_digest": r.digest(),
             "seed": r.model.train.seed, "world_size": world_size, "toolkit_version": toolkit_version(),
             "torch_version": torch.__version__, "cuda_version": torch.version.cuda,
-            "python_version": platform.python_version(), "device": device, "git_commit": _git_commit(),
+            "python_version": platform.python_version(), "device": device,
+            "threads": torch.get_num_threads(), "git_commit": _git_commit(),
             "teacher_sha256": teacher_digest, "recipe_file": str(r.path) if r.path else None,
         })
         atomic_write_text(self / RECIPE_FILE, to_toml(r.resolved()))
