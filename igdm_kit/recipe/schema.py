@@ -13,7 +13,7 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from ..eval_attacks import DEFAULT_ATTACKS, DEFAULT_EPS
-from ..interfaces import Fraction
+from ..interfaces import Fraction, PathOption
 
 #: The largest seed (torch takes seeds below 2**64; the trainer derives per-epoch seeds from it).
 MAX_SEED = 2**63 - 1
@@ -45,14 +45,15 @@ class StudentSection(ComponentSection):
 
 
 class TeacherSection(Section):
-    checkpoint: str | None = Field(None, description="teacher weights on disk (path relative to the recipe)")
+    checkpoint: PathOption | None = Field(None, description="teacher weights on disk (relative to the recipe file)")
     loader: str = Field("auto", description="teacher loader; auto: igdm-kit for .safetensors, else state-dict")
     loader_options: dict[str, Any] = Field(default_factory=dict)
     model: str | None = Field(None, description="architecture, for loaders that read plain weights")
     model_options: dict[str, Any] = Field(default_factory=dict)
     mean: list[Annotated[float, Field(ge=-1e3, le=1e3)]] | None = None
     std: list[Annotated[float, Field(gt=0, le=1e3)]] | None = None
-    recipe: str | None = Field(None, description="a recipe that trains the teacher (cached in its run folder)")
+    recipe: PathOption | None = Field(None, description="a recipe that trains the teacher (relative to the recipe "
+                                      "file; cached in its run folder)")
 
     @model_validator(mode="after")
     def _one_source(self) -> TeacherSection:
@@ -121,7 +122,8 @@ class EvalSection(Section):
 
 
 class OutputSection(Section):
-    dir: str | None = Field(None, description="run folder; default runs/<recipe file name>")
+    dir: PathOption | None = Field(None, description="run folder (relative to the recipe file); default "
+                                   "runs/<recipe name> in the working directory")
 
 
 class RecipeModel(Section):
