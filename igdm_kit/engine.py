@@ -211,7 +211,7 @@ def _train(folder: RunFolder, r: Recipe, mode: Mode, teacher_file: Path | None, 
     stop.check(what, again)
     if d.is_main:
         save_model(folder / FINAL, parts.student, {**parts.checkpoint_meta(), "epoch": tr.epochs})
-        folder.finish(results)
+        folder.finish(results)  # results.json marks the run finished; AutoAttack's resume state goes
     d.barrier()
     return RunResult(folder.path, r, metrics, results)
 

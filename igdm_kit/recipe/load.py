@@ -32,7 +32,7 @@ def _read_toml(path: Path) -> dict[str, Any]:
     if path.is_dir():
         raise RecipeError(f"{str(path)!r} is a folder, not a recipe file", "name a .toml file in it")
     if not path.is_file():
-        raise RecipeError(f"recipe file {str(path)!r} does not exist", "check the path")
+        raise RecipeError(f"recipe file {str(path)!r} does not exist", _near(path))
     try:
         text = path.read_text(encoding="utf-8-sig")  # a byte-order mark (Windows editors) is not TOML
     except UnicodeDecodeError:
@@ -51,6 +51,20 @@ def parse_toml(text: str, what: str) -> dict[str, Any]:
     except RecursionError:
         raise RecipeError(f"{what} nests tables or lists too deeply to read",
                           "flatten the nested inline tables and lists") from None
+
+
+def _near(path: Path) -> str:
+    """A hint for a recipe that is not there: the file meant (``quickstart`` → recipes/quickstart.toml)."""
+    import difflib
+
+    name = path.name if path.suffix == ".toml" else f"{path.name}.toml"
+    candidates = [path.with_name(name), Path("recipes") / name, *sorted(Path("recipes").rglob(name))]
+    found = next((str(c) for c in candidates if c.is_file()), None)
+    if found:
+        return f"did you mean {found}?"
+    known = sorted(str(p) for p in Path("recipes").glob("*.toml")) if Path("recipes").is_dir() else []
+    close = difflib.get_close_matches(str(path), known, n=2, cutoff=0.6)
+    return ("did you mean " + " or ".join(close) + "?") if close else "check the path"
 
 
 def merge(parent: dict[str, Any], child: dict[str, Any]) -> dict[str, Any]:

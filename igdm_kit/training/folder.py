@@ -9,7 +9,7 @@
     last.safetensors         the latest model (a self-describing checkpoint)
     train_state.safetensors  optimizer, scheduler, RNG and epoch, for --resume
     checkpoints/epoch_NNN.safetensors   with train.save_every_epoch
-    autoattack.state         while the final AutoAttack runs (it resumes from it)
+    autoattack.state         while the final AutoAttack runs (it resumes from it; removed when finished)
     eval_flags.safetensors   per-image robust flags of every attack and the worst case (igdm-kit compare)
     model.safetensors        the final model
     results.json             the final evaluation; its presence marks the run finished
@@ -260,7 +260,11 @@ class RunFolder:
         return kept
 
     def finish(self, results: dict[str, Any]) -> None:
+        """Write ``results.json`` (the run is finished) and drop ``autoattack.state``, which only a
+        resumed evaluation reads."""
         atomic_write_json(self / RESULTS, results)
+        for state in self.path.glob(AA_STATE + "*"):  # every attack's AutoAttack state
+            state.unlink(missing_ok=True)
 
 
 class RunLock:
