@@ -58,31 +58,51 @@ def _fmt_time(seconds: float) -> str:
 
 
 def sentence(summary: dict, seconds: float, threads: str) -> str:
-    """What the numbers show: each column's change from the first variant to the second, in points and in
-    test images (n images: one image is 100/n points), and no more than that."""
-    from igdm_kit.eval_attacks import EVAL_ATTACKS
-
+    """What the numbers show: each column's change from the first variant to the second in points and in
+    test images, with the 95% intervals and McNemar's paired test when the command reports them (rows'
+    ``ci95``, ``versus_first``), and no more than that."""
     a, b = summary["rows"][:2]
     n = a.get("n") or 0
-    parts, moved = [], []
-    for key, spec in EVAL_ATTACKS.items():
+    tests = next((v.get("rows", {}) for v in summary.get("versus_first", []) if v.get("variant") == b["variant"]),
+                 {})
+    parts, moved, significant = [], [], []
+    for key, label in summary.get("columns", []):
         if key in a and key in b:
             images = round((b[key] - a[key]) * n / 100)
-            parts.append(f"{spec.label} {b[key] - a[key]:+.2f} ({images:+d})")
+            p = tests.get(key, {}).get("p_value")
+            parts.append(f"{label} {b[key] - a[key]:+.2f} ({images:+d}" + (f", p = {_p(p)}" if p is not None else "")
+                         + ")")
             moved.append(abs(images))
+            if tests.get(key, {}).get("significant"):
+                significant.append(label)
+    halves = [(hi - lo) / 2 for r in (a, b) for lo, hi in (r.get("ci95") or {}).values()]
     align = [f"{g.upper()} {a[g]:.3f} → {b[g]:.3f}" for g in ("gc", "gd") if g in a and g in b]
     cpus = os.cpu_count() or 1
-    return (f"That run took {_fmt_time(seconds)} on a {cpus}-CPU machine ({threads} torch thread"
+    text = (f"That run took {_fmt_time(seconds)} on a {cpus}-CPU machine ({threads} torch thread"
             f"{'s' if threads != '1' else ''}): the teacher, two students, and AutoAttack on all {n} test "
             f"images at ε = 0.1 (digits have 17 grey levels). From `{a['variant']}` (ARD) to `{b['variant']}` "
             f"(ARD + IGDM, same seeds) the accuracies changed by {', '.join(parts)} points (in brackets: "
-            f"test images), and {', '.join(align)}. One image is {100 / n:.2f} points here and the largest "
-            f"change is {max(moved)} image{'s' if max(moved) != 1 else ''}: on this small problem the accuracy "
-            f"differences are too small to call either way (another CPU thread count, which changes the last "
-            f"bits of reductions, can move them by a few images). GC (cosine, higher is closer) and GD "
-            f"(distance, lower is closer) measure the input-gradient alignment to the teacher that IGDM "
-            f"trains, averaged over all {n} images. Written by `python benchmarks/readme_quickstart.py` from "
-            f"the command's own output.")
+            f"test images" + (", McNemar's exact p" if tests else "") + f"); {', '.join(align)}. ")
+    if halves:
+        text += (f"With n = {n} each accuracy's 95% interval is ±{min(halves):.1f} to ±{max(halves):.1f} "
+                 f"points, ")
+    else:
+        text += f"One image is {100 / n:.2f} points here, "
+    verdict = ("none of the accuracy changes is significant" if tests and not significant else
+               f"only {', '.join(significant)} changed significantly" if significant else
+               f"the largest change is {max(moved)} image{'s' if max(moved) != 1 else ''}")
+    return text + (f"and {verdict}: on this small problem the accuracies do not tell ARD and ARD + IGDM "
+                   f"apart" if not significant else f"and {verdict}") + (
+        "; another CPU thread count, which changes the last bits of reductions, can move them by a few "
+        "images. GC (cosine, higher is closer) and GD (distance, lower is closer) are the input-gradient "
+        f"alignment to the teacher that IGDM trains, averaged over the {n} images. Written by "
+        "`python benchmarks/readme_quickstart.py` from the command's own output.")
+
+
+def _p(p: float) -> str:
+    from igdm_kit.stats import fmt_p
+
+    return fmt_p(p)
 
 
 def block(table: str, text: str) -> str:

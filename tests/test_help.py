@@ -25,7 +25,7 @@ def test_help_at_80_columns(command):
     assert max(len(line) for line in text.splitlines()) <= 80
     assert "<bool>" not in text and "--help" in text
     if command == ("eval",):
-        assert "clean,fgsm,pgd20,cw,autoattack]" in text  # the default, whole
+        assert "clean,fgsm,pgd20,cw,autoattack" in text  # the default, whole
         assert "--json " in text and "--progress / --no-progress" in text
     if command == ():
         assert "--threads N" in text and "IGDM_KIT_THREADS" in text

@@ -68,11 +68,19 @@ def test_the_quickstart_block_is_written_by_the_script():
     q = _script()
     assert README.count(q.BEGIN) == 1 and README.count(q.END) == 1
     assert "python benchmarks/readme_quickstart.py" in README.split(q.BEGIN)[1].split(q.END)[0]
-    rows = [{"variant": "alpha=0", "n": 360, "clean": 99.17, "autoattack": 86.39, "gc": 0.719, "gd": 0.134},
-            {"variant": "alpha=6", "n": 360, "clean": 99.44, "autoattack": 85.0, "gc": 0.755, "gd": 0.190}]
-    text = q.sentence({"rows": rows}, 104.0, "2")
-    assert "Clean +0.27 (+1)" in text and "AutoAttack -1.39 (-5)" in text and "largest change is 5 images" in text
+    rows = [{"variant": "alpha=0", "n": 360, "clean": 99.17, "autoattack": 86.39, "gc": 0.719, "gd": 0.134,
+             "ci95": {"clean": [97.0, 99.0], "autoattack": [82.0, 90.0]}},
+            {"variant": "alpha=6", "n": 360, "clean": 99.44, "autoattack": 85.0, "gc": 0.755, "gd": 0.190,
+             "ci95": {"clean": [98.0, 100.0], "autoattack": [81.0, 88.0]}}]
+    columns = [["clean", "Clean"], ["autoattack", "AA"]]
+    text = q.sentence({"rows": rows, "columns": columns}, 104.0, "2")
+    assert "Clean +0.27 (+1)" in text and "AA -1.39 (-5)" in text and "largest change is 5 images" in text
     assert "1 min 44 s" in text and "2 torch threads" in text and "GC 0.719 → 0.755" in text
+    assert "±1.0 to ±4.0 points" in text  # half the widest and the narrowest interval
+    tests = [{"variant": "alpha=6", "rows": {"clean": {"p_value": 1.0, "significant": False},
+                                             "autoattack": {"p_value": 0.031, "significant": True}}}]
+    text = q.sentence({"rows": rows, "columns": columns, "versus_first": tests}, 104.0, "1")
+    assert "AA -1.39 (-5, p = 0.031)" in text and "only AA changed significantly" in text and "1 torch thread)" in text
     new = q.block("TABLE", text)
     out = q.rewrite(f"before\n{q.BEGIN}\nold\n{q.END}\nafter\n", new)
     assert out.startswith("before\n") and out.endswith("\nafter\n") and "old" not in out and "TABLE" in out
