@@ -26,7 +26,7 @@ from typing import Any
 
 import torch
 
-from . import distributed
+from . import distributed, threads
 from .accel import Accelerator
 from .checkpoint import save_model
 from .errors import IgdmKitError, Interrupted, RecipeError
@@ -187,6 +187,7 @@ def _train(folder: RunFolder, r: Recipe, mode: Mode, teacher_file: Path | None, 
     """Build, train (from scratch or the saved state) and evaluate one recipe into ``folder``; ``stop`` is
     checked in every phase, ``hint`` is the command that resumes."""
     tr = r.model.train
+    threads.configure(tr.threads)  # --threads / IGDM_KIT_THREADS, the recipe's, or the default
     if d.is_main:
         folder.ensure_writable()
     parts = build_parts(r, device=device, acc=acc, dist=d, teacher_file=teacher_file)
@@ -210,7 +211,7 @@ def _train(folder: RunFolder, r: Recipe, mode: Mode, teacher_file: Path | None, 
     stop.check(what, again)
     if d.is_main:
         save_model(folder / FINAL, parts.student, {**parts.checkpoint_meta(), "epoch": tr.epochs})
-        folder.finish(results)
+        folder.finish(results)  # results.json marks the run finished; AutoAttack's resume state goes
     d.barrier()
     return RunResult(folder.path, r, metrics, results)
 

@@ -39,6 +39,20 @@ def parse_fraction(value: Any) -> Any:
 Fraction = Annotated[float, BeforeValidator(parse_fraction)]
 
 
+class RecipePath:
+    """Marks an option as a file or folder path (``PathOption``). Written in a recipe file, a relative path is
+    relative to that file, and the component receives it absolute; given with ``--set`` on the command line,
+    relative to the working directory; a default stays as the component wrote it (working directory).
+    Only its last part counts towards a recipe's digest, so a moved clone keeps its runs."""
+
+    def __repr__(self) -> str:
+        return "RecipePath()"
+
+
+#: A ``str`` option that holds a path (resolved as ``RecipePath`` says).
+PathOption = Annotated[str, RecipePath()]
+
+
 class Options(BaseModel):
     """Base of every component's options: unknown keys are errors, values are validated on assignment, and
     no number may be ``inf`` or ``nan``."""
@@ -307,6 +321,11 @@ class DatasetPlugin:
 
     def load(self, split: Literal["train", "test"]) -> tuple[torch.Tensor, torch.Tensor]:
         raise NotImplementedError
+
+    def check(self) -> None:
+        """Raise the one-line ``DataError`` that ``load`` would raise for missing files, without reading or
+        downloading anything (files a ``download`` option would fetch are not missing). ``igdm-kit recipe
+        check`` warns with it. The default checks nothing (data that ships with a package)."""
 
 
 class ModelFactory(Protocol):

@@ -133,7 +133,8 @@ def row_of(v: Variant, result) -> dict[str, Any]:
     res = result.results
     metrics = {**res.get("metrics", {}), **({"worst": res["worst"]} if "worst" in res else {})}
     row: dict[str, Any] = {"variant": v.label, "overrides": v.overrides, "output_dir": str(result.output_dir),
-                           "reused": result.reused, "n": res.get("n"), "ci95": {}}
+                           "reused": result.reused, "n": res.get("n"), "ci95": {},
+                           "dataset": v.recipe.model.data.name, "eps": res.get("eps")}
     for key, m in metrics.items():
         row[key] = m["accuracy"]
         if "ci95" in m:

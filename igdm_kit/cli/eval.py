@@ -164,7 +164,10 @@ def run_eval(src, items: list[Any], *, threat: str, radius: float | None, datase
     from ..evaluation import evaluate, load_eval_data, report_json, resolve_device
     from ..evaluation import save_flags as write_flags
 
+    from ..threads import configure
+
     specs = resolve(items, threat, "--attacks")  # bad attacks fail before any model is loaded
+    configure()  # --threads / IGDM_KIT_THREADS, else the default
     dev = resolve_device(device)
     net, meta, ds_name, options = sources.load(src, dataset, dev)
     if radius is None:  # a model trained at another radius would otherwise be judged at 8/255 silently

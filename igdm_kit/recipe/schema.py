@@ -13,7 +13,7 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from ..eval_attacks import DEFAULT_ATTACKS, DEFAULT_EPS
-from ..interfaces import Fraction
+from ..interfaces import Fraction, PathOption
 
 #: The largest seed (torch takes seeds below 2**64; the trainer derives per-epoch seeds from it).
 MAX_SEED = 2**63 - 1
@@ -45,14 +45,15 @@ class StudentSection(ComponentSection):
 
 
 class TeacherSection(Section):
-    checkpoint: str | None = Field(None, description="teacher weights on disk (path relative to the recipe)")
+    checkpoint: PathOption | None = Field(None, description="teacher weights on disk (relative to the recipe file)")
     loader: str = Field("auto", description="teacher loader; auto: igdm-kit for .safetensors, else state-dict")
     loader_options: dict[str, Any] = Field(default_factory=dict)
     model: str | None = Field(None, description="architecture, for loaders that read plain weights")
     model_options: dict[str, Any] = Field(default_factory=dict)
     mean: list[Annotated[float, Field(ge=-1e3, le=1e3)]] | None = None
     std: list[Annotated[float, Field(gt=0, le=1e3)]] | None = None
-    recipe: str | None = Field(None, description="a recipe that trains the teacher (cached in its run folder)")
+    recipe: PathOption | None = Field(None, description="a recipe that trains the teacher (relative to the recipe "
+                                      "file; cached in its run folder)")
 
     @model_validator(mode="after")
     def _one_source(self) -> TeacherSection:
@@ -83,6 +84,8 @@ class TrainSection(Section):
     lr_decay: float = Field(0.1, gt=0, le=10, description="factor applied at each milestone (cumulative)")
     seed: int = Field(0, ge=0, le=MAX_SEED)
     device: str = Field("auto", pattern=DEVICE_PATTERN, description="auto, cpu, mps, cuda, cuda:N")
+    threads: int | None = Field(None, gt=0, le=4096, description="CPU threads of torch (default: the "
+                                "physical cores available; --threads and IGDM_KIT_THREADS override it)")
     reference_passes: bool = Field(False, description="separate forwards as the reference code does")
     save_every_epoch: bool = Field(False, description="keep a checkpoint per epoch (for analyze linearity)")
     # Accelerator options (igdm_kit.accel); device-dependent checks happen when the run starts.
@@ -118,7 +121,8 @@ class EvalSection(Section):
 
 
 class OutputSection(Section):
-    dir: str | None = Field(None, description="run folder; default runs/<recipe file name>")
+    dir: PathOption | None = Field(None, description="run folder (relative to the recipe file); default "
+                                   "runs/<recipe name> in the working directory")
 
 
 class RecipeModel(Section):

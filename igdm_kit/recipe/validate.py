@@ -17,6 +17,7 @@ from typing import Any
 
 from pydantic import BaseModel, ValidationError
 
+from ..describe import path_fields
 from ..errors import IgdmKitError, RecipeError, UnknownComponentError
 from ..eval_attacks import EvalSpec, check_eps, resolve
 from .errors import raise_validation
@@ -75,9 +76,14 @@ class Recipe:
     @cached_property
     def _digest(self) -> str:
         body = {k: v for k, v in self._resolved.items() if k not in ("output", "sweep", "description")}
-        if "teacher" in body:  # where the teacher lies is not what it is: a moved clone keeps its runs
-            body["teacher"] = {k: (Path(v).name if k in ("checkpoint", "recipe") else v)
-                               for k, v in body["teacher"].items()}
+        body["train"] = {k: v for k, v in body["train"].items() if k != "threads"}  # how, not what
+        # where the data and the teacher lie is not what they are: a moved clone keeps its runs
+        paths = {section: path_fields(type(options)) for section, options in self.components.items()}
+        paths["teacher"] = path_fields(TeacherSection)
+        for section, keys in paths.items():
+            if section in body:
+                body[section] = {k: (Path(v).name if k in keys and isinstance(v, str) else v)
+                                 for k, v in body[section].items()}
         return hashlib.sha256(json.dumps(body, sort_keys=True, default=str).encode()).hexdigest()
 
     def digest(self) -> str:

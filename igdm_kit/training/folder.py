@@ -2,13 +2,14 @@
 
 ::
 
-    manifest.json            igdm-kit's marker (``format``), resolved recipe, digest, seeds, versions, teacher
+    manifest.json            igdm-kit's marker (``format``), resolved recipe, digest, seeds, versions, CPU
+                             threads, teacher
     recipe.toml              the resolved recipe
     metrics.jsonl            one JSON object per epoch
     last.safetensors         the latest model (a self-describing checkpoint)
     train_state.safetensors  optimizer, scheduler, RNG and epoch, for --resume
     checkpoints/epoch_NNN.safetensors   with train.save_every_epoch
-    autoattack.state         while the final AutoAttack runs (it resumes from it)
+    autoattack.state         while the final AutoAttack runs (it resumes from it; removed when finished)
     eval_flags.safetensors   per-image robust flags of every attack and the worst case (igdm-kit compare)
     model.safetensors        the final model
     results.json             the final evaluation; its presence marks the run finished
@@ -242,7 +243,8 @@ class RunFolder:
             "format": RUN_FORMAT, "recipe": r.resolved(), "recipe_digest": r.digest(),
             "seed": r.model.train.seed, "world_size": world_size, "toolkit_version": toolkit_version(),
             "torch_version": torch.__version__, "cuda_version": torch.version.cuda,
-            "python_version": platform.python_version(), "device": device, "git_commit": _git_commit(),
+            "python_version": platform.python_version(), "device": device,
+            "threads": torch.get_num_threads(), "git_commit": _git_commit(),
             "teacher_sha256": teacher_digest, "recipe_file": str(r.path) if r.path else None,
         })
         atomic_write_text(self / RECIPE_FILE, to_toml(r.resolved()))
@@ -259,7 +261,11 @@ class RunFolder:
         return kept
 
     def finish(self, results: dict[str, Any]) -> None:
+        """Write ``results.json`` (the run is finished) and drop ``autoattack.state``, which only a
+        resumed evaluation reads."""
         atomic_write_json(self / RESULTS, results)
+        for state in self.path.glob(AA_STATE + "*"):  # every attack's AutoAttack state
+            state.unlink(missing_ok=True)
 
 
 class RunLock:

@@ -156,8 +156,9 @@ class Trainer:
         reduced = p.dist.sum([acc.sums[k] for k in keys] + [float(acc.correct), float(acc.seen)], p.device)
         sums = dict(zip(keys, reduced[:-2], strict=True))
         correct, seen = int(reduced[-2]), int(reduced[-1])
-        row: dict[str, Any] = {"epoch": epoch, "lr": lr,
-                               "module_weight": module_weight(p.module, epoch, self.epochs)}
+        row: dict[str, Any] = {"epoch": epoch, "lr": lr}
+        if p.module is not None:  # T(α) of this epoch; a run without a module has none to log
+            row["module_weight"] = module_weight(p.module, epoch, self.epochs)
         row.update({k: v / seen for k, v in sums.items()})
         if correct:
             row["train_adv_acc"] = 100.0 * correct / seen
