@@ -14,10 +14,9 @@ from collections.abc import Callable
 from typing import ClassVar
 
 import torch
+from pydantic import Field
 from torch import nn
 from torchattacks.attack import Attack
-
-from pydantic import Field
 
 from igdm_kit.errors import RecipeError
 from igdm_kit.interfaces import AttackOptions
