@@ -112,8 +112,9 @@ def block(table: str, text: str) -> str:
 
 
 def _wrap(text: str, width: int = 110) -> str:
+    """Lines of at most ``width`` characters, never breaking inside a `code span`."""
     out, line = [], ""
-    for word in text.split():
+    for word in re.findall(r"\S*`[^`]*`\S*|\S+", text):
         if line and len(line) + 1 + len(word) > width:
             out.append(line)
             line = word

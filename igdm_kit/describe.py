@@ -30,14 +30,19 @@ def _without_none(annotation: Any) -> tuple[Any, bool]:
     return annotation, False
 
 
+def _metadata(field: FieldInfo) -> list[Any]:
+    """A field's constraints and markers, also those of an ``Annotated`` inside ``X | None``."""
+    inner = [m for a in typing.get_args(field.annotation) for m in getattr(a, "__metadata__", ())]
+    return [*field.metadata, *inner]
+
+
 def _is_fraction(field: FieldInfo) -> bool:
-    return any(getattr(m, "func", None) is parse_fraction for m in field.metadata)
+    return any(getattr(m, "func", None) is parse_fraction for m in _metadata(field))
 
 
 def is_path(field: FieldInfo) -> bool:
     """Whether a field is a ``PathOption`` (also inside ``PathOption | None``)."""
-    inner = [m for a in typing.get_args(field.annotation) for m in getattr(a, "__metadata__", ())]
-    return any(isinstance(m, RecipePath) for m in (*field.metadata, *inner))
+    return any(isinstance(m, RecipePath) for m in _metadata(field))
 
 
 def path_fields(model: type[BaseModel]) -> list[str]:
@@ -48,6 +53,8 @@ def path_fields(model: type[BaseModel]) -> list[str]:
 def type_text(annotation: Any, field: FieldInfo | None = None) -> str:
     """``float`` → "number", ``Literal["a", "b"]`` → '"a" or "b"', ``list[int]`` → "list of integer"."""
     annotation, _ = _without_none(annotation)
+    if typing.get_origin(annotation) is typing.Annotated:  # e.g. Fraction | None: the type inside
+        annotation = typing.get_args(annotation)[0]
     if field is not None and is_path(field):
         base = "path"
     elif typing.get_origin(annotation) is typing.Literal:
@@ -61,7 +68,7 @@ def type_text(annotation: Any, field: FieldInfo | None = None) -> str:
         base = " or ".join(type_text(a) for a in typing.get_args(annotation))
     else:
         base = _NAMES.get(annotation, getattr(annotation, "__name__", str(annotation)))
-    bounds = [f"{sym} {_number(getattr(m, key))}" for m in (field.metadata if field else ())
+    bounds = [f"{sym} {_number(getattr(m, key))}" for m in (_metadata(field) if field else ())
               for key, sym in _BOUNDS if getattr(m, key, None) is not None]
     text = base + (" " + ", ".join(bounds) if bounds else "")
     return text + (' or a fraction such as "8/255"' if field is not None and _is_fraction(field) else "")

@@ -225,7 +225,7 @@ def sweep_figure(summary: dict[str, Any], path: str | Path) -> Path:
 
 def draw_sweep(summary: dict[str, Any]):
     """Scatter of GC and GD against robust accuracy across the runs, with the correlation (Figure 3): one
-    point per variant, labels placed apart, axes named as the tables name them, r with its number of runs."""
+    point per variant, labels placed apart, axes named as the tables name them, r with its number of variants."""
     plt = pyplot()
     rows, corr = summary["rows"], summary["correlation"]
     key = corr.get("against")
@@ -251,10 +251,12 @@ def draw_sweep(summary: dict[str, Any]):
     return fig
 
 
-def _r_text(r: float | None, runs: int) -> str:
+def _r_text(r: float | None, variants: int) -> str:
+    """As the sweep table words it: r over how many variants, and that a few are no test of a trend."""
     if r is None:
-        return f"{runs} runs (r needs 3 or more)"
-    return f"Pearson r = {r:.2f} over {runs} runs" + (" (few runs: not a trend test)" if runs < 10 else "")
+        return f"{variants} variants (r needs 3 or more)"
+    return f"Pearson r = {r:.2f} across {variants} variants" + (" (few variants: not a trend test)"
+                                                                 if variants < 8 else "")
 
 
 def checkpoint_label(path, paths) -> str:

@@ -82,6 +82,6 @@ def test_sweep_labels_do_not_overprint_and_axes_use_the_tables_names():
         assert len(boxes) == 4
         assert not any(a.overlaps(b) for i, a in enumerate(boxes) for b in boxes[i + 1:])
         assert ax.get_ylabel() == "PGD-20 accuracy (%)" and "pgd20" not in ax.get_title()
-        assert "over 4 runs" in ax.get_title() and "not a trend test" in ax.get_title()
+        assert "across 4 variants" in ax.get_title() and "not a trend test" in ax.get_title()
     assert "n=360" in fig._suptitle.get_text() and "ε=0.1" in fig._suptitle.get_text()
     P.pyplot().close("all")

@@ -66,3 +66,17 @@ def test_plugins_show_a_name_of_two_kinds_and_an_unknown_name(cli):
     assert res.code == 1 and "did you mean 'ard'" in res.err
     res = cli("plugins", "show", "mart")  # a third party's component, through its Options alone
     assert res.code == 0 and "beta" in res.out and "plugin: mart" not in res.out and "(mart;" in res.out
+
+
+def test_plugins_show_works_for_every_registered_component(cli):
+    """Every kind, built-in or third party: exit 0 and every option of its Options model listed."""
+    from igdm_kit.plugins import all_entries
+
+    for e in all_entries():
+        res = cli("plugins", "show", e.name, "--kind", e.kind, "--json")
+        assert res.code == 0, (e.kind, e.name, res.err)
+        (shown,) = json.loads(res.out)["results"]
+        assert [o["name"] for o in shown["options"]] == list(e.options_model.model_fields), (e.kind, e.name)
+        assert all("Annotated" not in o["type"] and o["type"] for o in shown["options"]), shown["options"]
+    text = cli("plugins", "show", "pgd20").out
+    assert '[eval] attacks = ["pgd20", ...]' in text and "threat models: Linf" in text

@@ -26,13 +26,16 @@ def _facts(entry) -> list[tuple[str, str]]:
                 ("works with compile", yes(c.supports_compile))]
     if entry.kind == "attack":
         return [("needs a teacher", yes(c.uses_teacher()))]
+    if entry.kind == "eval_attack":
+        return [("threat models", ", ".join(c.norms)), ("column", c.short or c.label or entry.name)]
     return []
 
 
 def _section(kind: str) -> str:
+    """Where a recipe names a component of this kind."""
     return {"method": "[method] name", "module": "[module] name", "attack": "[attack] name",
-            "model": "[student] model", "dataset": "[data] name",
-            "teacher_loader": "[teacher] loader"}[kind]
+            "eval_attack": "[eval] attacks", "model": "[student] model", "dataset": "[data] name",
+            "teacher_loader": "[teacher] loader"}.get(kind, kind)
 
 
 def register(app: typer.Typer) -> None:
@@ -67,8 +70,8 @@ def register(app: typer.Typer) -> None:
 
     @group.command("show")
     def show(name: str = typer.Argument(..., help="component name, e.g. ard or igdm"),
-             kind: str | None = typer.Option(None, "--kind", "-k", help="method, module, attack, model, "
-                                             "dataset or teacher_loader (when a name has several kinds)"),
+             kind: str | None = typer.Option(None, "--kind", "-k", help="method, module, attack, eval_attack, "
+                                             "model, dataset or teacher_loader (when a name has several kinds)"),
              json_: bool = typer.Option(False, "--json", help="print JSON on stdout")) -> None:
         """A component's description, contract facts and options (name, type, default, description)."""
         from ..describe import option_rows
@@ -99,8 +102,9 @@ def register(app: typer.Typer) -> None:
 def _print_entry(e, rows: list[dict[str, str]]) -> None:
     from rich.table import Table
 
+    named = f'["{e.name}", ...]' if e.kind == "eval_attack" else f'"{e.name}"'  # a list of attacks
     out_console.print(f"[bold]{e.kind} {escape(e.name)}[/] ({escape(_plugin(e))}; in a recipe: "
-                      f"{escape(_section(e.kind))} = \"{escape(e.name)}\")", highlight=False)
+                      f"{escape(_section(e.kind))} = {escape(named)})", highlight=False)
     if e.description:
         out_console.print(escape(e.description), highlight=False)
     for fact, value in _facts(e):

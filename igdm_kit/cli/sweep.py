@@ -74,7 +74,8 @@ def print_table(summary: dict) -> None:
     out_console.print(table)
     corr = summary.get("correlation") or {}
     if corr.get("gc") is not None or corr.get("gd") is not None:
-        out_console.print(f"correlation with {corr['against']} accuracy across {len(rows)} variants: "
+        against = dict(summary.get("columns") or []).get(corr["against"], corr["against"])  # its header
+        out_console.print(f"correlation with {against} accuracy across {len(rows)} variants: "
                           + ", ".join(f"{g.upper()} r = {corr[g]:.2f}" for g in ("gc", "gd")
                                       if corr.get(g) is not None)
                           + (" (few variants: r is a description, not evidence)" if len(rows) < 8 else ""))
