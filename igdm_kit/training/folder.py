@@ -6,6 +6,9 @@
     recipe.toml              the resolved recipe
     metrics.jsonl            one JSON object per epoch
     last.safetensors         the latest model (a self-describing checkpoint)
+    best.safetensors         with [train.validate]: the epoch best on the validation split (best_ema: of the average)
+    ema.safetensors          with [train.ema]: the average of the student's weights when training ended
+    log.jsonl                every tracker record (tensorboard/, wandb/, mlruns/ with those trackers)
     train_state.safetensors  optimizer, scheduler, RNG and epoch, for --resume
     checkpoints/epoch_NNN.safetensors   with train.save_every_epoch
     autoattack.state         while the final AutoAttack runs (it resumes from it)
@@ -37,6 +40,7 @@ Mode = Literal["new", "resume", "reuse"]
 MANIFEST, RECIPE_FILE, METRICS = "manifest.json", "recipe.toml", "metrics.jsonl"
 LAST, STATE, FINAL, RESULTS = "last.safetensors", "train_state.safetensors", "model.safetensors", "results.json"
 AA_STATE, CHECKPOINTS, FLAGS = "autoattack.state", "checkpoints", "eval_flags.safetensors"
+BEST, EMA, BEST_EMA = "best.safetensors", "ema.safetensors", "best_ema.safetensors"
 
 
 def sha256_file(path: str | Path) -> str:
@@ -148,13 +152,16 @@ class RunFolder:
             raise IgdmKitError(f"output folder {str(out)!r} is not writable ({exc.strerror or exc})",
                                "choose another folder with --output") from None
 
-    def start(self, r: Recipe, *, device: str, world_size: int, teacher_digest: str | None) -> None:
-        """A new run: drop what an unfinished earlier run left, write the resolved recipe and the manifest."""
+    def start(self, r: Recipe, *, device: str, world_size: int, teacher_digest: str | None,
+              extra: dict[str, Any] | None = None) -> None:
+        """A new run: drop what an unfinished earlier run left, write the resolved recipe and the manifest
+        (``extra``: more of it, e.g. the validation split)."""
         import torch
 
         from ..checkpoint import toolkit_version
 
-        for stale in (METRICS, FLAGS, *(p.name for p in self.path.glob(AA_STATE + "*"))):
+        for stale in (METRICS, FLAGS, BEST, BEST_EMA, EMA, *(p.name for p in self.path.glob(AA_STATE + "*")),
+                      *(p.name for p in self.path.glob("eval_flags.*.safetensors"))):
             (self / stale).unlink(missing_ok=True)
         atomic_write_text(self / RECIPE_FILE, to_toml(r.resolved()))
         atomic_write_json(self / MANIFEST, {
@@ -162,7 +169,7 @@ class RunFolder:
             "world_size": world_size, "toolkit_version": toolkit_version(), "torch_version": torch.__version__,
             "cuda_version": torch.version.cuda, "python_version": platform.python_version(),
             "device": device, "git_commit": _git_commit(), "teacher_sha256": teacher_digest,
-            "recipe_file": str(r.path) if r.path else None,
+            "recipe_file": str(r.path) if r.path else None, **(extra or {}),
         })
 
     def trim_metrics(self, last_epoch: int) -> list[dict[str, Any]]:
