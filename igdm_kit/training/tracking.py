@@ -23,7 +23,8 @@ from .folder import MANIFEST, RunFolder
 
 
 def tracker_names(recipe) -> list[str]:
-    return [ALWAYS, *(t for t in recipe.model.log.trackers if t != ALWAYS)]
+    """The recipe's trackers, then ``jsonl``: a record in ``log.jsonl`` has reached every other tracker."""
+    return [*(t for t in recipe.model.log.trackers if t != ALWAYS), ALWAYS]
 
 
 def flat_results(results: dict[str, Any]) -> dict[str, float]:

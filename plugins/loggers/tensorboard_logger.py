@@ -41,6 +41,8 @@ class TensorBoard(Tracker):
         for key, value in metrics.items():
             self.writer.add_scalar(key, value, step)
         self.step = step
+        if epoch is not None:  # an epoch's records end each hand-over: on disk before training goes on
+            self.writer.flush()
 
     def summary(self, results):
         for key, value in results.items():
