@@ -388,7 +388,8 @@ class LRSchedule:
     """A learning-rate schedule, registered by ``register_schedules`` and named in ``[train.schedule] name``.
 
     ``build(optimizer, plan)`` returns a ``torch.optim.lr_scheduler`` scheduler for the epochs after the
-    warm-up: it starts at ``plan.lr``, its own count starts at 0 when the warm-up ends, and it covers
+    warm-up: ``plan.lr`` is its base (where multistep and cosine start, the peak of one-cycle and cyclic),
+    its own count starts at 0 when the warm-up ends (which rises to the schedule's first lr), and it covers
     ``plan.schedule_epochs`` epochs (× ``plan.steps_per_epoch`` steps when ``interval`` is ``"step"``). The
     trainer steps it once per epoch, or once per optimizer step with ``interval = "step"``; its
     ``state_dict`` must be JSON values (resume saves it without pickling).

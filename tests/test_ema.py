@@ -74,6 +74,7 @@ def test_ema_is_validated_and_judged_like_any_checkpoint(tmp_path, write_recipe,
 
     rows = read_jsonl(out / "metrics.jsonl")
     assert all("val_ema_robust" in r and "val_robust" in r for r in rows)
+    assert R.load(out / "recipe.toml").digest() == json.loads((out / "manifest.json").read_text())["recipe_digest"]
     results = json.loads((out / "results.json").read_text())
     assert results["checkpoint"] == "ema" and set(results["checkpoints"]) == {"ema", "best_ema", "last"}
     # the headline is the average's evaluation: the saved ema.safetensors scores the same

@@ -81,6 +81,7 @@ def tracked_run(tmp_path_factory):
 
 def test_jsonl_is_always_on(tracked_run):
     folder, rows, results = tracked_run
+    assert R.load(folder / "recipe.toml").digest() == R.load(folder.parent / "r.toml").digest()
     records = read_jsonl(folder / "log.jsonl")
     assert records[0]["config"] == json.loads((folder / "manifest.json").read_text())
     steps = [r["step"] for r in records if "metrics" in r and r["epoch"] is None]

@@ -104,6 +104,8 @@ def test_best_is_the_epoch_a_hand_computation_over_the_metrics_picks(validated_r
     meta = read_metadata(run / "best.safetensors")
     assert meta["epoch"] == expected and meta["selected_by"]["metric"] == "val_robust"
     assert meta["selected_by"]["value"] == pytest.approx(max(scores))
+    # the resolved recipe in the run folder is itself a recipe with the same digest
+    assert R.load(run / "recipe.toml").digest() == R.load(run.parent / "r.toml").digest()
     results = json.loads((run / "results.json").read_text())
     assert results["checkpoints"]["best"]["epoch"] == expected and results["checkpoints"]["last"]["epoch"] == 4
     assert results["checkpoint"] == "last" and results["metrics"] == results["checkpoints"]["last"]["metrics"]
