@@ -134,6 +134,7 @@ def evaluate_checkpoints(r: Recipe, parts, folder, ema, *, log, progress: Any = 
     d.barrier()  # rank 0 wrote the best checkpoints the other ranks read
     reports: dict[str, dict[str, Any]] = {}
     for i, (name, model, epoch) in enumerate(judged_models(r, parts, folder, ema)):
+        d.sync_buffers(model)  # the ranks' shards judge rank 0's model, the one saved
         suffix = "" if i == 0 else f".{name}"
         rep = final_evaluation(r, model, parts.teacher, *parts.test_data, parts.device, log=log, dist=d,
                                aa_state=folder / f"{AA_STATE}{suffix}" if d.is_main else None,

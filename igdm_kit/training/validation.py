@@ -88,6 +88,7 @@ class Validation(Subscriber):
         x, y = self.data
         n = int(x.shape[0])
         if p.dist.enabled:
+            p.dist.sync_buffers(model)  # every rank judges rank 0's model
             x, y = x[p.dist.rank::p.dist.world], y[p.dist.rank::p.dist.world]
         v = self.settings
         report = evaluate(model, x, y, attacks=self.specs, batch_size=v.batch_size, eps=v.eps, threat=v.threat,
