@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
+import threading
 import time
 
 from pydantic import Field
@@ -35,7 +36,8 @@ class Local(Launcher):
         if "OMP_NUM_THREADS" not in env:
             env["OMP_NUM_THREADS"] = str(o.threads or max(1, (os.cpu_count() or 1) // o.jobs))
         pending, running, status = list(jobs), {}, {}
-        old = signal.signal(signal.SIGTERM, _as_interrupt)
+        main = threading.current_thread() is threading.main_thread()  # signal handlers live there only
+        old = signal.signal(signal.SIGTERM, _as_interrupt) if main else None
         try:
             while pending or running:
                 self._start_ready(pending, running, status, env, ctx)
@@ -54,7 +56,8 @@ class Local(Launcher):
                 fh.close()
             raise
         finally:
-            signal.signal(signal.SIGTERM, old)
+            if main:
+                signal.signal(signal.SIGTERM, old)
         return status
 
     def _start_ready(self, pending, running, status, env, ctx) -> None:
