@@ -26,6 +26,7 @@ DEFAULT_PLUGINS: tuple[str, ...] = (
     "igdm_kit_plugins.models",
     "igdm_kit_plugins.datasets",
     "igdm_kit_plugins.teachers",
+    "igdm_kit_plugins.shifts",
 )
 
 _HOOK_OF_KIND = {
@@ -36,6 +37,7 @@ _HOOK_OF_KIND = {
     "model": "register_models",
     "dataset": "register_datasets",
     "teacher_loader": "register_teacher_loaders",
+    "shift": "register_shifts",
 }
 
 _pm: pluggy.PluginManager | None = None

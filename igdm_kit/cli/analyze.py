@@ -4,6 +4,7 @@
   ``epoch_XXX.safetensors``) give the curve of Figure 2b, ordered by their recorded epoch.
 * ``alignment``: gradient distance GD and cosine GC between student and teacher input gradients (Table 4).
 * ``pointwise``: mean ‖T(x+δ) − S(x+δ)‖₂ for uniform and adversarial δ (Table 5).
+* ``ood``: clean and robust accuracy under distribution and threat shifts (Table 9), in ``cli/ood.py``.
 
 The computations are ``igdm_kit.analysis``'s public functions. Rich table on stdout, ``--json`` envelope,
 ``--plot FILE.png`` (matplotlib, the ``plot`` extra), progress on stderr.
@@ -62,6 +63,9 @@ def register(app: typer.Typer) -> None:
     app.add_typer(group, name="analyze")
     for add in (_linearity, _alignment, _pointwise):
         add(group)
+    from . import ood  # robustness under distribution and threat shifts (Table 9)
+
+    ood.add(group)
 
 
 def _linearity(group: typer.Typer) -> None:

@@ -67,6 +67,13 @@ def print_summary(result) -> None:
     for m in rows:
         lo, hi = m["ci95"]
         table.add_row(f"test {m['label']} acc (%)", f"{m['accuracy']:.2f} ({lo:.1f}–{hi:.1f})")
+    from ..shifts import SUMMARY
+
+    for key, label in SUMMARY.items():  # [eval] shifts: Table 9's columns
+        m = ((res.get("shifts") or {}).get("summary") or {}).get(key)
+        if m:
+            table.add_row(f"{label} acc (%, {m['units']} shifts)", f"{m['accuracy']:.2f} ({m['ci95'][0]:.1f}–"
+                          f"{m['ci95'][1]:.1f})")
     for k, v in (result.results.get("alignment") or {}).items():
         if isinstance(v, (int, float)):
             table.add_row(f"test {k.upper()}", f"{v:.4f}")

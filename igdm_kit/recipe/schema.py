@@ -12,6 +12,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from ..eval_attacks import DEFAULT_ATTACKS, DEFAULT_EPS
 from ..interfaces import Fraction
+from ..shifts import DEFAULT_SHIFT_ATTACKS
 
 class Section(BaseModel):
     model_config = ConfigDict(extra="forbid")
@@ -101,6 +102,12 @@ class EvalSection(Section):
     batch_size: int = Field(256, gt=0)
     eps: Fraction | None = Field(None, ge=0, description="radius; default 8/255 at Linf, 0.5 at L2, 12 at L1")
     analysis: bool = Field(False, description="also report GD/GC against the teacher (needs a teacher)")
+    shifts: list[str | dict[str, Any]] = Field(
+        default_factory=list, description='distribution and threat shifts (Table 9): names or tables, e.g. '
+        '"corruptions", "threats", { name = "corruptions", severities = [1, 3, 5] }')
+    shift_attacks: list[str | dict[str, Any]] = Field(
+        default_factory=lambda: list(DEFAULT_SHIFT_ATTACKS),
+        description="attacks run on the test set and every shifted set (robust: their worst case)")
 
     @model_validator(mode="after")
     def _eps_of_threat(self) -> EvalSection:
