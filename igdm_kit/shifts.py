@@ -136,15 +136,20 @@ def _plan(specs: list[ShiftSpec], ctx: Context, skip_missing: bool, warn) -> lis
     return plan
 
 
-def evaluate_shifts(model, x, y, shifts: list[Any], *, dataset: str, info, attacks: list[Any] | None = None,
+def evaluate_shifts(model, x, y, shifts: list[Any], **kwargs: Any) -> dict[str, Any]:
+    """Clean and robust accuracy on the test set and on each shifted set, robust accuracy under each
+    threat shift, and the Table 9 summary, for one model (``evaluate_models`` for several)."""
+    return evaluate_models([model], x, y, shifts, **kwargs)[0]
+
+
+def evaluate_models(models: list, x, y, shifts: list[Any], *, dataset: str, info, attacks: list[Any] | None = None,
                     eps: float, threat: str = "Linf", batch_size: int = 256, device=None, seed: int = 0,
                     limit: int | None = None, progress=None, skip_missing: bool = False,
-                    keep_flags: bool = False) -> dict[str, Any]:
-    """Clean and robust accuracy on the test set and on each shifted set, robust accuracy under each
-    threat shift, and the Table 9 summary. ``attacks``: those run on every set (default
-    ``DEFAULT_SHIFT_ATTACKS``; clean is always among them). ``skip_missing``: a shift whose files are
-    missing is skipped with a warning instead of failing. With ``keep_flags`` each row keeps its per-image
-    flags (``"flags": {"clean": ..., "robust": ...}``) for paired comparisons."""
+                    keep_flags: bool = False) -> list[dict[str, Any]]:
+    """``evaluate_shifts`` for several models on the same sets, each set made once. ``attacks``: those run
+    on every set (default ``DEFAULT_SHIFT_ATTACKS``; clean is always among them). ``skip_missing``: a shift
+    whose files are missing is skipped with a warning instead of failing. With ``keep_flags`` each row keeps
+    its per-image flags (``"flags": {"clean": ..., "robust": ...}``) for paired comparisons."""
     from .eval_attacks import resolve
     from .evaluation import resolve_device
     from .interfaces import Threat
@@ -157,28 +162,31 @@ def evaluate_shifts(model, x, y, shifts: list[Any], *, dataset: str, info, attac
     warnings: list[str] = []
     ctx = Context(dataset, info, x, y, seed, Threat(threat, eps), limit, warnings)
     plan = _plan(specs, ctx, skip_missing, ctx.warn)
-    run = dict(batch_size=batch_size, device=resolve_device(device, model), seed=seed, progress=progress)
-    ident = _row(model, x, y, attack_specs, eps, threat, run, key="test", label="test set (in-distribution)",
-                 group="id")
-    rows: dict[str, dict[str, Any]] = {}
+    run = dict(batch_size=batch_size, device=resolve_device(device, models[0]), seed=seed, progress=progress)
+    idents = [_row(m, x, y, attack_specs, eps, threat, run, key="test", label="test set (in-distribution)",
+                   group="id") for m in models]
+    rows: list[dict[str, dict[str, Any]]] = [{} for _ in models]
     for spec, sets, threats in plan:
         for s in sets:
             xs, ys = s.load()
             xs, ys = (xs[:limit], ys[:limit]) if limit else (xs, ys)
             _check_set(xs, ys, x, s.key)
-            row = _row(model, xs, ys, attack_specs, eps, threat, run, key=s.key, label=s.label, group=s.group,
-                       family=s.family or s.key, severity=s.severity, shift=spec.key)
-            rows[_unique(rows, s.key, spec.key)] = row
+            key = _unique(rows[0], s.key, spec.key)
+            for m, r in zip(models, rows):
+                r[key] = _row(m, xs, ys, attack_specs, eps, threat, run, key=s.key, label=s.label, group=s.group,
+                              family=s.family or s.key, severity=s.severity, shift=spec.key)
         for t in threats:
             specs_t = resolve([t.attack], t.threat.norm, f"{spec.key}.attack")
-            row = _row(model, x, y, specs_t, t.threat.eps, t.threat.norm, run, key=t.key, label=t.label,
-                       group="threat", family=t.key, shift=spec.key, clean=ident["flags"]["clean"])
-            row.update(threat=t.threat.norm, eps=t.threat.eps)
-            rows[_unique(rows, t.key, spec.key)] = row
-    result = {"dataset": dataset, "n": int(x.shape[0]), "threat": threat, "eps": eps, "seed": seed,
-              "attacks": [s.key for s in attack_specs], "shifts": [s.key for s in specs], "test": ident,
-              "rows": rows, "summary": summarize(ident, rows), "warnings": warnings}
-    return result if keep_flags else drop_flags(result)
+            key = _unique(rows[0], t.key, spec.key)
+            for m, r, ident in zip(models, rows, idents):
+                r[key] = _row(m, x, y, specs_t, t.threat.eps, t.threat.norm, run, key=t.key, label=t.label,
+                              group="threat", family=t.key, shift=spec.key, clean=ident["flags"]["clean"])
+                r[key].update(threat=t.threat.norm, eps=t.threat.eps)
+    head = {"dataset": dataset, "n": int(x.shape[0]), "threat": threat, "eps": eps, "seed": seed,
+            "attacks": [s.key for s in attack_specs], "shifts": [s.key for s in specs]}
+    results = [{**head, "test": ident, "rows": r, "summary": summarize(ident, r), "warnings": warnings}
+               for ident, r in zip(idents, rows)]
+    return results if keep_flags else [drop_flags(r) for r in results]
 
 
 def _unique(rows: dict, key: str, prefix: str) -> str:

@@ -220,3 +220,53 @@ def test_non_lp_attacks_run_only_under_their_own_threat(name):
     with pytest.raises(RecipeError, match="has no Linf version"):
         resolve([name], "Linf")
     assert resolve([name], "ReColor" if name == "recolor" else "StAdv")[0].name == name
+
+
+# -- perceptual attacks ---------------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def alexnet_cifar(tmp_path_factory):
+    """A CIFAR AlexNet backbone's weights (random), saved as perceptual-advex saves alexnet_cifar.pt."""
+    from igdm_kit_plugins.eval_attacks.lpips import features_net
+
+    torch.manual_seed(0)
+    path = tmp_path_factory.mktemp("lpips") / "alexnet_cifar.pt"
+    torch.save({"model": {f"model.features.{k}": v for k, v in features_net(cifar=True).state_dict().items()}}, path)
+    return str(path)
+
+
+def lpips_by_hand(features, a, b):
+    """d(a, b) = ‖φ(a) − φ(b)‖₂: activations after each ReLU stage, unit norm over channels, ÷ √(H·W)."""
+    mean, std = torch.tensor((0.485, 0.456, 0.406)).view(1, 3, 1, 1), torch.tensor((0.229, 0.224, 0.225)).view(1, 3, 1, 1)
+    total = torch.zeros(a.shape[0])
+    ha, hb = (a.expand(-1, 3, -1, -1) - mean) / std, (b.expand(-1, 3, -1, -1) - mean) / std
+    for i, layer in enumerate(features):
+        ha, hb = layer(ha), layer(hb)
+        if i in (1, 4, 7, 9, 11):  # after each ReLU
+            na = ha / (ha.norm(dim=1, keepdim=True) + 1e-10) / math.sqrt(ha.shape[2] * ha.shape[3])
+            nb = hb / (hb.norm(dim=1, keepdim=True) + 1e-10) / math.sqrt(hb.shape[2] * hb.shape[3])
+            total += (na - nb).pow(2).flatten(1).sum(1)
+    return total.sqrt()
+
+
+@pytest.mark.parametrize("name", ["ppgd", "lpa"])
+def test_perceptual_attacks_stay_in_the_lpips_ball(name, alexnet_cifar):
+    from igdm_kit_plugins.eval_attacks.lpips import load_lpips
+
+    x = torch.rand(4, 3, 16, 16, generator=torch.Generator().manual_seed(8))
+    model = tiny(3, 16)
+    y = model(x).argmax(1)
+    attack = create_eval_attack(name, lpips_weights=alexnet_cifar, iterations=4,
+                                **({"rounds": 2} if name == "lpa" else {}))
+    lp = load_lpips(alexnet_cifar, "cpu")
+    eps = 0.5
+    adv = attack.attack(model, lp, x, y, eps)
+    d = lpips_by_hand(lp.features, x, adv)
+    assert d.max() <= eps + 1e-4 and d.max() > 0.05 and adv.min() >= 0 and adv.max() <= 1
+
+
+def test_perceptual_attacks_need_their_weights_file(tmp_path):
+    with pytest.raises(IgdmKitError, match="lpips_weights"):
+        create_eval_attack("ppgd")
+    attack = create_eval_attack("lpa", lpips_weights=str(tmp_path / "missing.pt"))
+    with pytest.raises(IgdmKitError, match="missing.pt.*do not exist"):
+        attack.robust(tiny(), torch.rand(2, 1, 8, 8), torch.zeros(2, dtype=torch.long), Capture(Threat("LPIPS", 0.5)))

@@ -27,34 +27,45 @@ def parse_shifts(text: str | None, specs: list[str]) -> list[Any]:
     return list(dict.fromkeys(names)) + [parse_cli_shift(s) for s in specs]
 
 
-def run_shifts(src, shifts: list[Any], attacks: list[Any] | None, *, threat: str, radius: float | None,
-               dataset: str | None, limit: int | None, batch_size: int, device: str, seed: int,
-               progress: bool, keep_flags: bool = False) -> dict[str, Any]:
+def run_shifts(src, shifts: list[Any], attacks: list[Any] | None, **kwargs: Any) -> dict[str, Any]:
     """Load one model through its source and evaluate it under ``shifts``."""
+    return run_shifts_many([src], shifts, attacks, **kwargs)[0]
+
+
+def run_shifts_many(srcs: list, shifts: list[Any], attacks: list[Any] | None, *, threat: str,
+                    radius: float | None, dataset: str | None, limit: int | None, batch_size: int, device: str,
+                    seed: int, progress: bool, keep_flags: bool = False) -> list[dict[str, Any]]:
+    """Load the models (of one dataset) and evaluate them on the same shifted sets, each set made once;
+    the radius defaults to the first model's recorded ε."""
     from .. import sources
     from ..components import create_dataset
     from ..eval_attacks import DEFAULT_EPS, resolve
     from ..evaluation import load_eval_data, resolve_device
-    from ..shifts import DEFAULT_SHIFT_ATTACKS, evaluate_shifts, resolve_shifts
+    from ..shifts import DEFAULT_SHIFT_ATTACKS, evaluate_models, resolve_shifts
     from .eval import eps_text, progress_callback
 
     resolve_shifts(shifts, "--shifts")  # bad names fail before any model loads
     resolve(list(attacks or DEFAULT_SHIFT_ATTACKS), threat, "--attacks")
     dev = resolve_device(device)
-    net, meta, ds_name, options = sources.load(src, dataset, dev)
+    loaded = [sources.load(src, dataset, dev) for src in srcs]
+    _, meta, ds_name, options = loaded[0]
+    other = next((str(s.path) for s, (_, _, d, _) in zip(srcs, loaded) if d != ds_name), None)
+    if other is not None:
+        raise IgdmKitError(f"{other!r} was trained on another dataset than {str(srcs[0].path)!r}",
+                           "compare checkpoints of one dataset, or pass --dataset")
     if radius is None:
         radius = float(meta.get("eval_eps", DEFAULT_EPS[threat])) if threat == "Linf" else DEFAULT_EPS[threat]
     x, y = load_eval_data(ds_name, limit, options)
     info = create_dataset(ds_name, **options).info()
-    err_console.print(escape(f"shifts of {src.path} on {ds_name} test ({x.shape[0]} images, {dev}, "
+    err_console.print(escape(f"shifts of {len(srcs)} model(s) on {ds_name} test ({x.shape[0]} images, {dev}, "
                              f"{threat} ε = {eps_text(radius)})"), style="dim", highlight=False)
     with progress_callback(progress) as cb:
-        result = evaluate_shifts(net, x, y, shifts, dataset=ds_name, info=info, attacks=attacks, eps=radius,
-                                 threat=threat, batch_size=batch_size, device=dev, seed=seed, limit=limit,
-                                 progress=cb, keep_flags=keep_flags)
-    for w in result["warnings"]:
+        results = evaluate_models([net for net, *_ in loaded], x, y, shifts, dataset=ds_name, info=info,
+                                  attacks=attacks, eps=radius, threat=threat, batch_size=batch_size, device=dev,
+                                  seed=seed, limit=limit, progress=cb, keep_flags=keep_flags)
+    for w in results[0]["warnings"]:
         err_console.print(f"[yellow]warning:[/] {escape(w)}", highlight=False)
-    return {"checkpoint": str(src.path), **result}
+    return [{"checkpoint": str(src.path), **r} for src, r in zip(srcs, results)]
 
 
 def acc_text(m: dict[str, Any] | None) -> str:
@@ -160,6 +171,8 @@ def add(group: typer.Typer) -> None:
         model: list[Path] = typer.Option([], "--model", "-m", help="checkpoint; repeatable"),
         shifts: str | None = typer.Option(None, "--shifts", help=SHIFTS_HELP + "; default corruptions,threats"),
         shift: list[str] = typer.Option([], "--shift", help=SHIFT_HELP),
+        recipe: Path | None = typer.Option(None, "--recipe", "-r", help="take the shifts, shift attacks, threat, "
+                                           "ε and limit from this recipe's [eval] (options given here win)"),
         attacks: str | None = typer.Option(None, "--attacks", "-a", help="attacks run on every set (default "
                                            "clean,pgd20,cw); robust = their worst case"),
         threat: str = typer.Option("Linf", "--threat", help="the models' own threat model: Linf, L2 or L1"),
@@ -183,19 +196,23 @@ def add(group: typer.Typer) -> None:
 
         if plot is not None:
             pyplot()
-        paths = list(model) + list(checkpoints or [])
+        paths = [p / "model.safetensors" if p.is_dir() and (p / "model.safetensors").is_file() else p
+                 for p in list(model) + list(checkpoints or [])]  # a run folder: its final model
         if not paths:
             raise IgdmKitError("no checkpoint given", "pass CKPT [CKPT ...] (e.g. runs/quickstart/alpha=0)")
-        items = parse_shifts(shifts, shift) or ["corruptions", "threats"]
+        items = parse_shifts(shifts, shift)
         chosen = parse_attacks(attacks, []) if attacks is not None else None
         norm, radius = _threat(threat), parse_eps(eps) if eps is not None else None
-        results = []
-        for path in paths:
-            r = run_shifts(sources.Source(path), items, chosen, threat=norm, radius=radius, dataset=dataset,
-                           limit=limit, batch_size=batch_size, device=device, seed=seed, progress=progress,
-                           keep_flags=True)
-            radius = r["eps"]  # every checkpoint at the first one's ε
-            results.append(r)
+        if recipe is not None:
+            from ..recipe import load
+
+            ev = load(recipe).model.eval
+            items, chosen = items or ev.shifts, chosen or ev.shift_attacks
+            norm, radius, limit = ev.threat if threat == "Linf" else norm, radius or ev.eps, limit or ev.limit
+        items = items or ["corruptions", "threats"]
+        results = run_shifts_many([sources.Source(p) for p in paths], items, chosen, threat=norm, radius=radius,
+                                  dataset=dataset, limit=limit, batch_size=batch_size, device=device, seed=seed,
+                                  progress=progress, keep_flags=True)
         _report(results, plot, json_)
 
 

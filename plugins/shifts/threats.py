@@ -60,6 +60,8 @@ class Threats(Shift):
         include: list[Kind] | None = Field(None, description="which (default: linf, l2, l1, recolor, stadv; "
                                                              "with lpips_weights also ppgd, lpa)")
         attack: str | dict[str, Any] = Field("autoattack", description="the attack of the Lp threats")
+        l1_attack: str | dict[str, Any] | None = Field(None, description="the attack of the L1 threat "
+                                                       "(default: attack; PGD has no L1 version)")
         linf_eps: Fraction | None = Field(None, gt=0, description="default: 1.5× the model's L∞ ε")
         l2_eps: Fraction = Field(0.5, gt=0)
         l1_eps: Fraction = Field(12.0, gt=0)
@@ -88,7 +90,7 @@ class Threats(Shift):
                                                                else 8 / 255)
         perceptual = {"lpips_weights": o.lpips_weights, "iterations": o.perceptual_iterations}
         table = {
-            "linf": ("Linf", linf, o.attack), "l2": ("L2", o.l2_eps, o.attack), "l1": ("L1", o.l1_eps, o.attack),
+            "linf": ("Linf", linf, o.attack), "l2": ("L2", o.l2_eps, o.attack), "l1": ("L1", o.l1_eps, o.l1_attack or o.attack),
             "recolor": ("ReColor", o.recolor_eps, {"name": "recolor", "iterations": o.iterations}),
             "stadv": ("StAdv", o.stadv_eps, {"name": "stadv", "iterations": o.iterations}),
             "ppgd": ("LPIPS", o.perceptual_eps, {"name": "ppgd", **perceptual}),
