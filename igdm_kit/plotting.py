@@ -149,10 +149,11 @@ def ood_figure(results: list[dict[str, Any]], path: str | Path) -> Path:
                                                                             for a, m in zip(acc, ms)]]
         ax.bar(xs, acc, width, yerr=err, capsize=3, label=checkpoint_label(r["checkpoint"], names))
     ax.set_xticks(range(len(cols)), titles, rotation=20, ha="right")
-    ax.set_ylabel("accuracy (%)")
+    ax.set_ylabel("accuracy (%), whiskers: 95% interval")
+    ax.set_ylim(0, 105)
     first = results[0]
     ax.set_title(f"{first['dataset']}, n = {first['n']}, {first['threat']} ε = {first['eps']:.4g}")
-    ax.legend(fontsize=8, loc="lower left")
+    ax.legend(fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.28), ncol=2)
     _units_panel(ax2, results, names)
     fig.tight_layout()
     return save(fig, path, dpi=120)
@@ -166,7 +167,7 @@ def _units_panel(ax, results: list[dict[str, Any]], names: list[str]) -> None:
                **((r["summary"].get("ood_t_robust") or {}).get("per_unit") or {})}
         ax.plot(range(len(units)), [per.get(u, float("nan")) for u in units], marker="os^vD"[i % 5], linestyle="",
                 label=checkpoint_label(r["checkpoint"], names))
-    labels = {row["family"]: (row["label"] if row["group"] == "threat" else row["family"])
+    labels = {row["family"]: (row["label"].split(" (")[0] if row["group"] == "threat" else row["family"])
               for row in results[0]["rows"].values()}
     n_d = len((s0.get("ood_d_robust") or {}).get("per_unit") or {})
     if 0 < n_d < len(units):
@@ -174,6 +175,7 @@ def _units_panel(ax, results: list[dict[str, Any]], names: list[str]) -> None:
     ax.set_xticks(range(len(units)), [labels.get(u, u).replace("_", " ") for u in units], rotation=60, ha="right",
                   fontsize=7)
     ax.set_ylabel("robust accuracy (%)")
-    ax.set_title("robust accuracy per shift (dataset shifts: mean over severities | threat shifts)")
+    ax.set_ylim(-3, 103)
+    ax.set_title("robust accuracy per shift (dataset shifts: mean over severities | threat shifts)", fontsize=10)
     ax.grid(axis="y", alpha=0.3)
     ax.legend(fontsize=8)

@@ -133,13 +133,13 @@ def test_evaluate_shifts_end_to_end_and_paired(digits_folder):
         torch.manual_seed(seed)
         models.append(create_model("small-cnn", num_classes=10, in_channels=1, image_size=8, width=4).eval())
     shifts = [{"name": "corruptions", "corruptions": ["contrast"], "severities": [1, 5]},
-              {"name": "folder", "root": str(digits_folder), "name": "folder"},
+              {"name": "folder", "root": str(digits_folder), "label": "my digits"},
               {"name": "threat", "norm": "L2", "eps": 0.5, "attack": "pgd20"}]
     runs = [evaluate_shifts(m, x, y, shifts, dataset="digits", info=info, attacks=["fgsm"], eps=0.1, limit=20,
                             keep_flags=True) for m in models]
     a = runs[0]
-    assert list(a["rows"]) == ["contrast-1", "contrast-5", "folder", "L2-0.5-pgd20"]
-    assert a["rows"]["folder"]["group"] == "natural" and a["rows"]["folder"]["n"] == 20
+    assert list(a["rows"]) == ["contrast-1", "contrast-5", "my digits", "L2-0.5-pgd20"]
+    assert a["rows"]["my digits"]["group"] == "natural" and a["rows"]["my digits"]["n"] == 20
     for row in a["rows"].values():
         assert row["robust"]["correct"] <= row["clean"]["correct"]
         assert torch.equal(row["flags"]["robust"], row["flags"]["robust"] & row["flags"]["clean"])

@@ -187,11 +187,11 @@ class Folder(_Folder):
 
     class Options(Options):
         root: str = Field(..., description="folder of class sub-folders")
-        name: str = Field("folder", min_length=1, description="the set's name in tables")
+        label: str = Field("folder", min_length=1, description="the set's name in tables")
 
     def sets(self, ctx):
-        base = _need(Path(self.options.root), f"image folder {self.options.name!r}",
-                     "set root to a folder of <class>/ sub-folders")
+        name = self.options.label
+        base = _need(Path(self.options.root), f"image folder {name!r}", "set root to a folder of <class>/ sub-folders")
         files = self._files(base, ctx)
-        return [ShiftedSet(key=self.options.name, label=self.options.name, group="natural",
-                           family=self.options.name, load=lambda: self._load(files, ctx, resize=True))]
+        return [ShiftedSet(key=name, label=name, group="natural", family=name,
+                           load=lambda: self._load(files, ctx, resize=True))]
