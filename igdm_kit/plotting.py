@@ -152,7 +152,9 @@ def ood_figure(results: list[dict[str, Any]], path: str | Path) -> Path:
     ax.set_ylabel("accuracy (%), whiskers: 95% interval")
     ax.set_ylim(0, 105)
     first = results[0]
-    ax.set_title(f"{first['dataset']}, n = {first['n']}, {first['threat']} ε = {first['eps']:.4g}")
+    robust = ", ".join(a for a in first.get("attacks", []) if a != "clean")
+    ax.set_title(f"{first['dataset']}, n = {first['n']}, {first['threat']} ε = {first['eps']:.4g}"
+                 + (f"; robust: worst of {robust}" if robust else ""), fontsize=10)
     ax.legend(fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.28), ncol=2)
     _units_panel(ax2, results, names)
     fig.tight_layout()
