@@ -91,6 +91,12 @@ def create_eval_attack(name: str, options: dict[str, Any] | BaseModel | None = N
     return registry("eval_attack").get(name)(opts)
 
 
+def create_shift(name: str, options: dict[str, Any] | BaseModel | None = None, **kwargs: Any):
+    """A registered distribution or threat shift (``interfaces.Shift``) with validated options."""
+    opts = validate_options("shift", name, options if options is not None else kwargs, where="eval.shifts")
+    return registry("shift").get(name)(opts)
+
+
 class ArchitectureBuilder:
     """The ``build`` a teacher loader receives: constructs the architecture a recipe names (or refuses
     with a one-line error when it names none). ``model_name`` says which, for error messages;

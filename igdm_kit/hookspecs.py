@@ -127,6 +127,15 @@ def register_launchers(register: Register) -> None:
 
 
 @hookspec
+def register_shifts(register: Register) -> None:
+    """Register distribution and threat shifts (``interfaces.Shift``: shifted evaluation sets and/or
+    threat models the model was not trained for), named in ``[eval] shifts`` and ``igdm-kit eval --shifts``.
+
+    Called when the shift registry is first built. Returns nothing.
+    """
+
+
+@hookspec
 def register_commands(app: Any) -> None:
     """Add commands to the ``igdm-kit`` Typer application ``app`` (e.g. ``@app.command()``).
 

@@ -235,13 +235,17 @@ class TrainingAttack:
 
 #: The threat models of evaluation: the norm of the perturbation ball.
 Norm = Literal["Linf", "L2", "L1"]
+#: The Lp norms; any other threat name is a non-Lp threat an evaluation attack declares in its ``norms``
+#: (e.g. "ReColor": a bounded colour map, "StAdv": a bounded flow field), with its own meaning of ``eps``.
+LP_NORMS: tuple[str, ...] = ("Linf", "L2", "L1")
 
 
 @dataclass(frozen=True)
 class Threat:
-    """An evaluation threat model: the ball ‖δ‖_norm ≤ eps around x, intersected with [0, 1]."""
+    """An evaluation threat model: the ball ‖δ‖_norm ≤ eps around x, intersected with [0, 1] — or, for a
+    non-Lp ``norm`` (see ``LP_NORMS``), the set of images its attack defines with bound ``eps``."""
 
-    norm: Norm = "Linf"
+    norm: str = "Linf"
     eps: float = 8 / 255
 
 
@@ -326,6 +330,72 @@ class DatasetPlugin:
         """Raise the one-line ``DataError`` that ``load`` would raise for missing files, without reading or
         downloading anything (files a ``download`` option would fetch are not missing). ``igdm-kit recipe
         check`` warns with it. The default checks nothing (data that ships with a package)."""
+
+
+@dataclass(frozen=True)
+class ShiftedSet:
+    """One evaluation set under a dataset shift: a corruption at a severity, or a natural variant of the
+    test set. ``load()`` returns (images float [0, 1] NCHW of the dataset's shape, labels int64 in the
+    dataset's classes); it runs only when the set is evaluated, so a shift may list many sets cheaply."""
+
+    key: str  # unique among the shift's sets, e.g. "gaussian_noise-3" or "cifar10.1"
+    label: str
+    #: "corruption" or "natural": Table 9 averages each group, then both
+    group: str
+    load: Any
+    #: the sets one accuracy of the summary averages over (a corruption's severities share one family)
+    family: str = ""
+    severity: int | None = None
+
+
+@dataclass(frozen=True)
+class ThreatVariant:
+    """One threat shift: an evaluation attack (a name or a table, as in ``[eval] attacks``) run under a
+    threat model the model was not trained for, on the in-distribution test set."""
+
+    key: str
+    label: str
+    attack: Any
+    threat: Threat
+
+
+class ShiftContext(Protocol):
+    """What a shift sees (implemented in ``igdm_kit.shifts``): the dataset being evaluated, its test
+    images (after ``--limit``), the seed, the model's own threat model, and a way to warn."""
+
+    dataset: str
+    info: DatasetInfo
+    x: torch.Tensor
+    y: torch.Tensor
+    seed: int
+    threat: Threat
+    #: evaluate at most this many images per set (``--limit`` / ``eval.limit``; None: all); a loader may
+    #: read only that many, the host cuts every set to it anyway
+    limit: int | None
+
+    def warn(self, message: str) -> None: ...
+
+
+class Shift:
+    """A distribution or threat shift, registered by ``register_shifts`` and named in ``[eval] shifts``.
+
+    ``sets(ctx)`` lists the shifted evaluation sets (dataset shifts: corruptions, natural variants);
+    ``threats(ctx)`` the threat shifts (attacks under other threat models). A shift implements one or
+    both. ``sets`` checks that the files it needs exist and raises a one-line ``DataError`` naming the
+    expected path otherwise; the images themselves are read by each set's ``load``.
+    """
+
+    Options: ClassVar[type[Options]] = NoOptions
+    description: ClassVar[str] = ""
+
+    def __init__(self, options: Options) -> None:
+        self.options = options
+
+    def sets(self, ctx: ShiftContext) -> list[ShiftedSet]:
+        return []
+
+    def threats(self, ctx: ShiftContext) -> list[ThreatVariant]:
+        return []
 
 
 class ModelFactory(Protocol):

@@ -32,6 +32,7 @@ DEFAULT_PLUGINS: tuple[str, ...] = (
     "igdm_kit_plugins.optim",
     "igdm_kit_plugins.loggers",
     "igdm_kit_plugins.launchers",
+    "igdm_kit_plugins.shifts",
 )
 
 _HOOK_OF_KIND = {
@@ -46,6 +47,7 @@ _HOOK_OF_KIND = {
     "schedule": "register_schedules",
     "logger": "register_loggers",
     "launcher": "register_launchers",
+    "shift": "register_shifts",
 }
 
 _pm: pluggy.PluginManager | None = None

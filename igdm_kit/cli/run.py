@@ -76,6 +76,13 @@ def print_summary(result) -> None:
         for k, v in (rep.get("alignment") or {}).items():
             if isinstance(v, (int, float)):
                 table.add_row(f"{where}test {k.upper()}", f"{v:.4f}")
+    from ..shifts import SUMMARY
+
+    for key, label in SUMMARY.items():  # [eval] shifts: Table 9's columns
+        m = ((res.get("shifts") or {}).get("summary") or {}).get(key)
+        if m:
+            table.add_row(f"{label} acc (%, {m['units']} shifts)", f"{m['accuracy']:.2f} ({m['ci95'][0]:.1f}–"
+                          f"{m['ci95'][1]:.1f})")
     table.caption = f"{res.get('threat', 'Linf')} ε = {res.get('eps', 0):.4g}, n = {res.get('n')}; (95% Wilson interval)"
     out_console.print(table)
     err_console.print(f"checkpoint: {result.output_dir / 'model.safetensors'}", style="dim")

@@ -14,6 +14,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from ..eval_attacks import DEFAULT_ATTACKS, DEFAULT_EPS
 from ..interfaces import Fraction, PathOption
+from ..shifts import DEFAULT_SHIFT_ATTACKS
 
 #: The largest seed (torch takes seeds below 2**64; the trainer derives per-epoch seeds from it).
 MAX_SEED = 2**63 - 1
@@ -163,6 +164,12 @@ class EvalSection(Section):
     checkpoints: list[Literal["last", "best", "ema", "best_ema"]] = Field(
         default_factory=lambda: ["last"], min_length=1,
         description="which checkpoints the final evaluation judges (the first is the run's headline)")
+    shifts: list[str | dict[str, Any]] = Field(
+        default_factory=list, description='distribution and threat shifts (Table 9): names or tables, e.g. '
+        '"corruptions", "threats", { name = "corruptions", severities = [1, 3, 5] }')
+    shift_attacks: list[str | dict[str, Any]] = Field(
+        default_factory=lambda: list(DEFAULT_SHIFT_ATTACKS),
+        description="attacks run on the test set and every shifted set (robust: their worst case)")
 
     @model_validator(mode="after")
     def _eps_of_threat(self) -> EvalSection:

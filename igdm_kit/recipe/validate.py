@@ -69,7 +69,8 @@ class Recipe:
             out["module"] = {"name": m.module.name, **_dump(c["module"])}
         out["attack"] = {"name": self.attack_name, **_dump(c["attack"])}
         out["train"] = _train(m, c)
-        out["eval"] = m.eval.model_dump()
+        # without shifts, [eval] dumps as before they existed (finished runs keep their digest)
+        out["eval"] = m.eval.model_dump(exclude=None if m.eval.shifts else {"shifts", "shift_attacks"})
         if out["eval"]["checkpoints"] == ["last"]:  # the default: recipes from before it keep their digest
             del out["eval"]["checkpoints"]
         if m.output.dir:
@@ -262,6 +263,11 @@ def _validate_eval(model: RecipeModel, data_options: BaseModel) -> list[EvalSpec
     except Exception:  # noqa: BLE001 - data not there (yet): `run` says so; the radius is checked again then
         dims = None
     check_eps(ev.eps, ev.threat, "eval.eps", dims)
+    if ev.shifts:
+        from ..shifts import resolve_shifts
+
+        resolve_shifts(ev.shifts, "eval.shifts")
+        resolve(ev.shift_attacks, ev.threat, "eval.shift_attacks")
     return resolve(ev.attacks, ev.threat, "eval.attacks")
 
 

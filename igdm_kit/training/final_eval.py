@@ -87,7 +87,28 @@ def final_evaluation(r: Recipe, student, teacher, xte, yte, device, *, log, dist
         if sharded:
             gd, gc = dist.sum([gd, gc], device)
         results["alignment"] = {"gd": gd / n_total, "gc": gc / n_total}
+    if ev.shifts:
+        results["shifts"] = shift_evaluation(r, student, x, y, device, log=log, sharded=sharded,
+                                             progress=progress)
     return results
+
+
+def shift_evaluation(r: Recipe, student, x, y, device, *, log, sharded: bool, progress: Any = None):
+    """``[eval] shifts`` (Table 9) on the evaluated test images; a shift whose files are missing is skipped
+    with a warning. Not sharded under torchrun: rank 0's shard only, said so in the results."""
+    from ..components import create_dataset
+    from ..shifts import evaluate_shifts
+
+    ev = r.model.eval
+    info = create_dataset(r.model.data.name, r.components["data"]).info()
+    if sharded:
+        log("eval.shifts: evaluated on this process's shard of the test set only (not merged across ranks)")
+    out = evaluate_shifts(student, x, y, ev.shifts, dataset=r.model.data.name, info=info,
+                          attacks=ev.shift_attacks, eps=ev.eps, threat=ev.threat, batch_size=ev.batch_size,
+                          device=device, progress=_eval_progress(progress, r.name), skip_missing=True)
+    for w in out["warnings"]:
+        log(f"eval.shifts: {w}")
+    return {**out, "sharded": sharded}
 
 
 def _merge_shards(report: dict[str, Any], dist, device, n_total: int) -> dict[str, Any]:
