@@ -63,15 +63,15 @@ def sentence(summary: dict, seconds: float, threads: str) -> str:
     ``ci95``, ``versus_first``), and no more than that."""
     a, b = summary["rows"][:2]
     n = a.get("n") or 0
-    tests = next((v.get("rows", {}) for v in summary.get("versus_first", []) if v.get("variant") == b["variant"]),
-                 {})
+    tests = next((v.get("rows", {}) for v in summary.get("versus_first", [])
+                  if v.get("variant") == b["variant"]), {})
     parts, moved, significant = [], [], []
     for key, label in summary.get("columns", []):
         if key in a and key in b:
             images = round((b[key] - a[key]) * n / 100)
             p = tests.get(key, {}).get("p_value")
-            parts.append(f"{label} {b[key] - a[key]:+.2f} ({images:+d}" + (f", p = {_p(p)}" if p is not None else "")
-                         + ")")
+            p_text = f", p = {_p(p)}" if p is not None else ""
+            parts.append(f"{label} {b[key] - a[key]:+.2f} ({images:+d}{p_text})")
             moved.append(abs(images))
             if tests.get(key, {}).get("significant"):
                 significant.append(label)

@@ -24,8 +24,8 @@ class LineProgress:
     """The subset of Rich's ``Progress`` the commands use (``add_task``, ``update``, ``console``), as lines.
 
     Tasks run one after another. A task's clock starts at the previous event, since evaluation reports
-    after each batch (an attack's first report already includes its first batch); a task added with
-    ``start=False`` starts at ``start_task``, as in Rich.
+    after each batch (an attack's first report already includes its first batch), or at a first report of
+    nothing done (``update(task, completed=0)``, as the training bar sends when training starts).
     """
 
     def __init__(self, console: Any, interval: float = 60.0) -> None:
@@ -40,17 +40,12 @@ class LineProgress:
     def __exit__(self, *exc) -> None:
         return None
 
-    def add_task(self, description: str, total: float | None = None, start: bool = True, **_: Any) -> int:
-        """A task whose clock started at the previous event (``start=False``: at ``start_task``)."""
+    def add_task(self, description: str, total: float | None = None, **_: Any) -> int:
+        """A task whose clock started at the previous event (or at its first report of nothing done)."""
         task = len(self._tasks)
         self._tasks[task] = {"description": description, "total": total, "completed": 0.0,
                              "start": self._last, "printed": self._last, "done": False}
-        if not start:
-            self.start_task(task)
         return task
-
-    def start_task(self, task: int) -> None:
-        self._last = self._tasks[task]["start"] = self._tasks[task]["printed"] = time.perf_counter()
 
     def update(self, task: int, *, advance: float | None = None, completed: float | None = None,
                total: float | None = None, **_: Any) -> None:
@@ -58,6 +53,9 @@ class LineProgress:
         self._last = now
         if total is not None:
             t["total"] = total
+        if completed == 0 and not t["completed"]:  # "starting now": the clock starts here, no line
+            t["start"] = t["printed"] = now
+            return
         t["completed"] = completed if completed is not None else t["completed"] + (advance or 0)
         elapsed = now - t["start"]
         if t["total"] and t["completed"] >= t["total"] and not t["done"]:

@@ -80,6 +80,9 @@ def test_recipe_check_warns_about_missing_data(cli, write_recipe, tmp_path):
     assert res.code == 0 and "warning" not in res.err  # a download would fetch them
     res = cli("recipe", "check", write_recipe(DIGITS_PGDAT))
     assert res.code == 0 and "warning" not in res.err
+    mnist = DIGITS_PGDAT.replace('name = "digits"', f'name = "mnist"\nsource = "files"\nroot = "{tmp_path}"')
+    res = cli("recipe", "check", write_recipe(mnist))
+    assert res.code == 0 and "warning: MNIST files not found" in res.err
 
 
 def test_recipe_check_finds_an_image_folder_relative_to_the_recipe(cli, tmp_path):
@@ -106,19 +109,20 @@ def no_network(monkeypatch):
         monkeypatch.delenv(var, raising=False)
 
 
-@pytest.mark.parametrize("name", ["cifar10", "svhn", "tiny-imagenet"])
-def test_a_failed_download_leaves_nothing_behind(name, tmp_path, no_network):
+@pytest.mark.parametrize("name, options", [("cifar10", {}), ("svhn", {}), ("tiny-imagenet", {}),
+                                           ("mnist", {"source": "files"})])
+def test_a_failed_download_leaves_nothing_behind(name, options, tmp_path, no_network):
     from igdm_kit.components import create_dataset
 
     root = tmp_path / "fresh" / "data"
     with pytest.raises(DataError, match="failed"):
-        create_dataset(name, root=str(root), download=True).load("test")
+        create_dataset(name, root=str(root), download=True, **options).load("test")
     assert not (tmp_path / "fresh").exists()
     kept = tmp_path / "mine"  # a folder that was there keeps what it held, and only that
     kept.mkdir()
     (kept / "notes.txt").write_text("x")
     with pytest.raises(DataError, match="failed"):
-        create_dataset(name, root=str(kept), download=True).load("test")
+        create_dataset(name, root=str(kept), download=True, **options).load("test")
     assert sorted(p.name for p in kept.iterdir()) == ["notes.txt"]
     shutil.rmtree(kept)
 

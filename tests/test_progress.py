@@ -28,8 +28,8 @@ def test_line_progress_prints_a_line_per_finished_task_and_running_lines_with_an
     lines.update(a, completed=1)
     lines.update(a, completed=4)
     lines.update(a, completed=4)  # a repeated report does not repeat the line
-    b = lines.add_task("training", total=2, start=False)
-    lines.start_task(b)
+    b = lines.add_task("training", total=2)
+    lines.update(b, completed=0)  # "starting now": no line
     lines.update(b, advance=2)
     out = buf.getvalue().splitlines()
     assert len(out) == 3, out

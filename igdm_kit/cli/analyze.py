@@ -99,8 +99,8 @@ def _table(title: str, columns: list[str], rows: list[list[str]]):
 
 
 def register(app: typer.Typer) -> None:
-    group = typer.Typer(rich_markup_mode=None, help="Local linearity, gradient alignment and point-wise alignment (Sections 3.1, 4.2).",
-                        no_args_is_help=True)
+    group = typer.Typer(rich_markup_mode=None, no_args_is_help=True,
+                        help="Local linearity, gradient alignment and point-wise alignment (Sections 3.1, 4.2).")
     app.add_typer(group, name="analyze")
     for add in (_linearity, _alignment, _pointwise):
         add(group)

@@ -28,8 +28,8 @@ class ProgressBar(Subscriber):
 
     def on_fit_start(self, trainer, start_epoch, first_step) -> None:
         total = (trainer.epochs - start_epoch + 1) * trainer.steps_per_epoch
-        self.task = self.progress.add_task(f"{self.description} training", total=total, start=False)
-        self.progress.start_task(self.task)  # the clock starts now, not when the bar was made
+        self.task = self.progress.add_task(f"{self.description} training", total=total)
+        self.progress.update(self.task, completed=0)  # nothing done yet: a line progress starts its clock now
         if first_step:
             self.progress.update(self.task, advance=first_step)
 

