@@ -21,9 +21,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from pydantic import BaseModel, ValidationError
+from pydantic import BaseModel
 
-from .errors import DataError, IgdmKitError, RecipeError, UnknownComponentError
+from .errors import DataError, IgdmKitError, RecipeError
 
 #: Attacks run on the test set and on every shifted set (the robust accuracy is their worst case).
 DEFAULT_SHIFT_ATTACKS: tuple[str, ...] = ("clean", "pgd20", "cw")
@@ -77,28 +77,13 @@ def _split(text: str) -> list[str]:
 
 def resolve_shifts(items: list[Any], where: str = "eval.shifts") -> list[ShiftSpec]:
     """Validated specs (names or tables); one-line errors name the key."""
-    from .plugins import registry
+    from .eval_attacks import component_spec
 
-    reg, specs = registry("shift"), []
+    specs = []
     for i, item in enumerate(items):
         at = f"{where}[{i}]"
-        raw = {"name": item} if isinstance(item, str) else dict(item) if isinstance(item, dict) else None
-        if raw is None or not isinstance(raw.get("name"), str):
-            raise RecipeError(f"{at}: a shift is a name or a table with a name",
-                              'e.g. "corruptions" or { name = "corruptions", severities = [1, 3, 5] }', path=at)
-        name = raw.pop("name")
-        try:
-            entry = reg.entry(name)
-        except UnknownComponentError as exc:
-            raise RecipeError(f"{at}: unknown shift {name!r}", exc.hint, path=at) from None
-        try:
-            options = entry.options_model.model_validate(raw)
-        except ValidationError as exc:
-            err = exc.errors()[0]
-            loc = ".".join(str(p) for p in err["loc"])
-            raise RecipeError(f"{at}{'.' + loc if loc else ''}: {err['msg']}",
-                              f"options of {name!r}: {', '.join(entry.options_model.model_fields) or 'none'}",
-                              path=at) from None
+        name, raw, entry, options = component_spec(
+            "shift", item, at, "a shift", 'e.g. "corruptions" or { name = "corruptions", severities = [1, 3, 5] }')
         given = ",".join(f"{k}={v}" for k, v in sorted(raw.items())).replace(" ", "")
         specs.append(ShiftSpec(name, options, f"{name}({given})" if given else name))
     keys = [s.key for s in specs]
