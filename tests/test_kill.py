@@ -22,6 +22,7 @@ from safetensors import safe_open
 from safetensors.torch import load_file
 
 from igdm_kit.checkpoint import load_model
+from igdm_kit.evaluation import load_flags
 from igdm_kit.io import read_jsonl
 
 from conftest import TINY
@@ -45,6 +46,8 @@ def _loads(f: Path) -> None:
             with safe_open(str(f), framework="pt") as fh:
                 _strict_json(fh.metadata()["train_state"])
             load_file(str(f))
+        elif f.name == "eval_flags.safetensors":
+            load_flags(f)
         else:
             load_model(f)
     elif f.suffix == ".json" or f.name == "autoattack.state":
