@@ -24,6 +24,7 @@ from __future__ import annotations
 import argparse
 import copy
 import json
+import os
 import platform
 import statistics
 import sys
@@ -32,8 +33,13 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from igdm_kit.threads import prepare_environment
+
+prepare_environment()  # before torch loads: OpenMP threads sleep, not spin, while they wait (busy machines)
+
 import torch
 
+from igdm_kit import threads
 from igdm_kit.accel import Accelerator, AccelOptions, validate
 from igdm_kit.components import create_attack, create_method, create_model, create_module, list_models
 from igdm_kit.data import augment
@@ -220,7 +226,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--variants", help="comma-separated: default,reference,bf16,fp16,channels_last,compile,"
                    "cudnn_benchmark,gpu_data,fast,fast+gpu_data (default: default,reference; all on CUDA)")
     p.add_argument("--device", default="auto")
-    p.add_argument("--threads", type=int, help="torch CPU threads")
+    p.add_argument("--threads", type=int, help="torch CPU threads (default: as igdm-kit's --threads: "
+                   "IGDM_KIT_THREADS, OMP_NUM_THREADS, else the physical cores available)")
     p.add_argument("--quick", action="store_true", help="tiny sizes and few repeats (smoke test)")
     p.add_argument("--out", type=Path, help="write the results as JSON here")
     args = p.parse_args(argv)
@@ -228,8 +235,7 @@ def main(argv: list[str] | None = None) -> int:
     device = torch.device(("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto"
                           else args.device)
     cuda = device.type == "cuda"
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    load_note = set_threads(args.threads)
     big = {"student": "resnet18", "teacher": "wrn-28-10"}
     for role in ("student", "teacher"):
         if getattr(args, role) is None:
@@ -295,13 +301,27 @@ def main(argv: list[str] | None = None) -> int:
         del runners
 
     meta = {"device": torch.cuda.get_device_name(device) if cuda else platform.processor() or "cpu",
-            "torch": torch.__version__, "threads": torch.get_num_threads(),
+            "torch": torch.__version__, "threads": torch.get_num_threads(), "load_warning": load_note,
             "python": platform.python_version(),
             "args": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()}}
     print_table(rows, meta, cuda)
     if args.out:
         args.out.write_text(json.dumps({"meta": meta, "rows": rows}, indent=2))
     return 0
+
+
+def set_threads(requested: int | None) -> str | None:
+    """Apply the thread count (igdm-kit's rule; ``--threads`` first), print it, and warn on a busy machine."""
+    if requested is not None:
+        if requested < 1:
+            sys.exit("error: --threads must be 1 or more")
+        os.environ[threads.ENV] = str(requested)
+    n = threads.configure()
+    note = threads.busy_warning(n)
+    print(f"torch CPU threads: {n}", file=sys.stderr)
+    if note:
+        print(f"warning: {note}", file=sys.stderr)
+    return note
 
 
 def speedup_cell(r: dict[str, Any]) -> str:
@@ -318,7 +338,8 @@ def print_table(rows: list[dict[str, Any]], meta: dict[str, Any], cuda: bool) ->
     a = meta["args"]
     t = Table(title=f"training step: {a['student']} ← {a['teacher']}, batch {a['batch_size']}, "
                     f"{a['image_size']}×{a['image_size']}, {a['classes']} classes, K = {a['attack_steps']} "
-                    f"({meta['device']}, torch {meta['torch']}, {meta['threads']} threads)")
+                    f"({meta['device']}, torch {meta['torch']}, {meta['threads']} thread"
+                    f"{'s' if meta['threads'] != 1 else ''})")
     for col in ("method", "variant", "S fwd/bwd", "T fwd (images)", "GFLOP", "ms/step", "img/s",
                 "speedup (paired IQR)",
                 "vs", "predicted") + (("CIFAR epoch s", "peak MiB") if cuda else ()):

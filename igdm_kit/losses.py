@@ -12,7 +12,8 @@ Matching for Adversarial Robust Distillation", ICLR 2025, Appendix A.4–A.5) ar
 on input gradients from ``input_gradient`` (Eq. 11), ``trades_like_loss`` (Eq. 12) and ``trades_reg_loss``
 (Eq. 13).
 
-Every KL is ``batchmean``: summed over classes, averaged over the batch.
+Every KL is ``batchmean`` (summed over classes, averaged over the batch) unless a caller asks for
+``reduction="mean"``, ``nn.KLDivLoss()``'s element-wise mean (batchmean / C), which some references use.
 """
 
 from __future__ import annotations
@@ -24,11 +25,25 @@ from torch import nn
 from .errors import IgdmKitError
 
 
-def kl_div(target_logits: torch.Tensor, logits: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
-    """KL(p(target) ‖ p(logits)), batchmean; with temperature τ: τ²·KL(target/τ ‖ logits/τ)."""
+KL_REDUCTIONS = ("batchmean", "mean")
+
+
+def kl_div(target_logits: torch.Tensor, logits: torch.Tensor, temperature: float = 1.0,
+           reduction: str = "batchmean") -> torch.Tensor:
+    """KL(p(target) ‖ p(logits)); with temperature τ: τ²·KL(target/τ ‖ logits/τ).
+
+    ``reduction = "batchmean"``: summed over classes, averaged over the batch (the spec's KL);
+    ``"mean"``: averaged over batch and classes, i.e. batchmean / C (``nn.KLDivLoss()``'s default, used by
+    the original ARD and AdaAD's CIFAR-10 code).
+    """
+    if reduction not in KL_REDUCTIONS:
+        raise IgdmKitError(f"kl_div: unknown reduction {reduction!r}",
+                           "use one of " + ", ".join(repr(r) for r in KL_REDUCTIONS))
     t = temperature
     log_q = F.log_softmax(logits / t, dim=1)
     log_p = F.log_softmax(target_logits / t, dim=1)
+    if reduction == "mean":  # written out: torch's own "mean" is deprecated (to become batchmean)
+        return F.kl_div(log_q, log_p, reduction="sum", log_target=True) * (t * t) / log_q.numel()
     return F.kl_div(log_q, log_p, reduction="batchmean", log_target=True) * (t * t)
 
 

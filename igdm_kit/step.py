@@ -9,6 +9,8 @@
   forward — the teacher is in eval mode, so batching does not change its outputs;
 * with ``cache=False`` (engine option ``reference_passes``) every request is a separate forward, as the
   reference implementations do; the numbers are the same, the BatchNorm running statistics are not.
+  S(x⁺) is the exception: the references evaluate it once per step, and the IGDM reference's ARD script
+  uses that one forward for the KD term as well, so a method that asks for ``x_plus`` shares the module's.
 """
 
 from __future__ import annotations
@@ -31,6 +33,7 @@ class Step:
         self._alias: dict[str, str] = {}
         self._declared_teacher = list(dict.fromkeys(teacher_inputs))
         self._s: dict[str, torch.Tensor] = {}
+        self._s_plus: torch.Tensor | None = None  # S(x⁺) under cache=False, by its own name
         self._t: dict[str, torch.Tensor] = {}
 
     # -- inputs -------------------------------------------------------------------------------------
@@ -60,9 +63,13 @@ class Step:
         key = self._canonical(name)
         if self.cache and key in self._s:
             return self._s[key]
+        if not self.cache and name == "x_plus" and self._s_plus is not None:
+            return self._s_plus
         out = self._student_model(self.input(key))
         if self.cache:
             self._s[key] = out
+        elif name == "x_plus":
+            self._s_plus = out
         return out
 
     def cached_student(self, name: str) -> torch.Tensor | None:

@@ -221,8 +221,14 @@ def test_one_step_is_the_sign_of_the_analytic_gradient(name):
     A, c = (p.detach().cpu().numpy() for p in teacher[1].parameters())
     x, y = batch()
     eps, eta = 0.1, 0.03
-    start = run_seeded(name, student, teacher, x, y, seed=7, eps=eps, step_size=eta, steps=0)
+    # the start is where the first input gradient is taken: the KL attacks' x + 0.001·N(0, I) is not
+    # clamped (spec), so it is read off the student's first differentiated input, not from steps = 0
+    seen = []
+    hook = student.register_forward_pre_hook(
+        lambda m, args: seen.append(args[0].detach().clone()) if args[0].requires_grad else None)
     x_adv = run_seeded(name, student, teacher, x, y, seed=7, eps=eps, step_size=eta, steps=1)
+    hook.remove()
+    start = seen[0]
 
     xf, zf = x.reshape(B, -1).cpu().numpy(), start.reshape(B, -1).cpu().numpy()
     grad = own_loss_gradient(name, W, b, A, c, xf, zf, y.cpu().numpy())

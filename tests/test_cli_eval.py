@@ -22,7 +22,7 @@ def wired(monkeypatch):
     monkeypatch.setattr(cli_mod, "GROUPS", tuple(cli_mod.GROUPS) + missing)
 
 
-def _save(path, epoch=None, dataset=True, train_steps=0, seed=0):
+def _save(path, epoch=None, dataset=True, train_steps=0, seed=0, eval_eps=None):
     import torch
     import torch.nn.functional as F
 
@@ -46,6 +46,8 @@ def _save(path, epoch=None, dataset=True, train_steps=0, seed=0):
         meta["dataset"] = {"name": "digits", "options": {}}
     if epoch is not None:
         meta["epoch"] = epoch
+    if eval_eps is not None:
+        meta["eval_eps"] = eval_eps
     save_model(path, m.eval(), meta)
     return path
 
@@ -113,7 +115,7 @@ def test_eval_without_recorded_dataset_asks_for_one(cli, tmp_path):
     assert ok.code == 0 and json.loads(ok.out)["results"]["metrics"]["clean"]["total"] == 4
 
 
-def test_analyze_linearity_sorts_by_epoch_and_plots(cli, tmp_path):
+def test_analyze_linearity_keeps_the_order_given_and_plots(cli, tmp_path):
     paths = [_save(tmp_path / f"epoch_{e:03d}.safetensors", epoch=e, seed=e) for e in (3, 1, 2)]
     plot = tmp_path / "curve.png"
     res = cli("analyze", "linearity", "--model", *paths, "--limit", "20", "--json", "--plot", plot,
@@ -122,7 +124,7 @@ def test_analyze_linearity_sorts_by_epoch_and_plots(cli, tmp_path):
     env = json.loads(res.out)
     assert env["command"] == "analyze linearity"
     rows = env["results"]["checkpoints"]
-    assert [r["epoch"] for r in rows] == [1, 2, 3]
+    assert [r["epoch"] for r in rows] == [3, 1, 2] and env["results"]["n"] == 20
     assert all(r["n"] == 20 and 0 < r["mean"] and r["q05"] <= r["median"] <= r["q95"] for r in rows)
     assert plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     # the same noise for every checkpoint: one file twice gives the same numbers
@@ -181,3 +183,28 @@ def test_paths_with_brackets_are_printed_verbatim(cli, tmp_path):
     assert res.code == 0 and "run[exp]" in res.out.replace("\n", "")
     lin = cli("analyze", "linearity", p, "--limit", "4", "--no-progress")
     assert lin.code == 0 and "epoch_[best]" in lin.out  # (a narrow table may fold the rest of the name)
+
+
+def test_analysis_defaults_to_the_radius_recorded_in_the_checkpoint(cli, tmp_path):
+    """As `eval` does: a model trained and judged at 0.1 is analysed at 0.1, and tables say so."""
+    a = _save(tmp_path / "a.safetensors", seed=1, eval_eps=0.1)
+    b = _save(tmp_path / "b.safetensors", seed=2, eval_eps=0.1)
+    res = cli("analyze", "linearity", a, b, "--limit", "6", "--json", "--device", "cpu")
+    assert res.code == 0, res.err
+    assert json.loads(res.out)["results"]["eps"] == 0.1 and "ε = 0.1" in res.err
+    table = cli("analyze", "linearity", a, "--limit", "6", "--device", "cpu")
+    assert "ε=0.1" in table.out and "n=6" in table.out and "digits test" in table.out
+    res = cli("analyze", "pointwise", "--student", a, "--teacher", b, "--limit", "6", "--json", "--steps", "2")
+    assert res.code == 0, res.err
+    assert json.loads(res.out)["results"]["eps"] == 0.1
+    res = cli("analyze", "linearity", a, b, "--limit", "6", "--json", "--eps", "8/255")
+    assert json.loads(res.out)["results"]["eps"] == pytest.approx(8 / 255)
+    other = _save(tmp_path / "c.safetensors", seed=3, eval_eps=8 / 255)
+    res = cli("analyze", "linearity", a, other, "--limit", "6")
+    assert res.code == 1 and "different ε (8/255, 0.1)" in res.err and "--eps" in res.err
+    plain = _save(tmp_path / "d.safetensors", seed=4)  # nothing recorded: the paper's 8/255
+    res = cli("analyze", "linearity", plain, "--limit", "6", "--json")
+    assert json.loads(res.out)["results"]["eps"] == pytest.approx(8 / 255) and "no ε recorded" in res.err
+    table = cli("analyze", "alignment", "--student", a, "--teacher", b, "--limit", "6")
+    assert "digits test, n=6" in table.out
+

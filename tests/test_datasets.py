@@ -20,6 +20,7 @@ import torch
 import igdm_kit
 from igdm_kit.components import list_components
 from igdm_kit.errors import DataError, IgdmKitError, RecipeError
+from test_mnist import write_mnist  # torchvision's idx layout, written from the format
 
 RNG = np.random.default_rng(0)
 
@@ -128,6 +129,7 @@ FAKE = {
     "image-folder": lambda root: (write_image_folder(root), {"root": str(root), "image_size": 16})[1],
     "digits": lambda root: {},  # shipped with scikit-learn
     "synthetic": lambda root: {"train_size": 6, "test_size": 4},  # generated, no files
+    "mnist": lambda root: (write_mnist(root / "MNIST" / "raw"), {"root": str(root), "source": "files"})[1],
 }
 
 

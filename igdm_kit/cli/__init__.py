@@ -15,6 +15,8 @@ import sys
 import typer
 
 from ..errors import IgdmKitError
+from ..threads import ENV as THREADS_ENV
+from ..threads import prepare_environment
 from . import analyze as analyze_cmd
 from . import compare as compare_cmd
 from . import eval as eval_cmd
@@ -28,7 +30,7 @@ GROUPS = (run_cmd, recipe_cmd, plugins_cmd, sweep_cmd, eval_cmd, compare_cmd, an
 
 
 def build_app() -> typer.Typer:
-    app = typer.Typer(name="igdm-kit", no_args_is_help=True, add_completion=False,
+    app = typer.Typer(name="igdm-kit", no_args_is_help=True, add_completion=False, rich_markup_mode=None,
                       pretty_exceptions_enable=False,
                       help="Robust small classifiers by adversarial distillation, with IGDM.")
 
@@ -41,8 +43,14 @@ def build_app() -> typer.Typer:
 
     @app.callback()
     def _root(_version: bool = typer.Option(False, "--version", callback=version, is_eager=True,
-                                            help="print the version and exit")) -> None:
+                                            help="print the version and exit"),
+              threads: int | None = typer.Option(
+                  None, "--threads", min=1, metavar="N", envvar=THREADS_ENV, show_envvar=True,
+                  help="CPU threads of torch for every command (default: the recipe's train.threads, else "
+                       "the physical cores available)")) -> None:
         """Robust small classifiers by adversarial distillation, with IGDM."""
+        if threads is not None:  # igdm_kit.threads.resolve reads it from there, in every command
+            os.environ[THREADS_ENV] = str(threads)
 
     for group in GROUPS:
         group.register(app)
@@ -81,6 +89,8 @@ def _one_line(exc: BaseException) -> IgdmKitError | None:
 def main(argv: list[str] | None = None) -> None:
     """Entry point. Usage errors are Typer's own (message, exit 2); ``IgdmKitError`` → one line, exit 1
     (``Interrupted``: 128 + signal); an OS failure and runaway nesting are one line too."""
+    prepare_environment()  # before torch loads: OpenMP threads sleep, not spin, while they wait
+    saved = os.environ.get(THREADS_ENV)  # --threads lasts for this call only (tests call main in-process)
     try:
         app = build_app()
         app(args=argv, prog_name="igdm-kit")  # standalone: exits with the command's code
@@ -90,3 +100,8 @@ def main(argv: list[str] | None = None) -> None:
             raise
         report(error)
         sys.exit(error.exit_code)
+    finally:
+        if saved is None:
+            os.environ.pop(THREADS_ENV, None)
+        else:
+            os.environ[THREADS_ENV] = saved

@@ -1,16 +1,27 @@
-"""Rich consoles: results on stdout, progress and diagnostics on stderr."""
+"""Rich consoles: results on stdout, progress and diagnostics on stderr.
+
+Progress on stderr is a Rich bar on a terminal and plain lines elsewhere (a log file, ``nohup``, a batch
+scheduler): ``igdm_kit.progress.LineProgress``, a line per finished task (one evaluation attack) and at most
+one a minute (``IGDM_KIT_PROGRESS_INTERVAL`` seconds) while a task runs, with the elapsed time and an ETA.
+"""
 
 from __future__ import annotations
 
 import json
+import os
 import sys
 from typing import Any
 
 from rich.console import Console
 
+from ..progress import LineProgress
+
 # Piped or redirected results keep whole table cells (Rich would assume 80 columns and cut paths).
 out_console = Console(soft_wrap=True, width=None if sys.stdout.isatty() else 200)
 err_console = Console(stderr=True, soft_wrap=True)  # diagnostics stay one line each in logs
+
+#: seconds between two lines of a running task when stderr is not a terminal
+LINE_INTERVAL_ENV = "IGDM_KIT_PROGRESS_INTERVAL"
 
 
 def print_json(command: str, results: Any) -> None:
@@ -23,6 +34,9 @@ def print_json(command: str, results: Any) -> None:
 
 
 def make_progress():
+    """Rich bars on a terminal; ``LineProgress`` when stderr is a file or a pipe."""
+    if not err_console.is_terminal:
+        return LineProgress(err_console, float(os.environ.get(LINE_INTERVAL_ENV, "60") or 60))
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
     return Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),

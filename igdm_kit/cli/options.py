@@ -13,12 +13,12 @@ DEVICE_HELP = "cpu, cuda, cuda:N or auto (CUDA when available)"
 EPS_HELP = "L∞ radius ε, a number or a fraction such as 8/255"
 PLOT_HELP = "write a figure to this file (.png, .pdf, .svg); needs matplotlib (the 'plot' extra)"
 
-Dataset = Annotated[str | None, typer.Option("--dataset", "-d", help=DATASET_HELP)]
-Limit = Annotated[int | None, typer.Option("--limit", "-n", min=1, help=LIMIT_HELP)]
-BatchSize = Annotated[int, typer.Option("--batch-size", "-b", min=1, help="images per batch")]
-Device = Annotated[str, typer.Option("--device", help=DEVICE_HELP)]
+Dataset = Annotated[str | None, typer.Option("--dataset", "-d", metavar="NAME", help=DATASET_HELP)]
+Limit = Annotated[int | None, typer.Option("--limit", "-n", min=1, metavar="N", help=LIMIT_HELP)]
+BatchSize = Annotated[int, typer.Option("--batch-size", "-b", min=1, metavar="N", help="images per batch")]
+Device = Annotated[str, typer.Option("--device", metavar="DEVICE", help=DEVICE_HELP)]
 PerSample = Annotated[bool, typer.Option("--per-sample", help="include per-sample values in --json")]
-Plot = Annotated[Path | None, typer.Option("--plot", help=PLOT_HELP)]
+Plot = Annotated[Path | None, typer.Option("--plot", metavar="FILE", help=PLOT_HELP)]
 ShowProgress = Annotated[bool, typer.Option("--progress/--no-progress", help="progress bars on stderr")]
 Json = Annotated[bool, typer.Option("--json", help="print the results as a JSON envelope on stdout")]
 TeacherLoader = Annotated[str, typer.Option("--teacher-loader", help="teacher loader for a teacher that is not an "

@@ -1,19 +1,48 @@
-"""``igdm-kit plugins list``: every registered component, with the plugin that provides it."""
+"""``igdm-kit plugins list|show``: every registered component, and one component's description and options."""
 
 from __future__ import annotations
 
 import typer
+from rich.markup import escape
 
-from .console import out_console
+from .console import out_console, print_json
+
+#: the widest table ``plugins list`` prints (descriptions wrap inside it)
+LIST_WIDTH = 100
+
+
+def _plugin(entry) -> str:
+    """"built-in" for the toolkit's own plugins, else the entry point's name."""
+    return "built-in" if entry.plugin.startswith("igdm_kit_plugins.") else entry.plugin
+
+
+def _facts(entry) -> list[tuple[str, str]]:
+    """The contract attributes a recipe author needs to know, per kind (``igdm_kit.interfaces``)."""
+    c, yes = entry.component, lambda v: "yes" if v else "no"
+    if entry.kind == "method":
+        return [("default attack", c.default_attack), ("needs a teacher", yes(c.needs_teacher))]
+    if entry.kind == "module":
+        return [("needs a teacher", yes(c.needs_teacher)), ("works with amp = fp16", yes(c.supports_fp16)),
+                ("works with compile", yes(c.supports_compile))]
+    if entry.kind == "attack":
+        return [("needs a teacher", yes(c.uses_teacher()))]
+    return []
+
+
+def _section(kind: str) -> str:
+    return {"method": "[method] name", "module": "[module] name", "attack": "[attack] name",
+            "model": "[student] model", "dataset": "[data] name",
+            "teacher_loader": "[teacher] loader"}[kind]
 
 
 def register(app: typer.Typer) -> None:
-    group = typer.Typer(help="Inspect installed plugins and their components.", no_args_is_help=True)
+    group = typer.Typer(rich_markup_mode=None, help="Inspect installed plugins and their components.",
+                        no_args_is_help=True)
     app.add_typer(group, name="plugins")
 
     @group.command("list")
     def list_(json_: bool = typer.Option(False, "--json", help="print a JSON list on stdout")) -> None:
-        """List every registered component (kind, name, plugin)."""
+        """List every registered component (kind, name, plugin, description)."""
         from rich.table import Table
 
         from ..plugins import all_entries, load_errors
@@ -26,11 +55,62 @@ def register(app: typer.Typer) -> None:
 
             sys.stdout.write(json.dumps(rows, indent=2) + "\n")
             return
-        table = Table(title="igdm-kit components")
-        for col in ("kind", "name", "plugin", "description"):
-            table.add_column(col)
+        table = Table(title="igdm-kit components", width=min(LIST_WIDTH, out_console.width))
+        for col, ratio in (("kind", None), ("name", None), ("plugin", None), ("description", 1)):
+            table.add_column(col, ratio=ratio, no_wrap=ratio is None)
         for e in entries:
-            table.add_row(e.kind, e.name, e.plugin, e.description)
+            table.add_row(e.kind, e.name, escape(_plugin(e)), escape(e.description))
         out_console.print(table)
+        out_console.print("A component's options: igdm-kit plugins show NAME", style="dim", highlight=False)
         for err in load_errors():
-            out_console.print(f"[red]failed:[/] {err}")
+            out_console.print(f"[red]failed:[/] {escape(str(err))}")
+
+    @group.command("show")
+    def show(name: str = typer.Argument(..., help="component name, e.g. ard or igdm"),
+             kind: str | None = typer.Option(None, "--kind", "-k", help="method, module, attack, model, "
+                                             "dataset or teacher_loader (when a name has several kinds)"),
+             json_: bool = typer.Option(False, "--json", help="print JSON on stdout")) -> None:
+        """A component's description, contract facts and options (name, type, default, description)."""
+        from ..describe import option_rows
+        from ..errors import IgdmKitError
+        from ..plugins import all_entries
+        from ..registry import KINDS
+
+        if kind is not None and kind not in KINDS:
+            raise IgdmKitError(f"unknown kind {kind!r}", "kinds: " + ", ".join(KINDS))
+        entries = [e for e in all_entries() if e.name == name and kind in (None, e.kind)]
+        if not entries:
+            import difflib
+
+            names = sorted({e.name for e in all_entries()})
+            close = difflib.get_close_matches(name, names, n=3)
+            raise IgdmKitError(f"no component named {name!r}" + (f" of kind {kind}" if kind else ""),
+                               ("did you mean " + ", ".join(repr(c) for c in close) + "?") if close
+                               else "see `igdm-kit plugins list`")
+        if json_:
+            print_json("plugins show", [{"kind": e.kind, "name": e.name, "plugin": e.plugin,
+                                         "description": e.description, "facts": dict(_facts(e)),
+                                         "options": option_rows(e.options_model)} for e in entries])
+            return
+        for e in entries:
+            _print_entry(e, option_rows(e.options_model))
+
+
+def _print_entry(e, rows: list[dict[str, str]]) -> None:
+    from rich.table import Table
+
+    out_console.print(f"[bold]{e.kind} {escape(e.name)}[/] ({escape(_plugin(e))}; in a recipe: "
+                      f"{escape(_section(e.kind))} = \"{escape(e.name)}\")", highlight=False)
+    if e.description:
+        out_console.print(escape(e.description), highlight=False)
+    for fact, value in _facts(e):
+        out_console.print(f"  {fact}: {value}", highlight=False)
+    if not rows:
+        out_console.print("  no options", style="dim")
+        return
+    table = Table(width=min(LIST_WIDTH, out_console.width), show_edge=False)
+    for col, ratio in (("option", None), ("type", 2), ("default", None), ("description", 3)):
+        table.add_column(col, ratio=ratio, no_wrap=col == "option")
+    for r in rows:
+        table.add_row(escape(r["name"]), escape(r["type"]), escape(r["default"]), escape(r["description"]))
+    out_console.print(table)

@@ -5,14 +5,31 @@ from __future__ import annotations
 from pathlib import Path
 
 import typer
+from rich.markup import escape
 
 from .console import err_console, out_console
 
 SET_HELP = "override a recipe key, e.g. --set train.epochs=5 (repeatable)"
 
 
+def missing_files(r) -> list[str]:
+    """What `run` will miss: the teacher file, the dataset's files (the dataset plugin's ``check``)."""
+    from ..components import create_dataset
+    from ..errors import DataError
+
+    out = []
+    t = r.model.teacher
+    if t is not None and t.checkpoint is not None and not Path(t.checkpoint).exists():
+        out.append(f"the teacher file {t.checkpoint} does not exist yet; `run` needs it")
+    try:
+        create_dataset(r.model.data.name, r.components["data"]).check()
+    except DataError as exc:
+        out.append(f"{exc.message}; `run` needs it (hint: {exc.hint})" if exc.hint else exc.message)
+    return out
+
+
 def register(app: typer.Typer) -> None:
-    group = typer.Typer(help="Validate and inspect TOML recipes.", no_args_is_help=True)
+    group = typer.Typer(rich_markup_mode=None, help="Validate and inspect TOML recipes.", no_args_is_help=True)
     app.add_typer(group, name="recipe")
 
     @group.command("check")
@@ -22,10 +39,8 @@ def register(app: typer.Typer) -> None:
         from .. import recipe as recipe_mod
 
         r = recipe_mod.load(recipe, set_)
-        t = r.model.teacher
-        if t is not None and t.checkpoint is not None and not Path(t.checkpoint).exists():
-            err_console.print(f"[yellow]warning:[/] the teacher file {t.checkpoint} does not exist yet; "
-                              "`run` needs it", highlight=False)
+        for warning in missing_files(r):
+            err_console.print(f"[yellow]warning:[/] {escape(warning)}", highlight=False, soft_wrap=True)
         out_console.print(f"[green]ok[/] {recipe} ({r.model.method.name}"
                           + (f" + {r.model.module.name}" if r.model.module else "") + ")", highlight=False)
 

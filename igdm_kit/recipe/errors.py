@@ -19,7 +19,8 @@ def _dotted(loc: tuple[Any, ...]) -> str:
 def _fields_at(model: type[BaseModel], loc: tuple[Any, ...]) -> list[str]:
     """The keys a (nested) pydantic model accepts at ``loc``, for "did you mean" hints."""
     for part in loc:
-        field = model.model_fields.get(part) if isinstance(part, str) else None
+        by_key = {f.alias or n: f for n, f in model.model_fields.items()}  # as the recipe spells them
+        field = by_key.get(part) if isinstance(part, str) else None
         if field is None:
             return []
         candidates = typing.get_args(field.annotation) or (field.annotation,)
@@ -27,7 +28,51 @@ def _fields_at(model: type[BaseModel], loc: tuple[Any, ...]) -> list[str]:
         if sub is None:
             return []
         model = sub
-    return list(model.model_fields)
+    return [f.alias or n for n, f in model.model_fields.items()]
+
+
+def _field_at(model: type[BaseModel] | None, loc: tuple[Any, ...]):
+    """(the leading parts of ``loc`` that name fields, the last such field or None): ``("eval", "attacks",
+    0)`` → (["eval", "attacks"], the ``attacks`` field)."""
+    parts, field = [], None
+    for part in loc:
+        if model is None or not isinstance(part, str) or part not in model.model_fields:
+            break
+        parts.append(part)
+        field = model.model_fields[part]
+        candidates = typing.get_args(field.annotation) or (field.annotation,)
+        model = next((a for a in candidates if isinstance(a, type) and issubclass(a, BaseModel)), None)
+    return parts, field
+
+
+def _elsewhere(key: str) -> list[str]:
+    """Other sections of the recipe schema that have ``key`` (``train.train_limit`` → ``data.train_limit``)."""
+    from .schema import RecipeModel
+
+    out = []
+    for section, field in RecipeModel.model_fields.items():
+        for sub in (field.annotation, *typing.get_args(field.annotation)):
+            if isinstance(sub, type) and issubclass(sub, BaseModel) and key in sub.model_fields:
+                out.append(f"{section}.{key}")
+    return out
+
+
+def _value_hint(model: type[BaseModel] | None, loc: tuple[Any, ...], prefix: str, error_type: str
+                ) -> str | None:
+    """'expected integer > 0, e.g. train.epochs=200': what the key takes, and an example value."""
+    from ..describe import example, type_text
+
+    parts, field = _field_at(model, loc)
+    if field is None or any(isinstance(a, type) and issubclass(a, BaseModel)
+                            for a in (field.annotation, *typing.get_args(field.annotation))):
+        return None  # a check across a whole section: its message says what is wrong
+    key = ".".join([prefix, *parts] if prefix else parts)
+    if error_type == "list_type":
+        items = example(field).split(",")
+        listed = "[" + ", ".join(v if v[:1].isdigit() or v[:1] in "-[\"" else f'"{v}"' for v in items) + "]"
+        return (f"expected {type_text(field.annotation, field)}: a TOML list in a recipe ({parts[-1]} = "
+                f"{listed}), a comma list with --set ({key}={','.join(items)}; one item: {key}={items[0]},)")
+    return f"expected {type_text(field.annotation, field)}, e.g. {key}={example(field)}"
 
 
 _TABLE_ERRORS = ("model_type", "dict_type", "model_attributes_type")
@@ -44,6 +89,7 @@ def raise_validation(exc: ValidationError, prefix: str = "", model: type[BaseMod
         msg = "unknown key"
         key = err["loc"][-1]
         close = difflib.get_close_matches(str(key), _fields_at(model, err["loc"][:-1]) if model else [], n=3)
+        close = close or ([] if prefix or len(err["loc"]) != 2 else _elsewhere(str(key)))
         if close:
             hint = "did you mean " + ", ".join(repr(c) for c in close) + "?"
     elif err["type"] == "missing":
@@ -58,8 +104,7 @@ def raise_validation(exc: ValidationError, prefix: str = "", model: type[BaseMod
         msg, hint = "must be a finite number (not inf or nan)", "write a number such as 0.1"
     elif err["type"] == "string_pattern_mismatch" and str(err["loc"][-1]) == "device":
         msg, hint = f"{err.get('input')!r} is not a device", 'use "auto", "cpu", "mps", "cuda" or "cuda:N"'
-    elif err["type"] == "list_type":
-        hint = 'write a TOML list, e.g. ["clean", "pgd20"] (quote it for --set: \'eval.attacks=["clean"]\')'
-    elif err["type"].startswith("float") and str(err["loc"][-1]) in ("eps", "step_size"):
-        hint = 'a number or a fraction such as "8/255"'
+    else:  # a wrong value: say what the key takes, with an example
+        msg = msg.removeprefix("Value error, ")
+        hint = _value_hint(model, err["loc"], prefix, err["type"]) or f"check the values of [{path}]"
     raise RecipeError(f"{path}: {msg}" if path else msg, hint, path=path) from None

@@ -8,13 +8,15 @@ are dropped), so ``MetricsLog`` comes before ``Checkpointer``.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 from typing import Any
 
 from ..checkpoint import save_model
 from ..errors import TrainingError
+from ..progress import clock
 from ..train_state import save_train_state
-from .events import Partial, Subscriber
+from .events import Partial, Subscriber, subscriber_state
 from .folder import LAST, STATE, RunFolder
 
 
@@ -26,7 +28,8 @@ class ProgressBar(Subscriber):
 
     def on_fit_start(self, trainer, start_epoch, first_step) -> None:
         total = (trainer.epochs - start_epoch + 1) * trainer.steps_per_epoch
-        self.task = self.progress.add_task(self.description, total=total)
+        self.task = self.progress.add_task(f"{self.description} training", total=total)
+        self.progress.update(self.task, completed=0)  # nothing done yet: a line progress starts its clock now
         if first_step:
             self.progress.update(self.task, advance=first_step)
 
@@ -90,14 +93,22 @@ class MetricsLog(Subscriber):
 
 
 class LogLine(Subscriber):
-    """One line per epoch through ``log``: the floats of the row."""
+    """One line per epoch through ``log``: the floats of the row, the time since training (re)started and
+    the ETA of the remaining epochs (at the mean pace of the epochs this process ran)."""
 
     def __init__(self, log: Callable[[str], None], name: str) -> None:
         self.log, self.name = log, name
+        self.t0, self.first = time.perf_counter(), 1
+
+    def on_fit_start(self, trainer, start_epoch, first_step) -> None:
+        self.t0, self.first = time.perf_counter(), start_epoch
 
     def on_epoch_end(self, trainer, epoch, row) -> None:
+        elapsed = time.perf_counter() - self.t0
+        eta = elapsed / (epoch - self.first + 1) * (trainer.epochs - epoch)
         self.log(f"{self.name} epoch {epoch}/{trainer.epochs}: " + ", ".join(
-            f"{k}={v:.4g}" for k, v in row.items() if k != "epoch" and isinstance(v, float)))
+            f"{k}={v:.4g}" for k, v in row.items() if k != "epoch" and isinstance(v, float))
+            + f" · {clock(elapsed)} elapsed · ETA {clock(eta)}")
 
 
 class Checkpointer(Subscriber):
@@ -111,9 +122,10 @@ class Checkpointer(Subscriber):
              extra_tensors: dict[str, Any] | None = None) -> None:
         p = trainer.parts
         save_model(self.folder / LAST, p.student, {**self.meta, "epoch": epochs_done})
-        extra = dict(extra or {})
+        extra, extra_tensors = dict(extra or {}), dict(extra_tensors or {})
         if p.acc.scaler is not None:  # fp16: the loss scale is training state too
             extra["grad_scaler"] = p.acc.scaler.state_dict()
+        subscriber_state(trainer.subscribers, extra, extra_tensors)
         save_train_state(self.folder / STATE, model=p.student, optimizer=p.optimizer, scheduler=p.scheduler,
                          epoch=epochs_done, extra=extra, extra_tensors=extra_tensors)
 

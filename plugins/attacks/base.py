@@ -3,18 +3,27 @@
 Every training attack ascends its loss L(z) by K steps of ``z ← Proj(z + η·sign(∇_z L(z)))`` (spec,
 "Inner maximization"); the attacks differ only in L and in the start. ``maximize`` is that loop, and
 ``KLAttack`` is the base of the KL-objective attacks (TRADES, RSLAD, AdaAD), which start from
-x + 0.001·N(0, I) and only say which L they maximize.
+x + 0.001·N(0, I) and only say which L they maximize. As in every reference, that start is not clamped: the
+first gradient is taken there, and each step's projection then brings z into the ε-ball and [0, 1]
+(``clamp_start = true`` projects the start first, as earlier igdm-kit versions did).
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import ClassVar
 import torch
+from pydantic import Field
 from torch import nn
 from torchattacks.attack import Attack
 
 from igdm_kit.errors import RecipeError
 from igdm_kit.interfaces import AttackOptions, TrainingAttack
+
+
+class KLAttackOptions(AttackOptions):
+    clamp_start: bool = Field(False, description="project the start x + 0.001·N(0, I) into the ε-ball and "
+                                                 "[0, 1] before the first step (the references do not)")
 
 
 class TrainingAttackMixin:
@@ -33,6 +42,8 @@ class TrainingAttackMixin:
     teacher: nn.Module | None
 
     def _configure(self, options: AttackOptions) -> None:
+        if not isinstance(options, self.Options):  # shared AttackOptions: this attack's own defaults
+            options = self.Options.model_validate(options.model_dump())
         self.options = options
         self.set_model_training_mode(model_training=options.bn_mode == "train",
                                      batchnorm_training=options.bn_mode == "train")
@@ -65,15 +76,16 @@ def eval_teacher(teacher: nn.Module) -> nn.Module:
     return teacher
 
 
-def gaussian_start(x: torch.Tensor, options: AttackOptions) -> torch.Tensor:
+def gaussian_start(x: torch.Tensor, options: KLAttackOptions) -> torch.Tensor:
     """x + 0.001·N(0, I) (TRADES/RSLAD/AdaAD's start), or x itself when ``random_start`` is off.
 
-    The references evaluate the model at the unclamped start; we project it, so the model never sees an
-    input outside [0, 1] and ``steps = 0`` already returns a valid point.
+    Not clamped, as every reference: near saturated pixels the first gradient is taken just outside
+    [0, 1]. ``clamp_start`` projects it into the ε-ball and [0, 1].
     """
     if not options.random_start:
         return x.clone()
-    return project(x + 0.001 * torch.randn_like(x), x, options.eps)
+    start = x + 0.001 * torch.randn_like(x)
+    return project(start, x, options.eps) if options.clamp_start else start
 
 
 def maximize(loss: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, start: torch.Tensor,
@@ -81,7 +93,8 @@ def maximize(loss: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, star
     """K steps of z ← Proj(z + η·sign(∇_z L(z))) from ``start``; returns the detached z.
 
     The gradient comes from ``torch.autograd.grad`` with respect to z only, so no parameter's ``.grad``
-    is touched (student or teacher).
+    is touched (student or teacher). The result is always projected (after K ≥ 1 steps that changes
+    nothing), so with K = 0 an unclamped start still comes back as a valid point.
     """
     x = x.detach()
     z = start.detach()
@@ -89,12 +102,14 @@ def maximize(loss: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, star
         z.requires_grad_(True)
         (grad,) = torch.autograd.grad(loss(z), z)
         z = project(z.detach() + options.step_size * grad.sign(), x, options.eps)
-    return z.detach()
+    return project(z.detach(), x, options.eps)
 
 
 class KLAttack(TrainingAttackMixin, Attack, TrainingAttack):
     """A training attack that maximizes a KL objective from x + 0.001·N(0, I); subclasses give
     ``objective(x, y, **kwargs)``, which returns L as a function of z (in the attack's model mode)."""
+
+    Options: ClassVar[type[AttackOptions]] = KLAttackOptions
 
     def __init__(self, model: nn.Module, *, options: AttackOptions | None = None,
                  teacher: nn.Module | None = None) -> None:
@@ -102,7 +117,7 @@ class KLAttack(TrainingAttackMixin, Attack, TrainingAttack):
         if self.needs_teacher and teacher is None:
             raise missing_teacher(type(self).__name__.lower())
         self.teacher = teacher
-        self._configure(options or AttackOptions())
+        self._configure(options or self.Options())
 
     def objective(self, x: torch.Tensor, y: torch.Tensor | None,
                   **kwargs) -> Callable[[torch.Tensor], torch.Tensor]:

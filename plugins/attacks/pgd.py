@@ -1,25 +1,45 @@
 """PGD with cross-entropy (Madry et al., 2018): max_{‖δ‖∞≤ε} CE(S(x+δ), y), uniform random start.
 
 This is torchattacks' own ``PGD`` (which uses ``torch.autograd.grad`` and clamps to the ε-ball and [0,1]
-after every step) with igdm-kit's options and exact mode restoring.
+after every step) with igdm-kit's options and exact mode restoring. torchattacks clamps the start
+x + U(−ε, ε) to [0, 1]; ``clamp_start = false`` takes the first step from the unclamped start, as the original
+ARD and IAD code do (spec, "Reference behaviours"; same random draw, so the two differ only where the
+start leaves [0, 1]).
 """
 
 from __future__ import annotations
 
+import torch
+import torch.nn.functional as F
 import torchattacks
+from pydantic import Field
 from torch import nn
 
 from igdm_kit.interfaces import AttackOptions, TrainingAttack
 
-from .base import TrainingAttackMixin
+from .base import TrainingAttackMixin, maximize
+
+
+class PGDOptions(AttackOptions):
+    clamp_start: bool = Field(True, description="clamp the uniform start x + U(−ε, ε) to [0, 1] before the "
+                                                "first step (torchattacks); false: as the original ARD/IAD")
 
 
 class PGD(TrainingAttackMixin, torchattacks.PGD, TrainingAttack):
     description = "PGD on cross-entropy, uniform random start (Madry et al., 2018)"
+    Options = PGDOptions
 
     def __init__(self, model: nn.Module, *, options: AttackOptions | None = None,
                  teacher: nn.Module | None = None) -> None:
-        options = options or AttackOptions()
+        options = options or PGDOptions()
         super().__init__(model, eps=options.eps, alpha=options.step_size, steps=options.steps,
                          random_start=options.random_start)
         self._configure(options)
+
+    def forward(self, images: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        o = self.options
+        if o.clamp_start or not o.random_start:
+            return super().forward(images, labels)
+        x, y = images.clone().detach().to(self.device), labels.clone().detach().to(self.device)
+        start = x + torch.empty_like(x).uniform_(-o.eps, o.eps)  # torchattacks' draw, not clamped
+        return maximize(lambda z: F.cross_entropy(self.get_logits(z), y), x, start, o)

@@ -8,6 +8,7 @@ def register_datasets(register):
     from .cifar import CIFAR10, CIFAR100
     from .digits import Digits
     from .image_folder import ImageFolder
+    from .mnist import MNIST
     from .svhn import SVHN
     from .synthetic import Synthetic
     from .tiny_imagenet import TinyImageNet
@@ -16,6 +17,7 @@ def register_datasets(register):
     register("cifar10", CIFAR10)
     register("cifar100", CIFAR100)
     register("svhn", SVHN)
+    register("mnist", MNIST)
     register("tiny-imagenet", TinyImageNet)
     register("image-folder", ImageFolder)
     register("synthetic", Synthetic)

@@ -26,7 +26,7 @@ from pydantic import Field
 from igdm_kit.errors import DataError
 from igdm_kit.interfaces import DatasetInfo, DatasetPlugin
 
-from .common import DownloadOptions, check_labels, make_info, to_tensors
+from .common import DownloadOptions, check_labels, make_info, removed_on_failure, to_tensors
 
 
 def _numpy_global(name: str):
@@ -108,26 +108,37 @@ class _CIFAR(DatasetPlugin):
         return make_info(self.options, num_classes=self.num_classes, in_channels=3, image_size=32,
                          crop_padding=4, hflip=True, class_names=names)
 
+    def _missing(self, paths: list[Path]) -> DataError | None:
+        missing = [p for p in paths if not p.is_file()]
+        if not missing:
+            return None
+        expected = ", ".join(self.files["train"] + self.files["test"])
+        return DataError(
+            f"{self.title} not found: expected {expected} in {str(self.base.resolve())!r} "
+            f"({missing[0].name} is missing)",
+            f"set download = true in [data] on a machine with network access, or extract "
+            f"{self.archive} (https://www.cs.toronto.edu/~kriz/cifar.html) into {self.options.root!r}")
+
+    def check(self) -> None:
+        error = self._missing([self.base / n for n in self.files["train"] + self.files["test"]])
+        if error is not None and not self.options.download:
+            raise error
+
     def _ensure_files(self, split: str) -> list[Path]:
         paths = [self.base / name for name in self.files[split]]
-        missing = [p for p in paths if not p.is_file()]
-        if missing and self.options.download:
+        if self._missing(paths) is not None and self.options.download:
             self._download()
-            missing = [p for p in paths if not p.is_file()]
-        if missing:
-            expected = ", ".join(self.files["train"] + self.files["test"])
-            raise DataError(
-                f"{self.title} not found: expected {expected} in {str(self.base.resolve())!r} "
-                f"({missing[0].name} is missing)",
-                f"set download = true in [data] on a machine with network access, or extract "
-                f"{self.archive} (https://www.cs.toronto.edu/~kriz/cifar.html) into {self.options.root!r}")
+        error = self._missing(paths)
+        if error is not None:
+            raise error
         if self.options.verify:
             self._verify(paths)
         return paths
 
     def _download(self) -> None:
         try:
-            self._torchvision_class()(root=self.options.root, train=True, download=True)
+            with removed_on_failure(self.options.root):  # a failed download leaves nothing behind
+                self._torchvision_class()(root=self.options.root, train=True, download=True)
         except Exception as exc:  # noqa: BLE001 - network and disk errors come in many types
             first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
             raise DataError(f"downloading {self.title} into {self.options.root!r} failed: {first}",

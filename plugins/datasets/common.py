@@ -8,8 +8,10 @@ none for SVHN) is also only declared here; the engine applies it.
 
 from __future__ import annotations
 
+import contextlib
 import os
-from collections.abc import Sequence
+import shutil
+from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -18,7 +20,7 @@ import torch
 from pydantic import Field, model_validator
 
 from igdm_kit.errors import DataError, RecipeError
-from igdm_kit.interfaces import DatasetInfo, Options
+from igdm_kit.interfaces import DatasetInfo, Options, PathOption
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm")
 
@@ -26,7 +28,8 @@ IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".
 class ImageOptions(Options):
     """Options every image dataset takes."""
 
-    root: str = Field("data", description="folder holding the dataset's files")
+    root: PathOption = Field("data", description="folder holding the dataset's files (in a recipe: relative "
+                             "to the recipe file; default: data in the working directory)")
     crop_padding: int | None = Field(
         None, ge=0, le=64, description="random-crop padding in pixels during training (default: the "
                                        "dataset's, e.g. 4 for 32×32 images, 8 for 64×64, 0 for SVHN)")
@@ -131,3 +134,24 @@ def _resize_center_crop(img, size: int):
     img = img.resize((nw, nh), Image.BILINEAR)
     left, top = (nw - size) // 2, (nh - size) // 2
     return img.crop((left, top, left + size, top + size))
+
+
+@contextlib.contextmanager
+def removed_on_failure(root: str | Path) -> Iterator[None]:
+    """A download into ``root`` that fails leaves nothing behind: the files and folders it created there
+    (and ``root`` itself, with any parent it had to create) are removed again."""
+    root = Path(root).absolute()
+    top = root
+    while not top.parent.exists() and top.parent != top:
+        top = top.parent  # the outermost folder the download would create
+    created = not top.exists()
+    before = set(root.iterdir()) if root.is_dir() else set()
+    try:
+        yield
+    except BaseException:
+        if created:
+            shutil.rmtree(top, ignore_errors=True)
+        elif root.is_dir():
+            for new in set(root.iterdir()) - before:
+                shutil.rmtree(new, ignore_errors=True) if new.is_dir() else new.unlink(missing_ok=True)
+        raise

@@ -21,13 +21,13 @@ import torch
 from pydantic import Field
 
 from igdm_kit.errors import DataError
-from igdm_kit.interfaces import DatasetInfo, DatasetPlugin
+from igdm_kit.interfaces import DatasetInfo, DatasetPlugin, PathOption
 
 from .common import ImageOptions, list_images, make_info, read_images, to_tensors
 
 
 class ImageFolderOptions(ImageOptions):
-    root: str = Field(..., description="folder holding train/<class>/ and test/<class>/ image folders")
+    root: PathOption = Field(..., description="folder holding train/<class>/ and test/<class>/ image folders")
     image_size: int = Field(32, ge=4, le=1024, description="side of the square images the model sees")
     grayscale: bool = Field(False, description="convert images to one grey channel instead of RGB")
     test_folder: str = Field("test", min_length=1, description="name of the test split's folder under root")
@@ -55,6 +55,10 @@ class ImageFolder(DatasetPlugin):
             raise DataError(f"image folder {str(train)!r} has no class folders",
                             "put each class's images in its own sub-folder, e.g. train/cat/001.png")
         return names
+
+    def check(self) -> None:
+        self.classes()
+        self._split_dir("test")
 
     def info(self) -> DatasetInfo:
         names = self.classes()

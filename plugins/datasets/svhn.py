@@ -17,7 +17,7 @@ import torch
 from igdm_kit.errors import DataError
 from igdm_kit.interfaces import DatasetInfo, DatasetPlugin
 
-from .common import DownloadOptions, check_labels, make_info, to_tensors
+from .common import DownloadOptions, check_labels, make_info, removed_on_failure, to_tensors
 
 FILES = {"train": "train_32x32.mat", "test": "test_32x32.mat"}
 
@@ -30,23 +30,32 @@ class SVHN(DatasetPlugin):
         return make_info(self.options, num_classes=10, in_channels=3, image_size=32, crop_padding=0,
                          hflip=False, class_names=tuple(str(i) for i in range(10)))
 
+    def check(self) -> None:
+        for split in FILES:
+            if not (Path(self.options.root) / FILES[split]).is_file() and not self.options.download:
+                raise self._missing(split)
+
+    def _missing(self, split: str) -> DataError:
+        return DataError(
+            f"SVHN not found: expected {FILES['train']} and {FILES['test']} in "
+            f"{str(Path(self.options.root).resolve())!r} ({FILES[split]} is missing)",
+            "set download = true in [data] on a machine with network access, or download them from "
+            f"http://ufldl.stanford.edu/housenumbers/ into {self.options.root!r}")
+
     def _path(self, split: str) -> Path:
         path = Path(self.options.root) / FILES[split]
         if not path.is_file() and self.options.download:
             try:
                 from torchvision.datasets import SVHN as TorchvisionSVHN
 
-                TorchvisionSVHN(root=self.options.root, split=split, download=True)
+                with removed_on_failure(self.options.root):  # a failed download leaves nothing behind
+                    TorchvisionSVHN(root=self.options.root, split=split, download=True)
             except Exception as exc:  # noqa: BLE001 - network and disk errors come in many types
                 first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
                 raise DataError(f"downloading SVHN {split} into {self.options.root!r} failed: {first}",
                                 "check the network, or place the .mat file there yourself") from None
         if not path.is_file():
-            raise DataError(
-                f"SVHN not found: expected {FILES['train']} and {FILES['test']} in "
-                f"{str(Path(self.options.root).resolve())!r} ({FILES[split]} is missing)",
-                "set download = true in [data] on a machine with network access, or download them from "
-                f"http://ufldl.stanford.edu/housenumbers/ into {self.options.root!r}")
+            raise self._missing(split)
         return path
 
     def load(self, split: Literal["train", "test"]) -> tuple[torch.Tensor, torch.Tensor]:

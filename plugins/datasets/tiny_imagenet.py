@@ -24,7 +24,7 @@ import torch
 from igdm_kit.errors import DataError
 from igdm_kit.interfaces import DatasetInfo, DatasetPlugin
 
-from .common import DownloadOptions, list_images, make_info, read_images, to_tensors
+from .common import DownloadOptions, list_images, make_info, read_images, removed_on_failure, to_tensors
 
 FOLDER = "tiny-imagenet-200"
 URL = "http://cs231n.stanford.edu/tiny-imagenet-200.zip"
@@ -52,12 +52,17 @@ class TinyImageNet(DatasetPlugin):
             try:
                 from torchvision.datasets.utils import download_and_extract_archive
 
-                download_and_extract_archive(URL, download_root=self.options.root)
+                with removed_on_failure(self.options.root):  # a failed download leaves nothing behind
+                    download_and_extract_archive(URL, download_root=self.options.root)
             except Exception as exc:  # noqa: BLE001 - network and disk errors come in many types
                 first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
                 raise DataError(f"downloading Tiny-ImageNet into {self.options.root!r} failed: {first}",
                                 f"check the network, or extract {URL} there yourself") from None
         if not (self.base / "train").is_dir():
+            raise self._missing(f"{str(self.base / 'train')!r} does not exist")
+
+    def check(self) -> None:
+        if not (self.base / "train").is_dir() and not self.options.download:
             raise self._missing(f"{str(self.base / 'train')!r} does not exist")
 
     def classes(self) -> list[str]:

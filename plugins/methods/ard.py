@@ -6,6 +6,8 @@ from the ``pgd`` attack on the student. Defaults α_ard = 1, τ = 1 (the origina
 
 from __future__ import annotations
 
+from typing import Literal
+
 import torch.nn.functional as F
 from pydantic import Field
 
@@ -22,18 +24,34 @@ class ARD(Method):
         alpha_ard: float = Field(1.0, ge=0, le=1, description="weight α_ard of the distillation term; "
                                  "1 − α_ard weighs CE(S(x), y)")
         temperature: float = Field(1.0, gt=0, description="distillation temperature τ (original ARD: 30)")
+        kl_reduction: Literal["batchmean", "mean"] = Field(
+            "batchmean", description="KL reduction: batchmean (the spec, the IGDM reference) or mean = "
+                                     "batchmean / C (nn.KLDivLoss(), the original ARD)")
 
     def teacher_inputs(self, epoch, epochs):
         return {"x"} if self.options.alpha_ard > 0 else set()
 
     def loss(self, ctx):
-        a, tau = self.options.alpha_ard, self.options.temperature
-        terms = {}
-        # ARD's reference code always runs S(x), first, even at weight 0; with reference_passes the
-        # engine reproduces that forward (and its BatchNorm update) without adding the term.
+        a, o = self.options.alpha_ard, self.options
+        # The IGDM reference's ARD + IGDM script evaluates S(x⁺) first and uses it as S(x_adv) in the KD
+        # term; the step evaluates S(x⁺) once under reference_passes too, so the module reuses it.
+        s_adv = ctx.student("x_plus") if ctx.reference and a > 0 and x_plus_is_x_adv(ctx) else None
+        # ARD's reference code always runs S(x), even at weight 0; with reference_passes the engine
+        # reproduces that forward (and its BatchNorm update) without adding the term.
         s_x = ctx.student("x") if a < 1 or ctx.reference else None
+        terms = {}
         if a > 0:
-            terms["adv_kl"] = a * kl_div(ctx.teacher("x"), ctx.student("x_adv"), temperature=tau)
+            s_adv = ctx.student("x_adv") if s_adv is None else s_adv
+            terms["adv_kl"] = a * kl_div(ctx.teacher("x"), s_adv, temperature=o.temperature,
+                                         reduction=o.kl_reduction)
         if a < 1:
             terms["nat_ce"] = (1 - a) * F.cross_entropy(s_x, ctx.y)
         return terms
+
+
+def x_plus_is_x_adv(ctx) -> bool:
+    """Whether a gradient module defined x⁺ and it is x_adv itself (β = 1: x⁺ = x + δ = x_adv)."""
+    try:
+        return ctx.input("x_plus") is ctx.input("x_adv")
+    except KeyError:  # no module (or a zero-weight one): x⁺ is not a step input
+        return False

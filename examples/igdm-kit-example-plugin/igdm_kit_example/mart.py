@@ -27,9 +27,6 @@ class MART(Method):
     class Options(Options):
         beta: float = Field(6.0, ge=0, description="weight β of the misclassification-aware KL term")
 
-    def student_inputs(self, epoch, epochs):
-        return {"x_adv", "x"} if self.options.beta else {"x_adv"}
-
     def loss(self, ctx):
         logits_adv = ctx.student("x_adv")
         y = ctx.y

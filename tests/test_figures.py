@@ -1,0 +1,87 @@
+"""Figures a reviewer can read: what they were computed on (dataset, n, ε), axis labels, legends off the
+data, log bins where a distribution spans decades, separate runs as points, sweep labels apart."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from igdm_kit import plotting as P
+
+pytest.importorskip("matplotlib")
+
+
+def _row(name, epoch, digest, values):
+    v = torch.as_tensor(values, dtype=torch.float64)
+    return {"checkpoint": name, "epoch": epoch, "recipe_digest": digest, "_values": v, "mean": v.mean().item(),
+            "q25": v.quantile(0.25).item(), "q75": v.quantile(0.75).item()}
+
+
+def test_log_bins_only_where_linear_bins_pile_up():
+    rng = np.random.default_rng(0)
+    assert P.log_bins(rng.lognormal(0, 2, 1000))  # three decades, most mass near the bottom
+    assert not P.log_bins(rng.uniform(1, 2, 1000))  # less than a decade
+    assert not P.log_bins(np.r_[0.0, rng.lognormal(0, 2, 100)])  # a zero: no log axis
+    assert not P.log_bins(rng.uniform(1, 50, 1000))  # over a decade, but spread evenly on a linear axis
+    assert P.log_bins(rng.lognormal(0, 1.5, 1000)) and not P.log_bins(rng.normal(6, 1.5, 1000).clip(0.1))
+
+
+def _legend_below_axes(fig):
+    ax = fig.axes[0]
+    fig.canvas.draw()
+    r = fig.canvas.get_renderer()
+    legend = ax.get_legend()
+    return legend is not None and legend.get_window_extent(r).y1 <= ax.get_window_extent(r).y0
+
+
+def test_separate_runs_are_points_and_one_run_is_a_curve():
+    rng = np.random.default_rng(1)
+    separate = [_row(f"runs/{d}/model.safetensors", 15, d, rng.uniform(0, 1, 50)) for d in ("a", "b", "c")]
+    fig = P.draw_linearity(separate, "digits test, n=50, ε=0.1")
+    ax = fig.axes[0]
+    assert all(line.get_linestyle() == "None" for line in ax.lines)  # no line joins separate runs
+    assert not ax.collections or all(type(c).__name__ == "LineCollection" for c in ax.collections)  # no band
+    assert [t.get_text() for t in ax.get_xticklabels()] == ["a/model.safetensors", "b/model.safetensors",
+                                                            "c/model.safetensors"]  # the order given
+    assert "ε=0.1" in ax.get_title() and "n=50" in ax.get_title() and ax.get_ylabel()
+    assert ax.get_legend() is None and "25–75 %" in ax.get_title()  # said in the title, over no tick label
+    epochs = [_row(f"epoch_{e:03d}.safetensors", e, "same", rng.uniform(0, 1, 50)) for e in (3, 1, 2)]
+    fig = P.draw_linearity(epochs, "digits test, n=50, ε=0.1")
+    ax = fig.axes[0]
+    (curve,) = [ln for ln in ax.lines if ln.get_linestyle() != "None"]
+    assert list(curve.get_xdata()) == [1, 2, 3] and ax.get_xlabel() == "epoch" and _legend_below_axes(fig)
+    P.pyplot().close("all")
+
+
+def test_histograms_have_labels_log_bins_and_the_legend_below():
+    rng = np.random.default_rng(2)
+    heavy = torch.as_tensor(rng.lognormal(-3, 1.5, 400))
+    fig = P.draw_histograms({"GD per image": heavy, "GC per image": torch.as_tensor(rng.uniform(-1, 1, 400))},
+                            "gradient alignment\ndigits test, n=400")
+    gd, gc = fig.axes
+    assert gd.get_xscale() == "log" and gc.get_xscale() == "linear"
+    assert all(ax.get_xlabel() and ax.get_ylabel() == "images" for ax in (gd, gc))
+    fig = P.draw_histograms({"uniform": heavy, "adversarial": heavy * 3}, "point-wise, n=400, ε=0.1",
+                            shared=True, xlabel="‖T(x+δ) − S(x+δ)‖₂")
+    assert fig.axes[0].get_xlabel().startswith("‖T(x+δ) − S(x+δ)‖₂") and _legend_below_axes(fig)
+    P.pyplot().close("all")
+
+
+def test_sweep_labels_do_not_overprint_and_axes_use_the_tables_names():
+    rows = [{"variant": f"alpha={a}", "pgd20": acc, "gd": gd, "gc": gc, "dataset": "digits", "n": 360,
+             "eps": 0.1} for a, acc, gd, gc in ((0, 89.44, 0.134, 0.719), (1, 89.45, 0.1345, 0.7195),
+                                                (6, 89.17, 0.190, 0.755), (20, 86.0, 0.21, 0.70))]
+    summary = {"recipe": "recipes/quickstart.toml", "rows": rows, "columns": [["pgd20", "PGD-20"]],
+               "correlation": {"against": "pgd20", "gc": 0.5, "gd": -0.7}}
+    fig = P.draw_sweep(summary)
+    fig.canvas.draw()
+    renderer = fig.canvas.get_renderer()
+    for ax in fig.axes:
+        boxes = [t.get_window_extent(renderer) for t in ax.texts]
+        assert len(boxes) == 4
+        assert not any(a.overlaps(b) for i, a in enumerate(boxes) for b in boxes[i + 1:])
+        assert ax.get_ylabel() == "PGD-20 accuracy (%)" and "pgd20" not in ax.get_title()
+        assert "over 4 runs" in ax.get_title() and "not a trend test" in ax.get_title()
+    assert "n=360" in fig._suptitle.get_text() and "ε=0.1" in fig._suptitle.get_text()
+    P.pyplot().close("all")
