@@ -323,6 +323,7 @@ class RunLock:
                 raise storage_error(exc, self.path, "create the lock file") from None
             holder = _read_holder(fd)
             if not _flock(fd, holder):
+                holder = _wait_for_holder(fd, holder)  # it may be between its lock and its note
                 os.close(fd)
                 raise self._busy(holder)
             try:
@@ -370,6 +371,15 @@ def _read_holder(fd: int) -> dict[str, Any]:
     except (OSError, ValueError):
         return {}
     return data if isinstance(data, dict) else {}
+
+
+def _wait_for_holder(fd: int, holder: dict[str, Any], seconds: float = 1.0) -> dict[str, Any]:
+    """The holder's note, waiting briefly for one that has taken the lock but not yet written it."""
+    deadline = time.monotonic() + seconds
+    while not holder.get("pid") and time.monotonic() < deadline:
+        time.sleep(0.02)
+        holder = _read_holder(fd)
+    return holder
 
 
 def _flock(fd: int, holder: dict[str, Any]) -> bool:
