@@ -8,7 +8,8 @@ from __future__ import annotations
 from typing import Any
 
 _FACTORIES = ("create_model", "list_models", "create_dataset", "create_method", "create_module", "create_attack",
-              "create_eval_attack", "create_teacher")
+              "create_eval_attack", "create_shift", "create_teacher", "create_optimizer", "create_schedule",
+              "create_tracker", "create_launcher")
 __all__ = [*_FACTORIES, "load_model", "hookimpl", "__version__"]
 
 from .hookspecs import hookimpl

@@ -1,7 +1,8 @@
 """One factory per component kind — the only place a registered component is built.
 
 ``create_model`` / ``list_models`` follow timm; ``create_dataset``, ``create_method``, ``create_module``,
-``create_attack`` and ``create_teacher`` do the same for the other kinds, and the engine, the analysis, the
+``create_attack``, ``create_eval_attack``, ``create_teacher``, ``create_optimizer``, ``create_schedule``,
+``create_tracker`` and ``create_launcher`` do the same for the other kinds, and the engine, the analysis, the
 benchmark and the tests all build through them. Options are validated by the component's own ``Options``
 model (a dict, keyword arguments, or an already validated instance); errors name the component and the
 dotted option.
@@ -90,6 +91,12 @@ def create_eval_attack(name: str, options: dict[str, Any] | BaseModel | None = N
     return registry("eval_attack").get(name)(opts)
 
 
+def create_shift(name: str, options: dict[str, Any] | BaseModel | None = None, **kwargs: Any):
+    """A registered distribution or threat shift (``interfaces.Shift``) with validated options."""
+    opts = validate_options("shift", name, options if options is not None else kwargs, where="eval.shifts")
+    return registry("shift").get(name)(opts)
+
+
 class ArchitectureBuilder:
     """The ``build`` a teacher loader receives: constructs the architecture a recipe names (or refuses
     with a one-line error when it names none). ``model_name`` says which, for error messages;
@@ -159,3 +166,35 @@ def check_teacher_fits(teacher, path: str | Path, *, num_classes: int, in_channe
         shape = tuple(out.shape) if torch.is_tensor(out) else type(out).__name__
         raise CheckpointError(f"teacher {str(path)!r} gives outputs of shape {shape} for one image, but this "
                               f"dataset has {num_classes} classes", "use a teacher trained on this dataset")
+
+
+def create_optimizer(name: str, params, plan, options: dict[str, Any] | BaseModel | None = None,
+                     **kwargs: Any):
+    """A registered optimizer (``interfaces.OptimizerFactory``) over ``params`` for ``plan``
+    (``interfaces.TrainingPlan``): a ``torch.optim.Optimizer``."""
+    opts = validate_options("optimizer", name, options if options is not None else kwargs,
+                            where="train.optimizer")
+    return registry("optimizer").get(name)(opts).build(params, plan)
+
+
+def create_schedule(name: str, optimizer, plan, options: dict[str, Any] | BaseModel | None = None,
+                    **kwargs: Any):
+    """A registered learning-rate schedule (``interfaces.LRSchedule``) on ``optimizer``: (the torch
+    scheduler, its interval ``"epoch"`` or ``"step"``). Without the warm-up: ``igdm_kit.training.optim``
+    puts it in front."""
+    opts = validate_options("schedule", name, options if options is not None else kwargs,
+                            where="train.schedule")
+    component = registry("schedule").get(name)
+    return component(opts).build(optimizer, plan), component.interval
+
+
+def create_tracker(name: str, options: dict[str, Any] | BaseModel | None = None, **kwargs: Any):
+    """A registered experiment tracker (``interfaces.Tracker``) with validated options."""
+    opts = validate_options("logger", name, options if options is not None else kwargs, where=f"log.{name}")
+    return registry("logger").get(name)(opts)
+
+
+def create_launcher(name: str, options: dict[str, Any] | BaseModel | None = None, **kwargs: Any):
+    """A registered sweep launcher (``interfaces.Launcher``) with validated options."""
+    opts = validate_options("launcher", name, options if options is not None else kwargs, where="--launcher-opt")
+    return registry("launcher").get(name)(opts)

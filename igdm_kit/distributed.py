@@ -62,6 +62,17 @@ class Dist:
         dist.broadcast_object_list(box, src=0)
         return box[0]
 
+    def sync_buffers(self, module: torch.nn.Module) -> None:
+        """Rank 0's buffers (BatchNorm statistics) on every rank: DDP broadcasts them before each forward,
+        so after the last step each rank holds its own batch's update — evaluations must agree with rank 0's
+        saved model."""
+        if not self.enabled:
+            return
+        import torch.distributed as dist
+
+        for b in module.buffers():
+            dist.broadcast(b, src=0)
+
     def barrier(self) -> None:
         if self.enabled:
             import torch.distributed as dist

@@ -6,8 +6,10 @@ in ``igdm_kit.training``:
 2. the teacher is prepared: a ``[teacher] recipe`` is trained (or its finished run reused) first, each
    teacher recipe before the recipe that needs it — never by re-entering this run;
 3. the parts are built through the factories (``build_parts``), the training state restored on resume;
-4. the ``Trainer`` runs the epochs; progress, metrics, log lines and checkpoints subscribe to it;
-5. the final evaluation (``[eval]``) runs on the plain fp32 student; the model and results are written.
+4. the ``Trainer`` runs the epochs; progress, metrics, log lines, checkpoints, validation and the best
+   checkpoints, the weight average and the experiment trackers subscribe to it;
+5. the final evaluation (``[eval]``) runs on the plain fp32 checkpoints ``[eval] checkpoints`` names; the
+   model and results are written, and the subscribers told (``on_run_end``, then ``close``).
 
 SIGINT/SIGTERM handlers are installed for the whole run (``StopFlag``): every phase — building, training,
 saving, the final evaluation — stops at its next safe point with the state saved and raises ``Interrupted``.
@@ -32,8 +34,9 @@ from .checkpoint import save_model
 from .errors import IgdmKitError, Interrupted, RecipeError
 from .recipe import Recipe, load as load_recipe, resume_command
 from .train_state import load_train_state
-from .training.final_eval import clean_accuracy, final_evaluation
-from .training.folder import AA_STATE, FINAL, FLAGS, LAST, RESULTS, STATE, Mode, RunFolder, sha256_file
+from .training.events import Subscriber, restore_subscribers
+from .training.final_eval import clean_accuracy, evaluate_checkpoints, final_evaluation
+from .training.folder import AA_STATE, BEST, BEST_EMA, EMA, FINAL, LAST, RESULTS, STATE, Mode, RunFolder, sha256_file
 from .training.parts import Parts, build_parts, build_student, build_training, check_data, load_data, load_teacher
 from .training.signals import StopFlag
 from .training.subscribers import (Checkpointer, CleanAccuracy, FiniteWeights, LogLine, MetricsLog, ProgressBar,
@@ -192,40 +195,50 @@ def _train(folder: RunFolder, r: Recipe, mode: Mode, teacher_file: Path | None, 
         folder.ensure_writable()
     parts = build_parts(r, device=device, acc=acc, dist=d, teacher_file=teacher_file)
     stop.check(f"stopped before training started in {folder.path}", f"start it again with: {hint}")
-    start, partial, metrics = _starting_point(folder, parts, mode, log)
-    trainer = Trainer(parts, _subscribers(folder, parts, log, progress), saved_in=folder.path,
-                      resume_hint=hint, metrics=metrics, stop=stop)
-    metrics = trainer.fit(start, partial)
-    acc.release()  # the final evaluation runs the plain fp32 eager models
-    check_weights(parts.student, "before the final evaluation",
-                  f"the training state in {folder.path} holds them; start again with --overwrite and a lower "
-                  "train.lr")
-    what, again = (f"the final evaluation stopped; training is saved in {folder.path} (AutoAttack resumes "
-                   "where it stopped)"), f"resume with: {hint}"
-    # AutoAttack keeps its progress in the run folder, so an interrupted final evaluation resumes.
-    results = final_evaluation(r, parts.student, parts.teacher, *parts.test_data, device, log=log, dist=d,
-                               aa_state=folder / AA_STATE if d.is_main else None,
-                               progress=progress if d.is_main else None,
-                               flags_path=folder / FLAGS if d.is_main else None,
-                               check=lambda: stop.check(what, again))
-    stop.check(what, again)
-    if d.is_main:
-        save_model(folder / FINAL, parts.student, {**parts.checkpoint_meta(), "epoch": tr.epochs})
-        folder.finish(results)  # results.json marks the run finished; AutoAttack's resume state goes
+    subs, ema = _subscribers(folder, parts, log, progress)
+    start, partial, metrics = _starting_point(folder, parts, mode, log, subs)
+    trainer = Trainer(parts, subs, saved_in=folder.path, resume_hint=hint, metrics=metrics, stop=stop)
+    ok = False
+    try:
+        metrics = trainer.fit(start, partial)
+        acc.release()  # the final evaluation runs the plain fp32 eager models
+        check_weights(parts.student, "before the final evaluation",
+                      f"the training state in {folder.path} holds them; start again with --overwrite and a "
+                      "lower train.lr")
+        if ema is not None and d.is_main:
+            ema.save(folder / EMA, {**parts.checkpoint_meta(), "epoch": tr.epochs})
+        what, again = (f"the final evaluation stopped; training is saved in {folder.path} (AutoAttack resumes "
+                       "where it stopped)"), f"resume with: {hint}"
+        # AutoAttack keeps its progress in the run folder, so an interrupted final evaluation resumes.
+        results = evaluate_checkpoints(r, parts, folder, ema, log=log, progress=progress,
+                                       check=lambda: stop.check(what, again))
+        stop.check(what, again)
+        if d.is_main:
+            save_model(folder / FINAL, parts.student, {**parts.checkpoint_meta(), "epoch": tr.epochs})
+            folder.finish(results)  # results.json marks the run finished
+        files = {n: folder / f for n, f in (("last", FINAL), ("best", BEST), ("ema", EMA), ("best_ema", BEST_EMA))
+                 if n in r.model.eval.checkpoints}
+        for s in subs:
+            s.on_run_end(trainer, results, files)
+        ok = True
+    finally:
+        for s in subs:
+            s.close(ok)
     d.barrier()
     return RunResult(folder.path, r, metrics, results)
 
 
-def _starting_point(folder: RunFolder, parts: Parts, mode: Mode, log: Log):
-    """(first epoch, saved mid-epoch state or None, metrics so far): the saved state on resume, else a new
-    run's manifest and resolved recipe."""
+def _starting_point(folder: RunFolder, parts: Parts, mode: Mode, log: Log, subs: list[Subscriber]):
+    """(first epoch, saved mid-epoch state or None, metrics so far): the saved state on resume (the
+    subscribers' parts of it given back), else a new run's manifest and resolved recipe."""
     if mode != "resume":
         if parts.dist.is_main:
             folder.start(parts.recipe, device=str(parts.device), world_size=parts.dist.world,
-                         teacher_digest=parts.teacher_digest)
+                         teacher_digest=parts.teacher_digest, extra=_split_record(parts))
         return 1, None, []
     meta = load_train_state(folder / STATE, model=parts.student, optimizer=parts.optimizer,
                             scheduler=parts.scheduler)
+    restore_subscribers(subs, meta["extra"], meta["extra_tensors"])
     start, partial = meta["epoch"] + 1, meta["extra"].get("partial")
     if parts.acc.scaler is not None and "grad_scaler" in meta["extra"]:
         parts.acc.scaler.load_state_dict(meta["extra"]["grad_scaler"])
@@ -239,12 +252,48 @@ def _starting_point(folder: RunFolder, parts: Parts, mode: Mode, log: Log):
     return start, partial, metrics
 
 
-def _subscribers(folder: RunFolder, parts: Parts, log: Log, progress: Any) -> list:
-    tr = parts.recipe.model.train
+def _split_record(parts: Parts) -> dict[str, Any]:
+    """The manifest's record of the validation split: which training images it holds."""
+    if parts.val_indices is None:
+        return {}
+    import hashlib
+    import json
+
+    data = parts.recipe.model.data
+    return {"validation_split": {
+        "val_size": data.val_size, "val_seed": data.val_seed, "images": len(parts.val_indices),
+        "train_images": int(parts.train_data[0].shape[0]), "stratified": True,
+        "indices_sha256": hashlib.sha256(json.dumps(parts.val_indices).encode()).hexdigest(),
+        "indices": parts.val_indices}}
+
+
+def _subscribers(folder: RunFolder, parts: Parts, log: Log, progress: Any):
+    """The run's subscribers in their order (the metrics row is logged, then the state saved, then the best
+    checkpoints and the trackers follow it), and the weight average (or None)."""
+    from .training.ema import EMA as Average
+    from .training.tracking import Trackers
+    from .training.validation import BestCheckpoint, Validation
+
+    r, main = parts.recipe, parts.dist.is_main
+    tr = r.model.train
     subs: list = [FiniteWeights(folder), CleanAccuracy()]
-    if progress is not None and parts.dist.is_main:
-        subs.append(ProgressBar(progress, parts.recipe.name))
-    if parts.dist.is_main:
-        subs += [MetricsLog(folder), Checkpointer(folder, parts.checkpoint_meta(), every_epoch=tr.save_every_epoch)]
-    subs.append(LogLine(log, parts.recipe.name))
-    return subs
+    ema = Average(parts.student, lambda: build_student(r, parts.info), tr.ema) if tr.ema else None
+    if ema is not None:
+        subs.append(ema)
+    if tr.validation is not None:
+        models = [("", lambda: parts.student)] + ([("ema_", lambda: ema.model)] if ema else [])
+        subs.append(Validation(r.val_specs, tr.validation, parts.val_data, models))
+    if progress is not None and main:
+        subs.append(ProgressBar(progress, r.name))
+    if main:
+        meta = parts.checkpoint_meta()
+        subs += [MetricsLog(folder), Checkpointer(folder, meta, every_epoch=tr.save_every_epoch)]
+        if tr.validation is not None:
+            key = f"val_{tr.validation.metric}"
+            subs.append(BestCheckpoint(folder / BEST, key, meta, lambda: parts.student, log))
+            if ema is not None:
+                subs.append(BestCheckpoint(folder / BEST_EMA, f"val_ema_{tr.validation.metric}", meta,
+                                           lambda: ema.averaged.module, log))
+        subs.append(Trackers(folder, r))
+    subs.append(LogLine(log, r.name))
+    return subs, ema

@@ -57,31 +57,39 @@ def _fmt(v: Any) -> str:
     return f"{v:g}" if isinstance(v, float) else str(v).replace(" ", "")
 
 
+def component_spec(kind: str, item: Any, at: str, noun: str, example: str):
+    """One recipe entry naming a component of ``kind`` — a name, or a table with ``name`` and its options —
+    as (name, the options given, the registry entry, the validated options); one-line errors at ``at``."""
+    from .plugins import registry
+
+    raw = {"name": item} if isinstance(item, str) else dict(item) if isinstance(item, dict) else None
+    if raw is None or not isinstance(raw.get("name"), str):
+        raise RecipeError(f"{at}: {noun} is a name or a table with a name", example, path=at)
+    name = raw.pop("name")
+    try:
+        entry = registry(kind).entry(name)
+    except UnknownComponentError as exc:
+        raise RecipeError(f"{at}: unknown {noun.split()[-1]} {name!r}", exc.hint, path=at) from None
+    try:
+        options = entry.options_model.model_validate(raw)
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        loc = ".".join(str(p) for p in err["loc"])
+        raise RecipeError(f"{at}{'.' + loc if loc else ''}: {err['msg']}",
+                          f"options of {name!r}: {', '.join(entry.options_model.model_fields) or 'none'}",
+                          path=f"{at}.{loc}" if loc else at) from None
+    return name, raw, entry, options
+
+
 def resolve(items: list[Any], norm: str, where: str = "eval.attacks") -> list[EvalSpec]:
     """Validated specs for ``items`` (names or tables) under threat ``norm``; one-line errors name the key."""
     from .plugins import registry
 
-    reg = registry("eval_attack")
     specs: list[EvalSpec] = []
     for i, item in enumerate(items):
         at = f"{where}[{i}]"
-        raw = {"name": item} if isinstance(item, str) else dict(item) if isinstance(item, dict) else None
-        if raw is None or not isinstance(raw.get("name"), str):
-            raise RecipeError(f"{at}: an attack is a name or a table with a name",
-                              'e.g. "pgd20" or { name = "pgd", steps = 50, restarts = 5 }', path=at)
-        name = raw.pop("name")
-        try:
-            entry = reg.entry(name)
-        except UnknownComponentError as exc:
-            raise RecipeError(f"{at}: unknown attack {name!r}", exc.hint, path=at) from None
-        try:
-            options = entry.options_model.model_validate(raw)
-        except ValidationError as exc:
-            err = exc.errors()[0]
-            loc = ".".join(str(p) for p in err["loc"])
-            raise RecipeError(f"{at}.{loc}: {err['msg']}",
-                              f"options of {name!r}: {', '.join(entry.options_model.model_fields) or 'none'}",
-                              path=f"{at}.{loc}") from None
+        name, raw, entry, options = component_spec("eval_attack", item, at, "an attack",
+                                                   'e.g. "pgd20" or { name = "pgd", steps = 50, restarts = 5 }')
         cls = entry.component
         if norm not in cls.norms:
             raise RecipeError(f"{at}: {name!r} has no {norm} version (it supports {', '.join(cls.norms)})",
@@ -96,7 +104,8 @@ def resolve(items: list[Any], norm: str, where: str = "eval.attacks") -> list[Ev
         raise RecipeError(f"{where}: {dup!r} is listed twice", "list each attack (with its options) once",
                           path=where)
     if not specs:
-        raise RecipeError(f"{where}: no attack selected", "known: " + ", ".join(reg.names()), path=where)
+        raise RecipeError(f"{where}: no attack selected", "known: " + ", ".join(registry("eval_attack").names()),
+                          path=where)
     return specs
 
 

@@ -89,6 +89,53 @@ def register_teacher_loaders(register: Register) -> None:
 
 
 @hookspec
+def register_optimizers(register: Register) -> None:
+    """Register optimizers (``interfaces.OptimizerFactory``: ``Options`` + ``build(params, plan)`` returning a
+    ``torch.optim.Optimizer``), named in ``[train.optimizer] name`` and built by ``igdm_kit.create_optimizer``.
+
+    Called when the optimizer registry is first built. Returns nothing.
+    """
+
+
+@hookspec
+def register_schedules(register: Register) -> None:
+    """Register learning-rate schedules (``interfaces.LRSchedule``: ``Options``, ``interval`` and
+    ``build(optimizer, plan)`` returning a ``torch.optim.lr_scheduler`` scheduler), named in
+    ``[train.schedule] name`` and built by ``igdm_kit.create_schedule`` (the host adds any warm-up before).
+
+    Called when the schedule registry is first built. Returns nothing.
+    """
+
+
+@hookspec
+def register_loggers(register: Register) -> None:
+    """Register experiment trackers (``interfaces.Tracker``), named in ``[log] trackers`` with their options
+    in ``[log.NAME]``; each receives the manifest, per-step and per-epoch metrics, the final results and
+    (optionally) checkpoint files. ``metrics.jsonl`` is written whatever the trackers are.
+
+    Called when the logger registry is first built. Returns nothing.
+    """
+
+
+@hookspec
+def register_launchers(register: Register) -> None:
+    """Register sweep launchers (``interfaces.Launcher``: ``Options`` + ``launch(jobs, ctx)``), named by
+    ``igdm-kit sweep --launcher NAME`` with options from ``--launcher-opt key=value``.
+
+    Called when the launcher registry is first built. Returns nothing.
+    """
+
+
+@hookspec
+def register_shifts(register: Register) -> None:
+    """Register distribution and threat shifts (``interfaces.Shift``: shifted evaluation sets and/or
+    threat models the model was not trained for), named in ``[eval] shifts`` and ``igdm-kit eval --shifts``.
+
+    Called when the shift registry is first built. Returns nothing.
+    """
+
+
+@hookspec
 def register_commands(app: Any) -> None:
     """Add commands to the ``igdm-kit`` Typer application ``app`` (e.g. ``@app.command()``).
 

@@ -235,13 +235,17 @@ class TrainingAttack:
 
 #: The threat models of evaluation: the norm of the perturbation ball.
 Norm = Literal["Linf", "L2", "L1"]
+#: The Lp norms; any other threat name is a non-Lp threat an evaluation attack declares in its ``norms``
+#: (e.g. "ReColor": a bounded colour map, "StAdv": a bounded flow field), with its own meaning of ``eps``.
+LP_NORMS: tuple[str, ...] = ("Linf", "L2", "L1")
 
 
 @dataclass(frozen=True)
 class Threat:
-    """An evaluation threat model: the ball ‖δ‖_norm ≤ eps around x, intersected with [0, 1]."""
+    """An evaluation threat model: the ball ‖δ‖_norm ≤ eps around x, intersected with [0, 1] — or, for a
+    non-Lp ``norm`` (see ``LP_NORMS``), the set of images its attack defines with bound ``eps``."""
 
-    norm: Norm = "Linf"
+    norm: str = "Linf"
     eps: float = 8 / 255
 
 
@@ -328,6 +332,72 @@ class DatasetPlugin:
         check`` warns with it. The default checks nothing (data that ships with a package)."""
 
 
+@dataclass(frozen=True)
+class ShiftedSet:
+    """One evaluation set under a dataset shift: a corruption at a severity, or a natural variant of the
+    test set. ``load()`` returns (images float [0, 1] NCHW of the dataset's shape, labels int64 in the
+    dataset's classes); it runs only when the set is evaluated, so a shift may list many sets cheaply."""
+
+    key: str  # unique among the shift's sets, e.g. "gaussian_noise-3" or "cifar10.1"
+    label: str
+    #: "corruption" or "natural": Table 9 averages each group, then both
+    group: str
+    load: Any
+    #: the sets one accuracy of the summary averages over (a corruption's severities share one family)
+    family: str = ""
+    severity: int | None = None
+
+
+@dataclass(frozen=True)
+class ThreatVariant:
+    """One threat shift: an evaluation attack (a name or a table, as in ``[eval] attacks``) run under a
+    threat model the model was not trained for, on the in-distribution test set."""
+
+    key: str
+    label: str
+    attack: Any
+    threat: Threat
+
+
+class ShiftContext(Protocol):
+    """What a shift sees (implemented in ``igdm_kit.shifts``): the dataset being evaluated, its test
+    images (after ``--limit``), the seed, the model's own threat model, and a way to warn."""
+
+    dataset: str
+    info: DatasetInfo
+    x: torch.Tensor
+    y: torch.Tensor
+    seed: int
+    threat: Threat
+    #: evaluate at most this many images per set (``--limit`` / ``eval.limit``; None: all); a loader may
+    #: read only that many, the host cuts every set to it anyway
+    limit: int | None
+
+    def warn(self, message: str) -> None: ...
+
+
+class Shift:
+    """A distribution or threat shift, registered by ``register_shifts`` and named in ``[eval] shifts``.
+
+    ``sets(ctx)`` lists the shifted evaluation sets (dataset shifts: corruptions, natural variants);
+    ``threats(ctx)`` the threat shifts (attacks under other threat models). A shift implements one or
+    both. ``sets`` checks that the files it needs exist and raises a one-line ``DataError`` naming the
+    expected path otherwise; the images themselves are read by each set's ``load``.
+    """
+
+    Options: ClassVar[type[Options]] = NoOptions
+    description: ClassVar[str] = ""
+
+    def __init__(self, options: Options) -> None:
+        self.options = options
+
+    def sets(self, ctx: ShiftContext) -> list[ShiftedSet]:
+        return []
+
+    def threats(self, ctx: ShiftContext) -> list[ThreatVariant]:
+        return []
+
+
 class ModelFactory(Protocol):
     """A registered model: a class with ``Options`` and ``build``.
 
@@ -368,3 +438,163 @@ class TeacherLoader(Protocol):
 
     @classmethod
     def load(cls, options: Any, *, path: str, build: ArchitectureBuilder) -> nn.Module: ...
+
+
+# -- optimization -------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class TrainingPlan:
+    """What an optimizer or a learning-rate schedule is built for: the ``[train]`` keys every optimizer
+    shares (``lr``, ``weight_decay``; ``momentum``, ``milestones`` and ``lr_decay`` as the defaults of SGD and
+    multistep) and the run's length. ``warmup_epochs`` of linear warm-up come before the schedule."""
+
+    lr: float
+    momentum: float
+    weight_decay: float
+    milestones: tuple[int, ...]
+    lr_decay: float
+    epochs: int
+    steps_per_epoch: int
+    warmup_epochs: int = 0
+
+    @property
+    def schedule_epochs(self) -> int:
+        """The epochs the schedule itself covers: those after the warm-up."""
+        return self.epochs - self.warmup_epochs
+
+
+class OptimizerFactory:
+    """An optimizer, registered by ``register_optimizers`` and named in ``[train.optimizer] name``.
+
+    ``build(params, plan)`` returns a ``torch.optim.Optimizer`` over ``params`` at ``plan.lr`` with
+    ``plan.weight_decay``; its ``state_dict`` must hold tensors and JSON values only (resume saves it
+    without pickling).
+    """
+
+    Options: ClassVar[type[Options]] = NoOptions
+    description: ClassVar[str] = ""
+
+    def __init__(self, options: Options) -> None:
+        self.options = options
+
+    def build(self, params: Any, plan: TrainingPlan) -> torch.optim.Optimizer:
+        raise NotImplementedError
+
+
+class LRSchedule:
+    """A learning-rate schedule, registered by ``register_schedules`` and named in ``[train.schedule] name``.
+
+    ``build(optimizer, plan)`` returns a ``torch.optim.lr_scheduler`` scheduler for the epochs after the
+    warm-up: ``plan.lr`` is its base (where multistep and cosine start, the peak of one-cycle and cyclic),
+    its own count starts at 0 when the warm-up ends (which rises to the schedule's first lr), and it covers
+    ``plan.schedule_epochs`` epochs (× ``plan.steps_per_epoch`` steps when ``interval`` is ``"step"``). The
+    trainer steps it once per epoch, or once per optimizer step with ``interval = "step"``; its
+    ``state_dict`` must be JSON values (resume saves it without pickling).
+    """
+
+    Options: ClassVar[type[Options]] = NoOptions
+    interval: ClassVar[Literal["epoch", "step"]] = "epoch"
+    description: ClassVar[str] = ""
+
+    def __init__(self, options: Options) -> None:
+        self.options = options
+
+    def build(self, optimizer: torch.optim.Optimizer, plan: TrainingPlan) -> Any:
+        raise NotImplementedError
+
+
+# -- experiment trackers ------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class TrackerRun:
+    """What a tracker is started with."""
+
+    #: the run folder (trackers keep their local files under it)
+    folder: str
+    #: the recipe's name (the run's display name)
+    name: str
+    #: the run's manifest (resolved recipe, digest, seeds, versions), logged as the run's config
+    config: dict[str, Any]
+    #: the id this tracker returned when the same run started before (a resumed run), else None
+    run_id: str | None = None
+    #: optimizer steps already done and kept (0 for a new run): records logged after it were dropped
+    step: int = 0
+
+
+class Tracker:
+    """An experiment tracker, registered by ``register_loggers`` and named in ``[log] trackers``.
+
+    Called on the main process only, in this order: ``start`` once per process (a resumed run is started
+    again with the id ``start`` returned before), ``log`` for each per-step record (``epoch`` None) and
+    per-epoch record (``epoch`` set; ``step`` is then the epoch's last step), ``summary`` with the final
+    results, ``artifact`` for a checkpoint file when ``[log] artifacts`` is on, and ``finish`` at the end
+    (``ok`` False when the run stopped early or failed). Records reach a tracker only once the training state
+    that covers them is saved, so a resumed run logs every step once. Offline by default where the library
+    allows. ``requires`` names the Python modules it needs and ``install`` the command that installs them.
+    """
+
+    Options: ClassVar[type[Options]] = NoOptions
+    description: ClassVar[str] = ""
+    requires: ClassVar[tuple[str, ...]] = ()
+    install: ClassVar[str] = ""
+
+    def __init__(self, options: Options) -> None:
+        self.options = options
+
+    def start(self, run: TrackerRun) -> str | None:
+        """Open the run (or reopen ``run.run_id``) and log ``run.config``; return the id to resume with."""
+        raise NotImplementedError
+
+    def log(self, metrics: dict[str, float], *, step: int, epoch: int | None) -> None:
+        raise NotImplementedError
+
+    def summary(self, results: dict[str, Any]) -> None:
+        """The final evaluation (``results.json``), flattened to ``{"test/last/pgd20": 41.2, ...}``."""
+
+    def artifact(self, path: str, name: str) -> None:
+        """A checkpoint file to keep with the run (trackers without an artifact store ignore it)."""
+
+    def finish(self, ok: bool) -> None:
+        """Close the run; ``ok`` is False when it stopped early or failed."""
+
+
+# -- sweep launchers ----------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Job:
+    """One independent job of a sweep: a teacher to prepare or a variant to train and evaluate."""
+
+    #: unique within the sweep (the variant's label, or ``teacher:NAME``)
+    name: str
+    #: the command line that runs it, from the sweep's working directory
+    command: tuple[str, ...]
+    #: where its output (stdout and stderr) goes
+    log: str
+    #: names of jobs that must have succeeded before it starts (its teacher)
+    after: tuple[str, ...] = ()
+
+
+class LaunchContext(Protocol):
+    """What a launcher gets besides the jobs (implemented in ``igdm_kit.launch``)."""
+
+    #: the working directory the commands run in
+    workdir: str
+    #: a folder of the sweep's own for a scheduler's files (submission scripts, job logs)
+    jobs_dir: str
+
+    def log(self, message: str) -> None: ...
+
+
+class Launcher:
+    """A sweep launcher, registered by ``register_launchers`` and named by ``igdm-kit sweep --launcher``.
+
+    ``launch(jobs, ctx)`` runs every job (a job only after the jobs it names in ``after`` succeeded) and
+    returns each job's exit status by name, or None for one it submitted without waiting for it; a stop
+    request (KeyboardInterrupt) is passed on to the running jobs before it propagates.
+    """
+
+    Options: ClassVar[type[Options]] = NoOptions
+    description: ClassVar[str] = ""
+
+    def __init__(self, options: Options) -> None:
+        self.options = options
+
+    def launch(self, jobs: list[Job], ctx: LaunchContext) -> dict[str, int | None]:
+        raise NotImplementedError

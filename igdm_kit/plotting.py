@@ -3,7 +3,8 @@
 * ``linearity_figure`` — Taylor remainder proportion: a histogram for one checkpoint, the per-epoch curve
   of Figure 2b for one run's checkpoints, separate points for checkpoints of separate runs;
 * ``histograms_figure`` — per-sample distributions (gradient alignment, point-wise distance; Tables 4–5);
-* ``sweep_figure`` — GC and GD against robust accuracy across a sweep's variants (Figure 3).
+* ``sweep_figure`` — GC and GD against robust accuracy across a sweep's variants (Figure 3);
+* ``ood_figure`` — robustness under distribution and threat shifts per checkpoint (Table 9).
 
 Every figure names what it was computed on (dataset, n, ε where one applies), labels both axes, keeps its
 legend off the data (under the axes) and uses log bins where a distribution spans decades.
@@ -264,3 +265,56 @@ def checkpoint_label(path, paths) -> str:
     p = Path(path)
     names = [Path(q).name for q in paths]
     return p.name if names.count(p.name) <= 1 else f"{p.parent.name}/{p.name}"
+
+
+def ood_figure(results: list[dict[str, Any]], path: str | Path) -> Path:
+    """Table 9 as a figure: (left) the summary columns per checkpoint with their intervals; (right) the
+    robust accuracy on each dataset-shift unit and threat shift, one marker per checkpoint."""
+    plt = pyplot()
+    from .shifts import SUMMARY
+
+    names = [r["checkpoint"] for r in results]
+    cols = ["id_clean", "id_robust", *SUMMARY]
+    titles = ["ID clean", "ID robust", *SUMMARY.values()]
+    fig, (ax, ax2) = plt.subplots(1, 2, figsize=(13, 4.6), gridspec_kw={"width_ratios": [1, 1.6]})
+    width = 0.8 / len(results)
+    for i, r in enumerate(results):
+        ms = [r["summary"].get(c) for c in cols]
+        xs = [j + (i - (len(results) - 1) / 2) * width for j in range(len(cols))]
+        acc = [m["accuracy"] if m else float("nan") for m in ms]
+        err = [[a - m["ci95"][0] if m else 0 for a, m in zip(acc, ms)], [m["ci95"][1] - a if m else 0
+                                                                            for a, m in zip(acc, ms)]]
+        ax.bar(xs, acc, width, yerr=err, capsize=3, label=checkpoint_label(r["checkpoint"], names))
+    ax.set_xticks(range(len(cols)), titles, rotation=20, ha="right")
+    ax.set_ylabel("accuracy (%), whiskers: 95% interval")
+    ax.set_ylim(0, 105)
+    first = results[0]
+    robust = ", ".join(a for a in first.get("attacks", []) if a != "clean")
+    ax.set_title(f"{first['dataset']}, n = {first['n']}, {first['threat']} ε = {first['eps']:.4g}"
+                 + (f"; robust: worst of {robust}" if robust else ""), fontsize=10)
+    ax.legend(fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.28), ncol=2)
+    _units_panel(ax2, results, names)
+    fig.tight_layout()
+    return save(fig, path, dpi=120)
+
+
+def _units_panel(ax, results: list[dict[str, Any]], names: list[str]) -> None:
+    s0 = results[0]["summary"]
+    units = [*((s0.get("ood_d_robust") or {}).get("per_unit") or {}), *((s0.get("ood_t_robust") or {}).get("per_unit") or {})]
+    for i, r in enumerate(results):
+        per = {**((r["summary"].get("ood_d_robust") or {}).get("per_unit") or {}),
+               **((r["summary"].get("ood_t_robust") or {}).get("per_unit") or {})}
+        ax.plot(range(len(units)), [per.get(u, float("nan")) for u in units], marker="os^vD"[i % 5], linestyle="",
+                label=checkpoint_label(r["checkpoint"], names))
+    labels = {row["family"]: (row["label"].split(" (")[0] if row["group"] == "threat" else row["family"])
+              for row in results[0]["rows"].values()}
+    n_d = len((s0.get("ood_d_robust") or {}).get("per_unit") or {})
+    if 0 < n_d < len(units):
+        ax.axvline(n_d - 0.5, color="grey", linestyle=":")
+    ax.set_xticks(range(len(units)), [labels.get(u, u).replace("_", " ") for u in units], rotation=60, ha="right",
+                  fontsize=7)
+    ax.set_ylabel("robust accuracy (%)")
+    ax.set_ylim(-3, 103)
+    ax.set_title("robust accuracy per shift (dataset shifts: mean over severities | threat shifts)", fontsize=10)
+    ax.grid(axis="y", alpha=0.3)
+    ax.legend(fontsize=8)

@@ -29,6 +29,10 @@ DEFAULT_PLUGINS: tuple[str, ...] = (
     "igdm_kit_plugins.models",
     "igdm_kit_plugins.datasets",
     "igdm_kit_plugins.teachers",
+    "igdm_kit_plugins.optim",
+    "igdm_kit_plugins.loggers",
+    "igdm_kit_plugins.launchers",
+    "igdm_kit_plugins.shifts",
 )
 
 _HOOK_OF_KIND = {
@@ -39,6 +43,11 @@ _HOOK_OF_KIND = {
     "model": "register_models",
     "dataset": "register_datasets",
     "teacher_loader": "register_teacher_loaders",
+    "optimizer": "register_optimizers",
+    "schedule": "register_schedules",
+    "logger": "register_loggers",
+    "launcher": "register_launchers",
+    "shift": "register_shifts",
 }
 
 _pm: pluggy.PluginManager | None = None

@@ -1,5 +1,5 @@
 """One generic registry for every component kind (method, module, attack, eval_attack, model, dataset,
-teacher_loader).
+teacher_loader, optimizer, schedule, logger, launcher, shift).
 
 Names are unique per kind: a second plugin registering a taken name is an error that names both plugins.
 Looking up an unknown name is an error that lists the closest registered names (like timm's
@@ -17,7 +17,8 @@ from pydantic import BaseModel
 
 from .errors import PluginError, UnknownComponentError
 
-KINDS = ("method", "module", "attack", "eval_attack", "model", "dataset", "teacher_loader")
+KINDS = ("method", "module", "attack", "eval_attack", "model", "dataset", "teacher_loader", "optimizer", "schedule",
+         "logger", "launcher", "shift")
 
 _NAME = re.compile(r"^[a-z0-9][a-z0-9_.-]*$")
 

@@ -64,7 +64,7 @@ def expand(path: str | Path, overrides: list[str] | None = None, grid: dict[str,
     for combo in itertools.product(*(table[k] for k in keys)) if keys else [()]:
         sets = dict(zip(keys, combo, strict=True))
         variant_raw = copy.deepcopy(raw)
-        recipe_mod.apply_overrides(variant_raw, [f"{k}={_toml_value(v)}" for k, v in sets.items()])
+        recipe_mod.apply_overrides(variant_raw, [f"{k}={toml_value(v)}" for k, v in sets.items()])
         try:
             r = recipe_mod.validate(variant_raw, Path(path))
         except RecipeError as exc:
@@ -75,7 +75,8 @@ def expand(path: str | Path, overrides: list[str] | None = None, grid: dict[str,
     return variants
 
 
-def _toml_value(v: Any) -> str:
+def toml_value(v: Any) -> str:
+    """A value as it is written after ``--set key=`` (TOML)."""
     return recipe_mod.to_toml({"v": v}).split("=", 1)[1].strip()
 
 
@@ -90,10 +91,10 @@ def run_sweep(path: str | Path, *, overrides: list[str] | None = None, grid: dic
     from .engine import run
 
     variants = expand(path, overrides, grid)
-    base = Path(output_dir) if output_dir else variants[0].recipe.default_output_dir()
+    base = sweep_folder(variants, output_dir)
     rows = []
     for v in variants:
-        folder = base / _folder_name(v.label) if len(variants) > 1 or v.overrides else base
+        folder = variant_folder(base, v, len(variants))
         log(f"variant {v.label} → {folder}")
         try:
             result = run(v.recipe, output_dir=folder, reuse_finished=not overwrite, resume=resume,
@@ -102,6 +103,21 @@ def run_sweep(path: str | Path, *, overrides: list[str] | None = None, grid: dic
             raise Interrupted(exc.message, f"resume with: {resume_command or 'the same command with --resume'}",
                               exc.exit_code) from None
         rows.append(row_of(v, result))
+    return summarize(path, base, variants, rows)
+
+
+def sweep_folder(variants: list[Variant], output_dir: str | Path | None) -> Path:
+    """The folder of the sweep's runs: ``--output``, else the recipe's own output folder."""
+    return Path(output_dir) if output_dir else variants[0].recipe.default_output_dir()
+
+
+def variant_folder(base: Path, v: Variant, n_variants: int) -> Path:
+    """Each variant's run folder (a lone variant without overrides runs in ``base`` itself)."""
+    return base / _folder_name(v.label) if n_variants > 1 or v.overrides else base
+
+
+def summarize(path: str | Path, base: Path, variants: list[Variant], rows: list[dict[str, Any]]) -> dict[str, Any]:
+    """The sweep's results: one row per variant, the table's columns, correlations and tests."""
     return {"recipe": str(path), "output_dir": str(base), "rows": rows, "columns": columns(variants[0]),
             "correlation": correlations(rows), "versus_first": versus_first(rows)}
 

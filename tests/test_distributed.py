@@ -53,9 +53,41 @@ def test_two_ranks_with_torchrun(tmp_path, write_recipe):
     # one set of files, written by rank 0 (no per-rank copies, one metrics line per epoch)
     names = sorted(p.name for p in out.iterdir())
     assert names == sorted(["manifest.json", "recipe.toml", "metrics.jsonl", "last.safetensors",
-                            "train_state.safetensors", "model.safetensors", "results.json"])
+                            "train_state.safetensors", "model.safetensors", "results.json", "log.jsonl"])
     assert len((out / "metrics.jsonl").read_text().splitlines()) == 2
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["world_size"] == 2
     results = json.loads((out / "results.json").read_text())
     assert results["metrics"]["clean"]["total"] == 360  # evaluation merged across the ranks' shards
+
+
+@pytest.mark.slow
+def test_two_ranks_validate_on_shards_and_agree_with_one_process(tmp_path, write_recipe):
+    """Validation under torchrun: each rank a shard of the split, the counts summed — the same accuracy
+    one process measures on the whole split; the best checkpoint and the average written once."""
+    import igdm_kit
+    from igdm_kit import recipe as R
+    from igdm_kit.evaluation import evaluate
+    from igdm_kit.io import read_jsonl
+    from igdm_kit.training.parts import load_data
+
+    text = DIGITS_PGDAT.replace("epochs = 1", "epochs = 2").replace('[data]\nname = "digits"',
+                                                                   '[data]\nname = "digits"\nval_size = 101') \
+        .replace('[eval]\nattacks = ["clean"]', '[train.ema]\ndecay = 0.5\n[train.validate]\nattacks = ["clean"]\n'
+                 '[eval]\nattacks = ["clean"]\ncheckpoints = ["last", "best", "ema"]')
+    recipe = write_recipe(text, name="ddp_val.toml")
+    out = tmp_path / "run"
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+           "-m", "igdm_kit", "run", str(recipe), "--output", str(out), "--json"]
+    res = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"},
+                         timeout=600)
+    assert res.returncode == 0, res.stderr[-3000:]
+    split: dict = {}
+    load_data(R.load(recipe), split)
+    x, y = split["data"]
+    last = read_jsonl(out / "metrics.jsonl")[-1]
+    for name, key in (("model.safetensors", "val_clean"), ("ema.safetensors", "val_ema_clean")):
+        model = igdm_kit.load_model(out / name)
+        assert last[key] == pytest.approx(evaluate(model, x, y, attacks=["clean"])["worst"]["accuracy"])
+    results = json.loads((out / "results.json").read_text())
+    assert set(results["checkpoints"]) == {"last", "best", "ema"} and (out / "best.safetensors").is_file()

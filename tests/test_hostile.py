@@ -178,7 +178,7 @@ def test_a_full_disk_is_one_line_and_every_file_left_loads(small_disk, write_rec
     names = sorted(q.name for q in out.rglob("*") if q.is_file())
     assert not [n for n in names if n.endswith(".tmp")] and ".igdm-kit.lock" not in names, names
     for f in out.rglob("*.safetensors"):
-        if f.name == "train_state.safetensors":
+        if f.name in ("train_state.safetensors", "eval_flags.safetensors"):
             load_file(str(f))
         else:
             load_model(f)

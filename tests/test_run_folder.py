@@ -88,6 +88,36 @@ def test_a_second_trainer_of_the_same_teacher_is_refused(tmp_path, write_recipe,
     assert (teacher_out / "model.safetensors").is_file()
 
 
+def test_a_holder_between_its_lock_and_its_note_is_still_named(tmp_path):
+    """The race two simultaneous runs meet: the first has flock-ed the lock file but not yet written its pid;
+    the second waits briefly for the note instead of naming no one."""
+    import fcntl
+    import threading
+    import time
+
+    from igdm_kit.errors import IgdmKitError
+    from igdm_kit.training.folder import RunFolder
+
+    out = tmp_path / "run"
+    out.mkdir()
+    fd = os.open(out / LOCK, os.O_RDWR | os.O_CREAT, 0o644)
+    fcntl.flock(fd, fcntl.LOCK_EX)
+
+    def note() -> None:
+        time.sleep(0.2)
+        os.pwrite(fd, json.dumps({"pid": 4242, "host": "elsewhere", "since": "now"}).encode(), 0)
+
+    writer = threading.Thread(target=note)
+    writer.start()
+    try:
+        with pytest.raises(IgdmKitError) as exc:
+            RunFolder(out).lock().acquire()
+    finally:
+        writer.join()
+        os.close(fd)
+    assert "in use by another igdm-kit process (pid 4242 on elsewhere, since now)" in exc.value.message
+
+
 def test_the_lock_of_a_dead_process_is_taken_over(tmp_path, write_recipe):
     out = tmp_path / "run"
     out.mkdir()

@@ -44,7 +44,7 @@ class SignalAt:
             self.sent = True
             os.kill(os.getpid(), signal.SIGTERM)
 
-    def add_task(self, description: str, total=None) -> int:
+    def add_task(self, description: str, total=None, **_) -> int:
         self.tasks[len(self.tasks)] = description
         return len(self.tasks) - 1
 

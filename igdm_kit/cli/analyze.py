@@ -5,6 +5,7 @@
   only checkpoints of one run (one recipe digest, distinct epochs) are drawn as a curve over epochs.
 * ``alignment``: gradient distance GD and cosine GC between student and teacher input gradients (Table 4).
 * ``pointwise``: mean ‖T(x+δ) − S(x+δ)‖₂ for uniform and adversarial δ (Table 5).
+* ``ood``: clean and robust accuracy under distribution and threat shifts (Table 9), in ``cli/ood.py``.
 
 ε defaults to the radius the checkpoint's run was evaluated at (``eval_eps`` in its metadata), as in
 ``igdm-kit eval``; every table, envelope and figure states ε (where one applies), the dataset and n. The
@@ -103,6 +104,9 @@ def register(app: typer.Typer) -> None:
     app.add_typer(group, name="analyze")
     for add in (_linearity, _alignment, _pointwise):
         add(group)
+    from . import ood  # robustness under distribution and threat shifts (Table 9)
+
+    ood.add(group)
 
 
 def _remainders(paths, metas, x, radius: float, seed: int, batch_size: int, dev, cb, per_sample: bool):

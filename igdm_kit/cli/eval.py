@@ -18,6 +18,7 @@ from rich.markup import escape  # paths and messages are text, not Rich markup
 from ..errors import IgdmKitError
 from ..eval_attacks import DEFAULT_ATTACKS
 from ..training.signals import StopFlag, checking
+from . import ood
 from .console import err_console, make_progress, out_console, print_json
 from .options import EPS_HELP, BatchSize, Dataset, Device, Json, Limit, ShowProgress
 
@@ -107,14 +108,18 @@ def register(app: typer.Typer) -> None:
             None, "--aa-state", help="AutoAttack state file: progress is saved there and a rerun resumes it"),
         save_flags: Path | None = typer.Option(None, "--save-flags", help="write the per-image robust flags "
                                                "here (for igdm-kit compare)"),
+        shifts: str | None = typer.Option(None, "--shifts", help="evaluate under distribution and threat "
+                                          "shifts: " + ood.SHIFTS_HELP),
+        shift: list[str] = typer.Option([], "--shift", help=ood.SHIFT_HELP),
         progress: ShowProgress = True,
         json_: Json = False,
     ) -> None:
         """Accuracy of any model under any attacks and threat model, with 95% intervals and the worst case
-        per image over all attacks (default: the paper's five at L∞, ε of the model's run or 8/255)."""
+        per image over all attacks (default: the paper's five at L∞, ε of the model's run or 8/255). With
+        --shifts: clean and robust accuracy on each shifted set and under each threat shift (Table 9;
+        the attacks, run on every set, then default to clean,pgd20,cw)."""
         from .. import sources
 
-        items = parse_attacks(attacks, attack)
         threat = _threat(threat)
         radius = parse_eps(eps) if eps is not None else None
         src = sources.Source(model, loader=loader, name=name, arch=arch, arch_options=arch_options(arch_opt))
@@ -125,6 +130,21 @@ def register(app: typer.Typer) -> None:
                            ("--device", device), ("--eps", eps), ("--seed", seed), ("--aa-state", aa_state),
                            ("--save-flags", save_flags), ("--no-progress", not progress), ("--json", json_)],
                           aa_state)
+        shift_items = ood.parse_shifts(shifts, shift)
+        if shift_items:
+            if aa_state is not None or save_flags is not None:
+                raise IgdmKitError("--aa-state and --save-flags do not apply to --shifts",
+                                   "drop them, or evaluate without --shifts")
+            chosen = parse_attacks(attacks, attack) if attacks is not None or attack else None
+            result = ood.run_shifts(src, shift_items, chosen, threat=threat, radius=radius, dataset=dataset,
+                                    limit=limit, batch_size=batch_size, device=device, seed=seed,
+                                    progress=progress)
+            if json_:
+                print_json("eval", result)
+            else:
+                ood.print_shift_table(result)
+            return
+        items = parse_attacks(attacks, attack)
         result = run_eval(src, items, threat=threat, radius=radius, dataset=dataset, limit=limit,
                           batch_size=batch_size, device=device, seed=seed, aa_state=aa_state,
                           save_flags=save_flags, progress=progress, stop_hint=again)

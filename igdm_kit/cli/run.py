@@ -54,22 +54,65 @@ def register(app: typer.Typer) -> None:
 def print_summary(result) -> None:
     from rich.table import Table
 
+    if any(k.startswith("val_") for row in result.metrics for k in row):
+        out_console.print(validation_table(result))
     table = Table(title=f"{result.recipe.name} — {result.output_dir}")
     table.add_column("metric")
     table.add_column("value", justify="right")
     last = result.metrics[-1] if result.metrics else {}
     for k, v in last.items():
-        if k in ("epoch", "seconds") or not isinstance(v, (int, float)):
+        if k in ("epoch", "seconds") or k.startswith("val_") or not isinstance(v, (int, float)):
             continue
         table.add_row(f"last epoch: {k.replace('_', ' ')}", f"{v:.4g}")
     res = result.results
-    rows = list(res.get("metrics", {}).values()) + ([res["worst"]] if len(res.get("metrics", {})) > 1 else [])
-    for m in rows:
-        lo, hi = m["ci95"]
-        table.add_row(f"test {m['label']} acc (%)", f"{m['accuracy']:.2f} ({lo:.1f}–{hi:.1f})")
-    for k, v in (result.results.get("alignment") or {}).items():
-        if isinstance(v, (int, float)):
-            table.add_row(f"test {k.upper()}", f"{v:.4f}")
+    reports = res.get("checkpoints") or {res.get("checkpoint", "last"): res}
+    for name, rep in reports.items():
+        where = "" if len(reports) == 1 and name == "last" else f"{name}" + (
+            f" (epoch {rep['epoch']})" if rep.get("epoch") is not None else "") + ": "
+        metrics = rep.get("metrics", {})
+        for m in list(metrics.values()) + ([rep["worst"]] if len(metrics) > 1 else []):
+            lo, hi = m["ci95"]
+            table.add_row(f"{where}test {m['label']} acc (%)", f"{m['accuracy']:.2f} ({lo:.1f}–{hi:.1f})")
+        for k, v in (rep.get("alignment") or {}).items():
+            if isinstance(v, (int, float)):
+                table.add_row(f"{where}test {k.upper()}", f"{v:.4f}")
+    from ..shifts import SUMMARY
+
+    for key, label in SUMMARY.items():  # [eval] shifts: Table 9's columns
+        m = ((res.get("shifts") or {}).get("summary") or {}).get(key)
+        if m:
+            table.add_row(f"{label} acc (%, {m['units']} shifts)", f"{m['accuracy']:.2f} ({m['ci95'][0]:.1f}–"
+                          f"{m['ci95'][1]:.1f})")
     table.caption = f"{res.get('threat', 'Linf')} ε = {res.get('eps', 0):.4g}, n = {res.get('n')}; (95% Wilson interval)"
     out_console.print(table)
     err_console.print(f"checkpoint: {result.output_dir / 'model.safetensors'}", style="dim")
+
+
+def validation_table(result):
+    """Accuracy (%) on the validation split per validated epoch; ★ marks the epoch ``best`` holds."""
+    from rich.table import Table
+
+    from ..training.validation import best_epoch
+
+    r = result.recipe
+    v = r.model.train.validation
+    labels = {s.key: s.label for s in r.val_specs} | {"robust": "robust"}
+    prefixes = [p for p in ("", "ema_") if any(f"val_{p}robust" in row for row in result.metrics)]
+    cols = [(f"val_{p}{k}", ("EMA " if p else "") + lab) for p in prefixes for k, lab in labels.items()]
+    best = {p: best_epoch(result.metrics, f"val_{p}{v.metric}") if v else None for p in prefixes}
+    table = Table(title=f"validation split, {v.threat if v else ''} ε = {v.eps:.4g}" if v else "validation split",
+                  caption=f"accuracy (%); ★ = the epoch best.safetensors holds (by {v.metric if v else '?'})")
+    table.add_column("epoch", justify="right")
+    table.add_column("loss", justify="right")
+    for _, label in cols:
+        table.add_column(label, justify="right")
+    for row in result.metrics:
+        if not any(c in row for c, _ in cols):
+            continue
+        cells = []
+        for c, _ in cols:
+            prefix = "ema_" if c.startswith("val_ema_") else ""
+            mark = "★" if best.get(prefix) and best[prefix][0] == row["epoch"] and c == f"val_{prefix}{v.metric}" else ""
+            cells.append(f"{row[c]:.2f}{mark}" if c in row else "—")
+        table.add_row(str(row["epoch"]), f"{row.get('loss', float('nan')):.4g}", *cells)
+    return table

@@ -20,28 +20,72 @@ def register(app: typer.Typer) -> None:
               plot: Path | None = typer.Option(None, "--plot", help="PNG: GC and GD against robust accuracy"),
               resume: bool = typer.Option(False, "--resume", help="continue an interrupted variant"),
               overwrite: bool = typer.Option(False, "--overwrite", help="retrain every variant"),
-              json_: bool = typer.Option(False, "--json", help="print the results as JSON on stdout")) -> None:
+              json_: bool = typer.Option(False, "--json", help="print the results as JSON on stdout"),
+              launcher: str | None = typer.Option(None, "--launcher", help="run the variants as independent "
+                                                  "jobs: local (a process pool), slurm (submitit), ..."),
+              jobs: int = typer.Option(1, "--jobs", "-j", min=1, help="jobs at once (the local launcher; "
+                                       "more than 1 implies --launcher local)"),
+              launcher_opt: list[str] = typer.Option([], "--launcher-opt", help="key=value option of the "
+                                                     "launcher, e.g. partition=gpu (repeatable)")) -> None:
         """Run every variant of a recipe (skipping finished ones) and print one table."""
         from ..recipe import command
         from ..sweep import parse_grid
 
         again = command("sweep", recipe, grid=grid, overrides=set_, output=output, resume=True)
+        launch = launcher_choice(launcher, jobs, launcher_opt)
+        if launch is not None:  # the resume command keeps the launcher
+            import shlex
+
+            again += " " + shlex.join(["--launcher", launch[0], *(["--jobs", str(jobs)] if jobs != 1 else []),
+                                       *(a for o in launcher_opt for a in ("--launcher-opt", o))])
         execute(recipe, set_, parse_grid(grid), output, plot, json_, resume=resume, overwrite=overwrite,
-                resume_command=again)
+                resume_command=again, launch=launch)
+
+
+def launcher_choice(launcher: str | None, jobs: int, options: list[str]) -> tuple[str, dict] | None:
+    """(launcher, its options) from ``--launcher``, ``--jobs`` and ``--launcher-opt``; None: in-process."""
+    from ..errors import IgdmKitError
+    from ..recipe import parse_override
+
+    if launcher is None and jobs == 1:
+        if options:
+            raise IgdmKitError("--launcher-opt needs --launcher", "e.g. --launcher slurm --launcher-opt partition=gpu")
+        return None
+    name = launcher or "local"
+    opts: dict = {}
+    for item in options:
+        keys, value = parse_override(item)
+        opts[".".join(keys)] = value
+    if jobs != 1:
+        if name != "local":
+            raise IgdmKitError(f"--jobs is the local launcher's, not {name!r}'s",
+                               "set how many jobs run at once in the scheduler, or use --launcher local")
+        opts["jobs"] = jobs
+    return name, opts
 
 
 def execute(recipe: Path, overrides: list[str], grid: dict, output: Path | None, plot: Path | None,
-            json_: bool, *, resume: bool = False, overwrite: bool = False, resume_command: str | None = None
-            ) -> None:
+            json_: bool, *, resume: bool = False, overwrite: bool = False, resume_command: str | None = None,
+            launch: tuple[str, dict] | None = None) -> None:
     from ..plotting import sweep_figure
     from ..sweep import expand, run_sweep
 
     expand(recipe, overrides, grid)  # validate every variant before anything trains
     with make_progress() as progress:
-        summary = run_sweep(recipe, overrides=overrides, grid=grid, output_dir=output, resume=resume,
-                            overwrite=overwrite, resume_command=resume_command,
-                            log=lambda s: progress.console.print(s, style="dim", highlight=False),
-                            progress=progress)
+        log = lambda s: progress.console.print(s, style="dim", highlight=False)  # noqa: E731
+        if launch is not None:
+            from ..launch import launch_sweep
+
+            summary = launch_sweep(recipe, launcher=launch[0], options=launch[1], overrides=overrides, grid=grid,
+                                   output_dir=output, resume=resume, overwrite=overwrite, log=log,
+                                   resume_command=resume_command)
+        else:
+            summary = run_sweep(recipe, overrides=overrides, grid=grid, output_dir=output, resume=resume,
+                                overwrite=overwrite, resume_command=resume_command, log=log, progress=progress)
+    if summary is None:
+        err_console.print("the jobs are submitted; when they have ended, run the same command again to collect "
+                          "the table (finished variants are reused)")
+        return
     if plot is not None:
         err_console.print(f"plot: {sweep_figure(summary, plot)}", style="dim")
     if json_:

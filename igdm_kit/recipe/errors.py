@@ -19,7 +19,8 @@ def _dotted(loc: tuple[Any, ...]) -> str:
 def _fields_at(model: type[BaseModel], loc: tuple[Any, ...]) -> list[str]:
     """The keys a (nested) pydantic model accepts at ``loc``, for "did you mean" hints."""
     for part in loc:
-        field = model.model_fields.get(part) if isinstance(part, str) else None
+        by_key = {f.alias or n: f for n, f in model.model_fields.items()}  # as the recipe spells them
+        field = by_key.get(part) if isinstance(part, str) else None
         if field is None:
             return []
         candidates = typing.get_args(field.annotation) or (field.annotation,)
@@ -27,7 +28,7 @@ def _fields_at(model: type[BaseModel], loc: tuple[Any, ...]) -> list[str]:
         if sub is None:
             return []
         model = sub
-    return list(model.model_fields)
+    return [f.alias or n for n, f in model.model_fields.items()]
 
 
 def _field_at(model: type[BaseModel] | None, loc: tuple[Any, ...]):

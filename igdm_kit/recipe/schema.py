@@ -14,6 +14,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from ..eval_attacks import DEFAULT_ATTACKS, DEFAULT_EPS
 from ..interfaces import Fraction, PathOption
+from ..shifts import DEFAULT_SHIFT_ATTACKS
 
 #: The largest seed (torch takes seeds below 2**64; the trainer derives per-epoch seeds from it).
 MAX_SEED = 2**63 - 1
@@ -38,6 +39,16 @@ class DataSection(ComponentSection):
     name: str
     train_limit: int | None = Field(None, gt=0, le=10**9, description="use only the first N training images")
     test_limit: int | None = Field(None, gt=0, le=10**9, description="evaluate on the first N test images")
+    val_size: int | float | None = Field(
+        None, gt=0, description="validation images held out of the training set: a count, or a fraction below 1")
+    val_seed: int = Field(0, ge=0, le=MAX_SEED, description="seed of the stratified validation split")
+
+    @model_validator(mode="after")
+    def _val_size(self) -> DataSection:
+        v = self.val_size
+        if isinstance(v, float) and not v < 1:
+            raise ValueError(f"val_size = {v:g}: a fraction is below 1; a count is a whole number, e.g. 500")
+        return self
 
 
 class StudentSection(ComponentSection):
@@ -74,6 +85,39 @@ class AttackSection(ComponentSection):
     name: str | None = Field(None, description="inner attack; default: the method's own")
 
 
+class OptimizerSection(ComponentSection):
+    name: str = Field("sgd", description="a registered optimizer: sgd, adam, adamw, ...")
+
+
+class ScheduleSection(ComponentSection):
+    name: str = Field("multistep", description="a registered schedule: multistep, cosine, onecycle, cyclic, ...")
+    warmup_epochs: int = Field(0, ge=0, description="epochs of linear warm-up before the schedule")
+    warmup_start: float = Field(0.1, ge=0, le=1, description="the warm-up starts at this × the schedule's lr")
+
+
+#: ``[train.validate] attacks`` by default: clean accuracy and PGD-10 at the training ε.
+DEFAULT_VAL_ATTACKS: tuple[Any, ...] = ("clean", {"name": "pgd", "steps": 10})
+
+
+class ValidateSection(Section):
+    every: int = Field(1, ge=1, description="validate every k epochs (the last epoch always)")
+    start: int = Field(1, ge=1, description="the first epoch validated")
+    attacks: list[str | dict[str, Any]] = Field(
+        default_factory=lambda: [a if isinstance(a, str) else dict(a) for a in DEFAULT_VAL_ATTACKS],
+        description="evaluation attacks run on the validation split")
+    threat: Literal["Linf", "L2", "L1"] = "Linf"
+    eps: Fraction | None = Field(None, ge=0, description="radius; default: the training attack's ε at L∞")
+    metric: str = Field("robust", description="what best.safetensors maximizes: robust (the worst case "
+                        "over the attacks) or one attack's key, e.g. clean")
+    batch_size: int = Field(256, gt=0)
+
+
+class EmaSection(Section):
+    decay: float = Field(0.999, gt=0, lt=1, description="w_ema ← decay·w_ema + (1 − decay)·w after each step")
+    start: int = Field(1, ge=1, description="the first epoch whose steps are averaged")
+    buffers: bool = Field(True, description="average the BatchNorm statistics too (else copy them)")
+
+
 class TrainSection(Section):
     epochs: int = Field(200, gt=0, le=100_000)
     batch_size: int = Field(128, gt=0, le=1_000_000)
@@ -95,6 +139,11 @@ class TrainSection(Section):
     compile: bool = Field(False, description="torch.compile the student and the teacher")
     cudnn_benchmark: bool = Field(False, description="let cuDNN pick the fastest convolutions (CUDA only)")
     gpu_data: bool = Field(False, description="keep the training set on the GPU, augment there (CIFAR/SVHN)")
+    # Optional tables; absent, the run trains exactly as the keys above say (SGD, multistep).
+    optimizer: OptimizerSection | None = None
+    schedule: ScheduleSection | None = None
+    validation: ValidateSection | None = Field(None, alias="validate")  # `validate` is pydantic's
+    ema: EmaSection | None = None
 
     @model_validator(mode="after")
     def _milestones(self) -> TrainSection:
@@ -112,12 +161,34 @@ class EvalSection(Section):
     batch_size: int = Field(256, gt=0, le=1_000_000)
     eps: Fraction | None = Field(None, ge=0, description="radius; default 8/255 at Linf, 0.5 at L2, 12 at L1")
     analysis: bool = Field(False, description="also report GD/GC against the teacher (needs a teacher)")
+    checkpoints: list[Literal["last", "best", "ema", "best_ema"]] = Field(
+        default_factory=lambda: ["last"], min_length=1,
+        description="which checkpoints the final evaluation judges (the first is the run's headline)")
+    shifts: list[str | dict[str, Any]] = Field(
+        default_factory=list, description='distribution and threat shifts (Table 9): names or tables, e.g. '
+        '"corruptions", "threats", { name = "corruptions", severities = [1, 3, 5] }')
+    shift_attacks: list[str | dict[str, Any]] = Field(
+        default_factory=lambda: list(DEFAULT_SHIFT_ATTACKS),
+        description="attacks run on the test set and every shifted set (robust: their worst case)")
 
     @model_validator(mode="after")
     def _eps_of_threat(self) -> EvalSection:
         if self.eps is None:
             self.eps = DEFAULT_EPS[self.threat]
         return self
+
+
+#: the tracker that is always on, whatever ``[log] trackers`` says (``log.jsonl`` in the run folder)
+ALWAYS_LOGGER = "jsonl"
+
+
+class LogSection(ComponentSection):
+    """``[log]``: experiment trackers besides ``metrics.jsonl`` (always written); ``[log.NAME]`` holds a
+    tracker's options."""
+
+    trackers: list[str] = Field(default_factory=list, description="tensorboard, wandb, mlflow, ...")
+    step_every: int = Field(10, ge=1, description="log the step's losses and lr every N optimizer steps")
+    artifacts: bool = Field(False, description="keep the final checkpoints with the tracker's run")
 
 
 class OutputSection(Section):
@@ -138,4 +209,5 @@ class RecipeModel(Section):
     train: TrainSection = Field(default_factory=TrainSection)
     eval: EvalSection = Field(default_factory=EvalSection)
     output: OutputSection = Field(default_factory=OutputSection)
+    log: LogSection = Field(default_factory=LogSection)
     sweep: dict[str, Any] | None = Field(None, description="grid of dotted keys → values (igdm-kit sweep)")

@@ -18,7 +18,7 @@ from typing import Any
 from pydantic import BaseModel, ValidationError
 
 from ..describe import path_fields
-from ..errors import IgdmKitError, RecipeError, UnknownComponentError
+from ..errors import RecipeError, UnknownComponentError
 from ..eval_attacks import EvalSpec, check_eps, resolve
 from .errors import raise_validation
 from .load import apply_overrides, load_raw
@@ -30,7 +30,7 @@ class Recipe:
     the inner attack it trains with (the ``[attack]`` section's, else the method's own)."""
 
     def __init__(self, model: RecipeModel, path: Path | None, components: dict[str, BaseModel],
-                 attack_name: str, eval_specs: list[EvalSpec]) -> None:
+                 attack_name: str, eval_specs: list[EvalSpec], val_specs: list[EvalSpec] | None = None) -> None:
         self.model = model
         self.path = path
         #: section → validated component Options (data, student, method, module, attack)
@@ -38,6 +38,8 @@ class Recipe:
         self.attack_name = attack_name
         #: the validated ``[eval] attacks``
         self.eval_specs = eval_specs
+        #: the validated ``[train.validate] attacks`` (empty without validation)
+        self.val_specs = list(val_specs or [])
         #: the ``--set`` overrides it was loaded with (to print commands that reproduce it)
         self.overrides: list[str] = []
 
@@ -57,7 +59,8 @@ class Recipe:
             out["description"] = m.description
         out["data"] = {"name": m.data.name, **_dump(c["data"]),
                        **({"train_limit": m.data.train_limit} if m.data.train_limit else {}),
-                       **({"test_limit": m.data.test_limit} if m.data.test_limit else {})}
+                       **({"test_limit": m.data.test_limit} if m.data.test_limit else {}),
+                       **({"val_size": m.data.val_size, "val_seed": m.data.val_seed} if m.data.val_size else {})}
         out["student"] = {"model": m.student.model, **_dump(c["student"])}
         if m.teacher is not None:
             out["teacher"] = m.teacher.model_dump(exclude_none=True)
@@ -65,17 +68,25 @@ class Recipe:
         if m.module is not None:
             out["module"] = {"name": m.module.name, **_dump(c["module"])}
         out["attack"] = {"name": self.attack_name, **_dump(c["attack"])}
-        out["train"] = m.train.model_dump()
-        out["eval"] = m.eval.model_dump()
+        out["train"] = _train(m, c)
+        # without shifts, [eval] dumps as before they existed (finished runs keep their digest)
+        out["eval"] = m.eval.model_dump(exclude=None if m.eval.shifts else {"shifts", "shift_attacks"})
+        if out["eval"]["checkpoints"] == ["last"]:  # the default: recipes from before it keep their digest
+            del out["eval"]["checkpoints"]
         if m.output.dir:
             out["output"] = m.output.model_dump(exclude_none=True)
+        if m.log.trackers or m.log.options():
+            out["log"] = {**m.log.model_dump(), **{t: _dump(c[f"log.{t}"]) for t in m.log.trackers}}
+            if "jsonl" in m.log.options():
+                out["log"]["jsonl"] = _dump(c["log.jsonl"])
         if m.sweep:
             out["sweep"] = m.sweep
         return out
 
     @cached_property
     def _digest(self) -> str:
-        body = {k: v for k, v in self._resolved.items() if k not in ("output", "sweep", "description")}
+        # what is written where (output, log) and how a family is named do not change the result
+        body = {k: v for k, v in self._resolved.items() if k not in ("output", "sweep", "description", "log")}
         body["train"] = {k: v for k, v in body["train"].items() if k != "threads"}  # how, not what
         # where the data and the teacher lie is not what they are: a moved clone keeps its runs
         paths = {section: path_fields(type(options)) for section, options in self.components.items()}
@@ -98,6 +109,22 @@ class Recipe:
 
 def _dump(options: BaseModel) -> dict[str, Any]:
     return options.model_dump(mode="json")
+
+
+def _train(m: RecipeModel, c: dict[str, BaseModel]) -> dict[str, Any]:
+    """``[train]`` resolved; its optional tables only when given (so recipes without them keep their digest)."""
+    out = m.train.model_dump(by_alias=True, exclude={"optimizer", "schedule", "validation", "ema"})
+    t = m.train
+    if t.optimizer is not None:
+        out["optimizer"] = {"name": t.optimizer.name, **_dump(c["optimizer"])}
+    if t.schedule is not None:
+        out["schedule"] = {"name": t.schedule.name, "warmup_epochs": t.schedule.warmup_epochs,
+                           "warmup_start": t.schedule.warmup_start, **_dump(c["schedule"])}
+    if t.validation is not None:
+        out["validate"] = t.validation.model_dump()
+    if t.ema is not None:
+        out["ema"] = t.ema.model_dump()
+    return out
 
 
 def _component(kind: str, name: str, options: dict[str, Any], where: str, name_key: str = "name"):
@@ -138,7 +165,91 @@ def validate(raw: dict[str, Any], path: Path | None = None) -> Recipe:
                               "add [teacher] with `checkpoint = ...` or `recipe = ...`", path="teacher")
     if model.teacher is not None:
         _validate_teacher(model.teacher)
-    return Recipe(model, path, comps, attack_name, _validate_eval(model, comps["data"]))
+    _validate_optimization(model, comps)
+    _validate_log(model, comps)
+    val_specs = _validate_validation(model, comps["attack"])
+    return Recipe(model, path, comps, attack_name, _validate_eval(model, comps["data"]), val_specs)
+
+
+def _validate_optimization(model: RecipeModel, comps: dict[str, BaseModel]) -> None:
+    t = model.train
+    opt, sched = t.optimizer, t.schedule
+    _, comps["optimizer"] = _component("optimizer", opt.name if opt else "sgd", opt.options() if opt else {},
+                                       "train.optimizer")
+    _, comps["schedule"] = _component("schedule", sched.name if sched else "multistep",
+                                      sched.options() if sched else {}, "train.schedule")
+    if sched is not None and sched.warmup_epochs >= t.epochs:
+        raise RecipeError(f"train.schedule.warmup_epochs: {sched.warmup_epochs} warm-up epochs leave none of the "
+                          f"{t.epochs} for the schedule", "use fewer warm-up epochs",
+                          path="train.schedule.warmup_epochs")
+    if t.ema is not None and t.ema.start > t.epochs:
+        raise RecipeError(f"train.ema.start: epoch {t.ema.start} is after the last ({t.epochs})",
+                          "start the average earlier", path="train.ema.start")
+
+
+def _validate_validation(model: RecipeModel, attack_options: BaseModel) -> list[EvalSpec]:
+    """``[train.validate]`` needs a validation split; its attacks, radius and metric; ``[eval]
+    checkpoints`` only names checkpoints the run keeps."""
+    from ..eval_attacks import DEFAULT_EPS
+
+    t, v = model.train, model.train.validation
+    kept = {"last"} | ({"best"} if v else set()) | ({"ema"} if t.ema else set()) | \
+        ({"best_ema"} if v and t.ema else set())
+    for name in model.eval.checkpoints:
+        if name not in kept:
+            need = {"best": "[train.validate]", "ema": "[train.ema]", "best_ema": "[train.validate] and [train.ema]"}
+            raise RecipeError(f"eval.checkpoints: {name!r} needs {need[name]}",
+                              "add it, or judge the checkpoints the run keeps: " + ", ".join(sorted(kept)),
+                              path="eval.checkpoints")
+    if len(set(model.eval.checkpoints)) != len(model.eval.checkpoints):
+        raise RecipeError("eval.checkpoints: a checkpoint is named twice", "name each once", path="eval.checkpoints")
+    if v is None:
+        return []
+    if not model.data.val_size:
+        raise RecipeError("train.validate: there is no validation split to validate on",
+                          "set data.val_size (a count such as 500, or a fraction such as 0.1): the test set "
+                          "is never used to choose anything", path="data.val_size")
+    if v.start > t.epochs:
+        raise RecipeError(f"train.validate.start: epoch {v.start} is after the last ({t.epochs})",
+                          "validate from an earlier epoch", path="train.validate.start")
+    if v.eps is None:
+        v.eps = attack_options.eps if v.threat == "Linf" else DEFAULT_EPS[v.threat]
+    check_eps(v.eps, v.threat, "train.validate.eps")
+    specs = resolve(v.attacks, v.threat, "train.validate.attacks")
+    keys = ["robust", *(s.key for s in specs)]
+    if v.metric not in keys:
+        raise RecipeError(f"train.validate.metric: {v.metric!r} is not measured",
+                          "one of: " + ", ".join(keys), path="train.validate.metric")
+    return specs
+
+
+def _validate_log(model: RecipeModel, comps: dict[str, BaseModel]) -> None:
+    """Each tracker of ``[log] trackers`` is registered and installed; ``[log.NAME]`` are their options."""
+    import importlib.util
+
+    from ..plugins import registry
+
+    from .schema import ALWAYS_LOGGER
+
+    log = model.log
+    tables = log.options()
+    for name in tables:
+        if name not in log.trackers and name != ALWAYS_LOGGER:
+            raise RecipeError(f"log.{name}: unknown key (not a tracker named in log.trackers)",
+                              f"add {name!r} to log.trackers, or remove [log.{name}]", path=f"log.{name}")
+    if len(set(log.trackers)) != len(log.trackers):
+        raise RecipeError("log.trackers: a tracker is named twice", "name each once", path="log.trackers")
+    for name in dict.fromkeys([ALWAYS_LOGGER, *log.trackers]):
+        try:
+            registry("logger").entry(name)
+        except UnknownComponentError as exc:
+            raise RecipeError(f"log.trackers: {exc.message}", exc.hint, path="log.trackers") from None
+        entry, comps[f"log.{name}"] = _component("logger", name, tables.get(name) or {}, f"log.{name}")
+        missing = [m for m in entry.component.requires if importlib.util.find_spec(m) is None]
+        if missing:
+            raise RecipeError(f"log.trackers: {name!r} needs the Python package {missing[0]!r}",
+                              f"install it: {entry.component.install or 'pip install ' + missing[0]}",
+                              path="log.trackers")
 
 
 def _validate_eval(model: RecipeModel, data_options: BaseModel) -> list[EvalSpec]:
@@ -152,6 +263,11 @@ def _validate_eval(model: RecipeModel, data_options: BaseModel) -> list[EvalSpec
     except Exception:  # noqa: BLE001 - data not there (yet): `run` says so; the radius is checked again then
         dims = None
     check_eps(ev.eps, ev.threat, "eval.eps", dims)
+    if ev.shifts:
+        from ..shifts import resolve_shifts
+
+        resolve_shifts(ev.shifts, "eval.shifts")
+        resolve(ev.shift_attacks, ev.threat, "eval.shift_attacks")
     return resolve(ev.attacks, ev.threat, "eval.attacks")
 
 

@@ -87,7 +87,28 @@ def final_evaluation(r: Recipe, student, teacher, xte, yte, device, *, log, dist
         if sharded:
             gd, gc = dist.sum([gd, gc], device)
         results["alignment"] = {"gd": gd / n_total, "gc": gc / n_total}
+    if ev.shifts:
+        results["shifts"] = shift_evaluation(r, student, x, y, device, log=log, sharded=sharded,
+                                             progress=progress)
     return results
+
+
+def shift_evaluation(r: Recipe, student, x, y, device, *, log, sharded: bool, progress: Any = None):
+    """``[eval] shifts`` (Table 9) on the evaluated test images; a shift whose files are missing is skipped
+    with a warning. Not sharded under torchrun: rank 0's shard only, said so in the results."""
+    from ..components import create_dataset
+    from ..shifts import evaluate_shifts
+
+    ev = r.model.eval
+    info = create_dataset(r.model.data.name, r.components["data"]).info()
+    if sharded:
+        log("eval.shifts: evaluated on this process's shard of the test set only (not merged across ranks)")
+    out = evaluate_shifts(student, x, y, ev.shifts, dataset=r.model.data.name, info=info,
+                          attacks=ev.shift_attacks, eps=ev.eps, threat=ev.threat, batch_size=ev.batch_size,
+                          device=device, progress=_eval_progress(progress, r.name), skip_missing=True)
+    for w in out["warnings"]:
+        log(f"eval.shifts: {w}")
+    return {**out, "sharded": sharded}
 
 
 def _merge_shards(report: dict[str, Any], dist, device, n_total: int) -> dict[str, Any]:
@@ -102,3 +123,59 @@ def _merge_shards(report: dict[str, Any], dist, device, n_total: int) -> dict[st
     report.update(metrics=merged, worst={**worst, "over": report["worst"]["over"]}, n=n_total)
     report.pop("details", None)  # per-attack breakdowns of one shard only: not the test split
     return report
+
+
+def judged_models(r: Recipe, parts, folder, ema) -> list[tuple[str, Any, int | None]]:
+    """(name, model, epoch) of each ``[eval] checkpoints`` entry: ``last`` and ``ema`` from memory, ``best``
+    and ``best_ema`` read back from their files (into the student's architecture, on its device)."""
+    from safetensors.torch import load_file
+
+    from ..checkpoint import read_metadata
+    from ..errors import CheckpointError
+    from .folder import BEST, BEST_EMA
+    from .parts import build_student
+
+    out = []
+    epochs = r.model.train.epochs
+    for name in r.model.eval.checkpoints:
+        if name == "last":
+            out.append((name, parts.student, epochs))
+        elif name == "ema":
+            out.append((name, ema.averaged.module, epochs))
+        else:
+            path = folder / (BEST if name == "best" else BEST_EMA)
+            if not path.is_file():
+                raise CheckpointError(f"eval.checkpoints: {name!r} was never written ({path} is missing)",
+                                      "the validation must run at least once (train.validate)")
+            model = build_student(r, parts.info).to(parts.device)
+            model.load_state_dict(load_file(str(path)))
+            out.append((name, model, read_metadata(path).get("epoch")))
+    return out
+
+
+def evaluate_checkpoints(r: Recipe, parts, folder, ema, *, log, progress: Any = None,
+                         check: Callable[[], None] | None = None) -> dict[str, Any]:
+    """The final evaluation of every checkpoint ``[eval] checkpoints`` names. The first is the headline: its
+    report is ``results.json``'s top level (and ``eval_flags.safetensors``); with more than one, each is also
+    under ``"checkpoints"`` by name, with the epoch it holds (AutoAttack state and flags in files of its own)."""
+    from .folder import AA_STATE, FLAGS
+
+    d = parts.dist
+    d.barrier()  # rank 0 wrote the best checkpoints the other ranks read
+    reports: dict[str, dict[str, Any]] = {}
+    for i, (name, model, epoch) in enumerate(judged_models(r, parts, folder, ema)):
+        d.sync_buffers(model)  # the ranks' shards judge rank 0's model, the one saved
+        suffix = "" if i == 0 else f".{name}"
+        rep = final_evaluation(r, model, parts.teacher, *parts.test_data, parts.device, log=log, dist=d,
+                               aa_state=folder / f"{AA_STATE}{suffix}" if d.is_main else None,
+                               progress=progress if d.is_main else None,
+                               flags_path=(folder / FLAGS if i == 0 else folder / f"eval_flags{suffix}.safetensors")
+                               if d.is_main else None, check=check)
+        reports[name] = {**rep, "epoch": epoch}
+    first = next(iter(reports))
+    if r.model.eval.checkpoints == ["last"]:  # the default: results.json as it always was
+        return {k: v for k, v in reports[first].items() if k != "epoch"}
+    results = {**reports[first], "checkpoint": first}
+    if len(reports) > 1:
+        results["checkpoints"] = reports
+    return results

@@ -7,6 +7,9 @@
     recipe.toml              the resolved recipe
     metrics.jsonl            one JSON object per epoch
     last.safetensors         the latest model (a self-describing checkpoint)
+    best.safetensors         with [train.validate]: the epoch best on the validation split (best_ema: of the average)
+    ema.safetensors          with [train.ema]: the average of the student's weights when training ended
+    log.jsonl                every tracker record (tensorboard/, wandb/, mlruns/ with those trackers)
     train_state.safetensors  optimizer, scheduler, RNG and epoch, for --resume
     checkpoints/epoch_NNN.safetensors   with train.save_every_epoch
     autoattack.state         while the final AutoAttack runs (it resumes from it; removed when finished)
@@ -46,12 +49,14 @@ Mode = Literal["new", "resume", "reuse", "finished"]
 MANIFEST, RECIPE_FILE, METRICS = "manifest.json", "recipe.toml", "metrics.jsonl"
 LAST, STATE, FINAL, RESULTS = "last.safetensors", "train_state.safetensors", "model.safetensors", "results.json"
 AA_STATE, CHECKPOINTS, LOCK = "autoattack.state", "checkpoints", ".igdm-kit.lock"
-FLAGS = "eval_flags.safetensors"
+FLAGS, TRACKER_LOG = "eval_flags.safetensors", "log.jsonl"
+BEST, EMA, BEST_EMA = "best.safetensors", "ema.safetensors", "best_ema.safetensors"
 #: The manifest's marker: what makes a folder an igdm-kit run folder.
 RUN_FORMAT = "igdm-kit/run/1"
 #: Every file igdm-kit writes at the top of a run folder (the lock aside; each resumable attack of the final
-#: evaluation also keeps a state ``autoattack.state.<attack>``).
-OWN_FILES = (MANIFEST, RECIPE_FILE, METRICS, LAST, STATE, FINAL, RESULTS, AA_STATE, FLAGS)
+#: evaluation also keeps a state ``autoattack.state.<attack>``, each judged checkpoint eval_flags.<name>.*).
+OWN_FILES = (MANIFEST, RECIPE_FILE, METRICS, LAST, STATE, FINAL, RESULTS, AA_STATE, FLAGS, TRACKER_LOG, BEST,
+             EMA, BEST_EMA)
 _EPOCH_FILE = re.compile(r"^epoch_\d{3,}\.safetensors$")
 
 
@@ -230,14 +235,16 @@ class RunFolder:
             raise IgdmKitError(f"output folder {str(out)!r} is not writable ({exc.strerror or exc})",
                                "choose another folder with --output") from None
 
-    def start(self, r: Recipe, *, device: str, world_size: int, teacher_digest: str | None) -> None:
+    def start(self, r: Recipe, *, device: str, world_size: int, teacher_digest: str | None,
+              extra: dict[str, Any] | None = None) -> None:
         """A new run: drop what an unfinished earlier run left, write the manifest (igdm-kit's marker) and
-        the resolved recipe."""
+        the resolved recipe (``extra``: more of the manifest, e.g. the validation split)."""
         import torch
 
         from ..checkpoint import toolkit_version
 
-        for stale in (METRICS, FLAGS, AA_STATE, *(p.name for p in self.path.glob(AA_STATE + ".*"))):
+        for stale in (METRICS, FLAGS, AA_STATE, BEST, BEST_EMA, EMA, *(p.name for p in self.path.glob(AA_STATE + ".*")),
+                      *(p.name for p in self.path.glob("eval_flags.*.safetensors"))):
             (self / stale).unlink(missing_ok=True)
         atomic_write_json(self / MANIFEST, {
             "format": RUN_FORMAT, "recipe": r.resolved(), "recipe_digest": r.digest(),
@@ -245,7 +252,7 @@ class RunFolder:
             "torch_version": torch.__version__, "cuda_version": torch.version.cuda,
             "python_version": platform.python_version(), "device": device,
             "threads": torch.get_num_threads(), "git_commit": _git_commit(),
-            "teacher_sha256": teacher_digest, "recipe_file": str(r.path) if r.path else None,
+            "teacher_sha256": teacher_digest, "recipe_file": str(r.path) if r.path else None, **(extra or {}),
         })
         atomic_write_text(self / RECIPE_FILE, to_toml(r.resolved()))
 
@@ -316,6 +323,7 @@ class RunLock:
                 raise storage_error(exc, self.path, "create the lock file") from None
             holder = _read_holder(fd)
             if not _flock(fd, holder):
+                holder = _wait_for_holder(fd, holder)  # it may be between its lock and its note
                 os.close(fd)
                 raise self._busy(holder)
             try:
@@ -363,6 +371,15 @@ def _read_holder(fd: int) -> dict[str, Any]:
     except (OSError, ValueError):
         return {}
     return data if isinstance(data, dict) else {}
+
+
+def _wait_for_holder(fd: int, holder: dict[str, Any], seconds: float = 1.0) -> dict[str, Any]:
+    """The holder's note, waiting briefly for one that has taken the lock but not yet written it."""
+    deadline = time.monotonic() + seconds
+    while not holder.get("pid") and time.monotonic() < deadline:
+        time.sleep(0.02)
+        holder = _read_holder(fd)
+    return holder
 
 
 def _flock(fd: int, holder: dict[str, Any]) -> bool:

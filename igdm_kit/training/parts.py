@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -16,6 +17,7 @@ from ..errors import DataError
 from ..interfaces import DatasetInfo
 from ..recipe import Recipe
 from .folder import sha256_file
+from .optim import build_optimization
 
 
 @dataclass
@@ -39,6 +41,12 @@ class Parts:
     acc: Accelerator
     device: torch.device
     dist: Dist
+    #: ``"epoch"`` or ``"step"``: when the trainer steps the scheduler
+    scheduler_interval: str = "epoch"
+    #: the validation split carved from the training set (``data.val_size``), else None
+    val_data: tuple[torch.Tensor, torch.Tensor] | None = None
+    #: which images of the training set it holds (indices before the split; for the manifest)
+    val_indices: list[int] | None = None
 
     def checkpoint_meta(self) -> dict[str, Any]:
         """The metadata every checkpoint of this run carries (``igdm_kit.load_model`` rebuilds from it)."""
@@ -54,7 +62,10 @@ class Parts:
                 "eval_eps": r.model.eval.eps}
 
 
-def load_data(r: Recipe) -> tuple[DatasetInfo, tuple[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]:
+def load_data(r: Recipe, split: dict[str, Any] | None = None
+              ) -> tuple[DatasetInfo, tuple[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]:
+    """(info, train, test); with ``data.val_size`` the validation split is taken out of train and put in
+    ``split`` (``"data"``, ``"indices"``) when the caller passes a dict."""
     ds = create_dataset(r.model.data.name, r.components["data"])
     info = ds.info()
     xtr, ytr = ds.load("train")
@@ -63,9 +74,17 @@ def load_data(r: Recipe) -> tuple[DatasetInfo, tuple[torch.Tensor, torch.Tensor]
         xtr, ytr = xtr[: r.model.data.train_limit], ytr[: r.model.data.train_limit]
     if r.model.data.test_limit:
         xte, yte = xte[: r.model.data.test_limit], yte[: r.model.data.test_limit]
-    for split, (x, y) in (("train", (xtr, ytr)), ("test", (xte, yte))):
-        check_data(r.model.data.name, split, x, y, info)
-    return info, (xtr, ytr.long()), (xte, yte.long())
+    for part, (x, y) in (("train", (xtr, ytr)), ("test", (xte, yte))):
+        check_data(r.model.data.name, part, x, y, info)
+    ytr = ytr.long()
+    if r.model.data.val_size:
+        from .validation import split_validation
+
+        keep, held = split_validation(ytr, r.model.data.val_size, r.model.data.val_seed)
+        if split is not None:
+            split.update(data=(xtr[held], ytr[held]), indices=held.tolist())
+        xtr, ytr = xtr[keep], ytr[keep]
+    return info, (xtr, ytr), (xte, yte.long())
 
 
 def check_data(name: str, split: str, x: torch.Tensor, y: torch.Tensor, info: DatasetInfo) -> None:
@@ -125,7 +144,8 @@ def build_parts(r: Recipe, *, device: torch.device, acc: Accelerator, dist: Dist
     same recipe always starts from the same weights (on every rank)."""
     tr = r.model.train
     torch.manual_seed(tr.seed)
-    info, (xtr, ytr), test = load_data(r)
+    split: dict[str, Any] = {}
+    info, (xtr, ytr), test = load_data(r, split)
     xtr, ytr = acc.place_data(xtr, ytr)
     student = acc.prepare(build_student(r, info).to(device))
     teacher, digest = load_teacher(r, info, device, teacher_file)
@@ -135,7 +155,7 @@ def build_parts(r: Recipe, *, device: torch.device, acc: Accelerator, dist: Dist
     # The outer loss runs through DDP (gradient all-reduce); the attack keeps the bare module: it needs
     # input gradients only and must not start a gradient synchronization.
     trained = wrap(dist, student, device)
-    opt = torch.optim.SGD(student.parameters(), lr=tr.lr, momentum=tr.momentum, weight_decay=tr.weight_decay)
-    sched = torch.optim.lr_scheduler.MultiStepLR(opt, milestones=tr.milestones, gamma=tr.lr_decay)
+    steps = math.ceil(dist.shard(torch.arange(xtr.shape[0])).shape[0] / tr.batch_size)
+    opt, sched, interval = build_optimization(r, student.parameters(), steps)
     return Parts(r, info, (xtr, ytr), test, student, trained, teacher, digest, method, module, attack, opt,
-                 sched, acc, device, dist)
+                 sched, acc, device, dist, interval, split.get("data"), split.get("indices"))

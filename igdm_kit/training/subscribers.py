@@ -16,7 +16,7 @@ from ..checkpoint import save_model
 from ..errors import TrainingError
 from ..progress import clock
 from ..train_state import save_train_state
-from .events import Partial, Subscriber
+from .events import Partial, Subscriber, subscriber_state
 from .folder import LAST, STATE, RunFolder
 
 
@@ -122,9 +122,10 @@ class Checkpointer(Subscriber):
              extra_tensors: dict[str, Any] | None = None) -> None:
         p = trainer.parts
         save_model(self.folder / LAST, p.student, {**self.meta, "epoch": epochs_done})
-        extra = dict(extra or {})
+        extra, extra_tensors = dict(extra or {}), dict(extra_tensors or {})
         if p.acc.scaler is not None:  # fp16: the loss scale is training state too
             extra["grad_scaler"] = p.acc.scaler.state_dict()
+        subscriber_state(trainer.subscribers, extra, extra_tensors)
         save_train_state(self.folder / STATE, model=p.student, optimizer=p.optimizer, scheduler=p.scheduler,
                          epoch=epochs_done, extra=extra, extra_tensors=extra_tensors)
 

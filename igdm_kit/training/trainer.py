@@ -41,6 +41,8 @@ class Trainer:
         self.subscribers = subscribers
         self.saved_in, self.resume_hint = saved_in, resume_hint
         self.metrics: list[dict[str, Any]] = list(metrics or [])
+        #: the loss terms of the last step (subscribers read it in ``on_step_end``)
+        self.step_terms: dict[str, float] = {}
         self.epochs = parts.recipe.model.train.epochs
         n = parts.train_data[0].shape[0]
         self.steps_per_epoch = math.ceil(parts.dist.shard(torch.arange(n)).shape[0]
@@ -94,7 +96,8 @@ class Trainer:
             self._step(epoch, step_i, idx, gen, acc)
             self._emit(lambda s: s.on_step_end(self, epoch, step_i))
             self._check_stop(epoch, step_i, gen, acc)
-        p.scheduler.step()
+        if p.scheduler_interval == "epoch":
+            p.scheduler.step()
         return self._row(epoch, lr, acc, t0)
 
     def _step(self, epoch: int, step_i: int, idx: torch.Tensor, gen: torch.Generator, acc: Partial) -> None:
@@ -116,6 +119,9 @@ class Trainer:
                     "the module's alpha")
         p.optimizer.zero_grad(set_to_none=True)
         p.acc.backward_and_step(res.loss, p.optimizer, before_step=lambda: self._check_gradients(epoch, step_i))
+        if p.scheduler_interval == "step":  # one-cycle, cyclic: the schedule moves with every step
+            p.scheduler.step()
+        self.step_terms = values
         bs = y.shape[0]
         for k, v in values.items():
             acc.sums[k] = acc.sums.get(k, 0.0) + v * bs

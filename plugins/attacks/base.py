@@ -11,6 +11,7 @@ first gradient is taken there, and each step's projection then brings z into the
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import ClassVar
 import torch
 from pydantic import Field
 from torch import nn

