@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
@@ -52,6 +53,16 @@ def atomic_write(path: str | os.PathLike, write: Callable[[str], None]) -> Path:
             raise storage_error(exc, path) from None  # safetensors reports I/O errors in its message
         raise
     return path
+
+
+#: safetensors (0.5+) writes through a temporary of its own in the target's folder (Rust's ``tempfile``:
+#: ``.tmp`` + 6 characters) before renaming it to our temporary; a kill can leave that one behind too.
+_WRITER_TEMP = re.compile(r"^\.tmp[A-Za-z0-9]{6}$")
+
+
+def is_writer_temp(name: str) -> bool:
+    """Whether ``name`` is the temporary a library writer (safetensors) left beside the file it wrote."""
+    return bool(_WRITER_TEMP.match(name))
 
 
 def is_temp_of(name: str, target: str) -> bool:

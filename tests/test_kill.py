@@ -22,7 +22,7 @@ from safetensors import safe_open
 from safetensors.torch import load_file
 
 from igdm_kit.checkpoint import load_model
-from igdm_kit.io import read_jsonl
+from igdm_kit.io import is_writer_temp, read_jsonl
 
 from conftest import TINY
 
@@ -91,7 +91,7 @@ def test_random_sigkills_then_resume_are_bit_identical_and_leave_only_loadable_f
         killed += trial["killed"]
         left = base / f"t{i:02d}.killed"
         for f in (left.rglob("*") if left.exists() else []):
-            if f.is_file() and not f.name.endswith(".tmp") and f.name != ".igdm-kit.lock":
+            if f.is_file() and not (f.name.endswith(".tmp") or is_writer_temp(f.name)) and f.name != ".igdm-kit.lock":
                 _loads(f)  # temporaries and the lock are what resume cleans up, checked below
         assert trial["resume_code"] == 0, where
         got = load_file(str(out / "model.safetensors"))

@@ -41,7 +41,8 @@ from pathlib import Path
 from typing import Any, Literal
 
 from ..errors import IgdmKitError, storage_error
-from ..io import TEMP_SUFFIX, atomic_write_json, atomic_write_jsonl, atomic_write_text, is_temp_of, read_jsonl
+from ..io import (TEMP_SUFFIX, atomic_write_json, atomic_write_jsonl, atomic_write_text, is_temp_of, is_writer_temp,
+                  read_jsonl)
 from ..recipe import Recipe, first_difference, to_toml
 
 Mode = Literal["new", "resume", "reuse", "finished"]
@@ -76,7 +77,7 @@ def _git_commit() -> str | None:
 
 def _is_own(name: str) -> bool:
     """A file igdm-kit writes at the top of a run folder (or the temporary of one), by name."""
-    return (name in OWN_FILES or name == LOCK or name.startswith(f"{AA_STATE}.")
+    return (name in OWN_FILES or name == LOCK or name.startswith(f"{AA_STATE}.") or is_writer_temp(name)
             or any(is_temp_of(name, f) for f in OWN_FILES))
 
 
@@ -211,7 +212,7 @@ class RunFolder:
 
     def clean_temporaries(self) -> list[str]:
         """Delete the temporary files of writes a killed process left behind (call with the lock held)."""
-        stale = [p for p in self._own() if p.name.endswith(TEMP_SUFFIX)]
+        stale = [p for p in self._own() if p.name.endswith(TEMP_SUFFIX) or is_writer_temp(p.name)]
         for p in stale:
             p.unlink(missing_ok=True)
         return [p.name for p in stale]
@@ -405,4 +406,5 @@ def _flock(fd: int, holder: dict[str, Any]) -> bool:
 
 
 def _is_epoch_file(name: str) -> bool:
-    return bool(_EPOCH_FILE.match(name)) or (name.startswith(".epoch_") and name.endswith(TEMP_SUFFIX))
+    return bool(_EPOCH_FILE.match(name)) or (name.startswith(".epoch_") and name.endswith(TEMP_SUFFIX)) \
+        or is_writer_temp(name)
