@@ -37,15 +37,36 @@ class EvalSpec:
     short: str
 
 
-def parse_cli_spec(text: str) -> dict[str, Any]:
-    """``pgd:steps=50,restarts=5`` → {"name": "pgd", "steps": 50, "restarts": 5} (values read as TOML)."""
+def split_items(text: str) -> list[str]:
+    """``a=1,b=[2,3]`` → ["a=1", "b=[2,3]"]: commas inside brackets or quotes do not split."""
+    parts, depth, quote, cur = [], 0, "", ""
+    for ch in text:
+        if quote:
+            quote = "" if ch == quote else quote
+        elif ch in "\"'":
+            quote = ch
+        elif ch in "[{":
+            depth += 1
+        elif ch in "]}":
+            depth -= 1
+        elif ch == "," and depth == 0:
+            parts.append(cur)
+            cur = ""
+            continue
+        cur += ch
+    return [p.strip() for p in [*parts, cur] if p.strip()]
+
+
+def parse_cli_spec(text: str, flag: str = "--attack",
+                   example: str = "--attack pgd:steps=50,restarts=5") -> dict[str, Any]:
+    """``pgd:steps=50,restarts=5`` → {"name": "pgd", "steps": 50, "restarts": 5} (values read as TOML;
+    commas inside brackets or quotes, e.g. ``attacks=["apgd-ce","square"]``, do not split)."""
     name, _, rest = text.strip().partition(":")
     spec: dict[str, Any] = {"name": name.strip()}
-    for item in filter(None, (p.strip() for p in rest.split(","))):
+    for item in split_items(rest):
         key, sep, value = item.partition("=")
         if not sep or not key.strip():
-            raise IgdmKitError(f"--attack {text!r}: {item!r} is not key=value",
-                               "write e.g. --attack pgd:steps=50,restarts=5")
+            raise IgdmKitError(f"{flag} {text!r}: {item!r} is not key=value", f"write e.g. {example}")
         try:
             spec[key.strip()] = tomllib.loads(f"v = {value.strip()}")["v"]
         except tomllib.TOMLDecodeError:

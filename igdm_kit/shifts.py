@@ -23,7 +23,7 @@ from typing import Any
 
 from pydantic import BaseModel
 
-from .errors import DataError, IgdmKitError, RecipeError
+from .errors import DataError, RecipeError
 
 #: Attacks run on the test set and on every shifted set (the robust accuracy is their worst case).
 DEFAULT_SHIFT_ATTACKS: tuple[str, ...] = ("clean", "pgd20", "cw")
@@ -38,41 +38,10 @@ class ShiftSpec:
 
 
 def parse_cli_shift(text: str) -> dict[str, Any]:
-    """``corruptions:severities=[1,3],corruptions=["fog"]`` → a table (values read as TOML); commas inside
-    brackets or quotes do not split."""
-    import tomllib
+    """``corruptions:severities=[1,3],corruptions=["fog"]`` → a table (``eval_attacks.parse_cli_spec``)."""
+    from .eval_attacks import parse_cli_spec
 
-    name, _, rest = text.strip().partition(":")
-    spec: dict[str, Any] = {"name": name.strip()}
-    for item in _split(rest):
-        key, sep, value = item.partition("=")
-        if not sep or not key.strip():
-            raise IgdmKitError(f"--shift {text!r}: {item!r} is not key=value",
-                               "write e.g. --shift corruptions:severities=[1,3,5]")
-        try:
-            spec[key.strip()] = tomllib.loads(f"v = {value.strip()}")["v"]
-        except tomllib.TOMLDecodeError:
-            spec[key.strip()] = value.strip()
-    return spec
-
-
-def _split(text: str) -> list[str]:
-    parts, depth, quote, cur = [], 0, "", ""
-    for ch in text:
-        if quote:
-            quote = "" if ch == quote else quote
-        elif ch in "\"'":
-            quote = ch
-        elif ch in "[{":
-            depth += 1
-        elif ch in "]}":
-            depth -= 1
-        elif ch == "," and depth == 0:
-            parts.append(cur)
-            cur = ""
-            continue
-        cur += ch
-    return [p.strip() for p in [*parts, cur] if p.strip()]
+    return parse_cli_spec(text, flag="--shift", example="--shift corruptions:severities=[1,3,5]")
 
 
 def resolve_shifts(items: list[Any], where: str = "eval.shifts") -> list[ShiftSpec]:

@@ -19,7 +19,8 @@ SHIFT_HELP = "a shift with options, e.g. corruptions:severities=[1,3,5] or threa
 
 
 def parse_shifts(text: str | None, specs: list[str]) -> list[Any]:
-    from ..shifts import _split, parse_cli_shift
+    from ..eval_attacks import split_items as _split
+    from ..shifts import parse_cli_shift
 
     names = [s for s in _split(text or "")]
     if text is not None and not names:
