@@ -531,7 +531,7 @@ def make_teacher(path: Path, spec: dict[str, Any]) -> None:
     stay in range, as a trained network's do), saved as a plain state dict for the ``state-dict`` loader."""
     import torch
 
-    from igdm_kit.components import create_model
+    from igdm_kit.factories import create_model
 
     torch.manual_seed(0)
     size = spec["image_size"]

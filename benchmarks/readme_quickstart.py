@@ -100,7 +100,7 @@ def sentence(summary: dict, seconds: float, threads: str) -> str:
 
 
 def _p(p: float) -> str:
-    from igdm_kit.stats import fmt_p
+    from igdm_kit._evaluation.stats import fmt_p
 
     return fmt_p(p)
 

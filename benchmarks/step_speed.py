@@ -2,9 +2,9 @@
 accelerator options of ``[train]`` (issue 7).
 
 One step = fetch a batch (index + random crop/flip, from host memory or, with gpu_data, from the device)
-+ the attack + the loss (``igdm_kit.training_step.compute_loss``) + backward + SGD step, exactly what
-``igdm_kit.engine.run`` does per step. For every method × module and variant it reports the pass counts
-(``igdm_kit.passes``), the FLOPs of one step, the median ms/step over ``--repeats`` after ``--warmup``
++ the attack + the loss (``igdm_kit._training.loss.compute_loss``) + backward + SGD step, exactly what
+``igdm_kit._training.engine.run`` does per step. For every method × module and variant it reports the pass counts
+(``igdm_kit._training.passes``), the FLOPs of one step, the median ms/step over ``--repeats`` after ``--warmup``
 steps, images/s and speedups; variants are timed interleaved, so a drifting machine load hits them alike.
 On CUDA it also projects seconds per CIFAR epoch (50,000 images / batch size × ms/step) and reports each
 variant's peak GPU memory (``memory_fields``); ``benchmarks/device_check.py`` runs it on a GPU in one
@@ -33,20 +33,20 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from igdm_kit.threads import prepare_environment
+from igdm_kit._runtime.threads import prepare_environment
 
 prepare_environment()  # before torch loads: OpenMP threads sleep, not spin, while they wait (busy machines)
 
 import torch
 
-from igdm_kit import threads
-from igdm_kit.accel import Accelerator, AccelOptions, validate
-from igdm_kit.components import create_attack, create_method, create_model, create_module, list_models
-from igdm_kit.data import augment
+from igdm_kit._runtime import threads
+from igdm_kit._runtime.accel import Accelerator, AccelOptions, validate
+from igdm_kit.factories import create_attack, create_method, create_model, create_module, list_models
+from igdm_kit._training.batches import augment
 from igdm_kit.errors import IgdmKitError
 from igdm_kit.interfaces import DatasetInfo
-from igdm_kit.passes import count_passes
-from igdm_kit.training_step import compute_loss
+from igdm_kit._training.passes import count_passes
+from igdm_kit._training.loss import compute_loss
 
 CIFAR_TRAIN = 50_000
 DEFAULT_METHODS = "rslad+igdm,adaad+igdm,ard+igdm,pgd-at+igdm"

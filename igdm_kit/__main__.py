@@ -1,5 +1,5 @@
 """``python -m igdm_kit`` is ``igdm-kit``."""
 
-from .cli import main
+from igdm_kit._cli import main
 
 main()

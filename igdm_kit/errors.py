@@ -2,7 +2,7 @@
 
 Every error a user can cause (a bad recipe, checkpoint, data folder or plugin) is an ``IgdmKitError``: it
 carries a one-line ``message`` naming the offending thing and a ``hint`` saying how to fix it. The CLI maps
-these to ``message + hint`` and exit code 1 in exactly one place (``igdm_kit.cli.main``); anything else is a
+these to ``message + hint`` and exit code 1 in exactly one place (``igdm_kit._cli.main``); anything else is a
 bug and keeps its traceback.
 """
 

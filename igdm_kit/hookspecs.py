@@ -136,6 +136,17 @@ def register_shifts(register: Register) -> None:
 
 
 @hookspec
+def register_callbacks(register: Register) -> None:
+    """Register training callbacks (``interfaces.Callback``: ``Options``, ``order``, ``build(options, ctx)`` and
+    the events of the epoch loop), named in ``[train] callbacks``; a callback with ``always_on`` is built for
+    every run (the host's own bookkeeping is registered so). They run in ascending ``order``
+    (``interfaces.Order``).
+
+    Called when the callback registry is first built. Returns nothing.
+    """
+
+
+@hookspec
 def register_commands(app: Any) -> None:
     """Add commands to the ``igdm-kit`` Typer application ``app`` (e.g. ``@app.command()``).
 

@@ -22,8 +22,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .errors import IgdmKitError
-
+from igdm_kit.errors import IgdmKitError
 
 KL_REDUCTIONS = ("batchmean", "mean")
 

@@ -65,7 +65,7 @@ class CliResult:
 @pytest.fixture
 def cli(capsys):
     """``cli("recipe", "check", path)`` runs ``igdm-kit`` in-process."""
-    from igdm_kit.cli import main
+    from igdm_kit._cli import main
 
     def call(*args: str) -> CliResult:
         capsys.readouterr()

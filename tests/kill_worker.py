@@ -26,9 +26,9 @@ def warm() -> None:
     import sklearn.datasets  # noqa: F401 - the digits dataset
     import torch._dynamo  # noqa: F401 - what the first optimizer imports (seconds)
 
-    import igdm_kit.engine  # noqa: F401
-    import igdm_kit.evaluation  # noqa: F401
-    from igdm_kit import plugins
+    import igdm_kit._training.engine  # noqa: F401
+    import igdm_kit._evaluation.runner  # noqa: F401
+    from igdm_kit._plugins import manager as plugins
 
     for kind in plugins.KINDS:
         plugins.registry(kind)
@@ -43,7 +43,7 @@ def child(args: list[str], log: Path) -> int:
         fd = os.open(log, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
         os.dup2(fd, 1)
         os.dup2(fd, 2)
-        from igdm_kit.cli import main
+        from igdm_kit._cli import main
 
         try:
             main(args)

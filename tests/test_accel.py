@@ -1,4 +1,4 @@
-"""Accelerator options (igdm_kit.accel): validation, bf16 autocast, the fp16 attack-gradient guard,
+"""Accelerator options (igdm_kit._runtime.accel): validation, bf16 autocast, the fp16 attack-gradient guard,
 channels_last, torch.compile, the GradScaler step, gpu_data, and the engine wiring — on CPU by default.
 
 The CUDA-only paths (fp16 autocast with the CUDA GradScaler, cudnn benchmark, moving data to a GPU) cannot
@@ -15,14 +15,14 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from igdm_kit import recipe as R
-from igdm_kit.accel import Accelerator, AccelOptions, validate
-from igdm_kit.components import create_attack, create_method, create_model, create_module
+from igdm_kit import _recipe as R
+from igdm_kit._runtime.accel import Accelerator, AccelOptions, validate
+from igdm_kit.factories import create_attack, create_method, create_model, create_module
 from igdm_kit.errors import RecipeError
 from igdm_kit.losses import kl_div
-from igdm_kit.passes import count_passes
-from igdm_kit.plugins import registry
-from igdm_kit.training_step import compute_loss
+from igdm_kit._training.passes import count_passes
+from igdm_kit._plugins.manager import registry
+from igdm_kit._training.loss import compute_loss
 
 from conftest import DIGITS_PGDAT
 
@@ -115,7 +115,7 @@ def test_accelerator_keys_are_off_by_default(write_recipe):
 
 
 def test_engine_refuses_fp16_on_cpu_before_training(write_recipe, tmp_path):
-    from igdm_kit.engine import run
+    from igdm_kit._training.engine import run
 
     r = R.load(write_recipe(with_train(DIGITS_PGDAT, 'amp = "fp16"\ndevice = "cpu"\n')))
     with pytest.raises(RecipeError, match="train.amp"):
@@ -370,7 +370,7 @@ def test_gpu_data_and_cudnn_benchmark_on_a_gpu(device):
     images as on the CPU from the same generator; cudnn_benchmark sets the global flag."""
     if device.type != "cuda":
         pytest.skip("needs a GPU (pytest --device cuda); the CPU no-op is tested above")
-    from igdm_kit.data import augment
+    from igdm_kit._training.batches import augment
     from igdm_kit.interfaces import DatasetInfo
 
     x, y = torch.rand(16, 3, 8, 8), torch.arange(16)
@@ -400,9 +400,9 @@ def test_gpu_data_refuses_a_set_that_does_not_fit(monkeypatch):
 # -- the engine ----------------------------------------------------------------------------------------------
 
 def test_engine_trains_with_bf16_and_channels_last(write_recipe, tmp_path, device):
-    from igdm_kit.engine import run
-    from igdm_kit.io import read_jsonl
-    from igdm_kit.checkpoint import load_model
+    from igdm_kit._training.engine import run
+    from igdm_kit._storage.io import read_jsonl
+    from igdm_kit._storage.checkpoint import load_model
 
     text = with_train(DIGITS_PGDAT, 'amp = "bf16"\nchannels_last = true\ncudnn_benchmark = true\n'
                       f'gpu_data = true\ndevice = "{device}"\n')

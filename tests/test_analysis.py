@@ -1,4 +1,4 @@
-"""igdm_kit.analysis: Taylor remainder, gradient alignment, point-wise distance, against hand-derived values.
+"""igdm_kit._evaluation.analysis: Taylor remainder, gradient alignment, point-wise distance, against hand-derived values.
 
 Oracles: a linear model has no remainder; a quadratic model's remainder is εᵀQε (written out with numpy
 loops); a linear softmax model's CE input gradient is Wᵀ(p − onehot(y)); two models that differ only in
@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from igdm_kit.analysis import (gradient_alignment, input_gradients, pointwise_distance, summarize,
+from igdm_kit._evaluation.analysis import (gradient_alignment, input_gradients, pointwise_distance, summarize,
                                taylor_remainder)
 
 EPS = 8 / 255
@@ -73,7 +73,7 @@ def test_remainder_of_a_quadratic_model_equals_its_closed_form():
 
 
 def test_remainder_noise_is_uniform_in_the_ball():
-    from igdm_kit.analysis import _uniform
+    from igdm_kit._evaluation.analysis import _uniform
 
     u = _uniform(torch.Size((4000,)), EPS, torch.zeros(1, dtype=torch.float64), torch.Generator().manual_seed(7))
     assert u.dtype == torch.float64 and u.abs().max() <= EPS
@@ -94,7 +94,7 @@ def test_remainder_with_the_same_generator_seed_is_identical():
 
 def test_remainder_jvp_matches_finite_differences_on_a_cnn():
     """On a real BN/ReLU network the exact JVP agrees with a central difference (float64)."""
-    from igdm_kit.components import create_model
+    from igdm_kit.factories import create_model
 
     torch.manual_seed(0)
     m = create_model("small-cnn", num_classes=10, in_channels=1, image_size=8, width=4).double()
@@ -115,7 +115,7 @@ def test_remainder_jvp_matches_finite_differences_on_a_cnn():
 
 # -- gradient alignment ------------------------------------------------------------------------------------------
 def test_alignment_of_a_model_with_itself_is_0_and_1():
-    from igdm_kit.components import create_model
+    from igdm_kit.factories import create_model
 
     torch.manual_seed(0)
     m = create_model("small-cnn", num_classes=10, in_channels=1, image_size=8, width=4)
@@ -155,7 +155,7 @@ def test_alignment_matches_the_linear_softmax_gradient_by_hand():
 
 
 def test_alignment_uses_eval_mode_and_restores_modes():
-    from igdm_kit.components import create_model
+    from igdm_kit.factories import create_model
 
     torch.manual_seed(0)
     s = create_model("small-cnn", num_classes=10, in_channels=1, image_size=8, width=4).train()
@@ -187,7 +187,7 @@ def test_pointwise_distance_of_bias_shifted_models_is_the_bias_gap(delta):
 
 def test_pointwise_adversarial_delta_is_the_methods_attack_with_20_steps():
     from igdm_kit.interfaces import AttackOptions
-    from igdm_kit.components import create_attack
+    from igdm_kit.factories import create_attack
 
     s, t = linear(1), linear(2)
     x, y = images(8), torch.arange(8)
@@ -206,7 +206,7 @@ def test_pointwise_adversarial_delta_is_the_methods_attack_with_20_steps():
 
 def test_pointwise_with_a_teacher_attack_method():
     """RSLAD's attack needs T(x) (teacher_logits=); AdaAD's differentiates through the teacher."""
-    from igdm_kit.plugins import registry
+    from igdm_kit._plugins.manager import registry
 
     s, t = linear(1, dtype=torch.float32), linear(2, dtype=torch.float32)
     x, y = images(6, dtype=torch.float32), torch.arange(6)
@@ -231,9 +231,9 @@ def test_summarize_matches_numpy():
 
 # -- the paper's qualitative result on digits ------------------------------------------------------------------------
 def _train_digits(adversarial: bool, epochs: int = 8, seed: int = 0):
-    from igdm_kit.components import create_dataset, create_model
+    from igdm_kit.factories import create_dataset, create_model
     from igdm_kit.interfaces import AttackOptions
-    from igdm_kit.components import create_attack
+    from igdm_kit.factories import create_attack
 
     torch.manual_seed(seed)
     xtr, ytr = create_dataset("digits").load("train")
@@ -257,7 +257,7 @@ def _train_digits(adversarial: bool, epochs: int = 8, seed: int = 0):
 def test_pgd_at_model_is_more_locally_linear_than_a_natural_one():
     """Section 3.1 / Figure 2b on digits (≈5 s): natural ≈ 0.0083, PGD-AT ≈ 0.0046 (ratio 0.53–0.56 over
     seeds 0–3)."""
-    from igdm_kit.components import create_dataset
+    from igdm_kit.factories import create_dataset
 
     xte, yte = create_dataset("digits").load("test")
     natural, robust = _train_digits(False), _train_digits(True)

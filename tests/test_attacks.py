@@ -17,8 +17,8 @@ from torch import nn
 
 from igdm_kit.errors import IgdmKitError
 from igdm_kit.interfaces import AttackOptions
-from igdm_kit.components import create_attack
-from igdm_kit.plugins import registry
+from igdm_kit.factories import create_attack
+from igdm_kit._plugins.manager import registry
 from oracles import np_ce, np_kl, np_softmax
 
 ATTACKS = registry("attack").names()

@@ -8,7 +8,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from igdm_kit import recipe as R
+from igdm_kit import _recipe as R
 from igdm_kit.errors import IgdmKitError
 
 from conftest import DIGITS_PGDAT
@@ -66,8 +66,8 @@ def test_unwritable_output_folder(tmp_path, write_recipe, cli):
 def test_full_disk_during_checkpoint_write_keeps_previous(tmp_path, monkeypatch):
     import safetensors.torch
 
-    from igdm_kit.checkpoint import load_model, save_model
-    from igdm_kit.components import create_model
+    from igdm_kit._storage.checkpoint import load_model, save_model
+    from igdm_kit.factories import create_model
 
     meta = {"model": "small-cnn", "model_options": {"width": 4}, "num_classes": 10, "in_channels": 1,
             "image_size": 8, "mean": None, "std": None}
@@ -109,7 +109,7 @@ def test_atomic_writes_are_readable_by_others(tmp_path):
     import os
     import stat
 
-    from igdm_kit.io import atomic_write_text
+    from igdm_kit._storage.io import atomic_write_text
 
     old = os.umask(0o022)
     try:
@@ -126,9 +126,9 @@ def test_sweep_that_is_not_a_table(write_recipe, cli):
 
 
 def test_changed_teacher_file_is_not_silently_reused(tmp_path, write_recipe):
-    from igdm_kit.checkpoint import save_model
-    from igdm_kit.components import create_model
-    from igdm_kit.engine import run
+    from igdm_kit._storage.checkpoint import save_model
+    from igdm_kit.factories import create_model
+    from igdm_kit._training.engine import run
     from igdm_kit.errors import IgdmKitError
 
     meta = {"model": "small-cnn", "model_options": {"width": 4}, "num_classes": 10, "in_channels": 1,
@@ -152,7 +152,7 @@ def fake_dataset(monkeypatch):
     """Register a dataset whose load() returns whatever the test sets in ``box``."""
     import torch
 
-    from igdm_kit import plugins
+    from igdm_kit._plugins import manager as plugins
     from igdm_kit.interfaces import DatasetInfo, DatasetPlugin
 
     box = {}
@@ -195,7 +195,7 @@ def test_duplicate_plugin_name_fails_the_cli_naming_both(monkeypatch, cli):
     import types
     from importlib.metadata import EntryPoint
 
-    from igdm_kit import plugins
+    from igdm_kit._plugins import manager as plugins
     from igdm_kit.hookspecs import hookimpl
     from igdm_kit.interfaces import Method
 
@@ -217,7 +217,7 @@ def test_duplicate_plugin_name_fails_the_cli_naming_both(monkeypatch, cli):
 
 
 def test_folders_and_training_state_are_named_for_what_they_are(tmp_path, write_recipe, cli):
-    from igdm_kit.engine import run
+    from igdm_kit._training.engine import run
 
     res = cli("recipe", "check", tmp_path)
     assert res.code == 1 and "is a folder" in res.err

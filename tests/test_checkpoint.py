@@ -11,8 +11,8 @@ import torch
 from safetensors.torch import save_file
 
 import igdm_kit
-from igdm_kit.checkpoint import META_KEY, read_metadata, save_model
-from igdm_kit.components import list_models
+from igdm_kit._storage.checkpoint import META_KEY, read_metadata, save_model
+from igdm_kit.factories import list_models
 from igdm_kit.errors import CheckpointError
 
 SMALL = {"small-cnn": {"width": 4}, "wideresnet": {"depth": 10, "widen_factor": 2, "activation": "silu"}}

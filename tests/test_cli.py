@@ -12,7 +12,7 @@ from conftest import DIGITS_PGDAT, run_cli_subprocess
 
 
 def test_help_does_not_import_torch():
-    code = ("import sys\nfrom igdm_kit.cli import main\ntry:\n    main(['--help'])\nexcept SystemExit:\n    pass\n"
+    code = ("import sys\nfrom igdm_kit._cli import main\ntry:\n    main(['--help'])\nexcept SystemExit:\n    pass\n"
             "print('TORCH' if 'torch' in sys.modules else 'NO-TORCH')")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert "run" in out.stdout and "recipe" in out.stdout
@@ -72,7 +72,7 @@ def test_debug_env_shows_traceback(write_recipe):
 
 
 def test_checkpoint_labels_disambiguate_same_file_names():
-    from igdm_kit.cli.analyze import _label
+    from igdm_kit._cli.analyze import _label
 
     paths = ["runs/a/model.safetensors", "runs/b/model.safetensors", "runs/x/epoch_003.safetensors"]
     assert [_label(p, paths) for p in paths] == ["a/model.safetensors", "b/model.safetensors",
@@ -80,9 +80,9 @@ def test_checkpoint_labels_disambiguate_same_file_names():
 
 
 def test_eval_defaults_to_the_radius_recorded_in_the_checkpoint(tmp_path, cli):
-    from igdm_kit.checkpoint import save_model
-    from igdm_kit.cli.eval import eps_text
-    from igdm_kit.components import create_model
+    from igdm_kit._storage.checkpoint import save_model
+    from igdm_kit._cli.specs import eps_text
+    from igdm_kit.factories import create_model
 
     meta = {"model": "small-cnn", "model_options": {"width": 4}, "num_classes": 10, "in_channels": 1,
             "image_size": 8, "mean": None, "std": None, "dataset": {"name": "digits", "options": {}},

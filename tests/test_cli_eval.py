@@ -8,9 +8,9 @@ import sys
 
 import pytest
 
-import igdm_kit.cli as cli_mod
-from igdm_kit.cli import analyze as analyze_cmd
-from igdm_kit.cli import eval as eval_cmd
+import igdm_kit._cli as cli_mod
+from igdm_kit._cli import analyze as analyze_cmd
+from igdm_kit._cli import eval as eval_cmd
 
 LABELS = ("Clean", "FGSM", "PGD-20", "CW-∞", "AutoAttack")
 
@@ -26,8 +26,8 @@ def _save(path, epoch=None, dataset=True, train_steps=0, seed=0, eval_eps=None):
     import torch
     import torch.nn.functional as F
 
-    from igdm_kit.checkpoint import save_model
-    from igdm_kit.components import create_dataset, create_model
+    from igdm_kit._storage.checkpoint import save_model
+    from igdm_kit.factories import create_dataset, create_model
 
     torch.manual_seed(seed)
     m = create_model("small-cnn", num_classes=10, in_channels=1, image_size=8, width=4)
@@ -167,7 +167,7 @@ def test_plot_without_matplotlib_is_a_clear_error(cli, ckpt, tmp_path, monkeypat
 
 
 def test_help_of_eval_and_analyze_does_not_import_torch():
-    code = ("import sys\nimport igdm_kit.cli as c\nfrom igdm_kit.cli import eval as e, analyze as a\n"
+    code = ("import sys\nimport igdm_kit._cli as c\nfrom igdm_kit._cli import eval as e, analyze as a\n"
             "c.GROUPS = tuple(c.GROUPS) + tuple(g for g in (e, a) if g not in c.GROUPS)\n"
             "for args in (['--help'], ['eval', '--help'], ['analyze', '--help'], ['analyze', 'linearity', '--help']):\n"
             "    try:\n        c.main(args)\n    except SystemExit:\n        pass\n"

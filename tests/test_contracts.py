@@ -16,8 +16,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from igdm_kit import plugins
-from igdm_kit import recipe as R
+from igdm_kit._plugins import manager as plugins
+from igdm_kit import _recipe as R
 from igdm_kit.hookspecs import hookimpl
 from igdm_kit.interfaces import GradientModule, Method, StepContext, TrainingAttack
 
@@ -116,8 +116,8 @@ def third_party(monkeypatch):
 
 @pytest.fixture
 def teacher_file(tmp_path):
-    from igdm_kit.checkpoint import save_model
-    from igdm_kit.components import create_model
+    from igdm_kit._storage.checkpoint import save_model
+    from igdm_kit.factories import create_model
 
     torch.manual_seed(3)
     path = tmp_path / "teacher.safetensors"
@@ -128,7 +128,7 @@ def teacher_file(tmp_path):
 
 
 def test_third_party_components_train_in_the_engine(third_party, teacher_file, tmp_path, write_recipe):
-    from igdm_kit.engine import run
+    from igdm_kit._training.engine import run
 
     text = (DIGITS_PGDAT.replace('name = "pgd-at"', 'name = "tp-kd"').replace("epochs = 1", "epochs = 2")
             .replace('name = "digits"', 'name = "digits"\ntrain_limit = 128')
@@ -157,8 +157,8 @@ def test_a_teacher_attack_needs_a_teacher_in_the_recipe(third_party, write_recip
 
 def test_input_gradient_of_the_step_is_the_per_sample_ce_gradient():
     """Oracle: ∇_x of the summed CE, by autograd on a separate copy of the input, per sample."""
-    from igdm_kit.components import create_model
-    from igdm_kit.step import Step
+    from igdm_kit.factories import create_model
+    from igdm_kit._training.step import Step
 
     torch.manual_seed(0)
     model = create_model("small-cnn", num_classes=10, in_channels=1, image_size=8, width=4).double().eval()

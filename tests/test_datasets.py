@@ -18,7 +18,7 @@ import pytest
 import torch
 
 import igdm_kit
-from igdm_kit.components import list_components
+from igdm_kit.factories import list_components
 from igdm_kit.errors import DataError, IgdmKitError, RecipeError
 from test_mnist import write_mnist  # torchvision's idx layout, written from the format
 

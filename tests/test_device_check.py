@@ -24,8 +24,8 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from igdm_kit import recipe as R
-from igdm_kit.plugins import registry
+from igdm_kit import _recipe as R
+from igdm_kit._plugins.manager import registry
 
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = ROOT / "benchmarks" / "device_check.py"
@@ -284,7 +284,7 @@ def test_the_cuda_plan_fits_in_eight_minutes():
 
 
 def test_make_teacher_writes_a_calibrated_state_dict(tmp_path):
-    from igdm_kit.components import create_model
+    from igdm_kit.factories import create_model
 
     path = tmp_path / "t.pt"
     dc.make_teacher(path, {"model": "small-cnn", "options": {"width": 4}, "classes": 10, "image_size": 8})

@@ -10,7 +10,7 @@ import sys
 import pytest
 import torch
 
-from igdm_kit.distributed import Dist
+from igdm_kit._runtime.distributed import Dist
 
 from conftest import DIGITS_PGDAT
 
@@ -66,10 +66,10 @@ def test_two_ranks_validate_on_shards_and_agree_with_one_process(tmp_path, write
     """Validation under torchrun: each rank a shard of the split, the counts summed — the same accuracy
     one process measures on the whole split; the best checkpoint and the average written once."""
     import igdm_kit
-    from igdm_kit import recipe as R
-    from igdm_kit.evaluation import evaluate
-    from igdm_kit.io import read_jsonl
-    from igdm_kit.training.parts import load_data
+    from igdm_kit import _recipe as R
+    from igdm_kit._evaluation.runner import evaluate
+    from igdm_kit._storage.io import read_jsonl
+    from igdm_kit._training.parts import load_data
 
     text = DIGITS_PGDAT.replace("epochs = 1", "epochs = 2").replace('[data]\nname = "digits"',
                                                                    '[data]\nname = "digits"\nval_size = 101') \

@@ -8,8 +8,8 @@ import json
 import pytest
 import torch
 
-from igdm_kit import recipe as R
-from igdm_kit.training.events import Subscriber
+from igdm_kit import _recipe as R
+from igdm_kit._training.events import Subscriber
 
 from conftest import DIGITS_PGDAT
 
@@ -33,12 +33,12 @@ class Weights(Subscriber):
 
 @pytest.mark.parametrize("buffers", [True, False])
 def test_ema_weights_match_a_hand_computed_average(write_recipe, tmp_path, buffers):
-    from igdm_kit.engine import build_student
-    from igdm_kit.accel import Accelerator
-    from igdm_kit.distributed import Dist
-    from igdm_kit.training.ema import EMA
-    from igdm_kit.training.parts import build_parts
-    from igdm_kit.training.trainer import Trainer
+    from igdm_kit._training.engine import build_student
+    from igdm_kit._runtime.accel import Accelerator
+    from igdm_kit._runtime.distributed import Dist
+    from igdm_kit._training.ema import EMA
+    from igdm_kit._training.parts import build_parts
+    from igdm_kit._training.trainer import Trainer
 
     decay, start = 0.8, 2
     r = R.load(write_recipe(SMALL + f"[train.ema]\ndecay = {decay}\nstart = {start}\n"
@@ -70,7 +70,7 @@ def test_ema_is_validated_and_judged_like_any_checkpoint(tmp_path, write_recipe,
     out = tmp_path / "run"
     res = cli("run", write_recipe(text), "--output", out)
     assert res.code == 0, res.err
-    from igdm_kit.io import read_jsonl
+    from igdm_kit._storage.io import read_jsonl
 
     rows = read_jsonl(out / "metrics.jsonl")
     assert all("val_ema_robust" in r and "val_robust" in r for r in rows)
@@ -79,7 +79,7 @@ def test_ema_is_validated_and_judged_like_any_checkpoint(tmp_path, write_recipe,
     assert results["checkpoint"] == "ema" and set(results["checkpoints"]) == {"ema", "best_ema", "last"}
     # the headline is the average's evaluation: the saved ema.safetensors scores the same
     import igdm_kit
-    from igdm_kit.evaluation import load_eval_data, evaluate
+    from igdm_kit._evaluation.runner import load_eval_data, evaluate
 
     x, y = load_eval_data("digits")
     ema = igdm_kit.load_model(out / "ema.safetensors")

@@ -8,9 +8,9 @@ import pytest
 import torch
 
 import igdm_kit
-from igdm_kit import recipe as R
-from igdm_kit.engine import run
-from igdm_kit.io import read_jsonl
+from igdm_kit import _recipe as R
+from igdm_kit._training.engine import run
+from igdm_kit._storage.io import read_jsonl
 
 from conftest import DIGITS_PGDAT, RECIPES
 
@@ -48,7 +48,7 @@ def test_run_folder_contents(skeleton_run):
 
 def test_checkpoint_reloads_to_identical_outputs(skeleton_run):
     model = igdm_kit.load_model(skeleton_run.output_dir / "model.safetensors")
-    from igdm_kit.engine import build_student, load_data
+    from igdm_kit._training.engine import build_student, load_data
 
     info, _, (xte, _) = load_data(skeleton_run.recipe)
     fresh = build_student(skeleton_run.recipe, info)

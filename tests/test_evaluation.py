@@ -1,4 +1,4 @@
-"""igdm_kit.evaluation: the five metrics of Section 4.1, checked against independent oracles.
+"""igdm_kit._evaluation.runner: the five metrics of Section 4.1, checked against independent oracles.
 
 Oracles: torchattacks' PGD run directly (PGD-20), the closed-form worst case of a linear model (FGSM/CW
 perturbations, AutoAttack's robust set), and pyautoattack's own single-call evaluation (the resumable
@@ -17,8 +17,9 @@ import torchattacks
 from torch import nn
 
 from igdm_kit.errors import DataError, IgdmKitError
-from igdm_kit.components import create_eval_attack
-from igdm_kit.evaluation import CWLinf, evaluate, load_eval_data, margin, run_autoattack
+from igdm_kit.factories import create_eval_attack
+from igdm_kit._evaluation.runner import evaluate, load_eval_data
+from igdm_kit.attacks import CWLinf, margin, run_autoattack
 from igdm_kit.interfaces import Threat
 
 
@@ -33,7 +34,7 @@ EPS = 8 / 255
 @pytest.fixture(scope="module")
 def digits_model():
     """A small CNN trained naturally on digits for a few epochs (≈1 s), with its test data."""
-    from igdm_kit.components import create_dataset, create_model
+    from igdm_kit.factories import create_dataset, create_model
 
     torch.manual_seed(0)
     ds = create_dataset("digits")
@@ -329,7 +330,7 @@ def test_bad_inputs_are_user_errors(digits_model):
 
 
 def test_load_eval_data_is_the_test_split_head():
-    from igdm_kit.components import create_dataset
+    from igdm_kit.factories import create_dataset
 
     x, y = load_eval_data("digits", limit=10)
     xt, yt = create_dataset("digits").load("test")

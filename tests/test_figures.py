@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from igdm_kit import plotting as P
+from igdm_kit._evaluation import plotting as P
 
 pytest.importorskip("matplotlib")
 

@@ -10,7 +10,7 @@ import math
 import pytest
 import torch
 
-from igdm_kit import plugins
+from igdm_kit._plugins import manager as plugins
 from igdm_kit.interfaces import Method, Options
 
 from conftest import TINY
@@ -90,7 +90,7 @@ def test_nan_in_the_weights_stops_the_run_before_it_is_saved(registered, tmp_pat
     assert not (out / "results.json").exists() and not (out / "model.safetensors").exists()
     from safetensors.torch import load_file
 
-    from igdm_kit.checkpoint import read_metadata
+    from igdm_kit._storage.checkpoint import read_metadata
 
     assert read_metadata(out / "last.safetensors")["epoch"] == 1  # the last good one
     assert all(bool(t.isfinite().all()) for t in load_file(str(out / "last.safetensors")).values())
@@ -127,8 +127,8 @@ def _strict(text: str):
 
 
 def test_every_json_written_is_strict_json(tmp_path, capsys):
-    from igdm_kit.cli.console import print_json
-    from igdm_kit.io import atomic_write_json, atomic_write_jsonl
+    from igdm_kit._cli.console import print_json
+    from igdm_kit._storage.io import atomic_write_json, atomic_write_jsonl
 
     values = {"lr": math.inf, "gc": math.nan, "ok": 0.5, "rows": [-math.inf, 1.0], "nested": {"x": math.nan}}
     atomic_write_json(tmp_path / "results.json", values)
@@ -142,8 +142,8 @@ def test_every_json_written_is_strict_json(tmp_path, capsys):
 
 
 def test_the_files_of_a_run_are_strict_json(tmp_path, write_recipe):
-    from igdm_kit import recipe as R
-    from igdm_kit.engine import run
+    from igdm_kit import _recipe as R
+    from igdm_kit._training.engine import run
 
     out = tmp_path / "run"
     run(R.load(write_recipe(TINY)), output_dir=out)

@@ -39,7 +39,7 @@ def test_plugins_list_fits_100_columns(cli):
 
 
 def test_plugins_show_prints_the_options_of_a_component(cli):
-    from igdm_kit.plugins import registry
+    from igdm_kit._plugins.manager import registry
 
     res = cli("plugins", "show", "ard", "--json")
     assert res.code == 0, res.err
@@ -70,7 +70,7 @@ def test_plugins_show_a_name_of_two_kinds_and_an_unknown_name(cli):
 
 def test_plugins_show_works_for_every_registered_component(cli):
     """Every kind, built-in or third party: exit 0 and every option of its Options model listed."""
-    from igdm_kit.plugins import all_entries
+    from igdm_kit._plugins.manager import all_entries
 
     for e in all_entries():
         res = cli("plugins", "show", e.name, "--kind", e.kind, "--json")

@@ -16,9 +16,9 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from igdm_kit import plugins
-from igdm_kit.checkpoint import META_KEY, save_model
-from igdm_kit.components import create_model
+from igdm_kit._plugins import manager as plugins
+from igdm_kit._storage.checkpoint import META_KEY, save_model
+from igdm_kit.factories import create_model
 
 from conftest import TINY
 
@@ -164,8 +164,8 @@ def small_disk(tmp_path):
 
 
 def test_a_full_disk_is_one_line_and_every_file_left_loads(small_disk, write_recipe, cli):
-    from igdm_kit.checkpoint import load_model
-    from igdm_kit.io import read_jsonl
+    from igdm_kit._storage.checkpoint import load_model
+    from igdm_kit._storage.io import read_jsonl
 
     # width 48: ~1.3 MB of checkpoint + training state per epoch, with a checkpoint per epoch kept
     p = write_recipe(TINY.replace("width = 4", "width = 48").replace("epochs = 1", "epochs = 3")

@@ -21,8 +21,8 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import load_file
 
-from igdm_kit.checkpoint import load_model
-from igdm_kit.io import is_writer_temp, read_jsonl
+from igdm_kit._storage.checkpoint import load_model
+from igdm_kit._storage.io import is_writer_temp, read_jsonl
 
 from conftest import TINY
 
@@ -46,7 +46,7 @@ def _loads(f: Path) -> None:
                 _strict_json(fh.metadata()["train_state"])
             load_file(str(f))
         elif f.name.startswith("eval_flags"):  # per-image robust flags, read by their own reader
-            from igdm_kit.evaluation import load_flags
+            from igdm_kit._evaluation.runner import load_flags
 
             load_flags(f)
         else:

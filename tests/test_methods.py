@@ -3,7 +3,7 @@
 Oracles: every loss is recomputed in float64 numpy from the linear models' *weights* (logits = W·x + b by
 hand, softmax/log/KL/CE by loops), and its gradient w.r.t. the student's weights is checked against central
 finite differences of that oracle (so "target not detached" and "w_i constant" are checked, not assumed).
-Forward counts (igdm_kit.passes) check that zero-weight terms are not computed and teacher inputs are
+Forward counts (igdm_kit._training.passes) check that zero-weight terms are not computed and teacher inputs are
 batched as declared. Models and batches live on ``pytest --device`` (cpu unless asked).
 """
 
@@ -16,11 +16,11 @@ import pytest
 import torch
 from torch import nn
 
-from igdm_kit.components import create_attack, create_method
-from igdm_kit.passes import count_passes
-from igdm_kit.plugins import registry
-from igdm_kit.step import Step
-from igdm_kit.training_step import compute_loss
+from igdm_kit.factories import create_attack, create_method
+from igdm_kit._training.passes import count_passes
+from igdm_kit._plugins.manager import registry
+from igdm_kit._training.step import Step
+from igdm_kit._training.loss import compute_loss
 from oracles import np_ce, np_kl, np_kl_row, np_softmax
 
 B, SHAPE, C = 6, (3, 2, 2), 4

@@ -13,7 +13,7 @@ import pytest
 import torch
 
 import igdm_kit
-from igdm_kit.components import list_models
+from igdm_kit.factories import list_models
 
 MEAN, STD = (0.4, 0.5, 0.6), (0.2, 0.25, 0.3)
 #: Small options for the contract tests (the generic WRN's defaults are the WRN-28-10 tested anyway).

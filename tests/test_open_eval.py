@@ -10,18 +10,18 @@ import pytest
 import torch
 from torch import nn
 
-from igdm_kit import recipe as R
-from igdm_kit.components import create_eval_attack
+from igdm_kit import _recipe as R
+from igdm_kit.factories import create_eval_attack
 from igdm_kit.errors import IgdmKitError, RecipeError
-from igdm_kit.evaluation import evaluate, load_flags, save_flags
+from igdm_kit._evaluation.runner import evaluate, load_flags, save_flags
 from igdm_kit.interfaces import Threat
-from igdm_kit.stats import mcnemar, wilson
+from igdm_kit._evaluation.stats import mcnemar, wilson
 
 from conftest import DIGITS_PGDAT
 
 
 def small_cnn(seed=0):
-    from igdm_kit.components import create_model
+    from igdm_kit.factories import create_model
 
     torch.manual_seed(seed)
     return create_model("small-cnn", num_classes=10, in_channels=1, image_size=8, width=4).eval()
@@ -125,7 +125,7 @@ def test_mcnemar_exact_matches_the_binomial_by_hand():
 
 
 def test_flags_round_trip_and_compare_refuses_other_images(tmp_path):
-    from igdm_kit.compare import compare
+    from igdm_kit._evaluation.compare import compare
 
     model, (x, y) = small_cnn(1), images(30)
     a = evaluate(model, x, y, attacks=["clean", "fgsm"], eps=0.1, keep_flags=True)
@@ -190,7 +190,7 @@ def test_l2_autoattack_custom_runs_with_the_package():
 
 # -- any model source ----------------------------------------------------------------------------------------
 def test_eval_cli_json_has_intervals_worst_case_and_flags(cli, tmp_path):
-    from igdm_kit.checkpoint import save_model
+    from igdm_kit._storage.checkpoint import save_model
 
     path = tmp_path / "m.safetensors"
     save_model(path, small_cnn(), {"model": "small-cnn", "model_options": {"width": 4}, "num_classes": 10,
@@ -228,8 +228,8 @@ def _save_robustbench_file(path, state, container):
 def test_eval_loads_robustbench_files_to_the_same_logits(tmp_path, name, dataset, container):
     """A model built from RobustBench's table with random weights, saved as RobustBench stores it, comes back
     through ``igdm-kit eval``'s source loading with the very same logits."""
-    from igdm_kit import sources
-    from igdm_kit.components import create_model
+    from igdm_kit._evaluation import sources
+    from igdm_kit.factories import create_model
     from igdm_kit_plugins.teachers.robustbench import NUM_CLASSES, ZOO
 
     entry = ZOO[(name, dataset)]
@@ -249,7 +249,7 @@ def test_eval_loads_robustbench_files_to_the_same_logits(tmp_path, name, dataset
 def test_any_robustbench_zoo_model_loads_with_the_package(tmp_path):
     """With the robustbench extra, a zoo model outside the built-in table is built by RobustBench's own
     architecture definition and gets the file's weights exactly."""
-    from igdm_kit import sources
+    from igdm_kit._evaluation import sources
     from igdm_kit_plugins.teachers.robustbench import package_zoo
 
     zoo = package_zoo("cifar10", "Linf")
@@ -277,7 +277,7 @@ def test_unknown_robustbench_name_names_the_key_and_the_way_out(write_recipe, tm
 
 
 def _native_and_plain(tmp_path):
-    from igdm_kit.checkpoint import save_model
+    from igdm_kit._storage.checkpoint import save_model
 
     teacher = small_cnn(7)
     native = tmp_path / "t.safetensors"

@@ -7,7 +7,7 @@ import pytest
 
 from conftest import DIGITS_PGDAT
 
-from igdm_kit import recipe as R
+from igdm_kit import _recipe as R
 from igdm_kit.errors import RecipeError
 
 
@@ -27,7 +27,7 @@ def test_set_parses_like_grid(item, keys, value):
 
 
 def test_set_and_grid_read_a_comma_list_alike():
-    from igdm_kit.sweep import parse_grid
+    from igdm_kit._sweep.sweep import parse_grid
 
     assert parse_grid(["module.alpha=1,3.5,x"])["module.alpha"] == R.parse_override("k=1,3.5,x")[1]
 
@@ -38,7 +38,7 @@ def test_set_lists_reach_the_recipe(write_recipe):
 
 
 def test_a_quoted_dotted_sweep_key(write_recipe):
-    from igdm_kit.sweep import expand
+    from igdm_kit._sweep.sweep import expand
 
     p = write_recipe(DIGITS_PGDAT.replace('name = "pgd-at"', 'name = "pgd-at"\n[module]\nname = "trades-reg"'))
     variants = expand(p, ['sweep."module.alpha"=[0.5, 2.0]'])

@@ -11,7 +11,7 @@ import pytest
 
 from conftest import DIGITS_PGDAT
 
-from igdm_kit import recipe as R
+from igdm_kit import _recipe as R
 from igdm_kit.errors import DataError
 
 FOLDER_RECIPE = """
@@ -112,7 +112,7 @@ def no_network(monkeypatch):
 @pytest.mark.parametrize("name, options", [("cifar10", {}), ("svhn", {}), ("tiny-imagenet", {}),
                                            ("mnist", {"source": "files"})])
 def test_a_failed_download_leaves_nothing_behind(name, options, tmp_path, no_network):
-    from igdm_kit.components import create_dataset
+    from igdm_kit.factories import create_dataset
 
     root = tmp_path / "fresh" / "data"
     with pytest.raises(DataError, match="failed"):
@@ -128,7 +128,7 @@ def test_a_failed_download_leaves_nothing_behind(name, options, tmp_path, no_net
 
 
 def test_missing_data_is_the_same_line_from_check_and_load(tmp_path):
-    from igdm_kit.components import create_dataset
+    from igdm_kit.factories import create_dataset
 
     ds = create_dataset("svhn", root=str(tmp_path / "none"))
     with pytest.raises(DataError) as checked:

@@ -11,7 +11,7 @@ from rich.console import Console
 
 from conftest import DIGITS_PGDAT
 
-from igdm_kit.progress import LineProgress, clock
+from igdm_kit._runtime.progress import LineProgress, clock
 
 TWO_EPOCHS = DIGITS_PGDAT.replace('name = "digits"', 'name = "digits"\ntrain_limit = 128\ntest_limit = 40') \
     .replace("epochs = 1", "epochs = 2").replace('attacks = ["clean"]', 'attacks = ["clean", "fgsm"]')
@@ -51,8 +51,8 @@ def test_a_run_logged_to_a_file_has_a_line_per_epoch_and_per_attack(cli, write_r
 
 
 def test_eval_logged_to_a_file_has_a_line_per_attack(cli, tmp_path):
-    from igdm_kit.checkpoint import save_model
-    from igdm_kit.components import create_model
+    from igdm_kit._storage.checkpoint import save_model
+    from igdm_kit.factories import create_model
 
     meta = {"model": "small-cnn", "model_options": {"width": 4}, "num_classes": 10, "in_channels": 1,
             "image_size": 8, "mean": None, "std": None, "dataset": {"name": "digits", "options": {}}}

@@ -30,7 +30,7 @@ def test_setup_is_two_commands():
     assert _pins(install) == _pins(ci_install)  # the pins .ci/run installs
     pip_part, run_part = install.split(" && ")
     assert run_part == "igdm-kit run recipes/quickstart.toml"
-    from igdm_kit import recipe as R
+    from igdm_kit import _recipe as R
 
     R.load(ROOT / "recipes" / "quickstart.toml")  # the recipe it runs is there and validates
 

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from igdm_kit import recipe as R
+from igdm_kit import _recipe as R
 from igdm_kit.errors import RecipeError
 
 from conftest import DIGITS_PGDAT

@@ -24,12 +24,12 @@ from pathlib import Path
 import pytest
 import torch
 
-from igdm_kit import recipe as R
-from igdm_kit.components import create_dataset, create_method, create_model
-from igdm_kit.engine import build_student, build_training
+from igdm_kit import _recipe as R
+from igdm_kit.factories import create_dataset, create_method, create_model
+from igdm_kit._training.engine import build_student, build_training
 from igdm_kit.interfaces import DatasetInfo
-from igdm_kit.plugins import registry
-from igdm_kit.training_step import compute_loss
+from igdm_kit._plugins.manager import registry
+from igdm_kit._training.loss import compute_loss
 
 from conftest import RECIPES
 
@@ -122,7 +122,7 @@ def test_sweep_values_resolve(path):
 
 
 def test_sweep_expansion_matches_the_grid():
-    from igdm_kit.sweep import expand
+    from igdm_kit._sweep.sweep import expand
 
     for path in _sweep_files():
         table = R.load_raw(path)["sweep"]

@@ -14,13 +14,13 @@ import pytest
 import torch
 from torch import nn
 
-from igdm_kit import recipe as R
+from igdm_kit import _recipe as R
 from igdm_kit.errors import IgdmKitError, RecipeError
 from igdm_kit.losses import kl_div
-from igdm_kit.passes import count_passes
-from igdm_kit.plugins import registry
-from igdm_kit.step import Step
-from igdm_kit.training_step import compute_loss
+from igdm_kit._training.passes import count_passes
+from igdm_kit._plugins.manager import registry
+from igdm_kit._training.step import Step
+from igdm_kit._training.loss import compute_loss
 from conftest import RECIPES
 from oracles import np_kl
 
@@ -211,7 +211,7 @@ def test_pgd_unclamped_start_takes_the_sign_step_of_ce_there():
 # -- reference passes ---------------------------------------------------------------------------------------
 
 def small_cnn(seed):
-    from igdm_kit.components import create_model
+    from igdm_kit.factories import create_model
 
     torch.manual_seed(seed)
     return create_model("small-cnn", num_classes=C, in_channels=3, image_size=8, width=4).double()

@@ -14,8 +14,8 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from igdm_kit import recipe as R
-from igdm_kit.engine import run
+from igdm_kit import _recipe as R
+from igdm_kit._training.engine import run
 from igdm_kit.errors import TrainingError
 
 from conftest import DIGITS_PGDAT
@@ -116,14 +116,14 @@ def test_non_finite_loss_stops_with_last_good_checkpoint(tmp_path, monkeypatch, 
         run(R.load(p), output_dir=out)
     msg = str(exc.value)
     assert "'adv_ce'" in msg and "epoch 2" in msg and "step 1" in msg
-    from igdm_kit.checkpoint import read_metadata
+    from igdm_kit._storage.checkpoint import read_metadata
 
     assert read_metadata(out / "last.safetensors")["epoch"] == 1  # the last good one, loadable
 
 
 def test_training_state_round_trips_optimizer_scheduler_rng_and_grad_scaler(tmp_path):
-    from igdm_kit.components import create_model
-    from igdm_kit.train_state import load_train_state, save_train_state
+    from igdm_kit.factories import create_model
+    from igdm_kit._storage.train_state import load_train_state, save_train_state
 
     torch.manual_seed(0)
     model = create_model("small-cnn", num_classes=10, in_channels=1, image_size=8, width=4)
@@ -159,8 +159,8 @@ def test_resume_hint_repeats_the_set_overrides(tmp_path, write_recipe):
     import signal as sig
 
     from igdm_kit.errors import Interrupted
-    from igdm_kit.recipe import resume_command
-    from igdm_kit.training.trainer import interruption
+    from igdm_kit._recipe import resume_command
+    from igdm_kit._training.trainer import interruption
 
     p = write_recipe(DIGITS_PGDAT)
     r = R.load(p, ["train.epochs=3", 'eval.attacks=["clean","pgd20"]'])

@@ -15,9 +15,9 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from igdm_kit import recipe as R
-from igdm_kit.engine import run
-from igdm_kit.io import read_jsonl
+from igdm_kit import _recipe as R
+from igdm_kit._training.engine import run
+from igdm_kit._storage.io import read_jsonl
 
 from conftest import DIGITS_PGDAT
 from test_trackers import INSTALLED, STEPS, mlflow_client, tensorboard_scalars, wandb_records

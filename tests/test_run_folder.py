@@ -12,10 +12,10 @@ import sys
 
 import pytest
 
-from igdm_kit import recipe as R
-from igdm_kit.engine import run
-from igdm_kit.io import read_jsonl
-LOCK = ".igdm-kit.lock"  # igdm_kit.training.folder.LOCK (spelled out: the tests also run against older code)
+from igdm_kit import _recipe as R
+from igdm_kit._training.engine import run
+from igdm_kit._storage.io import read_jsonl
+LOCK = ".igdm-kit.lock"  # igdm_kit._storage.run_folder.LOCK (spelled out: the tests also run against older code)
 
 from conftest import TINY
 
@@ -61,7 +61,7 @@ def test_overwrite_deletes_only_what_igdm_kit_wrote_even_through_a_symlink(tmp_p
 def test_a_locked_folder_gets_one_line_naming_the_holder(tmp_path, write_recipe, cli):
     p = write_recipe(TINY)
     out = tmp_path / "run"
-    from igdm_kit.training.folder import RunFolder
+    from igdm_kit._storage.run_folder import RunFolder
 
     with RunFolder(out).lock():
         res = cli("run", p, "--output", out)
@@ -78,7 +78,7 @@ def test_a_second_trainer_of_the_same_teacher_is_refused(tmp_path, write_recipe,
     write_recipe(TINY + f'\n[output]\ndir = "{teacher_out}"\n', name="teacher.toml")
     student = write_recipe(TINY.replace('name = "pgd-at"', 'name = "ard"')
                            + '\n[teacher]\nrecipe = "teacher.toml"\n', name="student.toml")
-    from igdm_kit.training.folder import RunFolder
+    from igdm_kit._storage.run_folder import RunFolder
 
     with RunFolder(teacher_out).lock():
         res = cli("run", student, "--output", tmp_path / "student")
@@ -96,7 +96,7 @@ def test_a_holder_between_its_lock_and_its_note_is_still_named(tmp_path):
     import time
 
     from igdm_kit.errors import IgdmKitError
-    from igdm_kit.training.folder import RunFolder
+    from igdm_kit._storage.run_folder import RunFolder
 
     out = tmp_path / "run"
     out.mkdir()
@@ -183,7 +183,7 @@ def test_two_runs_into_one_folder_exactly_one_proceeds(tmp_path, write_recipe):
     assert manifest["recipe"]["train"]["lr"] == lrs[winner]
     rows = read_jsonl(out / "metrics.jsonl")
     assert [r["epoch"] for r in rows] == list(range(1, 41)) and {r["lr"] for r in rows} == {lrs[winner]}
-    from igdm_kit.checkpoint import read_metadata
+    from igdm_kit._storage.checkpoint import read_metadata
 
     assert read_metadata(out / "model.safetensors")["recipe_digest"] == manifest["recipe_digest"]
     assert json.loads((out / "results.json").read_text())["digest"] == manifest["recipe_digest"]

@@ -9,10 +9,10 @@ import math
 import pytest
 import torch
 
-from igdm_kit import recipe as R
+from igdm_kit import _recipe as R
 from igdm_kit.errors import RecipeError
-from igdm_kit.io import read_jsonl
-from igdm_kit.training.optim import build_optimization
+from igdm_kit._storage.io import read_jsonl
+from igdm_kit._training.optim import build_optimization
 
 from conftest import DIGITS_PGDAT
 
@@ -127,7 +127,7 @@ def test_optimizers_take_lr_and_weight_decay_from_train(write_recipe, tables, cl
     '[train.schedule]\nname = "multistep"\nwarmup_epochs = 2\n',
 ])
 def test_training_state_round_trips_any_optimizer_and_schedule_exactly(write_recipe, tmp_path, tables):
-    from igdm_kit.train_state import load_train_state, save_train_state
+    from igdm_kit._storage.train_state import load_train_state, save_train_state
 
     r = _recipe(write_recipe, tables=tables)
 
@@ -168,7 +168,7 @@ def test_bad_schedules_are_refused(write_recipe):
 
 
 def test_a_run_logs_the_closed_form_lr_of_each_epoch(tmp_path, write_recipe):
-    from igdm_kit.engine import run
+    from igdm_kit._training.engine import run
 
     text = DIGITS_PGDAT.replace("epochs = 1", "epochs = 4\nlr = 0.05").replace("[data]\nname = \"digits\"",
                                                                              "[data]\nname = \"digits\"\ntrain_limit = 128")

@@ -10,11 +10,12 @@ import numpy as np
 import pytest
 import torch
 
-from igdm_kit import recipe as R
-from igdm_kit.components import create_dataset, create_shift
+from igdm_kit import _recipe as R
+from igdm_kit.factories import create_dataset, create_shift
 from igdm_kit.errors import DataError, RecipeError
 from igdm_kit.interfaces import DatasetInfo, Threat
-from igdm_kit.shifts import Context, compare_shifts, evaluate_shifts, parse_cli_shift, summarize
+from igdm_kit._cli.specs import parse_cli_shift
+from igdm_kit._evaluation.shifts import Context, compare_shifts, evaluate_shifts, summarize
 
 from conftest import DIGITS_PGDAT
 from test_cli_eval import _save
@@ -124,7 +125,7 @@ def digits_folder(tmp_path_factory):
 
 
 def test_evaluate_shifts_end_to_end_and_paired(digits_folder):
-    from igdm_kit.components import create_model
+    from igdm_kit.factories import create_model
 
     x, y = create_dataset("digits").load("test")
     info = create_dataset("digits").info()
@@ -144,7 +145,7 @@ def test_evaluate_shifts_end_to_end_and_paired(digits_folder):
         assert row["robust"]["correct"] <= row["clean"]["correct"]
         assert torch.equal(row["flags"]["robust"], row["flags"]["robust"] & row["flags"]["clean"])
     c = compare_shifts(a, runs[1])
-    from igdm_kit.stats import mcnemar
+    from igdm_kit._evaluation.stats import mcnemar
 
     want = mcnemar(a["rows"]["contrast-5"]["flags"]["robust"].tolist(),
                    runs[1]["rows"]["contrast-5"]["flags"]["robust"].tolist())

@@ -11,10 +11,12 @@ import numpy as np
 import pytest
 import torch
 
-from igdm_kit.components import create_dataset, create_eval_attack, create_model, create_shift
+from igdm_kit.factories import create_dataset, create_eval_attack, create_model, create_shift
 from igdm_kit.errors import DataError, IgdmKitError, RecipeError
 from igdm_kit.interfaces import DatasetInfo, Threat
-from igdm_kit.shifts import Context, compare_shifts, evaluate_shifts, parse_cli_shift, resolve_shifts, summarize
+from igdm_kit._cli.specs import parse_cli_shift
+from igdm_kit._evaluation.shifts import Context, compare_shifts, evaluate_shifts, summarize
+from igdm_kit._recipe.specs import resolve_shifts
 
 from test_cli_eval import _save
 
@@ -215,7 +217,7 @@ def test_stadv_only_moves_pixels_along_a_bounded_flow_field():
 
 @pytest.mark.parametrize("name", ["recolor", "stadv"])
 def test_non_lp_attacks_run_only_under_their_own_threat(name):
-    from igdm_kit.eval_attacks import resolve
+    from igdm_kit._recipe.specs import resolve
 
     with pytest.raises(RecipeError, match="has no Linf version"):
         resolve([name], "Linf")

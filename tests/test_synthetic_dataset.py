@@ -13,7 +13,7 @@ import pytest
 import torch
 
 import igdm_kit
-from igdm_kit import recipe as R
+from igdm_kit import _recipe as R
 from igdm_kit.errors import IgdmKitError, RecipeError
 
 

@@ -17,10 +17,10 @@ import pytest
 import torch
 
 import igdm_kit
-from igdm_kit.checkpoint import save_model
-from igdm_kit.components import list_components
+from igdm_kit._storage.checkpoint import save_model
+from igdm_kit.factories import list_components
 from igdm_kit.errors import CheckpointError, IgdmKitError
-from igdm_kit.plugins import registry
+from igdm_kit._plugins.manager import registry
 
 X = torch.rand(2, 3, 16, 16, generator=torch.Generator().manual_seed(0))
 
@@ -362,5 +362,5 @@ def test_robustbench_missing_file_and_bad_options(tmp_path):
     with pytest.raises(CheckpointError, match="does not exist"):
         load("robustbench", tmp_path / "x.pt", name="Chen2021LTD_WRN34_10", dataset="cifar100")
     with pytest.raises(IgdmKitError):
-        igdm_kit.components.validate_options("teacher_loader", "robustbench",
+        igdm_kit.factories.validate_options("teacher_loader", "robustbench",
                                              {"name": "Gowal2020Uncovering", "dataset": "cifar10"})

@@ -14,7 +14,7 @@ import pytest
 
 from conftest import DIGITS_PGDAT
 
-from igdm_kit import threads
+from igdm_kit._runtime import threads
 
 TINY = DIGITS_PGDAT.replace('name = "digits"', 'name = "digits"\ntrain_limit = 64\ntest_limit = 32')
 
@@ -64,7 +64,7 @@ def test_physical_cores_match_lscpu():
 
 
 def test_threads_are_not_part_of_the_digest(write_recipe):
-    from igdm_kit.recipe import load
+    from igdm_kit._recipe import load
 
     p = write_recipe(DIGITS_PGDAT)
     assert load(p, ["train.threads=1"]).digest() == load(p, ["train.threads=2"]).digest() == load(p).digest()
@@ -96,8 +96,8 @@ def test_every_setting_reaches_the_run(cli, write_recipe, tmp_path, monkeypatch,
 def test_eval_honours_threads(cli, tmp_path, monkeypatch, torch_threads):
     import torch
 
-    from igdm_kit.checkpoint import save_model
-    from igdm_kit.components import create_model
+    from igdm_kit._storage.checkpoint import save_model
+    from igdm_kit.factories import create_model
 
     monkeypatch.delenv(threads.ENV, raising=False)
     meta = {"model": "small-cnn", "model_options": {"width": 4}, "num_classes": 10, "in_channels": 1,
@@ -112,7 +112,7 @@ def test_eval_honours_threads(cli, tmp_path, monkeypatch, torch_threads):
 
 def test_the_cli_asks_openmp_to_sleep_while_waiting():
     """Spinning OpenMP threads collapse on a busy machine: the CLI sets OMP_WAIT_POLICY before torch loads."""
-    code = ("import os, sys\nfrom igdm_kit.cli import main\ntry:\n    main(['--version'])\nexcept SystemExit:\n"
+    code = ("import os, sys\nfrom igdm_kit._cli import main\ntry:\n    main(['--version'])\nexcept SystemExit:\n"
             "    pass\nprint(os.environ.get('OMP_WAIT_POLICY'), 'torch' in sys.modules)")
     env = {k: v for k, v in os.environ.items() if k != "OMP_WAIT_POLICY"}
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120)

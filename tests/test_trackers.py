@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from igdm_kit import recipe as R
-from igdm_kit.io import read_jsonl
+from igdm_kit import _recipe as R
+from igdm_kit._storage.io import read_jsonl
 
 from conftest import DIGITS_PGDAT
 
@@ -71,7 +71,7 @@ def tensorboard_scalars(folder: Path) -> dict[str, list[tuple[int, float]]]:
 
 @pytest.fixture(scope="module")
 def tracked_run(tmp_path_factory):
-    from igdm_kit.engine import run
+    from igdm_kit._training.engine import run
 
     d = tmp_path_factory.mktemp("tracked")
     (d / "r.toml").write_text(tracked(INSTALLED))

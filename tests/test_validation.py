@@ -11,9 +11,9 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from igdm_kit import recipe as R
+from igdm_kit import _recipe as R
 from igdm_kit.errors import DataError, RecipeError
-from igdm_kit.io import read_jsonl
+from igdm_kit._storage.io import read_jsonl
 
 from conftest import DIGITS_PGDAT
 
@@ -26,14 +26,14 @@ VALIDATED = DIGITS_PGDAT.replace("epochs = 1", "epochs = 4\nlr = 1.0\nsave_every
 
 
 def _labels():
-    from igdm_kit.components import create_dataset
+    from igdm_kit.factories import create_dataset
 
     _, y = create_dataset("digits").load("train")
     return y
 
 
 def test_split_is_stratified_disjoint_and_the_same_for_one_seed():
-    from igdm_kit.training.validation import split_validation
+    from igdm_kit._training.split import split_validation
 
     y = _labels()
     keep, held = split_validation(y, 0.2, seed=3)
@@ -52,7 +52,7 @@ def test_split_is_stratified_disjoint_and_the_same_for_one_seed():
 
 
 def test_a_split_that_leaves_a_class_empty_is_one_line_error():
-    from igdm_kit.training.validation import split_validation
+    from igdm_kit._training.split import split_validation
 
     with pytest.raises(DataError, match="val_size"):
         split_validation(torch.tensor([0, 0, 0, 1]), 0.5, seed=0)
@@ -74,7 +74,7 @@ def test_bad_validation_settings_are_refused_before_training(write_recipe, text,
 @pytest.fixture(scope="module")
 def validated_run(tmp_path_factory):
     """A digits run validated every epoch, judged on last and best, through the CLI (in-process)."""
-    from igdm_kit.cli import main
+    from igdm_kit._cli import main
 
     d = tmp_path_factory.mktemp("validated")
     (d / "r.toml").write_text(VALIDATED)
@@ -99,7 +99,7 @@ def test_best_is_the_epoch_a_hand_computation_over_the_metrics_picks(validated_r
     best = load_file(str(run / "best.safetensors"))
     that_epoch = load_file(str(run / "checkpoints" / f"epoch_{expected:03d}.safetensors"))
     assert best.keys() == that_epoch.keys() and all(torch.equal(best[k], that_epoch[k]) for k in best)
-    from igdm_kit.checkpoint import read_metadata
+    from igdm_kit._storage.checkpoint import read_metadata
 
     meta = read_metadata(run / "best.safetensors")
     assert meta["epoch"] == expected and meta["selected_by"]["metric"] == "val_robust"
@@ -112,9 +112,9 @@ def test_best_is_the_epoch_a_hand_computation_over_the_metrics_picks(validated_r
 
 
 def test_validation_uses_the_held_out_images_recorded_in_the_manifest(validated_run):
-    from igdm_kit.components import create_dataset
-    from igdm_kit.evaluation import evaluate
-    from igdm_kit.training.validation import split_validation
+    from igdm_kit.factories import create_dataset
+    from igdm_kit._evaluation.runner import evaluate
+    from igdm_kit._training.split import split_validation
 
     run, _ = validated_run
     manifest = json.loads((run / "manifest.json").read_text())

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from typing import ClassVar
+
 import torch
 from pydantic import Field
 from torch import nn

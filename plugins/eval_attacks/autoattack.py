@@ -4,7 +4,7 @@ parameter-free attacks", ICML 2020 — from the official package (``pyautoattack
 ``version``: ``standard`` (APGD-CE, APGD-T, FAB-T, Square; what RobustBench reports), ``plus`` (adds
 APGD-DLR, FAB and restarts), ``rand`` (APGD-CE/DLR with EOT, for randomized defenses) or ``custom`` with
 ``attacks``. Run at L∞, L2 or L1 with the threat's ε. Resumable: igdm-kit drives the package one attack
-and one batch at a time and saves the robust flags after each (``igdm_kit.evaluation.run_autoattack``).
+and one batch at a time and saves the robust flags after each (``igdm_kit.attacks.run_autoattack``).
 """
 
 from __future__ import annotations
@@ -22,6 +22,7 @@ class AutoAttackEval(EvalAttack):
     description = "AutoAttack (Croce & Hein, 2020), the official package: standard, plus, rand or custom"
     label, short = "AutoAttack", "AA"
     norms = ("Linf", "L2", "L1")
+    resumable = True  # its progress is kept in ctx.state_path after every batch
 
     class Options(Options):
         version: Literal["standard", "plus", "rand", "custom"] = Field(
@@ -37,7 +38,7 @@ class AutoAttackEval(EvalAttack):
             return self
 
     def robust(self, model, x, y, ctx):
-        from igdm_kit.evaluation import run_autoattack
+        from igdm_kit.attacks import run_autoattack
 
         o = self.options
         warnings: list[str] = []

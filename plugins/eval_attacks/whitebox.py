@@ -4,7 +4,7 @@
   at L∞; at L2 the one-step ``PGDL2`` with step ε and no start (the fast gradient method, FGM).
 * ``pgd`` — K steps of size η of projected gradient ascent from a uniform random start in the ball (Madry
   et al., 2018) on the CE (torchattacks' ``PGD`` / ``PGDL2``) or on the margin max_{j≠y} z_j − z_y
-  (``igdm_kit.evaluation.MarginPGD``: torchattacks has no margin-loss PGD); ``restarts`` runs it again
+  (``igdm_kit.attacks.MarginPGD``: torchattacks has no margin-loss PGD); ``restarts`` runs it again
   from new random starts and an image counts as robust only if it survives every restart.
 * ``pgd20`` — the paper's PGD-20: CE, 20 steps of 2/255 (L∞; 2.5·ε/20 at L2), random start.
 * ``cw`` — the paper's CW-∞: PGD on the margin, 30 steps of 2/255 (L∞; 2.5·ε/30 at L2), random start.
@@ -61,7 +61,7 @@ class PGD(EvalAttack):
         """The torchattacks attack for ``threat`` against ``model`` (one restart)."""
         import torchattacks
 
-        from igdm_kit.evaluation import MarginPGD
+        from igdm_kit.attacks import MarginPGD
 
         o, eta = self.options, self.step_size(threat)
         if o.loss == "margin":

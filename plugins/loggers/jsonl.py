@@ -23,9 +23,10 @@ class JSONLOptions(Options):
 class JSONL(Tracker):
     description = "log.jsonl in the run folder: per-step and per-epoch records (always on)"
     Options = JSONLOptions
+    always_on = True
 
     def start(self, run):
-        from igdm_kit.io import atomic_write_text
+        from igdm_kit.files import atomic_write_text
 
         self.path = Path(run.folder) / self.options.file
         kept = []

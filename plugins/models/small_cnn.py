@@ -12,7 +12,6 @@ from torch import nn
 from igdm_kit.interfaces import Options
 
 
-
 class SmallCNN:
     description = "small conv net (2 conv stages + linear), for tests and the quickstart"
 

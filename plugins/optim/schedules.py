@@ -1,5 +1,5 @@
 """Learning-rate schedules on ``torch.optim.lr_scheduler``, each for the epochs after any warm-up
-(``[train.schedule] warmup_epochs``; the host puts the warm-up in front, ``igdm_kit.training.optim``).
+(``[train.schedule] warmup_epochs``; the host puts the warm-up in front, ``igdm_kit._training.optim``).
 
 * ``multistep`` — the paper's: × ``gamma`` at each milestone epoch, cumulatively (``MultiStepLR``);
   milestones and gamma default to ``[train] milestones`` and ``lr_decay``; milestones count from the start

@@ -14,9 +14,8 @@ from typing import Any, Literal
 
 from pydantic import Field, model_validator
 
-from igdm_kit.interfaces import Fraction, Options, Shift
+from igdm_kit.interfaces import Fraction, Options, Shift, ThreatVariant
 from igdm_kit.interfaces import Threat as ThreatModel
-from igdm_kit.interfaces import ThreatVariant
 
 Kind = Literal["linf", "l2", "l1", "recolor", "stadv", "ppgd", "lpa"]
 

@@ -15,7 +15,7 @@ class NativeCheckpoint:
 
     @classmethod
     def load(cls, options, *, path: str, build=None):
-        from igdm_kit.checkpoint import load_model
+        from igdm_kit import load_model
 
         expect = None if build is None else {"num_classes": build.num_classes, "in_channels": build.in_channels,
                                              "image_size": build.image_size}

@@ -37,9 +37,9 @@ and the ``state-dict`` route.
 
 from __future__ import annotations
 
+import difflib
 from dataclasses import dataclass, field
 from pathlib import Path
-import difflib
 from typing import Literal
 
 from pydantic import Field, ValidationInfo, field_validator
@@ -150,7 +150,7 @@ class RobustBenchLoader:
     def load(cls, options: Options, *, path: str, build=None):
         if (options.name, options.dataset) not in ZOO or options.threat_model != "Linf":
             return cls._from_package(options, path)
-        from igdm_kit.components import create_model
+        from igdm_kit.factories import create_model
 
         entry = ZOO[(options.name, options.dataset)]
         file = resolve_path(path, options.name, options.dataset)

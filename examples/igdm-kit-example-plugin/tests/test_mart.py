@@ -4,8 +4,8 @@ import math
 
 import torch
 
-from igdm_kit.plugins import registry
-from igdm_kit.step import Step
+from igdm_kit._plugins.manager import registry
+from igdm_kit._training.step import Step
 
 
 def test_mart_is_registered_by_the_example_plugin():
@@ -42,7 +42,7 @@ def test_the_readme_recipe_ships_and_trains(tmp_path):
     import json
     from pathlib import Path
 
-    from igdm_kit.cli import main
+    from igdm_kit._cli import main
 
     folder = Path(__file__).resolve().parents[1]
     recipe = folder / "recipe.toml"

@@ -2,7 +2,7 @@
 
 import json
 
-from igdm_kit.plugins import registry
+from igdm_kit._plugins.manager import registry
 
 RECIPE = """
 name = "mim"
@@ -34,9 +34,9 @@ def test_mim_is_registered_by_the_example_plugin():
 
 
 def test_mim_runs_from_a_recipe_and_from_eval(tmp_path, capsys):
-    from igdm_kit import recipe as R
-    from igdm_kit.cli import main
-    from igdm_kit.engine import run
+    from igdm_kit import _recipe as R
+    from igdm_kit._cli import main
+    from igdm_kit._training.engine import run
 
     p = tmp_path / "r.toml"
     p.write_text(RECIPE)

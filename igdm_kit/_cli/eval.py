@@ -1,0 +1,164 @@
+"""``igdm-kit eval``: the five robust accuracies of Section 4.1 for a checkpoint (``igdm_kit._evaluation.runner``).
+
+Results go to stdout (a Rich table, or the ``--json`` envelope); progress bars and AutoAttack's warnings go
+to stderr. torch is imported inside the command, so ``igdm-kit --help`` stays light.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import typer
+from rich.markup import escape  # paths and messages are text, not Rich markup
+
+from igdm_kit._cli import ood
+from igdm_kit._cli.console import err_console, out_console, print_json, progress_callback
+from igdm_kit._cli.options import EPS_HELP, BatchSize, Dataset, Device, Json, Limit, ShowProgress
+from igdm_kit._cli.specs import arch_options, eps_text, parse_attacks, parse_eps, parse_threat
+from igdm_kit._recipe.specs import DEFAULT_ATTACKS
+from igdm_kit._runtime.signals import StopFlag, checking
+from igdm_kit.errors import IgdmKitError
+
+ALL_ATTACKS = ",".join(DEFAULT_ATTACKS)
+
+
+
+def stop_hint(options: list[tuple[str, Any]], aa_state: Path | None) -> str:
+    """What to run after a stop request ends an evaluation."""
+    from igdm_kit._recipe import eval_command
+
+    cmd = eval_command(options)
+    if aa_state is not None:
+        return f"run it again, AutoAttack resumes from {aa_state}: {cmd}"
+    return f"run it again: {cmd} (with --aa-state FILE, AutoAttack resumes where it stopped)"
+
+
+def register(app: typer.Typer) -> None:
+    @app.command("eval")
+    def eval_(
+        model: Path = typer.Option(..., "--model", "-m", help="the model file: an igdm-kit checkpoint, or a "
+                                   "file of a teacher loader (see --loader)"),
+        loader: str = typer.Option("auto", "--loader", help="auto (igdm-kit for .safetensors with metadata, "
+                                   "else state-dict), igdm-kit, state-dict, robustbench, or a plugin's"),
+        name: str | None = typer.Option(None, "--name", help="RobustBench model name (--loader robustbench)"),
+        arch: str | None = typer.Option(None, "--arch", help="registered architecture of plain weights "
+                                        "(--loader state-dict), e.g. wrn-34-10"),
+        arch_opt: list[str] = typer.Option([], "--arch-opt", help="an option of --arch, key=value (repeatable)"),
+        dataset: Dataset = None,
+        attacks: str | None = typer.Option(None, "--attacks", "-a", help=f"comma-separated attack names "
+                                           f"(default {ALL_ATTACKS})"),
+        attack: list[str] = typer.Option([], "--attack", help="an attack with options, e.g. "
+                                         "pgd:steps=50,restarts=5 or autoattack:version=plus (repeatable)"),
+        threat: str = typer.Option("Linf", "--threat", help="threat model: Linf, L2 or L1"),
+        limit: Limit = None,
+        batch_size: BatchSize = 256,
+        device: Device = "auto",
+        eps: str | None = typer.Option(None, "--eps", help=EPS_HELP + "; default: the ε of the run's "
+                                       "evaluation recorded in the checkpoint, else 8/255 (L2: 0.5, L1: 12)"),
+        seed: int = typer.Option(0, "--seed", help="seed of the random starts (each attack starts from it)"),
+        aa_state: Path | None = typer.Option(
+            None, "--aa-state", help="AutoAttack state file: progress is saved there and a rerun resumes it"),
+        save_flags: Path | None = typer.Option(None, "--save-flags", help="write the per-image robust flags "
+                                               "here (for igdm-kit compare)"),
+        shifts: str | None = typer.Option(None, "--shifts", help="evaluate under distribution and threat "
+                                          "shifts: " + ood.SHIFTS_HELP),
+        shift: list[str] = typer.Option([], "--shift", help=ood.SHIFT_HELP),
+        progress: ShowProgress = True,
+        json_: Json = False,
+    ) -> None:
+        """Accuracy of any model under any attacks and threat model, with 95% intervals and the worst case
+        per image over all attacks (default: the paper's five at L∞, ε of the model's run or 8/255). With
+        --shifts: clean and robust accuracy on each shifted set and under each threat shift (Table 9;
+        the attacks, run on every set, then default to clean,pgd20,cw)."""
+        from igdm_kit._evaluation import sources
+
+        threat = parse_threat(threat)
+        radius = parse_eps(eps) if eps is not None else None
+        src = sources.Source(model, loader=loader, name=name, arch=arch, arch_options=arch_options(arch_opt))
+        again = stop_hint([("--model", model), ("--loader", None if loader == "auto" else loader),
+                           ("--name", name), ("--arch", arch), *(("--arch-opt", o) for o in arch_opt),
+                           ("--dataset", dataset), ("--attacks", attacks), *(("--attack", a) for a in attack),
+                           ("--threat", threat), ("--limit", limit), ("--batch-size", batch_size),
+                           ("--device", device), ("--eps", eps), ("--seed", seed), ("--aa-state", aa_state),
+                           ("--save-flags", save_flags), ("--no-progress", not progress), ("--json", json_)],
+                          aa_state)
+        shift_items = ood.parse_shifts(shifts, shift)
+        if shift_items:
+            if aa_state is not None or save_flags is not None:
+                raise IgdmKitError("--aa-state and --save-flags do not apply to --shifts",
+                                   "drop them, or evaluate without --shifts")
+            chosen = parse_attacks(attacks, attack) if attacks is not None or attack else None
+            result = ood.run_shifts(src, shift_items, chosen, threat=threat, radius=radius, dataset=dataset,
+                                    limit=limit, batch_size=batch_size, device=device, seed=seed,
+                                    progress=progress)
+            if json_:
+                print_json("eval", result)
+            else:
+                ood.print_shift_table(result)
+            return
+        items = parse_attacks(attacks, attack)
+        result = run_eval(src, items, threat=threat, radius=radius, dataset=dataset, limit=limit,
+                          batch_size=batch_size, device=device, seed=seed, aa_state=aa_state,
+                          save_flags=save_flags, progress=progress, stop_hint=again)
+        if json_:
+            print_json("eval", result)
+            return
+        print_table(result)
+
+
+def run_eval(src, items: list[Any], *, threat: str, radius: float | None, dataset: str | None,
+             limit: int | None, batch_size: int, device: str, seed: int, aa_state: Path | None,
+             save_flags: Path | None, progress: bool, stop_hint: str = "run the same command again"
+             ) -> dict[str, Any]:
+    """Load the model through its source, resolve the attacks, evaluate; the JSON-able result. A stop
+    request (SIGINT/SIGTERM) ends the evaluation after the current batch: ``Interrupted`` with
+    ``stop_hint``, exit 128 + signal."""
+    from igdm_kit._evaluation import sources
+    from igdm_kit._evaluation.runner import evaluate_report, load_eval_data
+    from igdm_kit._evaluation.runner import save_flags as write_flags
+    from igdm_kit._recipe.specs import DEFAULT_EPS, resolve
+    from igdm_kit._runtime.threads import configure
+    from igdm_kit.attacks import resolve_device
+
+    specs = resolve(items, threat, "--attacks")  # bad attacks fail before any model is loaded
+    configure()  # --threads / IGDM_KIT_THREADS, else the default
+    dev = resolve_device(device)
+    net, meta, ds_name, options = sources.load(src, dataset, dev)
+    if radius is None:  # a model trained at another radius would otherwise be judged at 8/255 silently
+        radius = float(meta.get("eval_eps", DEFAULT_EPS[threat])) if threat == "Linf" else DEFAULT_EPS[threat]
+    x, y = load_eval_data(ds_name, limit, options)
+    err_console.print(escape(f"evaluating {src.path} on {ds_name} test ({x.shape[0]} images, {dev}, "
+                             f"{threat} ε = {eps_text(radius)})"), style="dim", highlight=False)
+    with StopFlag() as stop, progress_callback(progress) as cb:  # SIGINT/SIGTERM: message, 128 + signal
+        result = evaluate_report(net, x, y, attacks=specs, batch_size=batch_size, eps=radius, threat=threat,
+                                 device=dev, seed=seed, autoattack_state=aa_state, where="--attacks",
+                                 progress=checking(cb, lambda: stop.check("evaluation stopped", stop_hint)))
+    for w in result.warnings:
+        err_console.print(f"[yellow]warning:[/] AutoAttack: {escape(w)}", highlight=False)
+    if save_flags is not None:
+        write_flags(save_flags, result, x, y, {"checkpoint": str(src.path), "dataset": ds_name})
+        err_console.print(escape(f"flags: {save_flags}"), style="dim", highlight=False)
+    return {"checkpoint": str(src.path), "dataset": ds_name, **result.to_json()}
+
+
+def print_table(result: dict[str, Any]) -> None:
+    from rich.table import Table
+
+    from igdm_kit._evaluation.report import EvalReport
+
+    rep = EvalReport.from_json(result)
+
+    table = Table(title=escape(f"{result['checkpoint']} — {result['dataset']} test, n={result['n']}, "
+                               f"{result['threat']} ε={eps_text(result['eps'])}"),
+                  caption="95% Wilson intervals; worst case: an image counts only if it resists every attack")
+    for col, justify in (("attack", "left"), ("accuracy (%)", "right"), ("95% CI", "right"),
+                         ("correct", "right"), ("seconds", "right")):
+        table.add_column(col, justify=justify)
+    for key, a in rep.rows().items():
+        if key == "worst" and len(rep.attacks) < 2:
+            continue
+        lo, hi = a.ci95
+        table.add_row(escape(a.label), f"{a.accuracy:.2f}", f"{lo:.1f}–{hi:.1f}", f"{a.correct}/{a.total}",
+                      f"{rep.seconds[key]:.1f}" if key in rep.seconds else "", style="bold" if key == "worst" else "")
+    out_console.print(table)

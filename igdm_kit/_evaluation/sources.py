@@ -1,0 +1,83 @@
+"""Any model to judge: an igdm-kit checkpoint, or a file a teacher loader reads (a RobustBench checkpoint
+by its name, plain PyTorch weights with the architecture named) — through the same loaders a recipe's
+``[teacher]`` uses, so a teacher is judged with the same command as its student.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from igdm_kit.errors import IgdmKitError
+
+
+@dataclass
+class Source:
+    """Where a model comes from, as ``igdm-kit eval``/``analyze`` take it."""
+
+    path: Path
+    loader: str = "auto"
+    name: str | None = None  # RobustBench model name
+    arch: str | None = None  # a registered model, for plain weights
+    arch_options: dict[str, Any] = field(default_factory=dict)
+
+    def is_native(self) -> bool:
+        from igdm_kit.factories import default_loader
+
+        auto_native = self.path.is_dir() or default_loader(self.path) == "igdm-kit"  # a folder: say so
+        return (self.loader == "auto" and auto_native) or self.loader == "igdm-kit"
+
+
+def dataset_for(checkpoint: Path, meta: dict[str, Any], name: str | None) -> tuple[str, dict[str, Any]]:
+    """The dataset to evaluate on: ``--dataset`` or the checkpoint's ``dataset`` metadata (name, options)."""
+    recorded = meta.get("dataset")
+    rec_name, rec_opts = None, {}
+    if isinstance(recorded, dict):
+        rec_name, rec_opts = recorded.get("name"), dict(recorded.get("options") or {})
+    elif isinstance(recorded, str):
+        rec_name = recorded
+    if name is None:
+        if rec_name is None:
+            raise IgdmKitError(f"checkpoint {str(checkpoint)!r} does not record its dataset",
+                               "pass --dataset NAME (see `igdm-kit plugins list`)")
+        return rec_name, rec_opts
+    return name, (rec_opts if name == rec_name else {})
+
+
+def check_fits(checkpoint: Path, meta: dict[str, Any], name: str, info) -> None:
+    """A checkpoint's recorded classes, channels and image size against the dataset's."""
+    for key, want in (("num_classes", info.num_classes), ("in_channels", info.in_channels),
+                      ("image_size", info.image_size)):
+        have = meta.get(key)
+        if have is not None and want != have:
+            raise IgdmKitError(f"checkpoint {str(checkpoint)!r} has {key}={have} but dataset {name!r} has {want}",
+                               "pass the --dataset the model was trained on")
+
+
+def load(source: Source, dataset: str | None, device: Any):
+    """(model in eval mode on ``device``, checkpoint metadata ({} for foreign files), dataset name, its
+    options). Foreign files need ``dataset`` (their classes and image size come from it)."""
+    from igdm_kit._storage.checkpoint import load_model, read_metadata
+    from igdm_kit.factories import create_dataset, create_teacher
+
+    if source.is_native():
+        meta = read_metadata(source.path)
+        name, options = dataset_for(source.path, meta, dataset)
+        check_fits(source.path, meta, name, create_dataset(name, **options).info())
+        return load_model(source.path, device=str(device)), meta, name, options
+    if dataset is None:
+        raise IgdmKitError(f"{str(source.path)!r} is not an igdm-kit checkpoint, so its dataset is unknown",
+                           "pass --dataset NAME (e.g. cifar10)")
+    info = create_dataset(dataset).info()
+    loader = source.loader if source.loader != "auto" else "state-dict"
+    loader_options: dict[str, Any] = {}
+    if loader == "robustbench":
+        if source.name is None:
+            raise IgdmKitError("a RobustBench checkpoint needs its model name", "pass --name, e.g. "
+                               "--name Chen2021LTD_WRN34_10")
+        loader_options = {"name": source.name, "dataset": dataset}
+    model = create_teacher(source.path, loader=loader, loader_options=loader_options, model=source.arch,
+                           model_options=source.arch_options, num_classes=info.num_classes,
+                           in_channels=info.in_channels, image_size=info.image_size, device=device)
+    return model, {}, dataset, {}

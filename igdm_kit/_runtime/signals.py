@@ -1,0 +1,72 @@
+"""Stop requests: SIGINT/SIGTERM during a run (or an evaluation) ask it to stop at the next safe point.
+
+The handlers are installed for the whole run — building, every epoch, saving and the final evaluation — so
+no phase drops a request or dies without a word. Each phase checks the flag where its state is saved (after
+a step, at an epoch's end, after an evaluation batch) and raises ``Interrupted``: the message says where it
+stopped, the hint is the command that resumes, the exit code is 128 + the signal.
+"""
+
+from __future__ import annotations
+
+import signal
+import threading
+from collections.abc import Callable
+from typing import Any
+
+from igdm_kit.errors import Interrupted
+
+
+class StopFlag:
+    """Installs SIGINT/SIGTERM handlers while entered (main thread only; re-entrant: nested runs, such as
+    a teacher trained for a student, share the outermost handlers).
+
+    The first signal asks the run to stop at the next check; a second SIGINT interrupts at once.
+    """
+
+    def __init__(self) -> None:
+        self.signum: int | None = None
+        self._old: dict[int, Any] = {}
+        self._depth = 0
+
+    def __enter__(self) -> StopFlag:
+        if self._depth == 0 and threading.current_thread() is threading.main_thread():
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                self._old[sig] = signal.signal(sig, self._handle)
+        self._depth += 1
+        return self
+
+    def _handle(self, signum, frame) -> None:
+        if self.signum is not None and signum == signal.SIGINT:
+            raise KeyboardInterrupt
+        self.signum = signum
+
+    def __exit__(self, *exc) -> None:
+        self._depth -= 1
+        if self._depth == 0:
+            for sig, old in self._old.items():
+                signal.signal(sig, old)
+            self._old.clear()
+
+    @property
+    def requested(self) -> bool:
+        return self.signum is not None
+
+    def check(self, what: str, hint: str) -> None:
+        """Raise ``Interrupted`` ("SIGTERM: ``what``", ``hint``) if a stop was requested."""
+        if self.signum is not None:
+            raise stopped(self.signum, what, hint)
+
+
+def stopped(signum: int, what: str, hint: str) -> Interrupted:
+    """The error a stop request ends a run or an evaluation with: 128 + signal, the hint says how to go on."""
+    return Interrupted(f"{signal.Signals(signum).name}: {what}", hint, 128 + signum)
+
+
+def checking(callback: Callable[..., None] | None, check: Callable[[], None]) -> Callable[..., None]:
+    """A progress callback that first runs ``check`` (a stop check), then ``callback`` when there is one."""
+    def call(*args: Any) -> None:
+        check()
+        if callback is not None:
+            callback(*args)
+
+    return call

@@ -1,0 +1,57 @@
+"""One optimization step's loss: inner attack, base method, gradient module (Algorithm 1 of the paper).
+
+    δ = argmax L_max(x + δ', y)                      (the attack; restores the student's mode)
+    L = L_base(x, x_adv) + T(α) · L_module(x ± δ)    (each term logged separately)
+
+Kept apart from the training loop so tests, the benchmark and users' own loops can call it directly.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from igdm_kit._training.step import Step
+from igdm_kit.losses import ramp_weight
+
+
+@dataclass
+class StepResult:
+    loss: torch.Tensor
+    terms: dict[str, torch.Tensor]
+    x_adv: torch.Tensor
+    step: Step
+
+
+def module_weight(module, epoch: int, epochs: int) -> float:
+    if module is None:
+        return 0.0
+    o = module.options
+    return ramp_weight(o.alpha, epoch, epochs, o.ramp_epochs)
+
+
+def compute_loss(student, teacher, method, module, attack, x: torch.Tensor, y: torch.Tensor, *,
+                 epoch: int, epochs: int, cache: bool = True) -> StepResult:
+    """Run the attack and return the total loss and its terms (not yet backpropagated)."""
+    weight = module_weight(module, epoch, epochs)
+    active = module if weight > 0 else None  # a zero-weight module is not computed at all
+    teacher_inputs = set(method.teacher_inputs(epoch, epochs))
+    if active is not None:
+        teacher_inputs |= set(active.teacher_inputs())
+    step = Step(student, teacher, x, y, epoch=epoch, epochs=epochs,
+                teacher_inputs=sorted(teacher_inputs), cache=cache)
+
+    kwargs = {}
+    if attack.needs_teacher_clean_logits:
+        kwargs["teacher_logits"] = step.teacher("x")
+    x_adv = attack(x, y, **kwargs).detach()
+    step.set_input("x_adv", x_adv)
+    if active is not None:
+        active.prepare(step)
+
+    terms = dict(method.loss(step))
+    if active is not None:
+        terms["module"] = weight * active.loss(step)
+    total = sum(terms.values())
+    return StepResult(loss=total, terms=terms, x_adv=x_adv, step=step)

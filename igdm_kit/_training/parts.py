@@ -1,0 +1,161 @@
+"""What one run trains with, built from a validated recipe through the component factories."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from igdm_kit._recipe import Recipe
+from igdm_kit._runtime.accel import Accelerator
+from igdm_kit._runtime.distributed import Dist, wrap
+from igdm_kit._storage.run_folder import sha256_file
+from igdm_kit._training.optim import build_optimization
+from igdm_kit.errors import DataError
+from igdm_kit.factories import create_attack, create_dataset, create_method, create_model, create_module, create_teacher
+from igdm_kit.interfaces import DatasetInfo
+
+
+@dataclass
+class Parts:
+    """The models, data and components of one run, ready for the trainer."""
+
+    recipe: Recipe
+    info: DatasetInfo
+    train_data: tuple[torch.Tensor, torch.Tensor]
+    test_data: tuple[torch.Tensor, torch.Tensor]
+    student: nn.Module
+    #: the student as the outer loss runs it (DDP under torchrun; the attack keeps the bare module)
+    trained: nn.Module
+    teacher: nn.Module | None
+    teacher_digest: str | None
+    method: Any
+    module: Any
+    attack: Any
+    optimizer: torch.optim.Optimizer
+    scheduler: Any
+    acc: Accelerator
+    device: torch.device
+    dist: Dist
+    #: ``"epoch"`` or ``"step"``: when the trainer steps the scheduler
+    scheduler_interval: str = "epoch"
+    #: the validation split carved from the training set (``data.val_size``), else None
+    val_data: tuple[torch.Tensor, torch.Tensor] | None = None
+    #: which images of the training set it holds (indices before the split; for the manifest)
+    val_indices: list[int] | None = None
+
+    def checkpoint_meta(self) -> dict[str, Any]:
+        """The metadata every checkpoint of this run carries (``igdm_kit.load_model`` rebuilds from it)."""
+        r, info = self.recipe, self.info
+        return {"model": r.model.student.model, "model_options": r.components["student"].model_dump(),
+                "num_classes": info.num_classes, "in_channels": info.in_channels,
+                "image_size": info.image_size, "mean": list(info.mean) if info.mean else None,
+                "std": list(info.std) if info.std else None,
+                "dataset": {"name": r.model.data.name, "options": r.components["data"].model_dump()},
+                "recipe_digest": r.digest(), "recipe_name": r.name,
+                # what the model was trained and judged at: `igdm-kit eval` defaults to this radius
+                "train_attack": {"name": r.attack_name, "eps": r.components["attack"].eps},
+                "eval_eps": r.model.eval.eps}
+
+
+def load_data(r: Recipe, split: dict[str, Any] | None = None
+              ) -> tuple[DatasetInfo, tuple[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]:
+    """(info, train, test); with ``data.val_size`` the validation split is taken out of train and put in
+    ``split`` (``"data"``, ``"indices"``) when the caller passes a dict."""
+    ds = create_dataset(r.model.data.name, r.components["data"])
+    info = ds.info()
+    xtr, ytr = ds.load("train")
+    xte, yte = ds.load("test")
+    if r.model.data.train_limit:
+        xtr, ytr = xtr[: r.model.data.train_limit], ytr[: r.model.data.train_limit]
+    if r.model.data.test_limit:
+        xte, yte = xte[: r.model.data.test_limit], yte[: r.model.data.test_limit]
+    for part, (x, y) in (("train", (xtr, ytr)), ("test", (xte, yte))):
+        check_data(r.model.data.name, part, x, y, info)
+    ytr = ytr.long()
+    if r.model.data.val_size:
+        from igdm_kit._training.split import split_validation
+
+        keep, held = split_validation(ytr, r.model.data.val_size, r.model.data.val_seed)
+        if split is not None:
+            split.update(data=(xtr[held], ytr[held]), indices=held.tolist())
+        xtr, ytr = xtr[keep], ytr[keep]
+    return info, (xtr, ytr), (xte, yte.long())
+
+
+def check_data(name: str, split: str, x: torch.Tensor, y: torch.Tensor, info: DatasetInfo) -> None:
+    """Whatever a dataset plugin returns must be float images in [0, 1] of the declared shape, with one
+    integer label in [0, num_classes) each: everything downstream (attacks, ε) assumes it."""
+    where = f"dataset {name!r} ({split} split)"
+    expected = (info.in_channels, info.image_size, info.image_size)
+    if not (torch.is_tensor(x) and torch.is_tensor(y)):
+        raise DataError(f"{where} did not return tensors", "a dataset's load() returns (images, labels)")
+    if x.ndim != 4 or tuple(x.shape[1:]) != expected:
+        raise DataError(f"{where} has images of shape {tuple(x.shape[1:]) if x.ndim == 4 else tuple(x.shape)}, "
+                        f"expected {expected}", "check the data files or the dataset's image_size option")
+    if not x.is_floating_point():
+        raise DataError(f"{where} has {x.dtype} images", "images must be float tensors scaled to [0, 1]")
+    if x.shape[0] == 0 or y.shape != (x.shape[0],):
+        raise DataError(f"{where} has {x.shape[0]} images and labels of shape {tuple(y.shape)}",
+                        "one integer label per image, and at least one image")
+    lo, hi = float(x.min()), float(x.max())
+    if lo < 0.0 or hi > 1.0 or x.isnan().any():
+        raise DataError(f"{where} has pixel values in [{lo:.3g}, {hi:.3g}], not [0, 1]",
+                        "scale images to [0, 1]; put any normalization (mean/std) inside the model")
+    if y.dtype not in (torch.int64, torch.int32) or int(y.min()) < 0 or int(y.max()) >= info.num_classes:
+        raise DataError(f"{where} has labels outside 0..{info.num_classes - 1} (dtype {y.dtype})",
+                        "labels must be integer class indices below num_classes")
+
+
+def build_student(r: Recipe, info: DatasetInfo) -> nn.Module:
+    return create_model(r.model.student.model, num_classes=info.num_classes, in_channels=info.in_channels,
+                        image_size=info.image_size, mean=info.mean, std=info.std,
+                        **r.components["student"].model_dump())
+
+
+def load_teacher(r: Recipe, info: DatasetInfo, device: torch.device, path: Path | None):
+    """The recipe's teacher from ``path`` (its checkpoint, or the model its teacher recipe trained) in eval
+    mode with frozen parameters, and the file's sha256; (None, None) without a teacher."""
+    t = r.model.teacher
+    if t is None or path is None:
+        return None, None
+    teacher = create_teacher(path, loader=t.loader, loader_options=t.loader_options, model=t.model,
+                             model_options=t.model_options, num_classes=info.num_classes,
+                             in_channels=info.in_channels, image_size=info.image_size, mean=t.mean,
+                             std=t.std, device=device)
+    return teacher, sha256_file(path)
+
+
+def build_training(r: Recipe, student: nn.Module, teacher: nn.Module | None):
+    """The method, the gradient module (or None) and the inner attack against ``student``."""
+    method = create_method(r.model.method.name, r.components["method"])
+    module = create_module(r.model.module.name, r.components["module"]) if r.model.module else None
+    attack = create_attack(r.attack_name, student, teacher=teacher, options=r.components["attack"])
+    return method, module, attack
+
+
+def build_parts(r: Recipe, *, device: torch.device, acc: Accelerator, dist: Dist,
+                teacher_file: Path | None) -> Parts:
+    """Data, student, teacher, components, optimizer and schedule — in a fixed order after seeding, so the
+    same recipe always starts from the same weights (on every rank)."""
+    tr = r.model.train
+    torch.manual_seed(tr.seed)
+    split: dict[str, Any] = {}
+    info, (xtr, ytr), test = load_data(r, split)
+    xtr, ytr = acc.place_data(xtr, ytr)
+    student = acc.prepare(build_student(r, info).to(device))
+    teacher, digest = load_teacher(r, info, device, teacher_file)
+    teacher = acc.prepare(teacher)
+    method, module, attack = build_training(r, student, teacher)
+    attack = acc.wrap_attack(attack)  # mixed precision: the attack-gradient guard (igdm_kit._runtime.accel)
+    # The outer loss runs through DDP (gradient all-reduce); the attack keeps the bare module: it needs
+    # input gradients only and must not start a gradient synchronization.
+    trained = wrap(dist, student, device)
+    steps = math.ceil(dist.shard(torch.arange(xtr.shape[0])).shape[0] / tr.batch_size)
+    opt, sched, interval = build_optimization(r, student.parameters(), steps)
+    return Parts(r, info, (xtr, ytr), test, student, trained, teacher, digest, method, module, attack, opt,
+                 sched, acc, device, dist, interval, split.get("data"), split.get("indices"))

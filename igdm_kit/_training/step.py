@@ -1,0 +1,119 @@
+"""One training step's inputs and forward passes, computed at most once each.
+
+``Step`` implements ``interfaces.StepContext``. Methods and gradient modules ask it for
+``student(name)``/``teacher(name)`` logits of the step inputs ``x``, ``x_adv``, ``x_plus``, ``x_minus``:
+
+* each distinct (model, input) is evaluated once per step and shared: with β = 1, x⁺ *is* x_adv, so S(x⁺)
+  is S(x_adv) and T(x⁺) is T(x_adv) (an alias, not a second forward);
+* the teacher evaluates every input the step declared (and that exists at that moment) in one batched
+  forward — the teacher is in eval mode, so batching does not change its outputs;
+* with ``cache=False`` (engine option ``reference_passes``) every request is a separate forward, as the
+  reference implementations do; the numbers are the same, the BatchNorm running statistics are not.
+  S(x⁺) is the exception: the references evaluate it once per step, and the IGDM reference's ARD script
+  uses that one forward for the KD term as well, so a method that asks for ``x_plus`` shares the module's.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+import torch
+from torch import nn
+
+
+class Step:
+    def __init__(self, student: nn.Module, teacher: nn.Module | None, x: torch.Tensor, y: torch.Tensor,
+                 *, epoch: int, epochs: int, teacher_inputs: Iterable[str] = (), cache: bool = True) -> None:
+        self._student_model, self._teacher_model = student, teacher
+        self.x, self.y, self.epoch, self.epochs = x, y, epoch, epochs
+        self.cache = cache
+        #: reference_passes mode: methods also run the forwards of zero-weight terms, as the reference code
+        self.reference = not cache
+        self._inputs: dict[str, torch.Tensor] = {"x": x}
+        self._alias: dict[str, str] = {}
+        self._declared_teacher = list(dict.fromkeys(teacher_inputs))
+        self._s: dict[str, torch.Tensor] = {}
+        self._s_plus: torch.Tensor | None = None  # S(x⁺) under cache=False, by its own name
+        self._t: dict[str, torch.Tensor] = {}
+
+    # -- inputs -------------------------------------------------------------------------------------
+    def set_input(self, name: str, value: torch.Tensor | None = None, *, alias_of: str | None = None) -> None:
+        """Define a step input, either as a tensor or as another name for an existing input."""
+        if alias_of is not None:
+            self._alias[name] = self._canonical(alias_of)
+        else:
+            assert value is not None
+            self._inputs[name] = value
+
+    def _canonical(self, name: str) -> str:
+        return self._alias.get(name, name)
+
+    def input(self, name: str) -> torch.Tensor:
+        key = self._canonical(name)
+        if key not in self._inputs:
+            raise KeyError(f"step input {name!r} is not defined yet (defined: {sorted(self._inputs)})")
+        return self._inputs[key]
+
+    def has_input(self, name: str) -> bool:
+        return self._canonical(name) in self._inputs
+
+    # -- forwards -----------------------------------------------------------------------------------
+    def student(self, name: str) -> torch.Tensor:
+        """Student logits (train mode, with gradients) on a step input."""
+        key = self._canonical(name)
+        if self.cache and key in self._s:
+            return self._s[key]
+        if not self.cache and name == "x_plus" and self._s_plus is not None:
+            return self._s_plus
+        out = self._student_model(self.input(key))
+        if self.cache:
+            self._s[key] = out
+        elif name == "x_plus":
+            self._s_plus = out
+        return out
+
+    def cached_student(self, name: str) -> torch.Tensor | None:
+        """The student logits this step already computed on ``name``, if any (never a new forward)."""
+        return self._s.get(self._canonical(name))
+
+    def teacher(self, name: str) -> torch.Tensor:
+        """Teacher logits (eval mode, no gradients) on a step input; declared inputs are batched."""
+        if self._teacher_model is None:
+            raise RuntimeError("this step has no teacher; the method or module needs one")
+        key = self._canonical(name)
+        if self.cache and key in self._t:
+            return self._t[key]
+        if not self.cache:
+            with torch.no_grad():
+                return self._teacher_model(self.input(key))
+        pending = [key] + [self._canonical(n) for n in self._declared_teacher]
+        pending = [k for k in dict.fromkeys(pending) if k not in self._t and k in self._inputs]
+        with torch.no_grad():
+            out = self._teacher_model(torch.cat([self._inputs[k] for k in pending]))
+        for k, chunk in zip(pending, out.split([self._inputs[k].shape[0] for k in pending]), strict=True):
+            self._t[k] = chunk
+        return self._t[key]
+
+    def has_teacher(self) -> bool:
+        return self._teacher_model is not None
+
+    def input_gradient(self, model: str, name: str, *, create_graph: bool = False) -> torch.Tensor:
+        """∇ of the summed per-sample CE(f(x), y) w.r.t. a step input, for ``"student"`` or ``"teacher"``.
+
+        A forward and backward pass of its own (never cached): with ``create_graph`` the gradient can be
+        differentiated again (double backprop, for a loss that trains the student on it). The teacher's is
+        a constant; its parameters are never differentiated.
+        """
+        from igdm_kit.losses import input_gradient
+
+        if model not in ("student", "teacher"):
+            raise ValueError(f"model must be 'student' or 'teacher', not {model!r}")
+        net = self._student_model if model == "student" else self._teacher_model
+        if net is None:
+            raise RuntimeError("this step has no teacher; the method or module needs one")
+        return input_gradient(net, self.input(name), self.y, create_graph=create_graph)
+
+    def set_teacher_logits(self, name: str, logits: torch.Tensor) -> None:
+        """Record teacher logits computed elsewhere (e.g. T(x) the attack needed), to share them."""
+        if self.cache:
+            self._t[self._canonical(name)] = logits.detach()

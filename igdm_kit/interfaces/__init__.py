@@ -1,0 +1,35 @@
+"""What a plugin's components look like: one module per kind of contract, every name re-exported here.
+
+Every registered component is a class with a nested ``Options`` pydantic model (``extra="forbid"``): the
+recipe section that selects the component is validated against it, so a typo in an option is reported with
+its dotted TOML path before anything trains. The base classes fix the constructor and the methods the
+engine calls; they import no torch so that ``igdm-kit --help`` stays light.
+
+Inputs everywhere are images in [0, 1]; normalization is a layer inside the model.
+"""
+
+from igdm_kit.interfaces.callbacks import Callback, CallbackContext, FitState, Order
+from igdm_kit.interfaces.data import DatasetInfo, DatasetPlugin
+from igdm_kit.interfaces.evaluation import LP_NORMS, EvalAttack, EvalContext, Threat
+from igdm_kit.interfaces.launch import Job, LaunchContext, Launcher
+from igdm_kit.interfaces.models import ArchitectureBuilder, ModelFactory, TeacherLoader
+from igdm_kit.interfaces.optim import LRSchedule, OptimizerFactory, TrainingPlan
+from igdm_kit.interfaces.options import Fraction, NoOptions, Options, PathOption, RecipePath, parse_fraction
+from igdm_kit.interfaces.shifts import Shift, ShiftContext, ShiftedSet, ThreatVariant
+from igdm_kit.interfaces.tracking import Tracker, TrackerRun
+from igdm_kit.interfaces.training import (
+                                          AttackOptions,
+                                          GradientModule,
+                                          InputName,
+                                          Method,
+                                          ModuleOptions,
+                                          StepContext,
+                                          TrainingAttack,
+)
+
+__all__ = ["ArchitectureBuilder", "AttackOptions", "Callback", "CallbackContext", "DatasetInfo", "DatasetPlugin",
+           "EvalAttack", "EvalContext", "FitState", "Fraction", "GradientModule", "InputName", "Job",
+           "LP_NORMS", "LRSchedule", "LaunchContext", "Launcher", "Method", "ModelFactory", "ModuleOptions",
+           "NoOptions", "Options", "Order", "OptimizerFactory", "PathOption", "RecipePath", "Shift", "ShiftContext",
+           "ShiftedSet", "StepContext", "TeacherLoader", "Threat", "ThreatVariant", "Tracker", "TrackerRun",
+           "TrainingAttack", "TrainingPlan", "parse_fraction"]

@@ -1,0 +1,193 @@
+"""Training contracts: a base method (``Method``), a gradient module (``GradientModule``), a training attack
+(``TrainingAttack``), and what they see of one step (``StepContext``).
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, ClassVar, Literal, Protocol
+
+from pydantic import Field
+
+from igdm_kit.interfaces.options import Fraction, NoOptions, Options
+
+if TYPE_CHECKING:  # pragma: no cover - typing only
+    import torch
+    from torch import nn
+
+
+#: Names of the step inputs a method or module can ask the student or the teacher to evaluate.
+#: ``x_plus``/``x_minus`` exist only when a gradient module is active (x ± δ, Eq. 8).
+InputName = Literal["x", "x_adv", "x_plus", "x_minus"]
+
+
+class StepContext(Protocol):
+    """What a method or gradient module sees of one training step (implemented by ``igdm_kit._training.step.Step``).
+
+    ``student(name)`` and ``teacher(name)`` return logits for one of the step inputs; the engine computes
+    each distinct (model, input) pair once per step and batches the teacher's inputs (fewest passes).
+    The student runs in train mode with gradients; the teacher in eval mode without gradients.
+    ``input_gradient`` gives ∇_x CE(f(x), y) per sample for either model on a step input, for modules that
+    match gradients directly; it is a pass of its own, outside the cache.
+    """
+
+    x: torch.Tensor
+    y: torch.Tensor
+    epoch: int  # 1-based
+    epochs: int
+    #: True under ``train.reference_passes``: methods then also run the forwards the reference code runs
+    #: for zero-weight terms (their BatchNorm updates), without adding those terms to the loss.
+    reference: bool
+
+    def input(self, name: InputName) -> torch.Tensor: ...
+    def has_input(self, name: InputName) -> bool: ...
+    def set_input(self, name: InputName, value: torch.Tensor | None = None, *,
+                  alias_of: InputName | None = None) -> None: ...
+    def student(self, name: InputName) -> torch.Tensor: ...
+    def teacher(self, name: InputName) -> torch.Tensor: ...
+    def has_teacher(self) -> bool: ...
+    def input_gradient(self, model: Literal["student", "teacher"], name: InputName, *,
+                       create_graph: bool = False) -> torch.Tensor: ...
+
+
+class Method:
+    """A base adversarial-training or distillation method (the outer minimization).
+
+    ``loss`` returns the method's *weighted* loss terms by name (e.g. ``{"adv_kl": ..., "nat_ce": ...}``);
+    the engine logs each and sums them. A term whose weight is 0 must not be computed at all.
+    The recipe's inner attack, when its ``[attack]`` names none, is ``attack_for(options)`` (not the class's
+    ``default_attack``), so an option can change it (AdaAD's ``teacher_in_attack = false``).
+    """
+
+    Options: ClassVar[type[Options]] = NoOptions
+    #: Inner attack used when the recipe's ``[attack]`` section names none.
+    default_attack: ClassVar[str] = "pgd"
+    #: Whether the method needs a teacher (distillation) or not (adversarial training).
+    needs_teacher: ClassVar[bool] = False
+    description: ClassVar[str] = ""
+
+    def __init__(self, options: Options) -> None:
+        self.options = options
+
+    @classmethod
+    def attack_for(cls, options: Options) -> str:
+        """The inner attack used with these options when the recipe names none (an option may change it,
+        e.g. AdaAD's ``teacher_in_attack = false``)."""
+        return cls.default_attack
+
+    @property
+    def attack_name(self) -> str:
+        """The inner attack this instance uses by default: ``attack_for(self.options)``."""
+        return self.attack_for(self.options)
+
+    def teacher_inputs(self, epoch: int, epochs: int) -> set[str]:
+        """Step inputs the loss will ask the teacher for at this epoch (batched into one forward)."""
+        return set()
+
+    def loss(self, ctx: StepContext) -> dict[str, torch.Tensor]:
+        raise NotImplementedError
+
+
+class ModuleOptions(Options):
+    """Options every gradient module shares: L = L_base + T(α)·L_module with T(α) = α·e/E."""
+
+    alpha: float = Field(0.0, ge=0, description="weight α of the module loss at the end of the ramp")
+    ramp_epochs: int | None = Field(
+        None, gt=0, description="epochs of the linear ramp of T(α); default: the run's epochs"
+    )
+    beta: float = Field(1.0, description="x⁺ = x + β·δ")
+    gamma: float = Field(1.0, description="x⁻ = x − γ·δ")
+    clamp: bool = Field(False, description="clamp x⁺ and x⁻ to [0, 1] (the paper does not)")
+
+
+class GradientModule:
+    """A gradient-matching module added to any base method (IGDM and the variants the paper compares)."""
+
+    Options: ClassVar[type[ModuleOptions]] = ModuleOptions
+    needs_teacher: ClassVar[bool] = True
+    description: ClassVar[str] = ""
+    #: Whether the module works under ``train.amp = "fp16"`` (a double-backprop input gradient is not
+    #: loss-scaled and would underflow) and under ``train.compile`` (no double backward through it).
+    supports_fp16: ClassVar[bool] = True
+    supports_compile: ClassVar[bool] = True
+
+    def __init__(self, options: ModuleOptions) -> None:
+        self.options = options
+
+    def teacher_inputs(self) -> set[str]:
+        """Step inputs the loss will ask the teacher for (batched with the method's into one forward)."""
+        return set()
+
+    def prepare(self, ctx: StepContext) -> None:
+        """Define the step inputs x⁺ = x + β·δ and x⁻ = x − γ·δ (δ = x_adv − x), after the attack.
+
+        With β = 1, x⁺ is x_adv exactly (x + δ = x_adv), so it is declared an alias and the engine reuses
+        S(x_adv) and T(x_adv); clamping cannot change it, x_adv already lies in [0, 1].
+        """
+        o = self.options
+        x, x_adv = ctx.input("x"), ctx.input("x_adv")
+        delta = x_adv - x
+        if o.beta == 1.0:
+            ctx.set_input("x_plus", alias_of="x_adv")
+        else:
+            x_plus = x + o.beta * delta
+            ctx.set_input("x_plus", x_plus.clamp(0.0, 1.0) if o.clamp else x_plus)
+        x_minus = x - o.gamma * delta
+        ctx.set_input("x_minus", x_minus.clamp(0.0, 1.0) if o.clamp else x_minus)
+
+    def loss(self, ctx: StepContext) -> torch.Tensor:
+        """The unweighted module loss; the engine multiplies it by T(α)."""
+        raise NotImplementedError
+
+
+class AttackOptions(Options):
+    """Inner-maximization settings shared by every training attack (L∞)."""
+
+    eps: Fraction = Field(8 / 255, ge=0, le=1,
+                          description="L∞ radius ε (a number or a fraction such as \"8/255\")")
+    step_size: Fraction = Field(2 / 255, ge=0, le=1, description="step size η")
+    steps: int = Field(10, ge=0, le=100_000, description="number of steps K")
+    random_start: bool = Field(True, description="start from a random point near x")
+    bn_mode: Literal["eval", "train"] = Field(
+        "eval", description="mode of the attacked model during the attack (ARD/IAD's originals used train)"
+    )
+
+
+class TrainingAttack:
+    """An inner attack (the inner maximization of adversarial training), registered by ``register_attacks``.
+
+    Built by ``igdm_kit.create_attack`` as ``cls(student, options=..., teacher=...)`` (``teacher`` is None
+    when the recipe has none) and called once per step as ``attack(x, y)`` — with
+    ``teacher_logits=T(x)`` when ``needs_teacher_clean_logits`` — returning x_adv in [0, 1]. An attack
+    restores the exact train/eval mode of every model it touched and takes its gradients with
+    ``torch.autograd.grad``, so no parameter ``.grad`` changes. The built-ins are ``torchattacks.Attack``
+    subclasses that list this class last among their bases (``igdm_kit_plugins.attacks.base``), so
+    torchattacks' constructor and ``__call__`` come first.
+    """
+
+    Options: ClassVar[type[AttackOptions]] = AttackOptions
+    #: The attack differentiates through the teacher (AdaAD) and must be given it.
+    needs_teacher: ClassVar[bool] = False
+    #: The attack needs the teacher's logits on the clean input, T(x), passed as ``teacher_logits=``.
+    needs_teacher_clean_logits: ClassVar[bool] = False
+    description: ClassVar[str] = ""
+
+    options: AttackOptions
+    teacher: nn.Module | None = None
+
+    def __init__(self, model: nn.Module, *, options: AttackOptions | None = None,
+                 teacher: nn.Module | None = None) -> None:
+        self.options = options or self.Options()
+        self.teacher = teacher
+
+    @classmethod
+    def uses_teacher(cls) -> bool:
+        """Whether a recipe choosing this attack needs a ``[teacher]``."""
+        return cls.needs_teacher or cls.needs_teacher_clean_logits
+
+    def __call__(self, x: torch.Tensor, y: torch.Tensor, *,
+                 teacher_logits: torch.Tensor | None = None) -> torch.Tensor:
+        raise NotImplementedError
+
+
+#: The threat models of evaluation: the norm of the perturbation ball.
+Norm = Literal["Linf", "L2", "L1"]
