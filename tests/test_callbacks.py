@@ -136,6 +136,9 @@ def test_unknown_callbacks_and_bad_options_are_one_line(installed, write_recipe)
         R.load(write_recipe(RECIPE.replace('name = "grad-norm"', 'name = "grad-nrom"')))
     with pytest.raises(RecipeError, match=r"train\.callbacks\[0\]\.colour"):
         R.load(write_recipe(RECIPE.replace('key = "gnorm"', 'colour = 1')))
+    with pytest.raises(RecipeError, match=r"train\.callbacks\[1\]: callback 'checkpoint' is always on"):
+        R.load(write_recipe(RECIPE.replace('callbacks = [{ name = "grad-norm", key = "gnorm" }]',
+                                           'callbacks = ["grad-norm", "checkpoint"]')))
     # a recipe without callbacks keeps its digest: the key is absent from what is hashed
     plain = R.load(write_recipe(DIGITS_PGDAT, "plain.toml"))
     assert "callbacks" not in plain.resolved()["train"]

@@ -14,7 +14,9 @@ LIST_WIDTH = 100
 
 def _plugin(entry) -> str:
     """"built-in" for the toolkit's own plugins, else the entry point's name."""
-    return "built-in" if entry.plugin.startswith("igdm_kit_plugins.") else entry.plugin
+    from igdm_kit._plugins.manager import DEFAULT_PLUGINS
+
+    return "built-in" if entry.plugin in DEFAULT_PLUGINS else entry.plugin
 
 
 def register(app: typer.Typer) -> None:
@@ -83,8 +85,9 @@ def _print_entry(e, rows: list[dict[str, str]]) -> None:
     kind = BY_NAME[e.kind]
     named = f'["{e.name}", ...]' if kind.many else f'"{e.name}"'  # a list of attacks, trackers, ...
     where = kind.named_in if kind.named_in.startswith("[") else f"{kind.named_in} {e.name}"
-    out_console.print(f"[bold]{e.kind} {escape(e.name)}[/] ({escape(_plugin(e))}; in a recipe: "
-                      f"{escape(where)}" + (f" = {escape(named)}" if kind.named_in.startswith("[") else "") + ")",
+    usage = "always on" if dict(kind.facts(e.component)).get("always on") == "yes" else \
+        f"in a recipe: {where}" + (f" = {named}" if kind.named_in.startswith("[") else "")
+    out_console.print(f"[bold]{e.kind} {escape(e.name)}[/] ({escape(_plugin(e))}; {escape(usage)})",
                       highlight=False)
     if e.description:
         out_console.print(escape(e.description), highlight=False)

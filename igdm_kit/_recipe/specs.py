@@ -145,6 +145,14 @@ def resolve_shifts(items: list[Any], where: str = "eval.shifts") -> list[Compone
 
 
 def resolve_callbacks(items: list[Any], where: str = "train.callbacks") -> list[ComponentSpec]:
-    """Validated training-callback specs (names or tables); one-line errors name the key."""
-    return resolve_components("callback", items, where, "a callback",
-                              'e.g. "grad-norm" or { name = "grad-norm", every = 10 }')
+    """Validated training-callback specs (names or tables); one-line errors name the key. A callback that is
+    always on (the host's own) is not named: it would run twice."""
+    from igdm_kit._plugins.manager import registry
+
+    specs = resolve_components("callback", items, where, "a callback",
+                               'e.g. "grad-norm" or { name = "grad-norm", every = 10 }')
+    for i, s in enumerate(specs):
+        if registry("callback").get(s.name).always_on:
+            raise RecipeError(f"{where}[{i}]: callback {s.name!r} is always on", "remove it from the list",
+                              path=f"{where}[{i}]")
+    return specs
