@@ -356,3 +356,13 @@ def test_real_student_fits_the_dataset(path):
     with torch.no_grad():
         out = student(torch.rand(2, info.in_channels, info.image_size, info.image_size))
     assert out.shape == (2, info.num_classes) and torch.isfinite(out).all()
+
+
+@pytest.mark.parametrize("path", [p for p in LEAVES if f"runs/{p.stem}/" in p.read_text().split("\nname")[0]],
+                         ids=rel)
+def test_the_run_folders_a_header_names_are_where_the_run_writes(path, monkeypatch):
+    """A header's commands (`analyze ood runs/quickstart_shifts/alpha=0 ...`) name the folder the recipe writes,
+    relative to the repository root where the README runs them (quickstart_shifts wrote recipes/runs/...)."""
+    monkeypatch.chdir(RECIPES.parent)
+    written = load(path).default_output_dir().resolve()
+    assert written == (RECIPES.parent / "runs" / path.stem).resolve(), written

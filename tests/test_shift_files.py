@@ -20,6 +20,18 @@ from igdm_kit._evaluation.shifts import Context, compare_shifts, evaluate_shifts
 from conftest import DIGITS_PGDAT
 from test_cli_eval import _save
 
+def _corruptions_extra() -> bool:
+    """Whether the corruptions extra imports (a real import, not a lookup: its module must load)."""
+    try:
+        import imagecorruptions  # noqa: F401
+    except Exception:  # noqa: BLE001 - absent or broken: the tests that compute corruptions skip
+        return False
+    return True
+
+
+#: tests that compute corruptions need the extra; they skip with its install line without it
+needs_corruptions = pytest.mark.skipif(not _corruptions_extra(), reason="pip install 'igdm-kit[corruptions]'")
+
 CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
 CIFAR = DatasetInfo(num_classes=10, in_channels=3, image_size=32, class_names=CLASSES)
 
@@ -124,6 +136,7 @@ def digits_folder(tmp_path_factory):
     return root
 
 
+@needs_corruptions
 def test_evaluate_shifts_end_to_end_and_paired(digits_folder):
     from igdm_kit.factories import create_model
 
@@ -166,6 +179,7 @@ SHIFT = 'corruptions:corruptions=["contrast","gaussian_noise"],severities=[1,5]'
 THREATS = 'threats:attack="pgd20",include=["linf","l2","stadv"],iterations=5'
 
 
+@needs_corruptions
 def test_eval_shifts_json(cli, two):
     res = cli("eval", "-m", two[0], "-n", "12", "--shift", SHIFT, "--shift", THREATS, "-a", "fgsm",
               "--no-progress", "--json")
@@ -175,6 +189,7 @@ def test_eval_shifts_json(cli, two):
     assert out["summary"]["ood_t_robust"]["units"] == 3 and out["n"] == 12
 
 
+@needs_corruptions
 def test_analyze_ood_side_by_side_with_plot(cli, two, tmp_path):
     plot = tmp_path / "ood.png"
     res = cli("analyze", "ood", *two, "-n", "12", "--shift", SHIFT, "--shift", THREATS, "-a", "fgsm",
@@ -209,6 +224,7 @@ def test_recipe_shifts_validate_and_leave_other_digests_alone(write_recipe):
 
 
 @pytest.mark.slow
+@needs_corruptions
 def test_a_run_with_shifts_reports_table_9(cli, write_recipe, tmp_path):
     text = DIGITS_PGDAT.replace('attacks = ["clean"]', 'attacks = ["clean"]\nlimit = 20\nshift_attacks = ["fgsm"]\n'
                                 'shifts = [{ name = "corruptions", corruptions = ["contrast"], severities = [3] }, '
@@ -218,3 +234,29 @@ def test_a_run_with_shifts_reports_table_9(cli, write_recipe, tmp_path):
     results = json.loads((tmp_path / "run" / "results.json").read_text())
     assert set(results["shifts"]["rows"]) == {"contrast-3", "L2-0.5-fgsm"}  # cifar10.1 missing: skipped
     assert "cifar10.1" in res.err and "OOD_t robust" in res.out
+
+
+def test_a_missing_extra_is_reported_by_recipe_check_and_refused_before_training(cli, write_recipe, tmp_path,
+                                                                               monkeypatch):
+    """recipes/quickstart_shifts.toml without imagecorruptions: `recipe check` said ok and the run failed after
+    training. Now check warns with the install line and run refuses before the folder is touched."""
+    import builtins
+
+    real = builtins.__import__
+
+    def no_imagecorruptions(name, *args, **kwargs):
+        if name.split(".")[0] == "imagecorruptions":
+            raise ModuleNotFoundError("No module named 'pkg_resources'")  # as a broken install does
+        return real(name, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "__import__", no_imagecorruptions)
+    monkeypatch.delitem(__import__("sys").modules, "imagecorruptions", raising=False)
+    recipe = write_recipe(DIGITS_PGDAT + 'shifts = ["corruptions"]\n')
+    checked = cli("recipe", "check", str(recipe))
+    assert checked.code == 0
+    assert "'corruptions' needs the Python package 'imagecorruptions'" in checked.err
+    assert "pip install 'igdm-kit[corruptions]'" in checked.err
+    out = tmp_path / "run"
+    ran = cli("run", str(recipe), "--output", str(out))
+    assert ran.code == 1 and "imagecorruptions" in ran.err and "pip install 'igdm-kit[corruptions]'" in ran.err
+    assert not out.exists()

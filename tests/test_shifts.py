@@ -20,7 +20,8 @@ from igdm_kit._recipe.specs import resolve_shifts
 
 from test_cli_eval import _save
 
-ic = pytest.importorskip("imagecorruptions", reason="pip install 'igdm-kit[corruptions]'")
+ic = pytest.importorskip("imagecorruptions", reason="pip install 'igdm-kit[corruptions]'",
+                         exc_type=ImportError)  # a real import: absent or broken (no pkg_resources) both skip
 from igdm_kit_plugins.shifts.corruptions import COMMON, PORTED, corrupt  # noqa: E402
 
 

@@ -39,7 +39,7 @@ def register(app: typer.Typer) -> None:
         from igdm_kit import _recipe as recipe_mod
 
         r = recipe_mod.load(recipe, set_)
-        for warning in missing_files(r):
+        for warning in [*recipe_mod.missing_extras(r), *missing_files(r)]:
             err_console.print(f"[yellow]warning:[/] {escape(warning)}", highlight=False, soft_wrap=True)
         out_console.print(f"[green]ok[/] {recipe} ({r.model.method.name}"
                           + (f" + {r.model.module.name}" if r.model.module else "") + ")", highlight=False)

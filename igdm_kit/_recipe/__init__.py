@@ -27,9 +27,9 @@ from igdm_kit._recipe.schema import (
                      TrainSection,
 )
 from igdm_kit._recipe.toml import to_toml
-from igdm_kit._recipe.validate import Recipe, first_difference, load, validate
+from igdm_kit._recipe.validate import Recipe, first_difference, load, missing_extras, validate
 
 __all__ = ["AttackSection", "DataSection", "EvalSection", "MAX_EXTENDS_DEPTH", "MethodSection",
            "ModuleSection", "OutputSection", "Recipe", "RecipeModel", "StudentSection", "TeacherSection",
            "TrainSection", "apply_overrides", "command", "eval_command", "first_difference", "load", "load_raw",
-           "merge", "parse_override", "resume_command", "shell_command", "to_toml", "tomllib", "validate"]
+           "merge", "missing_extras", "parse_override", "resume_command", "shell_command", "to_toml", "tomllib", "validate"]

@@ -256,6 +256,33 @@ def _validate_log(model: RecipeModel, comps: dict[str, BaseModel]) -> None:
                               path="log.trackers")
 
 
+def importable(module: str) -> bool:
+    """Whether ``module`` imports (not merely exists: another wheel may ship a broken stand-in of the name,
+    as torchattacks does with ``robustbench``)."""
+    import importlib
+
+    try:
+        importlib.import_module(module)
+    except Exception:  # noqa: BLE001 - absent or broken alike: not usable
+        return False
+    return True
+
+
+def missing_extras(r: Recipe) -> list[str]:
+    """One line per optional package the recipe's components need and this Python cannot import, with the
+    line that installs it (``recipe check`` warns with them; ``run`` refuses before training)."""
+    from igdm_kit._recipe.specs import resolve_shifts
+
+    out = []
+    for i, spec in enumerate(resolve_shifts(r.model.eval.shifts)):
+        component = registry("shift").get(spec.name)
+        for package in component.requires:
+            if not importable(package):
+                out.append(f"eval.shifts[{i}]: {spec.name!r} needs the Python package {package!r}; install it: "
+                           f"{component.install or 'pip install ' + package}")
+    return out
+
+
 def _validate_eval(model: RecipeModel, data_options: BaseModel) -> list[EvalSpec]:
     """The ``[eval]`` attacks under its threat, and a radius that makes sense for the data's images."""
     from igdm_kit.factories import create_dataset

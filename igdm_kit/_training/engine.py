@@ -28,7 +28,7 @@ from typing import Any
 
 import torch
 
-from igdm_kit._recipe import Recipe, resume_command
+from igdm_kit._recipe import Recipe, missing_extras, resume_command
 from igdm_kit._recipe import load as load_recipe
 from igdm_kit._runtime import distributed, threads
 from igdm_kit._runtime.accel import Accelerator
@@ -99,6 +99,10 @@ def run(r: Recipe, *, output_dir: str | Path | None = None, resume: bool = False
                            "--resume continues the run in the folder; --overwrite deletes it and starts again")
     d = distributed.from_env()
     log = log if d.is_main else _quiet  # rank 0 speaks for all
+    missing = missing_extras(r)
+    if missing:  # before the folder is touched or anything trains (not after training, at the evaluation)
+        raise IgdmKitError(missing[0].split("; install it: ")[0] + (f" (and {len(missing) - 1} more)"
+                           if len(missing) > 1 else ""), missing[0].split("; install it: ")[-1])
     folder = RunFolder(output_dir if output_dir is not None else r.default_output_dir())
     hint = resume_command(r, folder.path)
     device, acc = _accelerator(r, d, log)  # bad accelerator options fail before the folder is touched

@@ -70,6 +70,10 @@ class Shift:
 
     Options: ClassVar[type[Options]] = NoOptions
     description: ClassVar[str] = ""
+    #: Python packages the shift needs at run time, and the line that installs them (``recipe check`` and
+    #: ``run`` report a missing one before training, by importing it)
+    requires: ClassVar[tuple[str, ...]] = ()
+    install: ClassVar[str] = ""
 
     def __init__(self, options: Options) -> None:
         self.options = options

@@ -75,6 +75,8 @@ def corrupt(x, name: str, severity: int, seed: int = 0):
 
 class Corruptions(Shift):
     description = "15 common corruptions × 5 severities computed from the test set (imagecorruptions)"
+    requires = ("imagecorruptions",)
+    install = "pip install 'igdm-kit[corruptions]'"
 
     class Options(Options):
         corruptions: list[Name] = Field(default_factory=lambda: list(COMMON), min_length=1,

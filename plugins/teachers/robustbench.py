@@ -38,6 +38,7 @@ and the ``state-dict`` route.
 from __future__ import annotations
 
 import difflib
+import functools
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
@@ -78,23 +79,35 @@ NUM_CLASSES = {"cifar10": 10, "cifar100": 100}
 
 
 def package_zoo(dataset: str, threat: str) -> dict | None:
-    """RobustBench's own model table for (dataset, threat) when the package is installed, else None."""
+    """RobustBench's own model table for (dataset, threat) when the package is installed and imports, else
+    None. Decided by importing it: torchattacks' wheel ships a ``robustbench`` of its own that fails to import
+    without ``pkg_resources``, so a module that is merely findable is not RobustBench."""
+    tables = _package_tables()
+    if tables is None:
+        return None
+    model_dicts, benchmark, threats = tables
+    return model_dicts[benchmark(dataset)].get(threats(threat), {})
+
+
+@functools.cache
+def _package_tables():
     import importlib.util
     import sys
     import warnings
 
-    if importlib.util.find_spec("robustbench") is None:
-        return None
     if importlib.util.find_spec("autoattack") is None and importlib.util.find_spec("pyautoattack") is not None:
         # robustbench 1.1.1 imports AutoAttack's official code by its git name; PyPI ships it as pyautoattack
         import pyautoattack
 
         sys.modules.setdefault("autoattack", pyautoattack)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # its imports warn about pkg_resources and torch.jit
-        from robustbench.model_zoo import model_dicts
-        from robustbench.model_zoo.enums import BenchmarkDataset, ThreatModel
-    return model_dicts[BenchmarkDataset(dataset)].get(ThreatModel(threat), {})
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # its imports warn about pkg_resources and torch.jit
+            from robustbench.model_zoo import model_dicts
+            from robustbench.model_zoo.enums import BenchmarkDataset, ThreatModel
+    except Exception:  # noqa: BLE001 - absent, another wheel's stand-in, or broken: not usable here
+        return None
+    return model_dicts, BenchmarkDataset, ThreatModel
 
 
 def unknown_name(name: str, dataset: str, threat: str) -> str:
