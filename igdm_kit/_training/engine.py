@@ -202,7 +202,7 @@ def _train(folder: RunFolder, r: Recipe, mode: Mode, teacher_file: Path | None, 
     threads.configure(tr.threads)  # --threads / IGDM_KIT_THREADS, the recipe's, or the default
     if d.is_main:
         folder.ensure_writable()
-    parts = build_parts(r, device=device, acc=acc, dist=d, teacher_file=teacher_file)
+    parts = build_parts(r, device=device, acc=acc, dist=d, teacher_file=teacher_file, log=log)
     stop.check(f"stopped before training started in {folder.path}", f"start it again with: {hint}")
     subs, ema = _callbacks(folder, parts, log, progress)
     start, partial, metrics = _starting_point(folder, parts, mode, log, subs)
