@@ -128,8 +128,10 @@ def run_eval(src, items: list[Any], *, threat: str, radius: float | None, datase
     if radius is None:  # a model trained at another radius would otherwise be judged at 8/255 silently
         radius = float(meta.get("eval_eps", DEFAULT_EPS[threat])) if threat == "Linf" else DEFAULT_EPS[threat]
     x, y = load_eval_data(ds_name, limit, options)
-    err_console.print(escape(f"evaluating {src.path} on {ds_name} test ({x.shape[0]} images, {dev}, "
-                             f"{threat} ε = {eps_text(radius)})"), style="dim", highlight=False)
+    which = ", ".join(f"{k} {meta[k]}" for k in ("checkpoint", "epoch") if meta.get(k) is not None)
+    err_console.print(escape(f"evaluating {src.path}" + (f" ({which})" if which else "") + f" on {ds_name} test "
+                             f"({x.shape[0]} images, {dev}, {threat} ε = {eps_text(radius)})"),
+                      style="dim", highlight=False)
     with StopFlag() as stop, progress_callback(progress) as cb:  # SIGINT/SIGTERM: message, 128 + signal
         result = evaluate_report(net, x, y, attacks=specs, batch_size=batch_size, eps=radius, threat=threat,
                                  device=dev, seed=seed, autoattack_state=aa_state, where="--attacks",

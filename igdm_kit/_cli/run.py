@@ -6,6 +6,7 @@ import os
 from pathlib import Path
 
 import typer
+from rich.markup import escape
 
 from igdm_kit._cli.console import err_console, make_progress, out_console, print_json
 from igdm_kit._cli.recipe import SET_HELP
@@ -86,7 +87,12 @@ def print_summary(result) -> None:
                           f"{m['ci95'][1]:.1f})")
     table.caption = f"{res.get('threat', 'Linf')} ε = {res.get('eps', 0):.4g}, n = {res.get('n')}; (95% Wilson interval)"
     out_console.print(table)
-    err_console.print(f"checkpoint: {result.output_dir / 'model.safetensors'}", style="dim")
+    headline = res.get("checkpoint", "last")
+    epoch = (res.get("checkpoints") or {}).get(headline, {}).get("epoch", res.get("epoch"))
+    err_console.print(escape(f"checkpoint: {result.output_dir / 'model.safetensors'}")
+                      + ("" if headline == "last" else escape(f" (the headline: {headline}"
+                                                              + (f", epoch {epoch})" if epoch is not None else ")"))),
+                      style="dim", highlight=False)
 
 
 def validation_table(result):

@@ -14,7 +14,7 @@
     checkpoints/epoch_NNN.safetensors   with train.save_every_epoch
     autoattack.state         while the final AutoAttack runs (it resumes from it; removed when finished)
     eval_flags.safetensors   per-image robust flags of every attack and the worst case (igdm-kit compare)
-    model.safetensors        the final model
+    model.safetensors        the headline model: the first of [eval] checkpoints (results.json's top level)
     results.json             the final evaluation; its presence marks the run finished
     .igdm-kit.lock           while a process works in the folder: its pid and host
 

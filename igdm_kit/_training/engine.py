@@ -51,7 +51,7 @@ from igdm_kit._storage.run_folder import (
 from igdm_kit._storage.train_state import load_train_state
 from igdm_kit._training.callbacks import check_weights
 from igdm_kit._training.events import RunContext, Subscriber, restore_subscribers
-from igdm_kit._training.final_eval import clean_accuracy, evaluate_checkpoints, final_evaluation
+from igdm_kit._training.final_eval import clean_accuracy, evaluate_checkpoints, final_evaluation, judged_models
 from igdm_kit._training.parts import (
     Parts,
     build_parts,
@@ -219,14 +219,16 @@ def _train(folder: RunFolder, r: Recipe, mode: Mode, teacher_file: Path | None, 
         what, again = (f"the final evaluation stopped; training is saved in {folder.path} (AutoAttack resumes "
                        "where it stopped)"), f"resume with: {hint}"
         # AutoAttack keeps its progress in the run folder, so an interrupted final evaluation resumes.
-        results = evaluate_checkpoints(r, parts, folder, ema, log=log, progress=progress,
+        judged = judged_models(r, parts, folder, ema)
+        results = evaluate_checkpoints(r, parts, folder, judged, log=log, progress=progress,
                                        check=lambda: stop.check(what, again))
         stop.check(what, again)
+        headline, model, epoch = judged[0]  # model.safetensors is the model results.json reports
         if d.is_main:
-            save_model(folder / FINAL, parts.student, {**parts.checkpoint_meta(), "epoch": tr.epochs})
+            save_model(folder / FINAL, model, {**parts.checkpoint_meta(), "epoch": epoch, "checkpoint": headline})
             folder.finish(results)  # results.json marks the run finished
-        files = {n: folder / f for n, f in (("last", FINAL), ("best", BEST), ("ema", EMA), ("best_ema", BEST_EMA))
-                 if n in r.model.eval.checkpoints}
+        files = {n: folder / f for n, f in (("last", FINAL if headline == "last" else LAST), ("best", BEST),
+                                            ("ema", EMA), ("best_ema", BEST_EMA)) if n in r.model.eval.checkpoints}
         for s in subs:
             s.on_run_end(trainer, results, files)
         ok = True
