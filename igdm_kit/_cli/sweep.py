@@ -104,16 +104,20 @@ def print_table(summary: dict) -> None:
     n = {r.get("n") for r in rows}
     where = f"{n.pop()} test images" if len(n) == 1 and None not in n else "the test split"
     tests = {c["variant"]: c.get("rows", {}) for c in summary.get("versus_first", [])}
-    table = Table(title=f"{summary['recipe']} — accuracy (%) on {where}", caption=_caption(len(rows)))
+    mixed = len({tuple(sorted(r["worst_over"])) for r in rows if "worst_over" in r}) > 1
+    caption = _caption(len(rows)) + ("; the variants ran different attacks, so each worst case covers its own "
+                                     "and they are not compared" if mixed else "")
+    table = Table(title=f"{summary['recipe']} — accuracy (%) on {where}", caption=caption)
     table.add_column("variant")
-    for _, label in cols:
-        table.add_column(label, justify="right")
+    for key, label in cols:
+        table.add_column(f"{label} (own attacks)" if mixed and key == "worst" else label, justify="right")
     for i, r in enumerate(rows):
         marks = tests.get(r["variant"], {}) if i and len(rows) > 2 else {}
         table.add_row(r["variant"], *[_cell(r, k, marks.get(k)) for k, _ in cols])
     if len(rows) == 2:  # a base method and the same with the module: what the module changed, tested
         a, b = rows
-        table.add_row("change", *[_delta(a.get(k), b.get(k), k, tests.get(b["variant"], {}).get(k))
+        table.add_row("change", *["—" if mixed and k == "worst" else
+                                  _delta(a.get(k), b.get(k), k, tests.get(b["variant"], {}).get(k))
                                   for k, _ in cols], style="bold")
     out_console.print(table)
     corr = summary.get("correlation") or {}

@@ -155,6 +155,8 @@ def row_of(v: Variant, result) -> dict[str, Any]:
     for key, a in (report.rows() if "worst" in res else report.attacks).items():
         row[key] = a.accuracy
         row["ci95"][key] = list(a.ci95)
+    if "worst" in res:
+        row["worst_over"] = list(report.over)  # the attacks this variant's worst case covers
     for key in ("gd", "gc"):
         if key in (result.results.get("alignment") or {}):
             row[key] = result.results["alignment"][key]
