@@ -30,6 +30,7 @@ import torch
 
 from igdm_kit._recipe import Recipe, resume_command
 from igdm_kit._recipe import load as load_recipe
+from igdm_kit._recipe.effective import dataset_line
 from igdm_kit._runtime import distributed, threads
 from igdm_kit._runtime.accel import Accelerator
 from igdm_kit._runtime.devices import resolve_device
@@ -203,6 +204,9 @@ def _train(folder: RunFolder, r: Recipe, mode: Mode, teacher_file: Path | None, 
     if d.is_main:
         folder.ensure_writable()
     parts = build_parts(r, device=device, acc=acc, dist=d, teacher_file=teacher_file, log=log)
+    shown = dataset_line(r)  # what the dataset decided (e.g. flips) changes results: said, not hidden
+    if shown and mode != "resume":
+        log(shown)
     stop.check(f"stopped before training started in {folder.path}", f"start it again with: {hint}")
     subs, ema = _callbacks(folder, parts, log, progress)
     start, partial, metrics = _starting_point(folder, parts, mode, log, subs)
