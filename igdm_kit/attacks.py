@@ -5,14 +5,16 @@ AutoAttack is resumable. pyautoattack 0.2.0's own state file cannot be resumed (
 a Python ``repr`` string, so a restore always fails its consistency check, and a restored run would hit an
 unbound ``y_adv``), so igdm-kit keeps its own state file: AutoAttack is driven one (attack, batch) at a time
 over the points still robust — the same batches, seeds and order as one ``run_standard_evaluation`` call —
-and the robust flags are saved atomically after every batch, with a fingerprint of model, data and ε.
+and the robust flags are saved atomically after every batch (``igdm_kit._storage.aa_state``: a fingerprint of
+model, data, ε, norm, version and seed, the batch size the batches were formed with, a checksum; a state
+that is not this evaluation's, or malformed, or edited, is refused). A rerun with another batch size keeps
+the state's: pyautoattack re-seeds every batch, so the batches decide the random starts, and a resumed
+evaluation gives the uninterrupted one's flags.
 """
 
 from __future__ import annotations
 
 import contextlib
-import hashlib
-import json
 import logging
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -24,8 +26,7 @@ from torch import nn
 from torchattacks.attack import Attack
 
 from igdm_kit._runtime.devices import model_device, resolve_device
-from igdm_kit._storage.io import atomic_write_json
-from igdm_kit.errors import IgdmKitError
+from igdm_kit._storage import aa_state
 from igdm_kit.interfaces.evaluation import DEFAULT_EPS
 
 __all__ = ["AA_STATE_FORMAT", "CWLinf", "LINF_EPS", "MarginPGD", "STEP_SIZE", "batch_slices", "eval_mode", "margin",
@@ -34,7 +35,7 @@ __all__ = ["AA_STATE_FORMAT", "CWLinf", "LINF_EPS", "MarginPGD", "STEP_SIZE", "b
 #: the paper's L∞ radius and step size for the white-box evaluation attacks
 LINF_EPS = DEFAULT_EPS["Linf"]
 STEP_SIZE = 2 / 255
-AA_STATE_FORMAT = "igdm-kit/autoattack-state/1"
+AA_STATE_FORMAT = aa_state.FORMAT
 
 #: ``progress(task, done, total)``: called after each batch with the cumulative count of batches.
 Progress = Callable[[str, int, int], None]
@@ -167,39 +168,14 @@ def _captured_autoattack_warnings(messages: list[str]) -> Iterator[logging.Logge
         messages.extend(m for m in handler.messages if m not in messages)
 
 
-def _fingerprint(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: Any, seed: int | None) -> str:
-    h = hashlib.sha256()
-    for t in (x, y, *model.state_dict().values()):
-        h.update(t.detach().to("cpu").contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
-    h.update(repr((eps, seed)).encode())
-    return h.hexdigest()
-
-
-def _load_aa_state(path: Path, fingerprint: str, attacks: list[str], n: int) -> dict[str, Any] | None:
-    if not path.exists():
-        return None
-    try:
-        state = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError, RecursionError):  # unreadable, not UTF-8 (a binary file), not JSON
-        raise IgdmKitError(f"AutoAttack state {str(path)!r} is not readable JSON",
-                           "delete it to start the AutoAttack evaluation afresh") from None
-    if not isinstance(state, dict) or state.get("format") != AA_STATE_FORMAT:
-        raise IgdmKitError(f"{str(path)!r} is not an igdm-kit AutoAttack state file",
-                           "pass a different --aa-state path, or delete that file")
-    if state.get("fingerprint") != fingerprint or state.get("attacks") != attacks or \
-            len(state.get("robust") or []) != n:
-        raise IgdmKitError(f"AutoAttack state {str(path)!r} belongs to another model, data, ε or seed",
-                           "use a fresh state file for each evaluation, or delete that one")
-    return state
-
-
 def run_autoattack(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, eps: float = LINF_EPS,
                    norm: str = "Linf", version: str = "standard", attacks: list[str] | None = None,
                    batch_size: int = 250, device: torch.device | str | None = None, seed: int | None = 0,
                    state_path: str | Path | None = None, progress: Progress | None = None,
                    warnings: list[str] | None = None) -> dict[str, Any]:
     """AutoAttack robust flags (``version`` standard/plus/rand, or custom ``attacks``; ``norm`` Linf, L2 or
-    L1); resumable through ``state_path``. Runs the model in eval().
+    L1); resumable through ``state_path`` (resumed in the state's own batches, whatever ``batch_size`` says,
+    with a warning). Runs the model in eval().
 
     Returns ``{"robust": BoolTensor[N], "after": {attack: robust accuracy in %}}``; pyautoattack's warnings
     are appended to ``warnings``.
@@ -214,53 +190,55 @@ def run_autoattack(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, eps: f
     with _captured_autoattack_warnings(messages) as logger, seeded(seed, device), eval_mode(model):
         aa = AutoAttack(model, eps=eps, norm=norm, version=version, seed=seed, device=device, attacks=attacks)
         order = list(aa.attacks_to_run)
-        fingerprint = _fingerprint(model, x, y, (eps, norm, version), seed) if path is not None else ""
-        state = (_load_aa_state(path, fingerprint, order, n) if path is not None else None) or {
-            "format": AA_STATE_FORMAT, "fingerprint": fingerprint, "attacks": order, "eps": eps,
-            "seed": seed, "robust": None, "after": {}, "done": [], "current": None, "start": None,
-            "chunks_done": 0,
-        }
-
-        def save() -> None:
-            if path is not None:
-                atomic_write_json(path, state)
-
+        print_ = aa_state.fingerprint(model, x, y, (eps, norm, version), seed) if path is not None else ""
+        state = (aa_state.load(path, print_, order, n) if path is not None else None) or \
+            aa_state.new_state(print_, order, batch_size, eps, seed)
+        if state["batch_size"] != batch_size:
+            messages.append(f"resumed from {path} with its batch size {state['batch_size']}, not {batch_size}: "
+                            "the batches decide AutoAttack's random starts, so the evaluation ends as it began")
         if state["robust"] is None:  # clean pass: only correctly classified points are attacked
-            robust = torch.zeros(n, dtype=torch.bool)
-            with torch.no_grad():
-                for sl in batch_slices(n, batch_size):
-                    robust[sl] = (model(x[sl].to(device)).argmax(1) == y[sl].to(device)).cpu()
-            state["robust"] = robust.tolist()
-            state["after"]["clean"] = 100.0 * robust.sum().item() / n
-            save()
+            clean = _clean_flags(model, x, y, batch_size, device)
+            state.update(clean=clean.tolist(), robust=clean.tolist(), after={"clean": 100.0 * clean.sum().item() / n})
+            aa_state.save(path, state)
         robust = torch.tensor(state["robust"], dtype=torch.bool)
-
         for attack in order:
-            if attack in state["done"]:
-                continue
-            if state["current"] != attack:
-                state.update(current=attack, start=robust.tolist(), chunks_done=0)
-                save()
-            # The batches of one attack are the points robust when it started, as pyautoattack forms them.
-            idx = torch.nonzero(torch.tensor(state["start"], dtype=torch.bool)).flatten()
-            chunks = list(idx.split(batch_size)) if idx.numel() else []  # split() of nothing is [empty]
-            for k in range(state["chunks_done"], len(chunks)):
-                chunk = chunks[k]
-                aa.attacks_to_run = [attack]
-                _, y_adv = aa.run_standard_evaluation(x[chunk].to(device), y[chunk].to(device),
-                                                      batch_size=len(chunk))
-                robust[chunk] = (y_adv.cpu() == y[chunk])
-                state.update(robust=robust.tolist(), chunks_done=k + 1)
-                save()
-                if progress:
-                    progress(f"autoattack:{attack}", k + 1, len(chunks))
-            state["after"][attack] = 100.0 * robust.sum().item() / n
-            state["done"].append(attack)
-            state.update(current=None, start=None, chunks_done=0)
-            save()
+            if attack not in state["done"]:
+                _run_attack(aa, attack, x, y, robust, state, path, device, progress)
 
         # pyautoattack flags a Square Attack that beats the gradient attacks; run per attack it cannot see
         # the whole sequence, so the check runs here on the accuracies after each attack (fractions).
         after = {k: state["after"][k] for k in ("clean", *order) if k in state["after"]}  # JSON sorts keys
         checks.check_square_sr({k: v / 100.0 for k, v in after.items()}, logger=logger)
     return {"robust": robust, "after": after}
+
+
+def _clean_flags(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int,
+                 device: torch.device) -> torch.Tensor:
+    robust = torch.zeros(x.shape[0], dtype=torch.bool)
+    with torch.no_grad():
+        for sl in batch_slices(x.shape[0], batch_size):
+            robust[sl] = (model(x[sl].to(device)).argmax(1) == y[sl].to(device)).cpu()
+    return robust
+
+
+def _run_attack(aa: Any, attack: str, x: torch.Tensor, y: torch.Tensor, robust: torch.Tensor,
+                state: dict[str, Any], path: Path | None, device: torch.device, progress: Progress | None) -> None:
+    """One attack of the run over the images standing when it started, in the state's batches (each a
+    package call, as one ``run_standard_evaluation`` forms them), the state saved after every batch."""
+    if state["current"] != attack:
+        state.update(current=attack, start=robust.tolist(), chunks_done=0)
+        aa_state.save(path, state)
+    chunks = aa_state.chunks(state["start"], state["batch_size"])
+    for k in range(state["chunks_done"], len(chunks)):
+        chunk = chunks[k]
+        aa.attacks_to_run = [attack]
+        _, y_adv = aa.run_standard_evaluation(x[chunk].to(device), y[chunk].to(device), batch_size=len(chunk))
+        robust[chunk] = (y_adv.cpu() == y[chunk])
+        state.update(robust=robust.tolist(), chunks_done=k + 1)
+        aa_state.save(path, state)
+        if progress:
+            progress(f"autoattack:{attack}", k + 1, len(chunks))
+    state["after"][attack] = 100.0 * robust.sum().item() / x.shape[0]
+    state["done"].append(attack)
+    state.update(current=None, start=None, chunks_done=0)
+    aa_state.save(path, state)

@@ -86,7 +86,8 @@ def main() -> None:
             duration = delay
         if out.exists():
             shutil.copytree(out, base / f"t{i:02d}.killed", symlinks=True)
-        resumed = wait(child(["run", recipe, "--output", str(out), "--resume"], log))
+        # a kill before the folder existed left nothing to resume (--resume would refuse): start it
+        resumed = wait(child(["run", recipe, "--output", str(out), *(["--resume"] if out.exists() else [])], log))
         report["trials"].append({"delay": round(delay, 3), "killed": killed, "resume_code": resumed})
         i += 1
     print(json.dumps(report))

@@ -136,7 +136,7 @@ def test_changed_teacher_file_is_not_silently_reused(tmp_path, write_recipe):
     teacher = tmp_path / "teacher.safetensors"
     save_model(teacher, create_model("small-cnn", num_classes=10, in_channels=1, image_size=8, width=4), meta)
     text = DIGITS_PGDAT.replace('name = "pgd-at"', 'name = "ard"') + \
-        f'\n[teacher]\ncheckpoint = "{teacher}"\n'
+        f'\n[teacher]\ncheckpoint = "{teacher}"\ncheck_accuracy = false\n'  # a random teacher, on purpose
     p = write_recipe(text.replace("[train]\n", "[train]\nepochs = 1\n", 0))
     out = tmp_path / "run"
     run(R.load(p), output_dir=out)

@@ -132,7 +132,8 @@ def test_third_party_components_train_in_the_engine(third_party, teacher_file, t
 
     text = (DIGITS_PGDAT.replace('name = "pgd-at"', 'name = "tp-kd"').replace("epochs = 1", "epochs = 2")
             .replace('name = "digits"', 'name = "digits"\ntrain_limit = 128')
-            + f'[teacher]\ncheckpoint = "{teacher_file}"\n[module]\nname = "tp-diff-l2"\nalpha = 1.0\n')
+            + f'[teacher]\ncheckpoint = "{teacher_file}"\ncheck_accuracy = false\n'  # random on purpose
+            + '[module]\nname = "tp-diff-l2"\nalpha = 1.0\n')
     r = R.load(write_recipe(text))
     assert r.attack_name == "tp-onestep"  # the method's own attack, chosen by the recipe
     result = run(r, output_dir=tmp_path / "run")

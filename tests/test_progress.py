@@ -44,7 +44,8 @@ def test_a_run_logged_to_a_file_has_a_line_per_epoch_and_per_attack(cli, write_r
     assert res.code == 0, res.err
     epochs = [ln for ln in res.err.splitlines() if re.match(r"t epoch \d/2: ", ln)]
     assert len(epochs) == 2 and all(re.search(r"· \S+ s elapsed · ETA \S+ s$", ln) for ln in epochs), res.err
-    assert [ln.split(":")[0] for ln in res.err.splitlines() if " eval " in ln] == ["t eval clean", "t eval fgsm"]
+    assert [ln.split(":")[0] for ln in res.err.splitlines() if " eval " in ln] == \
+        ["t eval clean (last, epoch 2)", "t eval fgsm (last, epoch 2)"]  # each names the checkpoint judged
     assert "module_weight" not in res.err  # no module, no T(α) to report
     rows = [json.loads(ln) for ln in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
     assert len(rows) == 2 and all("module_weight" not in r for r in rows)

@@ -36,6 +36,7 @@ from igdm_kit._cli.options import (
     TeacherArchOpt,
     TeacherLoader,
     TeacherName,
+    seed_in_range,
 )
 from igdm_kit._cli.specs import eps_text, parse_eps
 from igdm_kit._evaluation.plotting import checkpoint_label as _label
@@ -157,7 +158,8 @@ def _linearity(group: typer.Typer) -> None:
         device: Device = "auto",
         eps: str | None = typer.Option(None, "--eps", help="noise ε ~ U(−eps, eps); " + EPS_HELP + "; default: "
                                        "the ε the checkpoints' run was evaluated at, else 8/255"),
-        seed: int = typer.Option(0, "--seed", help="seed of the noise (the same noise for every checkpoint)"),
+        seed: int = typer.Option(0, "--seed", callback=seed_in_range,
+                                 help="seed of the noise (the same noise for every checkpoint)"),
         per_sample: PerSample = False,
         plot: Plot = None,
         progress: ShowProgress = True,
@@ -254,7 +256,8 @@ def _pointwise(group: typer.Typer) -> None:
         device: Device = "auto",
         eps: str | None = typer.Option(None, "--eps", help=EPS_HELP + "; default: the ε the student's run "
                                        "was evaluated at, else 8/255"),
-        seed: int = typer.Option(0, "--seed", help="seed of the uniform δ and of the attack's random start"),
+        seed: int = typer.Option(0, "--seed", callback=seed_in_range,
+                                 help="seed of the uniform δ and of the attack's random start"),
         per_sample: PerSample = False,
         plot: Plot = None,
         progress: ShowProgress = True,

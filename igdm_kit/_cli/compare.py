@@ -15,12 +15,16 @@ def register(app: typer.Typer) -> None:
     @app.command("compare")
     def compare(a: Path = typer.Argument(..., help="run folder (or eval --save-flags file) of model A"),
                 b: Path = typer.Argument(..., help="run folder (or flags file) of model B"),
+                worst: str = typer.Option("same", "--worst", help="worst cases over different attacks: same "
+                                          "(refuse), common (both over the attacks both ran), each (each "
+                                          "side's own, labelled)"),
                 json_: Json = False) -> None:
         """Accuracy of A and B per attack with 95% intervals, B − A, and McNemar's exact test on the
-        per-image robust flags; differences that are not significant are marked n.s."""
+        per-image robust flags; differences that are not significant are marked n.s. Only attacks both ran
+        are compared; the worst case row says which attacks it covers."""
         from igdm_kit._evaluation.compare import compare as run_compare
 
-        result = run_compare(a, b)
+        result = run_compare(a, b, worst=worst)
         if json_:
             print_json("compare", result)
             return
@@ -46,6 +50,13 @@ def print_table(result: dict) -> None:
                       "significant" if row["significant"] else "n.s.",
                       style="bold" if row["significant"] else None)
     out_console.print(table)
+    w = result["rows"].get("worst")
+    if w is not None and w["over"]["a"] == w["over"]["b"]:
+        out_console.print(escape(f"worst case over: {', '.join(w['over']['a'])}"), highlight=False)
+    for side in ("a", "b"):
+        if result.get(f"only_{side}"):
+            out_console.print(escape(f"not compared (only {side.upper()} ran them): "
+                                     f"{', '.join(result[f'only_{side}'])}"), highlight=False)
 
 
 def _acc(m: dict) -> str:

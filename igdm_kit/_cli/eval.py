@@ -14,7 +14,7 @@ from rich.markup import escape  # paths and messages are text, not Rich markup
 
 from igdm_kit._cli import ood
 from igdm_kit._cli.console import err_console, out_console, print_json, progress_callback
-from igdm_kit._cli.options import EPS_HELP, BatchSize, Dataset, Device, Json, Limit, ShowProgress
+from igdm_kit._cli.options import EPS_HELP, BatchSize, Dataset, Device, Json, Limit, ShowProgress, seed_in_range
 from igdm_kit._cli.specs import arch_options, eps_text, parse_attacks, parse_eps, parse_threat
 from igdm_kit._recipe.specs import DEFAULT_ATTACKS
 from igdm_kit._runtime.signals import StopFlag, checking
@@ -56,7 +56,8 @@ def register(app: typer.Typer) -> None:
         device: Device = "auto",
         eps: str | None = typer.Option(None, "--eps", help=EPS_HELP + "; default: the ε of the run's "
                                        "evaluation recorded in the checkpoint, else 8/255 (L2: 0.5, L1: 12)"),
-        seed: int = typer.Option(0, "--seed", help="seed of the random starts (each attack starts from it)"),
+        seed: int = typer.Option(0, "--seed", callback=seed_in_range,
+                                 help="seed of the random starts (each attack starts from it)"),
         aa_state: Path | None = typer.Option(
             None, "--aa-state", help="AutoAttack state file: progress is saved there and a rerun resumes it"),
         save_flags: Path | None = typer.Option(None, "--save-flags", help="write the per-image robust flags "
@@ -128,8 +129,10 @@ def run_eval(src, items: list[Any], *, threat: str, radius: float | None, datase
     if radius is None:  # a model trained at another radius would otherwise be judged at 8/255 silently
         radius = float(meta.get("eval_eps", DEFAULT_EPS[threat])) if threat == "Linf" else DEFAULT_EPS[threat]
     x, y = load_eval_data(ds_name, limit, options)
-    err_console.print(escape(f"evaluating {src.path} on {ds_name} test ({x.shape[0]} images, {dev}, "
-                             f"{threat} ε = {eps_text(radius)})"), style="dim", highlight=False)
+    which = ", ".join(f"{k} {meta[k]}" for k in ("checkpoint", "epoch") if meta.get(k) is not None)
+    err_console.print(escape(f"evaluating {src.path}" + (f" ({which})" if which else "") + f" on {ds_name} test "
+                             f"({x.shape[0]} images, {dev}, {threat} ε = {eps_text(radius)})"),
+                      style="dim", highlight=False)
     with StopFlag() as stop, progress_callback(progress) as cb:  # SIGINT/SIGTERM: message, 128 + signal
         result = evaluate_report(net, x, y, attacks=specs, batch_size=batch_size, eps=radius, threat=threat,
                                  device=dev, seed=seed, autoattack_state=aa_state, where="--attacks",

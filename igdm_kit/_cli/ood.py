@@ -10,7 +10,7 @@ import typer
 from rich.markup import escape
 
 from igdm_kit._cli.console import err_console, out_console, print_json
-from igdm_kit._cli.options import BatchSize, Dataset, Device, Json, Limit, Plot, ShowProgress
+from igdm_kit._cli.options import BatchSize, Dataset, Device, Json, Limit, Plot, ShowProgress, seed_in_range
 from igdm_kit.errors import IgdmKitError
 
 SHIFTS_HELP = ("comma-separated shifts (corruptions, corruption-files, cifar10.1, cinic10, threats, ...; "
@@ -185,7 +185,8 @@ def add(group: typer.Typer) -> None:
         limit: Limit = None,
         batch_size: BatchSize = 256,
         device: Device = "auto",
-        seed: int = typer.Option(0, "--seed", help="seed of the corruptions and the attacks' random starts"),
+        seed: int = typer.Option(0, "--seed", callback=seed_in_range,
+                                 help="seed of the corruptions and the attacks' random starts"),
         plot: Plot = None,
         progress: ShowProgress = True,
         json_: Json = False,

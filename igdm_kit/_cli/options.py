@@ -12,6 +12,15 @@ LIMIT_HELP = "use only the first N test images"
 DEVICE_HELP = "cpu, cuda, cuda:N or auto (CUDA when available)"
 EPS_HELP = "L∞ radius ε, a number or a fraction such as 8/255"
 PLOT_HELP = "write a figure to this file (.png, .pdf, .svg); needs matplotlib (the 'plot' extra)"
+#: The largest seed (``igdm_kit._recipe.schema.MAX_SEED``: torch takes seeds below 2**64).
+MAX_SEED = 2**63 - 1
+
+
+def seed_in_range(value: int) -> int:
+    """A ``--seed`` from 0 to ``MAX_SEED``: refused with the whole range, before anything loads."""
+    if not 0 <= value <= MAX_SEED:
+        raise typer.BadParameter(f"{value} is not a seed from 0 to {MAX_SEED:,}")
+    return value
 
 Dataset = Annotated[str | None, typer.Option("--dataset", "-d", metavar="NAME", help=DATASET_HELP)]
 Limit = Annotated[int | None, typer.Option("--limit", "-n", min=1, metavar="N", help=LIMIT_HELP)]

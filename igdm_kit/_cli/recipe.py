@@ -48,14 +48,20 @@ def register(app: typer.Typer) -> None:
     def show(recipe: Path = typer.Argument(..., help="recipe file (.toml)"),
              set_: list[str] = typer.Option([], "--set", help=SET_HELP),
              json_: bool = typer.Option(False, "--json", help="print JSON instead of TOML")) -> None:
-        """Print the fully resolved recipe (extends and overrides applied, defaults included)."""
+        """Print the fully resolved recipe (extends and overrides applied, defaults included); a value the
+        dataset, the machine or a default decides is a comment saying where it comes from."""
         from igdm_kit import _recipe as recipe_mod
 
+        from igdm_kit._recipe.effective import effective_defaults
+
         r = recipe_mod.load(recipe, set_)
+        notes = effective_defaults(r)  # what the dataset, the machine or a default decides
         if json_:
             from igdm_kit._cli.console import print_json
 
-            print_json("recipe show", r.resolved())
+            print_json("recipe show", {**r.resolved(), "effective_defaults": {
+                table: {k: {"value": v, "from": why} for k, (v, why) in keys.items()}
+                for table, keys in notes.items()}})
         else:
-            typer.echo(recipe_mod.to_toml(r.resolved()), nl=False)
+            typer.echo(recipe_mod.to_toml(r.resolved(), notes), nl=False)
         err_console.print(f"digest {r.digest()[:16]}", style="dim")

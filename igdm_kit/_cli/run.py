@@ -6,6 +6,7 @@ import os
 from pathlib import Path
 
 import typer
+from rich.markup import escape
 
 from igdm_kit._cli.console import err_console, make_progress, out_console, print_json
 from igdm_kit._cli.recipe import SET_HELP
@@ -16,13 +17,22 @@ def register(app: typer.Typer) -> None:
     def run(recipe: Path = typer.Argument(..., help="recipe file (.toml)"),
             set_: list[str] = typer.Option([], "--set", help=SET_HELP),
             output: Path | None = typer.Option(None, "--output", "-o", help="run folder (default: the recipe's output.dir, else runs/NAME)"),
-            resume: bool = typer.Option(False, "--resume", help="continue the unfinished run in the folder"),
+            resume: bool = typer.Option(False, "--resume", help="continue the unfinished run in the folder "
+                                        "(an error when there is none)"),
+            resume_or_start: bool = typer.Option(False, "--resume-or-start", hidden=True,
+                                                 help="continue the run in the folder, or start it (the sweep "
+                                                 "launchers' jobs)"),
             overwrite: bool = typer.Option(False, "--overwrite", help="replace a finished run in the folder"),
             json_: bool = typer.Option(False, "--json", help="print the results as JSON on stdout")) -> None:
         """Train and evaluate a recipe (validated whole before anything runs)."""
         from igdm_kit import _recipe as recipe_mod
 
         r = recipe_mod.load(recipe, set_)  # every error surfaces here, before torch is even imported
+        if resume and not resume_or_start:
+            from igdm_kit._storage.run_folder import check_resumable
+
+            check_resumable(r, output)
+        resume = resume or resume_or_start
         if r.model.sweep:  # a recipe family (e.g. the quickstart): run every variant, one table
             from igdm_kit._cli.sweep import execute
             from igdm_kit._recipe import command
@@ -86,7 +96,12 @@ def print_summary(result) -> None:
                           f"{m['ci95'][1]:.1f})")
     table.caption = f"{res.get('threat', 'Linf')} ε = {res.get('eps', 0):.4g}, n = {res.get('n')}; (95% Wilson interval)"
     out_console.print(table)
-    err_console.print(f"checkpoint: {result.output_dir / 'model.safetensors'}", style="dim")
+    headline = res.get("checkpoint", "last")
+    epoch = (res.get("checkpoints") or {}).get(headline, {}).get("epoch", res.get("epoch"))
+    err_console.print(escape(f"checkpoint: {result.output_dir / 'model.safetensors'}")
+                      + ("" if headline == "last" else escape(f" (the headline: {headline}"
+                                                              + (f", epoch {epoch})" if epoch is not None else ")"))),
+                      style="dim", highlight=False)
 
 
 def validation_table(result):

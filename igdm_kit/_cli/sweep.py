@@ -5,16 +5,23 @@ from __future__ import annotations
 from pathlib import Path
 
 import typer
+from rich.markup import escape
 
 from igdm_kit._cli.console import err_console, make_progress, out_console, print_json
 from igdm_kit._cli.recipe import SET_HELP
+
+#: The largest grid a sweep expands without --max-variants (``igdm_kit._sweep.sweep.MAX_VARIANTS``; no import
+#: of the sweep module here: ``--help`` stays light).
+MAX_VARIANTS = 256
 
 
 def register(app: typer.Typer) -> None:
     @app.command("sweep")
     def sweep(recipe: Path = typer.Argument(..., help="recipe file (.toml)"),
-              grid: list[str] = typer.Option([], "--grid", help="dotted.key=v1,v2,... (repeatable; "
-                                             "adds to the recipe's sweep table)"),
+              grid: list[str] = typer.Option([], "--grid", help="dotted.key=v1,v2,... (repeatable): the "
+                                             "values of that key, replacing the recipe's [sweep] values for it "
+                                             "(other keys stay); the first value is the baseline the "
+                                             "others are tested against"),
               set_: list[str] = typer.Option([], "--set", help=SET_HELP),
               output: Path | None = typer.Option(None, "--output", "-o", help="folder of the variants' runs"),
               plot: Path | None = typer.Option(None, "--plot", help="PNG: GC and GD against robust accuracy"),
@@ -26,7 +33,9 @@ def register(app: typer.Typer) -> None:
               jobs: int = typer.Option(1, "--jobs", "-j", min=1, help="jobs at once (the local launcher; "
                                        "more than 1 implies --launcher local)"),
               launcher_opt: list[str] = typer.Option([], "--launcher-opt", help="key=value option of the "
-                                                     "launcher, e.g. partition=gpu (repeatable)")) -> None:
+                                                     "launcher, e.g. partition=gpu (repeatable)"),
+              max_variants: int = typer.Option(MAX_VARIANTS, "--max-variants", min=1, help="refuse a grid of "
+                                               "more variants than this")) -> None:
         """Run every variant of a recipe (skipping finished ones) and print one table."""
         from igdm_kit._recipe import command
         from igdm_kit._sweep.sweep import parse_grid
@@ -39,7 +48,7 @@ def register(app: typer.Typer) -> None:
             again += " " + shlex.join(["--launcher", launch[0], *(["--jobs", str(jobs)] if jobs != 1 else []),
                                        *(a for o in launcher_opt for a in ("--launcher-opt", o))])
         execute(recipe, set_, parse_grid(grid), output, plot, json_, resume=resume, overwrite=overwrite,
-                resume_command=again, launch=launch)
+                resume_command=again, launch=launch, max_variants=max_variants)
 
 
 def launcher_choice(launcher: str | None, jobs: int, options: list[str]) -> tuple[str, dict] | None:
@@ -66,11 +75,14 @@ def launcher_choice(launcher: str | None, jobs: int, options: list[str]) -> tupl
 
 def execute(recipe: Path, overrides: list[str], grid: dict, output: Path | None, plot: Path | None,
             json_: bool, *, resume: bool = False, overwrite: bool = False, resume_command: str | None = None,
-            launch: tuple[str, dict] | None = None) -> None:
+            launch: tuple[str, dict] | None = None, max_variants: int = MAX_VARIANTS) -> None:
     from igdm_kit._evaluation.plotting import sweep_figure
     from igdm_kit._sweep.sweep import expand, run_sweep
 
-    expand(recipe, overrides, grid)  # validate every variant before anything trains
+    notes: list[str] = []
+    variants = expand(recipe, overrides, grid, max_variants=max_variants, notes=notes)  # all validated, once
+    for note in notes:
+        err_console.print(escape(note), style="dim", highlight=False)
     with make_progress() as progress:
         log = lambda s: progress.console.print(s, style="dim", highlight=False)  # noqa: E731
         if launch is not None:
@@ -78,10 +90,11 @@ def execute(recipe: Path, overrides: list[str], grid: dict, output: Path | None,
 
             summary = launch_sweep(recipe, launcher=launch[0], options=launch[1], overrides=overrides, grid=grid,
                                    output_dir=output, resume=resume, overwrite=overwrite, log=log,
-                                   resume_command=resume_command)
+                                   resume_command=resume_command, variants=variants)
         else:
             summary = run_sweep(recipe, overrides=overrides, grid=grid, output_dir=output, resume=resume,
-                                overwrite=overwrite, resume_command=resume_command, log=log, progress=progress)
+                                overwrite=overwrite, resume_command=resume_command, log=log, progress=progress,
+                                variants=variants)
     if summary is None:
         err_console.print("the jobs are submitted; when they have ended, run the same command again to collect "
                           "the table (finished variants are reused)")
@@ -104,16 +117,20 @@ def print_table(summary: dict) -> None:
     n = {r.get("n") for r in rows}
     where = f"{n.pop()} test images" if len(n) == 1 and None not in n else "the test split"
     tests = {c["variant"]: c.get("rows", {}) for c in summary.get("versus_first", [])}
-    table = Table(title=f"{summary['recipe']} — accuracy (%) on {where}", caption=_caption(len(rows)))
+    mixed = len({tuple(sorted(r["worst_over"])) for r in rows if "worst_over" in r}) > 1
+    caption = _caption(len(rows)) + ("; the variants ran different attacks, so each worst case covers its own "
+                                     "and they are not compared" if mixed else "")
+    table = Table(title=f"{summary['recipe']} — accuracy (%) on {where}", caption=caption)
     table.add_column("variant")
-    for _, label in cols:
-        table.add_column(label, justify="right")
+    for key, label in cols:
+        table.add_column(f"{label} (own attacks)" if mixed and key == "worst" else label, justify="right")
     for i, r in enumerate(rows):
         marks = tests.get(r["variant"], {}) if i and len(rows) > 2 else {}
         table.add_row(r["variant"], *[_cell(r, k, marks.get(k)) for k, _ in cols])
     if len(rows) == 2:  # a base method and the same with the module: what the module changed, tested
         a, b = rows
-        table.add_row("change", *[_delta(a.get(k), b.get(k), k, tests.get(b["variant"], {}).get(k))
+        table.add_row("change", *["—" if mixed and k == "worst" else
+                                  _delta(a.get(k), b.get(k), k, tests.get(b["variant"], {}).get(k))
                                   for k, _ in cols], style="bold")
     out_console.print(table)
     corr = summary.get("correlation") or {}

@@ -205,7 +205,8 @@ def save_flags(path: str | Path, result: dict[str, Any] | EvalReport, x: torch.T
 
 
 def load_flags(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
-    """(flags by attack key, metadata) of a file ``save_flags`` wrote; a one-line error for anything else."""
+    """(flags by attack key, metadata) of a file ``save_flags`` wrote; a one-line error for anything else
+    (``check_flags``)."""
     from safetensors import safe_open
     from safetensors.torch import load_file
 
@@ -213,11 +214,37 @@ def load_flags(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str, Any
     try:
         with safe_open(str(path), framework="pt") as fh:
             meta = json.loads((fh.metadata() or {})["igdm_kit_flags"])
-        flags = {k: v.bool() for k, v in load_file(str(path)).items()}
+        raw = load_file(str(path))
     except Exception as exc:  # noqa: BLE001 - missing, truncated, foreign: one line
         raise IgdmKitError(f"{str(path)!r} holds no igdm-kit evaluation flags ({type(exc).__name__})",
                            "pass a run folder evaluated by this igdm-kit, or an eval --save-flags file") from None
-    return flags, meta
+    check_flags(path, raw, meta)
+    return {k: v.bool() for k, v in raw.items()}, meta
+
+
+def check_flags(path: Path, raw: dict[str, torch.Tensor], meta: Any) -> None:
+    """A flags file is used only when it is what ``save_flags`` writes: its format, one flag of 0 or 1 per
+    image for every attack (``n`` of them, a vector), and a worst case that is every attack's at once."""
+    def bad(why: str) -> IgdmKitError:
+        return IgdmKitError(f"{str(path)!r} is not a valid igdm-kit flags file: {why}",
+                            "re-create it with igdm-kit eval --save-flags, or evaluate the run again")
+
+    if not isinstance(meta, dict) or meta.get("format") != FLAGS_FORMAT:
+        raise bad(f"its format is not {FLAGS_FORMAT!r}")
+    n = meta.get("n")
+    if not isinstance(n, int) or isinstance(n, bool) or n < 1:
+        raise bad(f"n = {n!r} is not a number of images")
+    if not isinstance(meta.get("images_sha256"), str) or not isinstance(meta.get("labels"), dict):
+        raise bad("its images' digest or its attack labels are missing")
+    for key, t in raw.items():
+        if t.ndim != 1 or t.shape[0] != n:
+            raise bad(f"{key} has flags of shape {list(t.shape)}, not one per image ({n})")
+        if ((t != 0) & (t != 1)).any():
+            raise bad(f"{key} has a flag that is neither 0 nor 1")
+    attacks = [k for k in raw if k != WORST]
+    if not attacks or WORST not in raw or \
+            not torch.equal(raw[WORST].bool(), torch.stack([raw[k].bool() for k in attacks]).all(dim=0)):
+        raise bad("its worst case is not the worst over its attacks")
 
 
 def load_eval_data(dataset_name: str, limit: int | None = None, options: dict[str, Any] | None = None,

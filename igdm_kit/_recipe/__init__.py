@@ -13,7 +13,7 @@ from __future__ import annotations
 import tomllib
 
 from igdm_kit._recipe.commands import command, eval_command, resume_command, shell_command
-from igdm_kit._recipe.load import MAX_EXTENDS_DEPTH, apply_overrides, load_raw, merge, parse_override
+from igdm_kit._recipe.load import MAX_EXTENDS_DEPTH, apply_overrides, load_raw, merge, parse_key, parse_override
 from igdm_kit._recipe.schema import (
                      AttackSection,
                      DataSection,
@@ -32,4 +32,5 @@ from igdm_kit._recipe.validate import Recipe, first_difference, load, missing_ex
 __all__ = ["AttackSection", "DataSection", "EvalSection", "MAX_EXTENDS_DEPTH", "MethodSection",
            "ModuleSection", "OutputSection", "Recipe", "RecipeModel", "StudentSection", "TeacherSection",
            "TrainSection", "apply_overrides", "command", "eval_command", "first_difference", "load", "load_raw",
-           "merge", "missing_extras", "parse_override", "resume_command", "shell_command", "to_toml", "tomllib", "validate"]
+           "merge", "missing_extras", "parse_key", "parse_override", "resume_command", "shell_command", "to_toml",
+           "tomllib", "validate"]

@@ -64,6 +64,10 @@ class TeacherSection(Section):
     std: list[Annotated[float, Field(gt=0, le=1e3)]] | None = None
     recipe: PathOption | None = Field(None, description="a recipe that trains the teacher (relative to the recipe "
                                       "file; cached in its run folder)")
+    check_classes: bool = Field(True, description="refuse a teacher whose recorded class names are not the "
+                                "data's (false: a warning)")
+    check_accuracy: bool = Field(True, description="refuse a teacher at chance on a sample of the training "
+                                 "images (false: a warning)")
 
     @model_validator(mode="after")
     def _one_source(self) -> TeacherSection:

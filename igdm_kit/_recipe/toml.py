@@ -1,7 +1,8 @@
 """Writing resolved recipes as TOML (``tomli-w``), with unset keys shown as comments.
 
 TOML has no null: a key whose value is None is left out of the data and written as
-``# key = (not set)`` right under its table's header, so ``recipe show`` still lists every key.
+``# key = (not set)`` right under its table's header — or, when the caller knows the value it runs with
+(``_recipe.effective``), ``# key = value (where it comes from)`` — so ``recipe show`` lists every key.
 """
 
 from __future__ import annotations
@@ -31,15 +32,36 @@ def _key(k: str) -> str:
     return k if k.replace("_", "").replace("-", "").isalnum() else tomli_w.dumps({k: 0}).split(" =")[0]
 
 
-def to_toml(data: dict[str, Any]) -> str:
-    """The TOML text of a resolved recipe; ``tomllib.loads`` reads back ``data`` without its None keys."""
+class Words(str):
+    """A value shown as the words it is (``all``, ``none``), not as a TOML string."""
+
+
+def value_text(v: Any) -> str:
+    if isinstance(v, Words):
+        return str(v)
+    if isinstance(v, list):
+        return "[" + ", ".join(value_text(x) for x in v) + "]"
+    return tomli_w.dumps({"v": v}).split("=", 1)[1].strip()
+
+
+def to_toml(data: dict[str, Any], notes: dict[str, dict[str, tuple[Any, str]]] | None = None) -> str:
+    """The TOML text of a resolved recipe; ``tomllib.loads`` reads back ``data`` without its None keys.
+
+    ``notes`` (table → key → (value, where it comes from)): the value a key left unset or absent runs with,
+    written as a comment in place of ``(not set)`` — ``# hflip = true (image-folder's default)``."""
     text = tomli_w.dumps(_without_none(data))
     unset = _unset(data)
-    lines = text.splitlines()
-    out: list[str] = []
-    out.extend(f"# {_key(k)} = (not set)" for k in unset.get("", []))
-    for line in lines:
+    notes = notes or {}
+
+    def comments(table: str) -> list[str]:
+        given = notes.get(table, {})
+        keys = list(dict.fromkeys([*unset.get(table, []), *given]))
+        return [f"# {_key(k)} = {value_text(given[k][0])} ({given[k][1]})" if k in given else f"# {_key(k)} = (not set)"
+                for k in keys]
+
+    out: list[str] = comments("")
+    for line in text.splitlines():
         out.append(line)
         if line.startswith("[") and line.endswith("]"):
-            out.extend(f"# {_key(k)} = (not set)" for k in unset.get(line[1:-1], []))
+            out.extend(comments(line[1:-1]))
     return "\n".join(out).strip("\n") + "\n"

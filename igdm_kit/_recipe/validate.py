@@ -25,6 +25,9 @@ from igdm_kit._recipe.schema import RecipeModel, TeacherSection
 from igdm_kit._recipe.specs import EvalSpec, check_eps, resolve, resolve_callbacks
 from igdm_kit.errors import RecipeError, UnknownComponentError
 
+#: ``[teacher]`` keys that decide whether a teacher is refused, never what is trained (not in the digest)
+TEACHER_CHECKS = ("check_classes", "check_accuracy")
+
 
 class Recipe:
     """A validated recipe: the schema model, the validated options of every component, and the name of
@@ -92,6 +95,8 @@ class Recipe:
         # what is written where (output, log) and how a family is named do not change the result
         body = {k: v for k, v in self._resolved.items() if k not in ("output", "sweep", "description", "log")}
         body["train"] = {k: v for k, v in body["train"].items() if k != "threads"}  # how, not what
+        if "teacher" in body:  # whether to refuse a teacher, not what is trained
+            body["teacher"] = {k: v for k, v in body["teacher"].items() if k not in TEACHER_CHECKS}
         # where the data and the teacher lie is not what they are: a moved clone keeps its runs
         paths = {section: path_fields(type(options)) for section, options in self.components.items()}
         paths["teacher"] = path_fields(TeacherSection)

@@ -2,8 +2,9 @@
 
 A checkpoint holds the model's tensors (no pickled code) and, in the safetensors metadata under the key
 ``igdm_kit``, a JSON object: the registered model name and its options, ``num_classes``/``in_channels``/
-``image_size``, the normalization, the dataset, the epoch, the recipe digest and the toolkit version. So
-``load_model(path)`` rebuilds the model from the file alone. Writes are atomic.
+``image_size``, the normalization, the dataset (name, options) and its class names, the epoch, the recipe
+digest and the toolkit version. So ``load_model(path)`` rebuilds the model from the file alone. Writes are
+atomic.
 
 A file is never trusted to say how much to allocate: its metadata is checked before anything is built (types
 and bounds, the model's options against its ``Options``, the data shape against the dataset when the caller
@@ -125,6 +126,10 @@ def check_metadata(path: str | os.PathLike, info: dict[str, Any]) -> None:
                       + (", all positive" if key == "std" else ""))
     if "eval_eps" in info and not (_number(info["eval_eps"]) and info["eval_eps"] >= 0):
         raise bad("eval_eps", "not a finite radius ≥ 0")
+    names = info.get("class_names")
+    if names is not None and (not isinstance(names, list) or len(names) != info["num_classes"]
+                              or not all(isinstance(c, str) for c in names)):
+        raise bad("class_names", f"not {info['num_classes']} class names")
     if "epoch" in info and not (isinstance(info["epoch"], int) and not isinstance(info["epoch"], bool)
                                 and info["epoch"] >= 0):
         raise bad("epoch", "not a whole number ≥ 0")

@@ -14,7 +14,7 @@
     checkpoints/epoch_NNN.safetensors   with train.save_every_epoch
     autoattack.state         while the final AutoAttack runs (it resumes from it; removed when finished)
     eval_flags.safetensors   per-image robust flags of every attack and the worst case (igdm-kit compare)
-    model.safetensors        the final model
+    model.safetensors        the headline model: the first of [eval] checkpoints (results.json's top level)
     results.json             the final evaluation; its presence marks the run finished
     .igdm-kit.lock           while a process works in the folder: its pid and host
 
@@ -41,6 +41,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from igdm_kit._recipe import Recipe, first_difference, to_toml
+from igdm_kit._recipe import load as load_recipe
 from igdm_kit._storage.io import (
     TEMP_SUFFIX,
     atomic_write_json,
@@ -281,6 +282,26 @@ class RunFolder:
         atomic_write_json(self / RESULTS, results)
         for state in self.path.glob(AA_STATE + "*"):  # every attack's AutoAttack state
             state.unlink(missing_ok=True)
+
+
+def check_resumable(r: Recipe, output_dir: str | Path | None = None) -> None:
+    """``--resume`` needs something to resume: the run folder, or the folder of a teacher its ``[teacher]
+    recipe`` chain trains. Neither there (a typo in ``--output``, another working directory) is one line,
+    not a new run started somewhere else."""
+    folder = Path(output_dir) if output_dir is not None else r.default_output_dir()
+    if folder.exists():
+        return
+    t = r.model.teacher
+    for _ in range(16):  # the engine refuses deeper chains
+        if t is None or t.recipe is None:
+            break
+        sub = load_recipe(t.recipe)
+        if sub.default_output_dir().exists():
+            return  # a stop during the teacher's training: the whole run resumes from there
+        t = sub.model.teacher
+    raise IgdmKitError(f"--resume: {folder} does not exist, so there is nothing to resume",
+                       "check --output (a relative path is from the working directory) or the recipe's "
+                       "output.dir; without --resume a new run starts there")
 
 
 class RunLock:

@@ -50,7 +50,7 @@ def variant_command(path: str | Path, overrides: list[str], v: Variant, folder: 
     for item in [*overrides, *(f"{k}={toml_value(val)}" for k, val in v.overrides.items()), "sweep={}"]:
         cmd += ["--set", item]
     cmd += ["--output", str(folder)]
-    return tuple(cmd + (["--resume"] if resume else []) + (["--overwrite"] if overwrite else []))
+    return tuple(cmd + (["--resume-or-start"] if resume else []) + (["--overwrite"] if overwrite else []))
 
 
 def teacher_jobs(variants: list[Variant], jobs_dir: Path) -> tuple[list[Job], dict[str, str]]:
@@ -80,7 +80,7 @@ def teacher_jobs(variants: list[Variant], jobs_dir: Path) -> tuple[list[Job], di
             t = sub.model.teacher
         after = {outer: (inner,) for outer, inner in zip(levels, levels[1:])}
         for name, teacher_recipe in reversed(new):
-            jobs.append(Job(name, (sys.executable, "-m", "igdm_kit", "run", teacher_recipe, "--resume"),
+            jobs.append(Job(name, (sys.executable, "-m", "igdm_kit", "run", teacher_recipe, "--resume-or-start"),
                             str(jobs_dir / f"{_safe(name)}.log"), after.get(name, ())))
         if levels:
             needs[v.label] = levels[0]
@@ -94,14 +94,14 @@ def _safe(name: str) -> str:
 def launch_sweep(path: str | Path, *, launcher: str, options: dict[str, Any], overrides: list[str] | None = None,
                  grid: dict[str, list[Any]] | None = None, output_dir: str | Path | None = None,
                  resume: bool = False, overwrite: bool = False, log: Callable[[str], None] = lambda s: None,
-                 resume_command: str | None = None) -> dict[str, Any] | None:
-    """Run the sweep's variants as jobs of ``launcher``; the summary ``run_sweep`` returns, or None when the
-    jobs were submitted without waiting for them."""
+                 resume_command: str | None = None, variants: list[Variant] | None = None) -> dict[str, Any] | None:
+    """Run the sweep's variants (``variants``: as ``expand`` made them, else expanded here) as jobs of
+    ``launcher``; the summary ``run_sweep`` returns, or None when the jobs were submitted without waiting."""
     from igdm_kit.factories import create_launcher
 
     chosen = create_launcher(launcher, options)  # bad launcher options fail before any folder is looked at
     overrides = list(overrides or [])
-    variants = expand(path, overrides, grid)
+    variants = variants if variants is not None else expand(path, overrides, grid)
     base = sweep_folder(variants, output_dir)
     folders = {v.label: variant_folder(base, v, len(variants)) for v in variants}
     reused = {v.label for v in variants if not overwrite and RunFolder(folders[v.label]).decide(

@@ -1,7 +1,9 @@
 """Recipe families: run a grid of variants of one recipe and collect one results table.
 
 The grid comes from the recipe's ``[sweep]`` table (dotted key → list of values) and/or ``--grid
-module.alpha=20,40,60`` on the command line; variants are the Cartesian product. Every variant is
+module.alpha=20,40,60`` on the command line (which replaces the values of a key the table lists, said so);
+variants are the Cartesian product, at most ``MAX_VARIANTS`` unless allowed. A ``--set`` on a key the grid
+varies is refused: every variant would silently replace it. Every variant is
 validated before the first one trains. Each runs in its own folder under the sweep's output folder, and a
 variant whose folder already holds a finished run of the same recipe is reused, not trained again — so an
 interrupted sweep picks up where it stopped, and the α tables of Appendix A.6 come from one command.
@@ -46,20 +48,67 @@ def _fmt(v: Any) -> str:
     return f"{v:g}" if isinstance(v, float) else str(v)
 
 
-def expand(path: str | Path, overrides: list[str] | None = None, grid: dict[str, list[Any]] | None = None
-           ) -> list[Variant]:
-    """Every variant of the recipe, validated (a bad variant fails before anything runs)."""
+#: The most variants a sweep expands to unless ``max_variants`` (``--max-variants``) allows more.
+MAX_VARIANTS = 256
+
+
+def sweep_table(path: str | Path, overrides: list[str] | None = None, grid: dict[str, list[Any]] | None = None,
+                notes: list[str] | None = None) -> tuple[dict[str, Any], dict[str, list[Any]]]:
+    """(the recipe with ``--set`` applied and no ``[sweep]``, the grid: dotted key → values). ``--grid``
+    replaces the values of a key the recipe's ``[sweep]`` lists (each replacement goes to ``notes``) and adds
+    any other key; ``--set`` on a key the grid varies is refused (the grid would override it)."""
     raw = recipe_mod.load_raw(path)
     recipe_mod.apply_overrides(raw, overrides or [])
     table = raw.pop("sweep", None) or {}
     if not isinstance(table, dict):
         raise RecipeError("sweep: must be a table of dotted keys to lists", "e.g. \"module.alpha\" = [20, 40]",
                           path="sweep")
+    for key, values in (grid or {}).items():
+        if key in table and notes is not None:
+            notes.append(f"--grid {key}: {_values(values)} replaces the recipe's sweep values {_values(table[key])}")
     table = {**table, **(grid or {})}
     for key, values in table.items():
         if not isinstance(values, list) or not values:
             raise RecipeError(f"sweep.{key}: must be a non-empty list of values", "e.g. [20, 40, 60]",
                               path=f"sweep.{key}")
+    _refuse_overridden(overrides or [], table)
+    return raw, table
+
+
+def _values(values: list[Any]) -> str:
+    return "[" + ", ".join(_fmt(v) for v in values) + "]"
+
+
+def _refuse_overridden(overrides: list[str], table: dict[str, list[Any]]) -> None:
+    """A ``--set`` on a key the grid varies (or a table holding it) would be silently replaced in every
+    variant: one line naming both."""
+    for item in overrides:
+        keys = recipe_mod.parse_override(item)[0]
+        if keys[:1] == ["sweep"]:
+            continue  # sets the sweep itself
+        for key, values in table.items():
+            parts = recipe_mod.parse_key(key, key)
+            if parts[:len(keys)] == keys or keys[:len(parts)] == parts:
+                raise RecipeError(f"--set {item}: the sweep varies {key} over {_values(values)}, which would "
+                                  f"replace it in every variant",
+                                  f"drop the --set, or sweep other values with --grid {key}=... (it replaces the "
+                                  f"recipe's), or run one value with --set 'sweep={{}}' --set {item}", path=key)
+
+
+def count_variants(table: dict[str, list[Any]]) -> int:
+    return math.prod(len(v) for v in table.values())
+
+
+def expand(path: str | Path, overrides: list[str] | None = None, grid: dict[str, list[Any]] | None = None, *,
+           max_variants: int = MAX_VARIANTS, notes: list[str] | None = None) -> list[Variant]:
+    """Every variant of the recipe, validated (a bad variant fails before anything runs); a grid of more than
+    ``max_variants`` variants is refused before one is built."""
+    raw, table = sweep_table(path, overrides, grid, notes)
+    total = count_variants(table)
+    if total > max_variants:
+        sizes = " × ".join(str(len(v)) for v in table.values())
+        raise RecipeError(f"sweep: the grid has {sizes} = {total:,} variants, more than {max_variants:,}",
+                          f"sweep fewer values, or allow it with igdm-kit sweep --max-variants {total}")
     keys = list(table)
     variants = []
     for combo in itertools.product(*(table[k] for k in keys)) if keys else [()]:
@@ -84,14 +133,15 @@ def toml_value(v: Any) -> str:
 def run_sweep(path: str | Path, *, overrides: list[str] | None = None, grid: dict[str, list[Any]] | None = None,
               output_dir: str | Path | None = None, resume: bool = False, overwrite: bool = False,
               log: Callable[[str], None] = lambda s: None, progress: Any = None,
-              resume_command: str | None = None) -> dict[str, Any]:
+              resume_command: str | None = None, variants: list[Variant] | None = None) -> dict[str, Any]:
     """Run (or reuse) every variant one after another; return the collected rows.
 
     Finished variants are reused; ``resume`` continues an interrupted one; ``overwrite`` retrains all.
+    ``variants``: the family ``expand`` already made (else it is expanded here).
     """
     from igdm_kit._training.engine import run
 
-    variants = expand(path, overrides, grid)
+    variants = variants if variants is not None else expand(path, overrides, grid)
     base = sweep_folder(variants, output_dir)
     rows = []
     for v in variants:
@@ -155,6 +205,8 @@ def row_of(v: Variant, result) -> dict[str, Any]:
     for key, a in (report.rows() if "worst" in res else report.attacks).items():
         row[key] = a.accuracy
         row["ci95"][key] = list(a.ci95)
+    if "worst" in res:
+        row["worst_over"] = list(report.over)  # the attacks this variant's worst case covers
     for key in ("gd", "gc"):
         if key in (result.results.get("alignment") or {}):
             row[key] = result.results["alignment"][key]

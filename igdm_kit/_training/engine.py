@@ -30,6 +30,7 @@ import torch
 
 from igdm_kit._recipe import Recipe, missing_extras, resume_command
 from igdm_kit._recipe import load as load_recipe
+from igdm_kit._recipe.effective import dataset_line
 from igdm_kit._runtime import distributed, threads
 from igdm_kit._runtime.accel import Accelerator
 from igdm_kit._runtime.devices import resolve_device
@@ -51,7 +52,7 @@ from igdm_kit._storage.run_folder import (
 from igdm_kit._storage.train_state import load_train_state
 from igdm_kit._training.callbacks import check_weights
 from igdm_kit._training.events import RunContext, Subscriber, restore_subscribers
-from igdm_kit._training.final_eval import clean_accuracy, evaluate_checkpoints, final_evaluation
+from igdm_kit._training.final_eval import clean_accuracy, evaluate_checkpoints, final_evaluation, judged_models
 from igdm_kit._training.parts import (
     Parts,
     build_parts,
@@ -206,7 +207,10 @@ def _train(folder: RunFolder, r: Recipe, mode: Mode, teacher_file: Path | None, 
     threads.configure(tr.threads)  # --threads / IGDM_KIT_THREADS, the recipe's, or the default
     if d.is_main:
         folder.ensure_writable()
-    parts = build_parts(r, device=device, acc=acc, dist=d, teacher_file=teacher_file)
+    parts = build_parts(r, device=device, acc=acc, dist=d, teacher_file=teacher_file, log=log)
+    shown = dataset_line(r)  # what the dataset decided (e.g. flips) changes results: said, not hidden
+    if shown and mode != "resume":
+        log(shown)
     stop.check(f"stopped before training started in {folder.path}", f"start it again with: {hint}")
     subs, ema = _callbacks(folder, parts, log, progress)
     start, partial, metrics = _starting_point(folder, parts, mode, log, subs)
@@ -223,14 +227,16 @@ def _train(folder: RunFolder, r: Recipe, mode: Mode, teacher_file: Path | None, 
         what, again = (f"the final evaluation stopped; training is saved in {folder.path} (AutoAttack resumes "
                        "where it stopped)"), f"resume with: {hint}"
         # AutoAttack keeps its progress in the run folder, so an interrupted final evaluation resumes.
-        results = evaluate_checkpoints(r, parts, folder, ema, log=log, progress=progress,
+        judged = judged_models(r, parts, folder, ema)
+        results = evaluate_checkpoints(r, parts, folder, judged, log=log, progress=progress,
                                        check=lambda: stop.check(what, again))
         stop.check(what, again)
+        headline, model, epoch = judged[0]  # model.safetensors is the model results.json reports
         if d.is_main:
-            save_model(folder / FINAL, parts.student, {**parts.checkpoint_meta(), "epoch": tr.epochs})
+            save_model(folder / FINAL, model, {**parts.checkpoint_meta(), "epoch": epoch, "checkpoint": headline})
             folder.finish(results)  # results.json marks the run finished
-        files = {n: folder / f for n, f in (("last", FINAL), ("best", BEST), ("ema", EMA), ("best_ema", BEST_EMA))
-                 if n in r.model.eval.checkpoints}
+        files = {n: folder / f for n, f in (("last", FINAL if headline == "last" else LAST), ("best", BEST),
+                                            ("ema", EMA), ("best_ema", BEST_EMA)) if n in r.model.eval.checkpoints}
         for s in subs:
             s.on_run_end(trainer, results, files)
         ok = True

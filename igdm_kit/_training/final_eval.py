@@ -33,9 +33,10 @@ def clean_accuracy(model, x: torch.Tensor, y: torch.Tensor, device, batch_size: 
     return 100.0 * correct / max(1, total)
 
 
-def _eval_progress(progress: Any, name: str, check: Callable[[], None] | None = None):
-    """Adapt a Rich ``Progress`` to evaluation's ``callback(task, done, total)``: a bar per attack; ``check``
-    runs after every batch first (a stop request raises there, AutoAttack's state already saved)."""
+def _eval_progress(progress: Any, name: str, check: Callable[[], None] | None = None, judged: str = ""):
+    """Adapt a Rich ``Progress`` to evaluation's ``callback(task, done, total)``: a bar per attack, named
+    after the checkpoint it judges (``judged``); ``check`` runs after every batch first (a stop request raises
+    there, AutoAttack's state already saved)."""
     if progress is None and check is None:
         return None
     tasks: dict[str, Any] = {}
@@ -46,7 +47,7 @@ def _eval_progress(progress: Any, name: str, check: Callable[[], None] | None = 
         if progress is None:
             return
         if task not in tasks:
-            tasks[task] = progress.add_task(f"{name} eval {task}", total=total)
+            tasks[task] = progress.add_task(f"{name} eval {task}" + (f" ({judged})" if judged else ""), total=total)
         progress.update(tasks[task], completed=done)
 
     return callback
@@ -55,10 +56,11 @@ def _eval_progress(progress: Any, name: str, check: Callable[[], None] | None = 
 def final_evaluation(r: Recipe, student, teacher, xte, yte, device, *, log, dist=None,
                      aa_state: Path | None = None, progress: Any = None,
                      flags_path: Path | None = None,
-                     check: Callable[[], None] | None = None) -> dict[str, Any]:
+                     check: Callable[[], None] | None = None, judged: str = "") -> dict[str, Any]:
     """The recipe's ``[eval]``: its attacks under its threat model, the worst case per image over them,
     and with ``analysis = true`` GD/GC. The per-image robust flags go to ``flags_path`` (one process).
-    ``check`` is called after every evaluated batch (the engine's stop check)."""
+    ``check`` is called after every evaluated batch (the engine's stop check); ``judged`` names the
+    checkpoint in the progress lines."""
     from igdm_kit._evaluation.runner import evaluate_report, save_flags
 
     ev = r.model.eval
@@ -69,7 +71,7 @@ def final_evaluation(r: Recipe, student, teacher, xte, yte, device, *, log, dist
         x, y = x[dist.rank::dist.world], y[dist.rank::dist.world]
     report = evaluate_report(student, x, y, attacks=r.eval_specs, batch_size=ev.batch_size, eps=ev.eps,
                              threat=ev.threat, device=device, autoattack_state=aa_state,
-                             progress=_eval_progress(progress, r.name, check), where="eval.attacks")
+                             progress=_eval_progress(progress, r.name, check, judged), where="eval.attacks")
     for w in report.warnings:
         log(f"AutoAttack: {w}")
     if flags_path is not None and not sharded:
@@ -88,11 +90,12 @@ def final_evaluation(r: Recipe, student, teacher, xte, yte, device, *, log, dist
         results["alignment"] = {"gd": gd / n_total, "gc": gc / n_total}
     if ev.shifts:
         results["shifts"] = shift_evaluation(r, student, x, y, device, log=log, sharded=sharded,
-                                             progress=progress)
+                                             progress=progress, judged=judged)
     return results
 
 
-def shift_evaluation(r: Recipe, student, x, y, device, *, log, sharded: bool, progress: Any = None):
+def shift_evaluation(r: Recipe, student, x, y, device, *, log, sharded: bool, progress: Any = None,
+                     judged: str = ""):
     """``[eval] shifts`` (Table 9) on the evaluated test images; a shift whose files are missing is skipped
     with a warning. Not sharded under torchrun: rank 0's shard only, said so in the results."""
     from igdm_kit._evaluation.shifts import evaluate_shifts
@@ -104,7 +107,8 @@ def shift_evaluation(r: Recipe, student, x, y, device, *, log, sharded: bool, pr
         log("eval.shifts: evaluated on this process's shard of the test set only (not merged across ranks)")
     out = evaluate_shifts(student, x, y, ev.shifts, dataset=r.model.data.name, info=info,
                           attacks=ev.shift_attacks, eps=ev.eps, threat=ev.threat, batch_size=ev.batch_size,
-                          device=device, progress=_eval_progress(progress, r.name), skip_missing=True)
+                          device=device, progress=_eval_progress(progress, r.name, judged=judged),
+                          skip_missing=True)
     for w in out["warnings"]:
         log(f"eval.shifts: {w}")
     return {**out, "sharded": sharded}
@@ -119,7 +123,8 @@ def _merge_shards(report, dist, device, n_total: int):
 
 def judged_models(r: Recipe, parts, folder, ema) -> list[tuple[str, Any, int | None]]:
     """(name, model, epoch) of each ``[eval] checkpoints`` entry: ``last`` and ``ema`` from memory, ``best``
-    and ``best_ema`` read back from their files (into the student's architecture, on its device)."""
+    and ``best_ema`` read back from their files (into the student's architecture, on its device). The first
+    is the headline: ``results.json``'s top level and ``model.safetensors``."""
     from safetensors.torch import load_file
 
     from igdm_kit._storage.checkpoint import read_metadata
@@ -127,6 +132,7 @@ def judged_models(r: Recipe, parts, folder, ema) -> list[tuple[str, Any, int | N
     from igdm_kit._training.parts import build_student
     from igdm_kit.errors import CheckpointError
 
+    parts.dist.barrier()  # rank 0 wrote the best checkpoints the other ranks read
     out = []
     epochs = r.model.train.epochs
     for name in r.model.eval.checkpoints:
@@ -145,24 +151,29 @@ def judged_models(r: Recipe, parts, folder, ema) -> list[tuple[str, Any, int | N
     return out
 
 
-def evaluate_checkpoints(r: Recipe, parts, folder, ema, *, log, progress: Any = None,
-                         check: Callable[[], None] | None = None) -> dict[str, Any]:
-    """The final evaluation of every checkpoint ``[eval] checkpoints`` names. The first is the headline: its
-    report is ``results.json``'s top level (and ``eval_flags.safetensors``); with more than one, each is also
-    under ``"checkpoints"`` by name, with the epoch it holds (AutoAttack state and flags in files of its own)."""
+def judged_label(name: str, epoch: int | None) -> str:
+    """How progress lines and summaries name a judged checkpoint: ``best, epoch 12``."""
+    return name + (f", epoch {epoch}" if epoch is not None else "")
+
+
+def evaluate_checkpoints(r: Recipe, parts, folder, judged: list[tuple[str, Any, int | None]], *, log,
+                         progress: Any = None, check: Callable[[], None] | None = None) -> dict[str, Any]:
+    """The final evaluation of every checkpoint ``[eval] checkpoints`` names (``judged_models``). The first is
+    the headline: its report is ``results.json``'s top level (and ``eval_flags.safetensors``, and the engine
+    writes it as ``model.safetensors``); with more than one, each is also under ``"checkpoints"`` by name,
+    with the epoch it holds (AutoAttack state and flags in files of its own)."""
     from igdm_kit._storage.run_folder import AA_STATE, FLAGS
 
     d = parts.dist
-    d.barrier()  # rank 0 wrote the best checkpoints the other ranks read
     reports: dict[str, dict[str, Any]] = {}
-    for i, (name, model, epoch) in enumerate(judged_models(r, parts, folder, ema)):
+    for i, (name, model, epoch) in enumerate(judged):
         d.sync_buffers(model)  # the ranks' shards judge rank 0's model, the one saved
         suffix = "" if i == 0 else f".{name}"
         rep = final_evaluation(r, model, parts.teacher, *parts.test_data, parts.device, log=log, dist=d,
                                aa_state=folder / f"{AA_STATE}{suffix}" if d.is_main else None,
                                progress=progress if d.is_main else None,
                                flags_path=(folder / FLAGS if i == 0 else folder / f"eval_flags{suffix}.safetensors")
-                               if d.is_main else None, check=check)
+                               if d.is_main else None, check=check, judged=judged_label(name, epoch))
         reports[name] = {**rep, "epoch": epoch}
     first = next(iter(reports))
     if r.model.eval.checkpoints == ["last"]:  # the default: results.json as it always was

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -56,6 +57,7 @@ class Parts:
                 "image_size": info.image_size, "mean": list(info.mean) if info.mean else None,
                 "std": list(info.std) if info.std else None,
                 "dataset": {"name": r.model.data.name, "options": r.components["data"].model_dump()},
+                "class_names": list(info.class_names),
                 "recipe_digest": r.digest(), "recipe_name": r.name,
                 # what the model was trained and judged at: `igdm-kit eval` defaults to this radius
                 "train_attack": {"name": r.attack_name, "eps": r.components["attack"].eps},
@@ -117,12 +119,17 @@ def build_student(r: Recipe, info: DatasetInfo) -> nn.Module:
                         **r.components["student"].model_dump())
 
 
-def load_teacher(r: Recipe, info: DatasetInfo, device: torch.device, path: Path | None):
+def load_teacher(r: Recipe, info: DatasetInfo, device: torch.device, path: Path | None,
+                 log: Callable[[str], None] = lambda s: None):
     """The recipe's teacher from ``path`` (its checkpoint, or the model its teacher recipe trained) in eval
-    mode with frozen parameters, and the file's sha256; (None, None) without a teacher."""
+    mode with frozen parameters, and the file's sha256; (None, None) without a teacher. A teacher whose
+    recorded classes are not the data's is refused first (``teacher_check``)."""
+    from igdm_kit._training.teacher_check import check_classes
+
     t = r.model.teacher
     if t is None or path is None:
         return None, None
+    check_classes(r, info, Path(path), log)
     teacher = create_teacher(path, loader=t.loader, loader_options=t.loader_options, model=t.model,
                              model_options=t.model_options, num_classes=info.num_classes,
                              in_channels=info.in_channels, image_size=info.image_size, mean=t.mean,
@@ -139,16 +146,21 @@ def build_training(r: Recipe, student: nn.Module, teacher: nn.Module | None):
 
 
 def build_parts(r: Recipe, *, device: torch.device, acc: Accelerator, dist: Dist,
-                teacher_file: Path | None) -> Parts:
+                teacher_file: Path | None, log: Callable[[str], None] = lambda s: None) -> Parts:
     """Data, student, teacher, components, optimizer and schedule — in a fixed order after seeding, so the
-    same recipe always starts from the same weights (on every rank)."""
+    same recipe always starts from the same weights (on every rank). The teacher is checked against the
+    training data before anything trains (``teacher_check``: its classes, its accuracy on a sample)."""
+    from igdm_kit._training.teacher_check import check_accuracy
+
     tr = r.model.train
     torch.manual_seed(tr.seed)
     split: dict[str, Any] = {}
     info, (xtr, ytr), test = load_data(r, split)
     xtr, ytr = acc.place_data(xtr, ytr)
     student = acc.prepare(build_student(r, info).to(device))
-    teacher, digest = load_teacher(r, info, device, teacher_file)
+    teacher, digest = load_teacher(r, info, device, teacher_file, log)
+    if teacher is not None:
+        check_accuracy(r, teacher, Path(teacher_file), xtr, ytr, device, log)
     teacher = acc.prepare(teacher)
     method, module, attack = build_training(r, student, teacher)
     attack = acc.wrap_attack(attack)  # mixed precision: the attack-gradient guard (igdm_kit._runtime.accel)

@@ -20,7 +20,8 @@ class Digits(DatasetPlugin):
 
     class Options(Options):
         test_size: float = Field(0.2, gt=0, lt=1, description="fraction held out as the test split")
-        random_state: int = Field(0, description="seed of the stratified split")
+        random_state: int = Field(0, ge=0, le=2**32 - 1, description="seed of the stratified split (scikit-learn "
+                                  "takes 0 to 2³² − 1)")
 
     def info(self) -> DatasetInfo:
         return DatasetInfo(num_classes=10, in_channels=1, image_size=8, crop_padding=0, hflip=False,

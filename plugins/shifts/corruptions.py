@@ -31,6 +31,8 @@ Name = Literal["gaussian_noise", "shot_noise", "impulse_noise", "defocus_blur", 
                "jpeg_compression"]
 GREY = (0.2989, 0.5870, 0.1140)  # the package's rgb2gray weights
 PORTED = ("glass_blur", "fog", "impulse_noise")
+#: NumPy's global RNG takes seeds 0 to 2³² − 1.
+MAX_NUMPY_SEED = 2**32 - 1
 
 
 def function(name: str):
@@ -83,7 +85,8 @@ class Corruptions(Shift):
                                         description="which of the 15 (default: all)")
         severities: list[int] = Field(default_factory=lambda: [1, 2, 3, 4, 5], min_length=1,
                                       description="severities 1–5")
-        seed: int | None = Field(None, description="seed of the random corruptions (default: the eval seed)")
+        seed: int | None = Field(None, ge=0, le=MAX_NUMPY_SEED, description="seed of the random corruptions, 0 to "
+                                 "2³² − 1, NumPy's range (default: the eval seed)")
 
         @field_validator("severities")
         @classmethod
@@ -96,8 +99,11 @@ class Corruptions(Shift):
         if ctx.info.in_channels not in (1, 3):
             raise IgdmKitError(f"corruptions need grey or RGB images, not {ctx.info.in_channels} channels",
                                "drop 'corruptions' from the shifts")
-        function("contrast")  # a missing package fails here, before anything runs
         seed = ctx.seed if self.options.seed is None else self.options.seed
+        if not 0 <= seed <= MAX_NUMPY_SEED:
+            raise IgdmKitError(f"corruptions: the evaluation's seed {seed} is outside NumPy's 0 to {MAX_NUMPY_SEED}",
+                               "pass a smaller --seed, or give the shift its own: corruptions:seed=0")
+        function("contrast")  # a missing package fails here, before anything runs
         x = ctx.x
         return [ShiftedSet(key=f"{name}-{s}", label=f"{name.replace('_', ' ')} {s}", group="corruption",
                            family=name, severity=s,

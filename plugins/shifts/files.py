@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Literal
 
 import numpy as np
-from pydantic import Field
+from pydantic import Field, field_validator
 
 from igdm_kit.errors import DataError
 from igdm_kit.interfaces import Options, Shift, ShiftedSet
@@ -66,7 +66,16 @@ class CorruptionFiles(Shift):
                                                      "CIFAR-100-C for cifar100)")
         corruptions: list[str] = Field(default_factory=lambda: list(COMMON), min_length=1,
                                        description="file names without .npy (default: the 15 common)")
-        severities: list[int] = Field(default_factory=lambda: [1, 2, 3, 4, 5], min_length=1)
+        severities: list[int] = Field(default_factory=lambda: [1, 2, 3, 4, 5], min_length=1,
+                                      description="severities 1–5 (the files' five blocks)")
+
+        @field_validator("severities")
+        @classmethod
+        def _severities(cls, v):
+            bad = [s for s in v if not 1 <= s <= 5]
+            if bad:  # a block index outside the file: -1 would read severity 4, 0 and 6 nothing
+                raise ValueError(f"severities are integers 1 to 5, not {', '.join(map(str, bad))}")
+            return v
 
     def sets(self, ctx):
         o = self.options
