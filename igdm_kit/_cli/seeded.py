@@ -1,12 +1,13 @@
-"""Cells of the tables that aggregate seeds (``sweep --seeds``, ``report``): mean ± sd with the 95% t
-interval, and a change with its tests named and ``n.s.`` where a test that applies finds no difference."""
+"""The sweep table with a seeds axis (``sweep --seeds``): mean ± sd with the 95% t interval per variant, and
+a change row per later variant with its tests named and ``n.s.`` where a test that applies finds none
+(the cells as ``igdm-kit report`` writes them, ``_evaluation.export``)."""
 
 from __future__ import annotations
 
 from typing import Any
 
-from igdm_kit._evaluation.aggregate import ALIGNMENT
-from igdm_kit._evaluation.stats import fmt_p
+from igdm_kit._evaluation.export import change_cell, value_cell
+
 
 def tests_text(n_seeds: int) -> str:
     """How the change cells are tested, for a caption."""
@@ -16,35 +17,6 @@ def tests_text(n_seeds: int) -> str:
     return (f"t = Student's paired t-test across the {n_seeds} seeds ({n_seeds - 1} df); CMH = the "
             "Cochran–Mantel–Haenszel (stratified McNemar) test of the per-image flags pooled over the seeds on "
             "the same images; n.s. = not significant (p ≥ 0.05 in either test)")
-
-
-def value_cell(mean: float | None, sd: float | None, ci: list[float] | None, key: str) -> str:
-    """``89.44 ± 0.52 (88.8–90.1)``; one seed: the value alone; GD/GC with three decimals, no interval."""
-    if mean is None:
-        return "—"
-    if key in ALIGNMENT:
-        return f"{mean:.3f}" + (f" ± {sd:.3f}" if sd is not None else "")
-    text = f"{mean:.2f}" + (f" ± {sd:.2f}" if sd is not None else "")
-    return text + (f" ({ci[0]:.1f}–{ci[1]:.1f})" if ci else "")
-
-
-def change_cell(test: dict[str, Any] | None, key: str) -> str:
-    """``+1.20 n.s. (t p=0.31, CMH p=0.002)``: the mean paired difference and each test's p."""
-    if not test:
-        return "—"
-    d = test["difference"]
-    text = f"{d:+.3f}" if key in ALIGNMENT else f"{d:+.2f}"
-    ps = []
-    if "paired_t" in test:
-        p = test["paired_t"]["p_value"]
-        ps.append("t p=" + (fmt_p(p) if p is not None else "n/a"))
-    if "per_image" in test:
-        name = "McNemar" if test["per_image"]["strata"] == 1 else "CMH"
-        ps.append(f"{name} p={fmt_p(test['per_image']['p_value'])}")
-    if not ps:
-        return text
-    mark = "" if test["significant"] else " n.s."
-    return f"{text}{mark} ({', '.join(ps)})"
 
 
 def seeds_text(seeds: list[Any]) -> str:

@@ -39,7 +39,8 @@ def run_values(results: dict[str, Any]) -> dict[str, float]:
     attack's accuracy (%), the worst case when the evaluation has one, GD/GC when measured."""
     report = EvalReport.from_json(results)
     rows = report.rows() if WORST in results else report.attacks
-    values = {k: a.accuracy for k, a in rows.items()}
+    order = {k: i for i, k in enumerate([*report.over, WORST])}  # the evaluation's order (the file sorts keys)
+    values = {k: rows[k].accuracy for k in sorted(rows, key=lambda k: order.get(k, len(order)))}
     for g in ALIGNMENT:
         v = (results.get("alignment") or {}).get(g)
         if isinstance(v, (int, float)):
