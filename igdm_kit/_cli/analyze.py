@@ -25,6 +25,7 @@ from igdm_kit._cli.console import err_console, out_console, print_json, progress
 from igdm_kit._cli.options import (
     EPS_HELP,
     BatchSize,
+    DataOpt,
     Dataset,
     Device,
     Json,
@@ -40,7 +41,7 @@ from igdm_kit._cli.options import (
 from igdm_kit._cli.specs import eps_text, parse_eps
 from igdm_kit._evaluation.plotting import checkpoint_label as _label
 from igdm_kit._evaluation.plotting import histograms_figure, linearity_figure, pyplot
-from igdm_kit._evaluation.sources import check_fits, dataset_for
+from igdm_kit._evaluation.sources import check_fits, dataset_for, open_dataset
 from igdm_kit.errors import IgdmKitError
 
 
@@ -70,18 +71,19 @@ def context(name: str, n: int, eps: float | None = None) -> str:
     return f"{name} test, n={n}" + (f", ε={eps_text(eps)}" if eps is not None else "")
 
 
-def _prepare(checkpoints: list[Path], dataset: str | None, limit: int | None, device: str):
-    """Checkpoint metadata, the dataset (from --dataset or the first checkpoint) and its test data."""
+def _prepare(checkpoints: list[Path], dataset: str | None, limit: int | None, device: str,
+             data_options: dict[str, Any] | None = None):
+    """Checkpoint metadata, the dataset (from --dataset or the first checkpoint, ``--data-opt`` over its
+    recorded options) and its test data."""
     from igdm_kit._evaluation.runner import load_eval_data
     from igdm_kit._runtime.threads import configure
     from igdm_kit._storage.checkpoint import read_metadata
     from igdm_kit.attacks import resolve_device
-    from igdm_kit.factories import create_dataset
 
     configure()  # --threads / IGDM_KIT_THREADS, else the default
     metas = [read_metadata(c) for c in checkpoints]  # every path is checked before anything heavy runs
-    name, options = dataset_for(checkpoints[0], metas[0], dataset)
-    info = create_dataset(name, **options).info()
+    name, options = dataset_for(checkpoints[0], metas[0], dataset, data_options)
+    info = open_dataset(name, options).info()
     for c, m in zip(checkpoints, metas, strict=True):
         check_fits(c, m, name, info)
     x, y = load_eval_data(name, limit, options)
@@ -89,15 +91,18 @@ def _prepare(checkpoints: list[Path], dataset: str | None, limit: int | None, de
 
 
 def _student_and_teacher(student: Path, teacher: Path, loader: str, name: str | None, arch: str | None,
-                         arch_opt: list[str], dataset: str | None, limit: int | None, device: str):
+                         arch_opt: list[str], dataset: str | None, limit: int | None, device: str,
+                         data_opt: list[str] | None = None):
     """The student checkpoint and a teacher from any source a teacher loader reads, on the student's data."""
     from igdm_kit._cli.specs import arch_options
     from igdm_kit._evaluation import sources
     from igdm_kit._storage.checkpoint import load_model
 
     source = sources.Source(teacher, loader=loader, name=name, arch=arch, arch_options=arch_options(arch_opt))
-    metas, ds, x, y, dev = _prepare([student] + ([teacher] if source.is_native() else []), dataset, limit, device)
-    t, _, _, _ = sources.load(source, ds, dev)
+    given = arch_options(data_opt or [])
+    metas, ds, x, y, dev = _prepare([student] + ([teacher] if source.is_native() else []), dataset, limit, device,
+                                    given)
+    t, _, _, _ = sources.load(source, ds, dev, given)
     return load_model(student, device=str(dev)), t, ds, x, y, dev, metas[0]
 
 
@@ -152,6 +157,7 @@ def _linearity(group: typer.Typer) -> None:
                                                  "in the order given", show_default=False),
         model: list[Path] = typer.Option([], "--model", "-m", help="checkpoint; repeatable, or a list of files"),
         dataset: Dataset = None,
+        data_opt: DataOpt = [],  # noqa: B006 - Typer's default
         limit: Limit = None,
         batch_size: BatchSize = 256,
         device: Device = "auto",
@@ -169,7 +175,9 @@ def _linearity(group: typer.Typer) -> None:
         paths = list(model) + list(checkpoints or [])
         if not paths:
             raise IgdmKitError("no checkpoint given", "pass --model CKPT [CKPT ...]")
-        metas, name, x, _, dev = _prepare(paths, dataset, limit, device)
+        from igdm_kit._cli.specs import arch_options
+
+        metas, name, x, _, dev = _prepare(paths, dataset, limit, device, arch_options(data_opt))
         radius = recorded_eps(metas, eps)
         with progress_callback(progress) as cb:
             results = _remainders(paths, metas, x, radius, seed, batch_size, dev, cb, per_sample)
@@ -199,6 +207,7 @@ def _alignment(group: typer.Typer) -> None:
         teacher_arch: TeacherArch = None,
         teacher_arch_opt: TeacherArchOpt = [],  # noqa: B006 - Typer's default
         dataset: Dataset = None,
+        data_opt: DataOpt = [],  # noqa: B006 - Typer's default
         limit: Limit = None,
         batch_size: BatchSize = 256,
         device: Device = "auto",
@@ -211,7 +220,8 @@ def _alignment(group: typer.Typer) -> None:
         if plot is not None:
             pyplot()
         s, t, name, x, y, dev, _ = _student_and_teacher(student, teacher, teacher_loader, teacher_name,
-                                                        teacher_arch, teacher_arch_opt, dataset, limit, device)
+                                                        teacher_arch, teacher_arch_opt, dataset, limit, device,
+                                                        data_opt)
         from igdm_kit._evaluation.analysis import gradient_alignment, summarize
 
         with progress_callback(progress) as cb:
@@ -249,6 +259,7 @@ def _pointwise(group: typer.Typer) -> None:
         attack: str | None = typer.Option(None, "--attack", help="attack instead of the method's default"),
         steps: int = typer.Option(20, "--steps", min=1, help="steps of the adversarial δ's attack"),
         dataset: Dataset = None,
+        data_opt: DataOpt = [],  # noqa: B006 - Typer's default
         limit: Limit = None,
         batch_size: BatchSize = 256,
         device: Device = "auto",
@@ -271,7 +282,8 @@ def _pointwise(group: typer.Typer) -> None:
         if attack is not None:
             registry("attack").get(attack)
         s, t, name, x, y, dev, smeta = _student_and_teacher(student, teacher, teacher_loader, teacher_name,
-                                                            teacher_arch, teacher_arch_opt, dataset, limit, device)
+                                                            teacher_arch, teacher_arch_opt, dataset, limit, device,
+                                                        data_opt)
         radius = recorded_eps([smeta], eps)  # the student's
         import torch
 

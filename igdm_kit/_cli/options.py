@@ -14,6 +14,9 @@ EPS_HELP = "L∞ radius ε, a number or a fraction such as 8/255"
 PLOT_HELP = "write a figure to this file (.png, .pdf, .svg); needs matplotlib (the 'plot' extra)"
 
 Dataset = Annotated[str | None, typer.Option("--dataset", "-d", metavar="NAME", help=DATASET_HELP)]
+DataOpt = Annotated[list[str], typer.Option("--data-opt", metavar="KEY=VALUE", help="an option of the dataset, "
+                                            "e.g. root=data/pets for image-folder (repeatable; over the options "
+                                            "the checkpoint recorded)")]
 Limit = Annotated[int | None, typer.Option("--limit", "-n", min=1, metavar="N", help=LIMIT_HELP)]
 BatchSize = Annotated[int, typer.Option("--batch-size", "-b", min=1, metavar="N", help="images per batch")]
 Device = Annotated[str, typer.Option("--device", metavar="DEVICE", help=DEVICE_HELP)]
