@@ -12,7 +12,7 @@ applies says so (p < 0.05): a gain the images show but the seeds do not is train
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -49,9 +49,12 @@ def run_values(results: dict[str, Any]) -> dict[str, float]:
 
 
 def spreads(runs: list[SeedRun]) -> dict[str, Spread]:
-    """Per metric every run of the cell has: mean, sd and 95% t interval over the seeds."""
+    """Per metric every run of the cell has: mean, sd and 95% t interval over the seeds (an accuracy's
+    interval within 0–100 %, where the mean lies)."""
     keys = [k for k in runs[0].values if all(k in r.values for r in runs)]
-    return {k: t_interval([r.values[k] for r in runs]) for k in keys}
+    out = {k: t_interval([r.values[k] for r in runs]) for k in keys}
+    return {k: s if k in ALIGNMENT or s.ci95 is None else
+            replace(s, ci95=(max(0.0, s.ci95[0]), min(100.0, s.ci95[1]))) for k, s in out.items()}
 
 
 def paired_seeds(a: list[SeedRun], b: list[SeedRun]) -> list[tuple[SeedRun, SeedRun]]:
