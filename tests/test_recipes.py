@@ -99,10 +99,17 @@ def _sweep_files() -> list[Path]:
     return [p for p in LEAVES if "sweep" in R.load_raw(p)]
 
 
+def _grid(table: dict) -> dict:
+    """A [sweep] table as dotted keys to values: its seeds axis (``seeds``) is ``train.seed``."""
+    from igdm_kit._sweep.sweep import SEEDS, parse_seeds
+
+    return {("train.seed" if k == SEEDS else k): (parse_seeds(v) if k == SEEDS else v) for k, v in table.items()}
+
+
 @pytest.mark.parametrize("path", _sweep_files(), ids=rel)
 def test_sweep_values_resolve(path):
     raw = R.load_raw(path)
-    table = raw.pop("sweep")
+    table = _grid(raw.pop("sweep"))
     assert table, "an empty [sweep] runs nothing"
     for key, values in table.items():
         assert isinstance(values, list) and values, f"sweep.{key} must be a non-empty list"
@@ -125,7 +132,7 @@ def test_sweep_expansion_matches_the_grid():
     from igdm_kit._sweep.sweep import expand
 
     for path in _sweep_files():
-        table = R.load_raw(path)["sweep"]
+        table = _grid(R.load_raw(path)["sweep"])
         variants = expand(path)
         assert len(variants) == math.prod(len(v) for v in table.values()), rel(path)
         for v, combo in zip(variants, itertools.product(*table.values()), strict=True):

@@ -19,6 +19,7 @@ from igdm_kit._cli import compare as compare_cmd
 from igdm_kit._cli import eval as eval_cmd
 from igdm_kit._cli import plugins as plugins_cmd
 from igdm_kit._cli import recipe as recipe_cmd
+from igdm_kit._cli import report as report_cmd
 from igdm_kit._cli import run as run_cmd
 from igdm_kit._cli import sweep as sweep_cmd
 from igdm_kit._cli.console import err_console
@@ -26,7 +27,7 @@ from igdm_kit._runtime.threads import ENV as THREADS_ENV
 from igdm_kit._runtime.threads import prepare_environment
 from igdm_kit.errors import IgdmKitError
 
-GROUPS = (run_cmd, recipe_cmd, plugins_cmd, sweep_cmd, eval_cmd, compare_cmd, analyze_cmd)
+GROUPS = (run_cmd, recipe_cmd, plugins_cmd, sweep_cmd, eval_cmd, compare_cmd, analyze_cmd, report_cmd)
 
 
 def build_app() -> typer.Typer:

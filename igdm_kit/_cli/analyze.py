@@ -25,6 +25,7 @@ from igdm_kit._cli.console import err_console, out_console, print_json, progress
 from igdm_kit._cli.options import (
     EPS_HELP,
     BatchSize,
+    DataOpt,
     Dataset,
     Device,
     Json,
@@ -32,16 +33,12 @@ from igdm_kit._cli.options import (
     PerSample,
     Plot,
     ShowProgress,
-    TeacherArch,
-    TeacherArchOpt,
-    TeacherLoader,
-    TeacherName,
     seed_in_range,
 )
 from igdm_kit._cli.specs import eps_text, parse_eps
 from igdm_kit._evaluation.plotting import checkpoint_label as _label
-from igdm_kit._evaluation.plotting import histograms_figure, linearity_figure, pyplot
-from igdm_kit._evaluation.sources import check_fits, dataset_for
+from igdm_kit._evaluation.plotting import linearity_figure, pyplot
+from igdm_kit._evaluation.sources import check_fits, dataset_for, open_dataset
 from igdm_kit.errors import IgdmKitError
 
 
@@ -71,35 +68,42 @@ def context(name: str, n: int, eps: float | None = None) -> str:
     return f"{name} test, n={n}" + (f", ε={eps_text(eps)}" if eps is not None else "")
 
 
-def _prepare(checkpoints: list[Path], dataset: str | None, limit: int | None, device: str):
-    """Checkpoint metadata, the dataset (from --dataset or the first checkpoint) and its test data."""
+def _prepare(checkpoints: list[Path], dataset: str | None, limit: int | None, device: str,
+             data_options: dict[str, Any] | None = None):
+    """Checkpoint metadata, the dataset (from --dataset or the first checkpoint, ``--data-opt`` over its
+    recorded options) and its test data."""
     from igdm_kit._evaluation.runner import load_eval_data
     from igdm_kit._runtime.threads import configure
     from igdm_kit._storage.checkpoint import read_metadata
     from igdm_kit.attacks import resolve_device
-    from igdm_kit.factories import create_dataset
 
     configure()  # --threads / IGDM_KIT_THREADS, else the default
     metas = [read_metadata(c) for c in checkpoints]  # every path is checked before anything heavy runs
-    name, options = dataset_for(checkpoints[0], metas[0], dataset)
-    info = create_dataset(name, **options).info()
+    name, options = dataset_for(checkpoints[0], metas[0], dataset, data_options)
+    info = open_dataset(name, options).info()
     for c, m in zip(checkpoints, metas, strict=True):
         check_fits(c, m, name, info)
     x, y = load_eval_data(name, limit, options)
     return metas, name, x, y, resolve_device(device)
 
 
-def _student_and_teacher(student: Path, teacher: Path, loader: str, name: str | None, arch: str | None,
-                         arch_opt: list[str], dataset: str | None, limit: int | None, device: str):
-    """The student checkpoint and a teacher from any source a teacher loader reads, on the student's data."""
+def _students_and_teacher(students: list[Path], teacher: Path, loader: str, name: str | None, arch: str | None,
+                          arch_opt: list[str], dataset: str | None, limit: int | None, device: str,
+                          data_opt: list[str] | None = None):
+    """The student checkpoints (each checked against the data) and a teacher from any source a teacher
+    loader reads, on the first student's dataset: (students, teacher, dataset, x, y, device, metadata)."""
     from igdm_kit._cli.specs import arch_options
     from igdm_kit._evaluation import sources
     from igdm_kit._storage.checkpoint import load_model
 
+    if not students:
+        raise IgdmKitError("no student given", "pass --student CKPT (repeatable)")
     source = sources.Source(teacher, loader=loader, name=name, arch=arch, arch_options=arch_options(arch_opt))
-    metas, ds, x, y, dev = _prepare([student] + ([teacher] if source.is_native() else []), dataset, limit, device)
-    t, _, _, _ = sources.load(source, ds, dev)
-    return load_model(student, device=str(dev)), t, ds, x, y, dev, metas[0]
+    given = arch_options(data_opt or [])
+    metas, ds, x, y, dev = _prepare([*students, *([teacher] if source.is_native() else [])], dataset, limit, device,
+                                    given)
+    t, _, _, _ = sources.load(source, ds, dev, given)
+    return [load_model(s, device=str(dev)) for s in students], t, ds, x, y, dev, metas[:len(students)]
 
 
 def _table(title: str, columns: list[str], rows: list[list[str]]):
@@ -117,7 +121,9 @@ def register(app: typer.Typer) -> None:
     group = typer.Typer(rich_markup_mode=None, no_args_is_help=True,
                         help="Local linearity, gradient alignment and point-wise alignment (Sections 3.1, 4.2).")
     app.add_typer(group, name="analyze")
-    for add in (_linearity, _alignment, _pointwise):
+    from igdm_kit._cli.analyze_students import add_alignment, add_pointwise
+
+    for add in (_linearity, add_alignment, add_pointwise):
         add(group)
     from igdm_kit._cli import ood
 
@@ -153,6 +159,7 @@ def _linearity(group: typer.Typer) -> None:
                                                  "in the order given", show_default=False),
         model: list[Path] = typer.Option([], "--model", "-m", help="checkpoint; repeatable, or a list of files"),
         dataset: Dataset = None,
+        data_opt: DataOpt = [],  # noqa: B006 - Typer's default
         limit: Limit = None,
         batch_size: BatchSize = 256,
         device: Device = "auto",
@@ -171,7 +178,9 @@ def _linearity(group: typer.Typer) -> None:
         paths = list(model) + list(checkpoints or [])
         if not paths:
             raise IgdmKitError("no checkpoint given", "pass --model CKPT [CKPT ...]")
-        metas, name, x, _, dev = _prepare(paths, dataset, limit, device)
+        from igdm_kit._cli.specs import arch_options
+
+        metas, name, x, _, dev = _prepare(paths, dataset, limit, device, arch_options(data_opt))
         radius = recorded_eps(metas, eps)
         with progress_callback(progress) as cb:
             results = _remainders(paths, metas, x, radius, seed, batch_size, dev, cb, per_sample)
@@ -189,120 +198,3 @@ def _linearity(group: typer.Typer) -> None:
                [[_label(r["checkpoint"], paths), "" if r["epoch"] is None else str(r["epoch"]), f"{r['mean']:.4f}",
                  f"{r['std']:.4f}", f"{r['median']:.4f}", f"{r['q05']:.4f}", f"{r['q95']:.4f}"]
                 for r in results])
-
-
-def _alignment(group: typer.Typer) -> None:
-    @group.command("alignment")
-    def alignment(
-        student: Path = typer.Option(..., "--student", "-s", help="student checkpoint"),
-        teacher: Path = typer.Option(..., "--teacher", "-t", help="teacher checkpoint or weights file"),
-        teacher_loader: TeacherLoader = "auto",
-        teacher_name: TeacherName = None,
-        teacher_arch: TeacherArch = None,
-        teacher_arch_opt: TeacherArchOpt = [],  # noqa: B006 - Typer's default
-        dataset: Dataset = None,
-        limit: Limit = None,
-        batch_size: BatchSize = 256,
-        device: Device = "auto",
-        per_sample: PerSample = False,
-        plot: Plot = None,
-        progress: ShowProgress = True,
-        json_: Json = False,
-    ) -> None:
-        """Gradient distance GD and cosine GC of ∇ₓCE between student and teacher (Table 4)."""
-        if plot is not None:
-            pyplot()
-        s, t, name, x, y, dev, _ = _student_and_teacher(student, teacher, teacher_loader, teacher_name,
-                                                        teacher_arch, teacher_arch_opt, dataset, limit, device)
-        from igdm_kit._evaluation.analysis import gradient_alignment, summarize
-
-        with progress_callback(progress) as cb:
-            res = gradient_alignment(s, t, x, y, batch_size=batch_size, progress=cb)
-        out: dict[str, Any] = {"student": str(student), "teacher": str(teacher), "dataset": name,
-                               "n": int(x.shape[0]), "gd": res["gd"], "gc": res["gc"],
-                               "distance": summarize(res["distance"]), "cosine": summarize(res["cosine"])}
-        if per_sample:
-            out["per_sample"] = {"distance": res["distance"].tolist(), "cosine": res["cosine"].tolist()}
-        where = context(name, int(x.shape[0])) + ", ∇ₓ CE at the clean images"
-        if plot is not None:
-            _plotted(histograms_figure(
-                {"GD: ‖g_S − g_T‖₂ per image": res["distance"], "GC: cos(g_S, g_T) per image": res["cosine"]},
-                plot, f"gradient alignment, student vs teacher — GD {res['gd']:.4f}, GC {res['gc']:.4f}\n{where}"))
-        if json_:
-            print_json("analyze alignment", out)
-            return
-        _table(f"Gradient alignment — {where}", ["metric", "mean", "std", "median"],
-               [["GD ↓ (‖g_S − g_T‖₂)", f"{res['gd']:.4f}", f"{out['distance']['std']:.4f}",
-                 f"{out['distance']['median']:.4f}"],
-                ["GC ↑ (cosine)", f"{res['gc']:.4f}", f"{out['cosine']['std']:.4f}",
-                 f"{out['cosine']['median']:.4f}"]])
-
-
-def _pointwise(group: typer.Typer) -> None:
-    @group.command("pointwise")
-    def pointwise(
-        student: Path = typer.Option(..., "--student", "-s", help="student checkpoint"),
-        teacher: Path = typer.Option(..., "--teacher", "-t", help="teacher checkpoint or weights file"),
-        teacher_loader: TeacherLoader = "auto",
-        teacher_name: TeacherName = None,
-        teacher_arch: TeacherArch = None,
-        teacher_arch_opt: TeacherArchOpt = [],  # noqa: B006 - Typer's default
-        method: str = typer.Option("pgd-at", "--method", help="method whose inner attack makes the adversarial δ"),
-        attack: str | None = typer.Option(None, "--attack", help="attack instead of the method's default"),
-        steps: int = typer.Option(20, "--steps", min=1, help="steps of the adversarial δ's attack"),
-        dataset: Dataset = None,
-        limit: Limit = None,
-        batch_size: BatchSize = 256,
-        device: Device = "auto",
-        eps: str | None = typer.Option(None, "--eps", help=EPS_HELP + "; default: the ε the student's run "
-                                       "was evaluated at, else 8/255"),
-        seed: int = typer.Option(0, "--seed", callback=seed_in_range,
-                                 help="seed of the uniform δ and of the attack's random start"),
-        per_sample: PerSample = False,
-        plot: Plot = None,
-        progress: ShowProgress = True,
-        json_: Json = False,
-    ) -> None:
-        """Point-wise distance mean ‖T(x+δ) − S(x+δ)‖₂ for δ ~ U(−ε, ε) and adversarial δ (Table 5)."""
-        if eps is not None:
-            parse_eps(eps)  # a bad --eps fails before anything loads
-        if plot is not None:
-            pyplot()
-        from igdm_kit._plugins.manager import registry
-
-        registry("method").get(method)  # an unknown method fails before any data loads
-        if attack is not None:
-            registry("attack").get(attack)
-        s, t, name, x, y, dev, smeta = _student_and_teacher(student, teacher, teacher_loader, teacher_name,
-                                                            teacher_arch, teacher_arch_opt, dataset, limit, device)
-        radius = recorded_eps([smeta], eps)  # the student's
-        import torch
-
-        from igdm_kit._evaluation.analysis import pointwise_distance, summarize
-        from igdm_kit.attacks import seeded
-
-        per: dict[str, Any] = {}
-        with progress_callback(progress) as cb, seeded(seed, dev):
-            gen = torch.Generator(device="cpu").manual_seed(seed)
-            for kind in ("uniform", "adversarial"):
-                per[kind] = pointwise_distance(s, t, x, y, delta=kind, method=method, attack=attack, eps=radius,
-                                               steps=steps, generator=gen, batch_size=batch_size,
-                                               progress=cb)["distance"]
-        out: dict[str, Any] = {"student": str(student), "teacher": str(teacher), "dataset": name,
-                               "n": int(x.shape[0]), "eps": radius, "method": method, "attack": attack,
-                               "steps": steps, **{k: summarize(v) for k, v in per.items()}}
-        if per_sample:
-            out["per_sample"] = {k: v.tolist() for k, v in per.items()}
-        where = context(name, int(x.shape[0]), radius)
-        adv = f"δ = adversarial ({attack or method}, {steps} steps)"
-        if plot is not None:
-            _plotted(histograms_figure({"δ ~ U(−ε, ε)": per["uniform"], adv: per["adversarial"]}, plot,
-                                       f"point-wise distance, teacher vs student — {where}", shared=True,
-                                       xlabel="‖T(x+δ) − S(x+δ)‖₂ on logits, per image"))
-        if json_:
-            print_json("analyze pointwise", out)
-            return
-        _table(f"Point-wise distance ‖T(x+δ) − S(x+δ)‖₂ — {where}",
-               ["δ", "mean", "std", "median"],
-               [[label, f"{out[k]['mean']:.4f}", f"{out[k]['std']:.4f}", f"{out[k]['median']:.4f}"]
-                for k, label in (("uniform", "δ ~ U(−ε, ε)"), ("adversarial", adv))])

@@ -14,7 +14,17 @@ from rich.markup import escape  # paths and messages are text, not Rich markup
 
 from igdm_kit._cli import ood
 from igdm_kit._cli.console import err_console, out_console, print_json, progress_callback
-from igdm_kit._cli.options import EPS_HELP, BatchSize, Dataset, Device, Json, Limit, ShowProgress, seed_in_range
+from igdm_kit._cli.options import (
+    EPS_HELP,
+    BatchSize,
+    DataOpt,
+    Dataset,
+    Device,
+    Json,
+    Limit,
+    ShowProgress,
+    seed_in_range,
+)
 from igdm_kit._cli.specs import arch_options, eps_text, parse_attacks, parse_eps, parse_threat
 from igdm_kit._recipe.specs import DEFAULT_ATTACKS
 from igdm_kit._runtime.signals import StopFlag, checking
@@ -46,6 +56,7 @@ def register(app: typer.Typer) -> None:
                                         "(--loader state-dict), e.g. wrn-34-10"),
         arch_opt: list[str] = typer.Option([], "--arch-opt", help="an option of --arch, key=value (repeatable)"),
         dataset: Dataset = None,
+        data_opt: DataOpt = [],  # noqa: B006 - Typer's default
         attacks: str | None = typer.Option(None, "--attacks", "-a", help=f"comma-separated attack names "
                                            f"(default {ALL_ATTACKS})"),
         attack: list[str] = typer.Option([], "--attack", help="an attack with options, e.g. "
@@ -79,11 +90,13 @@ def register(app: typer.Typer) -> None:
         src = sources.Source(model, loader=loader, name=name, arch=arch, arch_options=arch_options(arch_opt))
         again = stop_hint([("--model", model), ("--loader", None if loader == "auto" else loader),
                            ("--name", name), ("--arch", arch), *(("--arch-opt", o) for o in arch_opt),
-                           ("--dataset", dataset), ("--attacks", attacks), *(("--attack", a) for a in attack),
+                           ("--dataset", dataset), *(("--data-opt", o) for o in data_opt),
+                           ("--attacks", attacks), *(("--attack", a) for a in attack),
                            ("--threat", threat), ("--limit", limit), ("--batch-size", batch_size),
                            ("--device", device), ("--eps", eps), ("--seed", seed), ("--aa-state", aa_state),
                            ("--save-flags", save_flags), ("--no-progress", not progress), ("--json", json_)],
                           aa_state)
+        data_options = arch_options(data_opt)
         shift_items = ood.parse_shifts(shifts, shift)
         if shift_items:
             if aa_state is not None or save_flags is not None:
@@ -91,16 +104,16 @@ def register(app: typer.Typer) -> None:
                                    "drop them, or evaluate without --shifts")
             chosen = parse_attacks(attacks, attack) if attacks is not None or attack else None
             result = ood.run_shifts(src, shift_items, chosen, threat=threat, radius=radius, dataset=dataset,
-                                    limit=limit, batch_size=batch_size, device=device, seed=seed,
-                                    progress=progress)
+                                    data_options=data_options, limit=limit, batch_size=batch_size,
+                                    device=device, seed=seed, progress=progress)
             if json_:
                 print_json("eval", result)
             else:
                 ood.print_shift_table(result)
             return
         items = parse_attacks(attacks, attack)
-        result = run_eval(src, items, threat=threat, radius=radius, dataset=dataset, limit=limit,
-                          batch_size=batch_size, device=device, seed=seed, aa_state=aa_state,
+        result = run_eval(src, items, threat=threat, radius=radius, dataset=dataset, data_options=data_options,
+                          limit=limit, batch_size=batch_size, device=device, seed=seed, aa_state=aa_state,
                           save_flags=save_flags, progress=progress, stop_hint=again)
         if json_:
             print_json("eval", result)
@@ -110,8 +123,8 @@ def register(app: typer.Typer) -> None:
 
 def run_eval(src, items: list[Any], *, threat: str, radius: float | None, dataset: str | None,
              limit: int | None, batch_size: int, device: str, seed: int, aa_state: Path | None,
-             save_flags: Path | None, progress: bool, stop_hint: str = "run the same command again"
-             ) -> dict[str, Any]:
+             save_flags: Path | None, progress: bool, stop_hint: str = "run the same command again",
+             data_options: dict[str, Any] | None = None) -> dict[str, Any]:
     """Load the model through its source, resolve the attacks, evaluate; the JSON-able result. A stop
     request (SIGINT/SIGTERM) ends the evaluation after the current batch: ``Interrupted`` with
     ``stop_hint``, exit 128 + signal."""
@@ -125,7 +138,7 @@ def run_eval(src, items: list[Any], *, threat: str, radius: float | None, datase
     specs = resolve(items, threat, "--attacks")  # bad attacks fail before any model is loaded
     configure()  # --threads / IGDM_KIT_THREADS, else the default
     dev = resolve_device(device)
-    net, meta, ds_name, options = sources.load(src, dataset, dev)
+    net, meta, ds_name, options = sources.load(src, dataset, dev, data_options)
     if radius is None:  # a model trained at another radius would otherwise be judged at 8/255 silently
         radius = float(meta.get("eval_eps", DEFAULT_EPS[threat])) if threat == "Linf" else DEFAULT_EPS[threat]
     x, y = load_eval_data(ds_name, limit, options)

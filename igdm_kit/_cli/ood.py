@@ -10,7 +10,7 @@ import typer
 from rich.markup import escape
 
 from igdm_kit._cli.console import err_console, out_console, print_json
-from igdm_kit._cli.options import BatchSize, Dataset, Device, Json, Limit, Plot, ShowProgress, seed_in_range
+from igdm_kit._cli.options import BatchSize, DataOpt, Dataset, Device, Json, Limit, Plot, ShowProgress, seed_in_range
 from igdm_kit.errors import IgdmKitError
 
 SHIFTS_HELP = ("comma-separated shifts (corruptions, corruption-files, cifar10.1, cinic10, threats, ...; "
@@ -35,7 +35,8 @@ def run_shifts(src, shifts: list[Any], attacks: list[Any] | None, **kwargs: Any)
 
 def run_shifts_many(srcs: list, shifts: list[Any], attacks: list[Any] | None, *, threat: str,
                     radius: float | None, dataset: str | None, limit: int | None, batch_size: int, device: str,
-                    seed: int, progress: bool, keep_flags: bool = False) -> list[dict[str, Any]]:
+                    seed: int, progress: bool, keep_flags: bool = False,
+                    data_options: dict[str, Any] | None = None) -> list[dict[str, Any]]:
     """Load the models (of one dataset) and evaluate them on the same shifted sets, each set made once;
     the radius defaults to the first model's recorded ε."""
     from igdm_kit._cli.console import progress_callback
@@ -45,12 +46,11 @@ def run_shifts_many(srcs: list, shifts: list[Any], attacks: list[Any] | None, *,
     from igdm_kit._evaluation.shifts import evaluate_models
     from igdm_kit._recipe.specs import DEFAULT_EPS, DEFAULT_SHIFT_ATTACKS, resolve, resolve_shifts
     from igdm_kit.attacks import resolve_device
-    from igdm_kit.factories import create_dataset
 
     resolve_shifts(shifts, "--shifts")  # bad names fail before any model loads
     resolve(list(attacks or DEFAULT_SHIFT_ATTACKS), threat, "--attacks")
     dev = resolve_device(device)
-    loaded = [sources.load(src, dataset, dev) for src in srcs]
+    loaded = [sources.load(src, dataset, dev, data_options) for src in srcs]
     _, meta, ds_name, options = loaded[0]
     other = next((str(s.path) for s, (_, _, d, _) in zip(srcs, loaded) if d != ds_name), None)
     if other is not None:
@@ -59,7 +59,7 @@ def run_shifts_many(srcs: list, shifts: list[Any], attacks: list[Any] | None, *,
     if radius is None:
         radius = float(meta.get("eval_eps", DEFAULT_EPS[threat])) if threat == "Linf" else DEFAULT_EPS[threat]
     x, y = load_eval_data(ds_name, limit, options)
-    info = create_dataset(ds_name, **options).info()
+    info = sources.open_dataset(ds_name, options).info()
     err_console.print(escape(f"shifts of {len(srcs)} model(s) on {ds_name} test ({x.shape[0]} images, {dev}, "
                              f"{threat} ε = {eps_text(radius)})"), style="dim", highlight=False)
     with progress_callback(progress) as cb:
@@ -182,6 +182,7 @@ def add(group: typer.Typer) -> None:
         eps: str | None = typer.Option(None, "--eps", help="its radius; default the first checkpoint's "
                                        "recorded ε, else 8/255"),
         dataset: Dataset = None,
+        data_opt: DataOpt = [],  # noqa: B006 - Typer's default
         limit: Limit = None,
         batch_size: BatchSize = 256,
         device: Device = "auto",
@@ -214,9 +215,11 @@ def add(group: typer.Typer) -> None:
             items, chosen = items or ev.shifts, chosen or ev.shift_attacks
             norm, radius, limit = ev.threat if threat == "Linf" else norm, radius or ev.eps, limit or ev.limit
         items = items or ["corruptions", "threats"]
+        from igdm_kit._cli.specs import arch_options
+
         results = run_shifts_many([sources.Source(p) for p in paths], items, chosen, threat=norm, radius=radius,
                                   dataset=dataset, limit=limit, batch_size=batch_size, device=device, seed=seed,
-                                  progress=progress, keep_flags=True)
+                                  progress=progress, keep_flags=True, data_options=arch_options(data_opt))
         _report(results, plot, json_)
 
 

@@ -23,6 +23,9 @@ def seed_in_range(value: int) -> int:
     return value
 
 Dataset = Annotated[str | None, typer.Option("--dataset", "-d", metavar="NAME", help=DATASET_HELP)]
+DataOpt = Annotated[list[str], typer.Option("--data-opt", metavar="KEY=VALUE", help="an option of the dataset, "
+                                            "e.g. root=data/pets for image-folder (repeatable; over the options "
+                                            "the checkpoint recorded)")]
 Limit = Annotated[int | None, typer.Option("--limit", "-n", min=1, metavar="N", help=LIMIT_HELP)]
 BatchSize = Annotated[int, typer.Option("--batch-size", "-b", min=1, metavar="N", help="images per batch")]
 Device = Annotated[str, typer.Option("--device", metavar="DEVICE", help=DEVICE_HELP)]

@@ -90,7 +90,7 @@ def parse_attacks(text: str | None, specs: list[str]) -> list[Any]:
 
 
 def arch_options(items: list[str]) -> dict[str, Any]:
-    """``--arch-opt key=value`` items as options (values read as TOML)."""
+    """``--arch-opt key=value`` (and ``--data-opt``) items as options (values read as TOML)."""
     from igdm_kit._recipe import parse_override
 
     out = {}

@@ -23,6 +23,8 @@ def register(app: typer.Typer) -> None:
                                              "(other keys stay); the first value is the baseline the "
                                              "others are tested against"),
               set_: list[str] = typer.Option([], "--set", help=SET_HELP),
+              seeds: str | None = typer.Option(None, "--seeds", help="run every variant once per seed "
+                                               "(train.seed), e.g. 0-4 or 0,2,5; the table gives mean ± sd"),
               output: Path | None = typer.Option(None, "--output", "-o", help="folder of the variants' runs"),
               plot: Path | None = typer.Option(None, "--plot", help="PNG: GC and GD against robust accuracy"),
               resume: bool = typer.Option(False, "--resume", help="continue an interrupted variant"),
@@ -37,17 +39,21 @@ def register(app: typer.Typer) -> None:
               max_variants: int = typer.Option(MAX_VARIANTS, "--max-variants", min=1, help="refuse a grid of "
                                                "more variants than this")) -> None:
         """Run every variant of a recipe (skipping finished ones) and print one table."""
-        from igdm_kit._recipe import command
-        from igdm_kit._sweep.sweep import parse_grid
+        import shlex
 
+        from igdm_kit._recipe import command
+        from igdm_kit._sweep.sweep import SEEDS, parse_grid, parse_seeds
+
+        swept = parse_grid(grid)
         again = command("sweep", recipe, grid=grid, overrides=set_, output=output, resume=True)
+        if seeds is not None:  # an axis of its own, kept by the resume command
+            swept[SEEDS] = parse_seeds(seeds)
+            again += " --seeds " + shlex.quote(seeds)
         launch = launcher_choice(launcher, jobs, launcher_opt)
         if launch is not None:  # the resume command keeps the launcher
-            import shlex
-
             again += " " + shlex.join(["--launcher", launch[0], *(["--jobs", str(jobs)] if jobs != 1 else []),
                                        *(a for o in launcher_opt for a in ("--launcher-opt", o))])
-        execute(recipe, set_, parse_grid(grid), output, plot, json_, resume=resume, overwrite=overwrite,
+        execute(recipe, set_, swept, output, plot, json_, resume=resume, overwrite=overwrite,
                 resume_command=again, launch=launch, max_variants=max_variants)
 
 
@@ -111,6 +117,12 @@ def print_table(summary: dict) -> None:
     """Accuracies with 95% intervals; against the first variant, McNemar's test on the same images."""
     from rich.table import Table
 
+    if summary.get("seeds"):  # the seeds axis: mean ± sd over seeds, paired tests
+        from igdm_kit._cli.seeded import print_seeded_table
+
+        print_seeded_table(summary)
+        print_correlation(summary)
+        return
     rows = summary["rows"]
     cols = [(k, label) for k, label in summary.get("columns", []) if any(k in r for r in rows)]
     cols += [(k, label) for k, label in (("gd", "GD ↓"), ("gc", "GC ↑")) if any(k in r for r in rows)]
@@ -133,6 +145,12 @@ def print_table(summary: dict) -> None:
                                   _delta(a.get(k), b.get(k), k, tests.get(b["variant"], {}).get(k))
                                   for k, _ in cols], style="bold")
     out_console.print(table)
+    print_correlation(summary)
+
+
+def print_correlation(summary: dict) -> None:
+    """GC's and GD's correlation with robust accuracy across the variants (on their means over seeds)."""
+    rows = summary["rows"]
     corr = summary.get("correlation") or {}
     if corr.get("gc") is not None or corr.get("gd") is not None:
         against = dict(summary.get("columns") or []).get(corr["against"], corr["against"])  # its header

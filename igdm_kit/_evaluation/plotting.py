@@ -3,7 +3,9 @@
 * ``linearity_figure`` — Taylor remainder proportion: a histogram for one checkpoint, the per-epoch curve
   of Figure 2b for one run's checkpoints, separate points for checkpoints of separate runs;
 * ``histograms_figure`` — per-sample distributions (gradient alignment, point-wise distance; Tables 4–5);
-* ``sweep_figure`` — GC and GD against robust accuracy across a sweep's variants (Figure 3);
+* ``sweep_figure`` — a sweep's accuracies against its swept key (mean and spread over seeds), and GC and GD
+  against robust accuracy across its variants beside them (Figure 3);
+* ``plot_compare`` — several models overlaid on shared bins (``analyze`` with several students);
 * ``ood_figure`` — robustness under distribution and threat shifts per checkpoint (Table 9).
 
 Every figure names what it was computed on (dataset, n, ε where one applies), labels both axes, keeps its
@@ -94,22 +96,22 @@ def linearity_figure(results: list[dict[str, Any]], path: Path, context: str = "
 
 
 def draw_linearity(results: list[dict[str, Any]], context: str = ""):
-    """Taylor remainder proportion: a histogram for one checkpoint; for one run's per-epoch checkpoints the
-    mean over epochs with the 25–75 % band (Figure 2b); for checkpoints of separate runs, one point each
-    (mean, 25–75 % bar) in the order given, not joined."""
-    plt = pyplot()
-    fig, ax = plt.subplots(figsize=(6.4, 4.2))
+    """Taylor remainder proportion: for one run's per-epoch checkpoints the mean over epochs with the 25–75 %
+    band (Figure 2b); for one checkpoint, or a few of separate runs, their per-image histograms overlaid on
+    shared bins, each named with its mean and median (``plot_compare``); for many separate ones, one point
+    each (mean, 25–75 % bar) in the order given, not joined."""
+    from igdm_kit._evaluation.plot_compare import MAX_OVERLAY, draw_overlay
+
     names = [r["checkpoint"] for r in results]
     label = "Taylor remainder proportion ‖f(x+ε) − f(x) − J·ε‖ / ‖f(x+ε)‖"
-    if len(results) == 1:
-        r = results[0]
-        histogram(ax, r["_values"], color="tab:blue", alpha=0.8)
-        ax.axvline(r["mean"], color="k", linestyle="--", label=f"mean {r['mean']:.4f}")
-        ax.set_xlabel(label + " per image")
-        ax.set_ylabel("images")
-        legend_below(ax, 1)
-        ax.set_title(f"{checkpoint_label(r['checkpoint'], names)}\n{context}", fontsize=9)
-        return fig
+    curve = len(results) > 1 and one_run(results)
+    if not curve and len(results) <= MAX_OVERLAY:
+        panel = "Taylor remainder proportion per image"
+        return draw_overlay({panel: {checkpoint_label(r["checkpoint"], names): r["_values"] for r in results}},
+                            f"{len(results)} checkpoint(s), the same noise for each — {context}",
+                            {panel: label + " per image"})
+    plt = pyplot()
+    fig, ax = plt.subplots(figsize=(6.4, 4.2))
     means, lo, hi = ([r[k] for r in results] for k in ("mean", "q25", "q75"))
     if one_run(results):
         order = sorted(range(len(results)), key=lambda i: results[i]["epoch"])
@@ -225,30 +227,47 @@ def sweep_figure(summary: dict[str, Any], path: str | Path) -> Path:
 
 
 def draw_sweep(summary: dict[str, Any]):
-    """Scatter of GC and GD against robust accuracy across the runs, with the correlation (Figure 3): one
-    point per variant, labels placed apart, axes named as the tables name them, r with its number of variants."""
+    """The sweep: its accuracies against the swept key (mean and spread over seeds; ``plot_compare``) and,
+    where measured, GC and GD against robust accuracy beside it (Figure 3): one point per variant with its
+    spread, labels placed apart, axes named as the tables name them, r with its number of variants."""
+    from igdm_kit._evaluation.plot_compare import metrics_panel, spread_text
+
     plt = pyplot()
-    rows, corr = summary["rows"], summary["correlation"]
+    rows, corr = summary["rows"], summary.get("correlation") or {}
     key = corr.get("against")
-    if not key or not all("gd" in r and "gc" in r for r in rows):
-        raise IgdmKitError("the sweep has no GD/GC to plot", "set eval.analysis = true (needs a teacher)")
-    attack = dict(summary.get("columns") or []).get(key, key)  # the table's header for the attack
-    names = {"gc": "GC ↑: cos(∇ₓ student, ∇ₓ teacher)", "gd": "GD ↓: ‖∇ₓ student − ∇ₓ teacher‖₂"}
-    fig, axes = plt.subplots(1, 2, figsize=(10, 4.4))
-    for ax, g in zip(axes, ("gc", "gd"), strict=True):
-        ax.scatter([r[g] for r in rows], [r[key] for r in rows], zorder=3)
-        ax.margins(0.25)  # room for the labels at the edges
-        ax.set_xlabel(names[g])
-        ax.set_ylabel(f"{attack} accuracy (%)")
-        ax.set_title(f"{g.upper()} vs {attack}\n{_r_text(corr.get(g), len(rows))}", fontsize=9)
+    scatter = bool(key) and all("gd" in r and "gc" in r for r in rows)
+    metrics = any(all(k in r for r in rows) for k, _ in summary.get("columns") or [])
+    if not scatter and not metrics:
+        raise IgdmKitError("the sweep has no accuracies nor GD/GC to plot",
+                           "plot a sweep's summary (igdm-kit sweep ... --plot FILE.png)")
+    n = int(metrics) + 2 * int(scatter)
+    fig, axes = plt.subplots(1, n, figsize=(5.2 * n, 4.6) if n > 1 else (6.4, 4.6), squeeze=False)
+    axes = list(axes[0])
+    if metrics:
+        metrics_panel(axes[0], summary)
+        legend_below(axes[0], 3)
+    if scatter:
+        attack = dict(summary.get("columns") or []).get(key, key)  # the table's header for the attack
+        names = {"gc": "GC ↑: cos(∇ₓ student, ∇ₓ teacher)", "gd": "GD ↓: ‖∇ₓ student − ∇ₓ teacher‖₂"}
+        for ax, g in zip(axes[-2:], ("gc", "gd"), strict=True):
+            xerr = [(r.get("sd") or {}).get(g) or 0.0 for r in rows]
+            yerr = [(r.get("sd") or {}).get(key) or 0.0 for r in rows]
+            ax.errorbar([r[g] for r in rows], [r[key] for r in rows], xerr=xerr, yerr=yerr, fmt="o", capsize=3,
+                        zorder=3)
+            ax.margins(0.25)  # room for the labels at the edges
+            ax.set_xlabel(names[g])
+            ax.set_ylabel(f"{attack} accuracy (%)")
+            ax.set_title(f"{g.upper()} vs {attack}\n{_r_text(corr.get(g), len(rows))}", fontsize=9)
     first = rows[0]
     where = ", ".join(p for p in (first.get("dataset") and f"{first['dataset']} test",
                                   first.get("n") and f"n={first['n']}",
                                   first.get("eps") is not None and f"ε={first['eps']:g}") if p)
-    fig.suptitle(f"{summary.get('recipe', '')}" + (f" — {where}" if where else ""), fontsize=10)
+    fig.suptitle(f"{summary.get('recipe', '')}" + (f" — {where}" if where else "") + f" — {spread_text(rows)}",
+                 fontsize=10)
     fig.tight_layout()  # the layout first: labels are placed in the final coordinates
-    for ax, g in zip(axes, ("gc", "gd"), strict=True):
-        _place_labels(ax, [(r[g], r[key]) for r in rows], [r["variant"] for r in rows])
+    if scatter:
+        for ax, g in zip(axes[-2:], ("gc", "gd"), strict=True):
+            _place_labels(ax, [(r[g], r[key]) for r in rows], [r["variant"] for r in rows])
     return fig
 
 
@@ -261,10 +280,19 @@ def _r_text(r: float | None, variants: int) -> str:
 
 
 def checkpoint_label(path, paths) -> str:
-    """A checkpoint's file name, with its folder when several share a name (runs' model.safetensors)."""
+    """A checkpoint's file name; when several share a name (runs' model.safetensors), its path below the
+    folder all of them lie in (``quickstart/alpha=0/model.safetensors``, ``seeds/alpha=6/seed=1/...``)."""
+    import os
+
     p = Path(path)
     names = [Path(q).name for q in paths]
-    return p.name if names.count(p.name) <= 1 else f"{p.parent.name}/{p.name}"
+    if names.count(p.name) <= 1:
+        return p.name
+    try:
+        common = os.path.commonpath([str(Path(q).parent) for q in paths])
+        return str(p.relative_to(common)) if common else str(p)
+    except ValueError:  # absolute beside relative paths: no common folder
+        return str(p)
 
 
 def ood_figure(results: list[dict[str, Any]], path: str | Path) -> Path:

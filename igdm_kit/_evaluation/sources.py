@@ -29,8 +29,10 @@ class Source:
         return (self.loader == "auto" and auto_native) or self.loader == "igdm-kit"
 
 
-def dataset_for(checkpoint: Path, meta: dict[str, Any], name: str | None) -> tuple[str, dict[str, Any]]:
-    """The dataset to evaluate on: ``--dataset`` or the checkpoint's ``dataset`` metadata (name, options)."""
+def dataset_for(checkpoint: Path, meta: dict[str, Any], name: str | None,
+                given: dict[str, Any] | None = None) -> tuple[str, dict[str, Any]]:
+    """The dataset to evaluate on: ``--dataset`` or the checkpoint's ``dataset`` metadata (name, options),
+    ``given`` (``--data-opt``) over the recorded options of the same dataset."""
     recorded = meta.get("dataset")
     rec_name, rec_opts = None, {}
     if isinstance(recorded, dict):
@@ -41,8 +43,22 @@ def dataset_for(checkpoint: Path, meta: dict[str, Any], name: str | None) -> tup
         if rec_name is None:
             raise IgdmKitError(f"checkpoint {str(checkpoint)!r} does not record its dataset",
                                "pass --dataset NAME (see `igdm-kit plugins list`)")
-        return rec_name, rec_opts
-    return name, (rec_opts if name == rec_name else {})
+        return rec_name, {**rec_opts, **(given or {})}
+    return name, {**(rec_opts if name == rec_name else {}), **(given or {})}
+
+
+def open_dataset(name: str, options: dict[str, Any]):
+    """The dataset plugin; its options' errors name ``--data-opt``, the flag that sets them."""
+    from igdm_kit.factories import create_dataset
+
+    try:
+        return create_dataset(name, **options)
+    except IgdmKitError as exc:
+        if not exc.message.startswith("data."):
+            raise
+        key = exc.message.split(":", 1)[0].removeprefix("data.")
+        raise IgdmKitError(exc.message, f"set it with --data-opt {key}=VALUE"
+                           + (f" ({exc.hint})" if exc.hint else "")) from None
 
 
 def check_fits(checkpoint: Path, meta: dict[str, Any], name: str, info) -> None:
@@ -55,21 +71,23 @@ def check_fits(checkpoint: Path, meta: dict[str, Any], name: str, info) -> None:
                                "pass the --dataset the model was trained on")
 
 
-def load(source: Source, dataset: str | None, device: Any):
+def load(source: Source, dataset: str | None, device: Any, data_options: dict[str, Any] | None = None):
     """(model in eval mode on ``device``, checkpoint metadata ({} for foreign files), dataset name, its
-    options). Foreign files need ``dataset`` (their classes and image size come from it)."""
+    options). Foreign files need ``dataset`` (their classes and image size come from it); ``data_options``
+    (``--data-opt``) go over the options the checkpoint recorded."""
     from igdm_kit._storage.checkpoint import load_model, read_metadata
-    from igdm_kit.factories import create_dataset, create_teacher
+    from igdm_kit.factories import create_teacher
 
     if source.is_native():
         meta = read_metadata(source.path)
-        name, options = dataset_for(source.path, meta, dataset)
-        check_fits(source.path, meta, name, create_dataset(name, **options).info())
+        name, options = dataset_for(source.path, meta, dataset, data_options)
+        check_fits(source.path, meta, name, open_dataset(name, options).info())
         return load_model(source.path, device=str(device)), meta, name, options
     if dataset is None:
         raise IgdmKitError(f"{str(source.path)!r} is not an igdm-kit checkpoint, so its dataset is unknown",
                            "pass --dataset NAME (e.g. cifar10)")
-    info = create_dataset(dataset).info()
+    options = dict(data_options or {})
+    info = open_dataset(dataset, options).info()
     loader = source.loader if source.loader != "auto" else "state-dict"
     loader_options: dict[str, Any] = {}
     if loader == "robustbench":
@@ -80,4 +98,4 @@ def load(source: Source, dataset: str | None, device: Any):
     model = create_teacher(source.path, loader=loader, loader_options=loader_options, model=source.arch,
                            model_options=source.arch_options, num_classes=info.num_classes,
                            in_channels=info.in_channels, image_size=info.image_size, device=device)
-    return model, {}, dataset, {}
+    return model, {}, dataset, options

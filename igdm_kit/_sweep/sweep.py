@@ -7,6 +7,10 @@ varies is refused: every variant would silently replace it. Every variant is
 validated before the first one trains. Each runs in its own folder under the sweep's output folder, and a
 variant whose folder already holds a finished run of the same recipe is reused, not trained again — so an
 interrupted sweep picks up where it stopped, and the α tables of Appendix A.6 come from one command.
+
+Seeds are an axis of their own (``--seeds 0-4``, ``[sweep] seeds``): every variant runs once per seed
+(``train.seed``, in ``<variant>/seed=K``), and the table aggregates each variant over its seeds (mean ± sd,
+the 95% t interval) and tests each against the first on paired seeds (``_evaluation.aggregate``).
 """
 
 from __future__ import annotations
@@ -25,11 +29,42 @@ from igdm_kit._recipe import Recipe
 from igdm_kit.errors import IgdmKitError, Interrupted, RecipeError
 
 
+#: The ``[sweep]`` / ``--grid`` key of the seeds axis (a bare key: never a dotted recipe key).
+SEEDS = "seeds"
+
+
 @dataclass
 class Variant:
+    """One run of the family: ``label`` names it uniquely (``alpha=6/seed=2``); ``group`` is the variant
+    it belongs to over the seeds (``alpha=6``, or the recipe's name), ``seed`` its seed on the seeds axis."""
+
     label: str
     overrides: dict[str, Any]
     recipe: Recipe
+    seed: int | None = None
+    group: str | None = None
+
+
+def parse_seeds(value: Any, where: str = "--seeds") -> list[int]:
+    """``"0-4"`` → [0, 1, 2, 3, 4]; ``"0,2,5"`` (or ``"0-2,7"``) and a list of integers as given; distinct."""
+    hint = "e.g. --seeds 0-4, --seeds 0,2,5, or [sweep] seeds = [0, 1, 2]"
+    if isinstance(value, list):
+        items = value
+    else:
+        items = []
+        for part in str(value).split(","):
+            lo, dash, hi = part.strip().partition("-")
+            try:
+                items += list(range(int(lo), int(hi) + 1)) if dash else [int(lo)]
+            except ValueError:
+                raise RecipeError(f"{where}: {part.strip()!r} is not a seed or a range of seeds", hint,
+                                  path="sweep.seeds") from None
+    if not items or not all(isinstance(i, int) and not isinstance(i, bool) and i >= 0 for i in items):
+        raise RecipeError(f"{where}: {value!r} is not a non-empty list of seeds (integers ≥ 0)", hint,
+                          path="sweep.seeds")
+    if len(set(items)) != len(items):
+        raise RecipeError(f"{where}: a seed is listed twice in {value!r}", hint, path="sweep.seeds")
+    return items
 
 
 def parse_grid(items: list[str]) -> dict[str, list[Any]]:
@@ -67,6 +102,7 @@ def sweep_table(path: str | Path, overrides: list[str] | None = None, grid: dict
         if key in table and notes is not None:
             notes.append(f"--grid {key}: {_values(values)} replaces the recipe's sweep values {_values(table[key])}")
     table = {**table, **(grid or {})}
+    seeds = _seeds_axis(table, overrides or [])
     for key, values in table.items():
         if not isinstance(values, list) or not values:
             raise RecipeError(f"sweep.{key}: must be a non-empty list of values", "e.g. [20, 40, 60]",
@@ -112,17 +148,36 @@ def expand(path: str | Path, overrides: list[str] | None = None, grid: dict[str,
     keys = list(table)
     variants = []
     for combo in itertools.product(*(table[k] for k in keys)) if keys else [()]:
-        sets = dict(zip(keys, combo, strict=True))
-        variant_raw = copy.deepcopy(raw)
-        recipe_mod.apply_overrides(variant_raw, [f"{k}={toml_value(v)}" for k, v in sets.items()])
-        try:
-            r = recipe_mod.validate(variant_raw, Path(path))
-        except RecipeError as exc:
-            where = ", ".join(f"{k}={_fmt(v)}" for k, v in sets.items())
-            raise RecipeError(f"sweep variant {where}: {exc.message}", exc.hint, path=exc.path) from None
-        label = ",".join(f"{k.split('.')[-1]}={_fmt(v)}" for k, v in sets.items()) or r.name
-        variants.append(Variant(label, sets, r))
+        group = dict(zip(keys, combo, strict=True))
+        for seed in seeds or [None]:
+            sets = group if seed is None else {**group, "train.seed": seed}
+            variant_raw = copy.deepcopy(raw)
+            recipe_mod.apply_overrides(variant_raw, [f"{k}={toml_value(v)}" for k, v in sets.items()])
+            try:
+                r = recipe_mod.validate(variant_raw, Path(path))
+            except RecipeError as exc:
+                where = ", ".join(f"{k}={_fmt(v)}" for k, v in sets.items())
+                raise RecipeError(f"sweep variant {where}: {exc.message}", exc.hint, path=exc.path) from None
+            label = ",".join(f"{k.split('.')[-1]}={_fmt(v)}" for k, v in group.items()) or r.name
+            if seed is not None:
+                variants.append(Variant(f"{label}/seed={seed}" if group else f"seed={seed}", sets, r, seed, label))
+            else:
+                variants.append(Variant(label, sets, r))
     return variants
+
+
+def _seeds_axis(table: dict[str, Any], overrides: list[str]) -> list[int] | None:
+    """The seeds axis taken out of the sweep table (``seeds``); refused beside another choice of the seed."""
+    if SEEDS not in table:
+        return None
+    seeds = parse_seeds(table.pop(SEEDS), "sweep.seeds")
+    given = [".".join(recipe_mod.parse_override(o)[0]) for o in overrides]
+    if "train.seed" in table or "train.seed" in given:
+        where = "a sweep key" if "train.seed" in table else "--set"
+        raise RecipeError(f"train.seed is set both by {where} and by the seeds axis ({seeds})",
+                          "keep one: the seeds axis (--seeds / [sweep] seeds) runs every variant once per seed",
+                          path="sweep.seeds")
+    return seeds
 
 
 def toml_value(v: Any) -> str:
@@ -163,13 +218,25 @@ def sweep_folder(variants: list[Variant], output_dir: str | Path | None) -> Path
 
 
 def variant_folder(base: Path, v: Variant, n_variants: int) -> Path:
-    """Each variant's run folder (a lone variant without overrides runs in ``base`` itself)."""
+    """Each variant's run folder (a lone variant without overrides runs in ``base`` itself); a seed's run
+    lies in ``<variant>/seed=K`` (``seed=K`` alone when the seed is the only axis)."""
+    if v.seed is not None:
+        return (base / _folder_name(v.group or "") if set(v.overrides) - {"train.seed"} else base) / f"seed={v.seed}"
     return base / _folder_name(v.label) if n_variants > 1 or v.overrides else base
 
 
 def summarize(path: str | Path, base: Path, variants: list[Variant], rows: list[dict[str, Any]]) -> dict[str, Any]:
-    """The sweep's results: one row per variant, the table's columns, correlations and tests."""
-    return {"recipe": str(path), "output_dir": str(base), "rows": rows, "columns": columns(variants[0]),
+    """The sweep's results: one row per variant, the table's columns, correlations and tests. With seeds, a
+    row aggregates the variant's seeds (``seeded``) and the tests pair them (``versus_first_seeded``)."""
+    cols = columns(variants[0])
+    if any(v.seed is not None for v in variants):
+        from igdm_kit._sweep.seeds import seeded_rows, versus_first_seeded
+
+        rows = seeded_rows(variants, rows, [k for k, _ in cols])
+        return {"recipe": str(path), "output_dir": str(base), "rows": rows, "columns": cols,
+                "seeds": sorted({v.seed for v in variants}), "correlation": correlations(rows),
+                "versus_first": versus_first_seeded(rows)}
+    return {"recipe": str(path), "output_dir": str(base), "rows": rows, "columns": cols,
             "correlation": correlations(rows), "versus_first": versus_first(rows)}
 
 
@@ -202,6 +269,8 @@ def row_of(v: Variant, result) -> dict[str, Any]:
     row: dict[str, Any] = {"variant": v.label, "overrides": v.overrides, "output_dir": str(result.output_dir),
                            "reused": result.reused, "n": res.get("n"), "ci95": {},
                            "dataset": v.recipe.model.data.name, "eps": res.get("eps")}
+    if v.seed is not None:
+        row["seed"] = v.seed
     for key, a in (report.rows() if "worst" in res else report.attacks).items():
         row[key] = a.accuracy
         row["ci95"][key] = list(a.ci95)

@@ -18,12 +18,13 @@ def register_callbacks(register) -> None:
         MetricsLog,
         ProgressBar,
     )
+    from igdm_kit._training.cost import Cost
     from igdm_kit._training.ema import EMA
     from igdm_kit._training.tracking import Trackers
     from igdm_kit._training.validation import BestCheckpoint, BestEmaCheckpoint, Validation
 
-    for name, cls in (("finite-weights", FiniteWeights), ("clean-accuracy", CleanAccuracy), ("ema", EMA),
-                      ("validation", Validation), ("progress", ProgressBar), ("metrics-log", MetricsLog),
+    for name, cls in (("finite-weights", FiniteWeights), ("cost", Cost), ("clean-accuracy", CleanAccuracy),
+                      ("ema", EMA), ("validation", Validation), ("progress", ProgressBar), ("metrics-log", MetricsLog),
                       ("checkpoint", Checkpointer), ("best", BestCheckpoint), ("best-ema", BestEmaCheckpoint),
                       ("trackers", Trackers), ("log-line", LogLine)):
         register(name, cls)
