@@ -10,6 +10,7 @@
     best.safetensors         with [train.validate]: the epoch best on the validation split (best_ema: of the average)
     ema.safetensors          with [train.ema]: the average of the student's weights when training ended
     log.jsonl                every tracker record (tensorboard/, wandb/, mlruns/ with those trackers)
+    trackers.json            the trackers' run ids, what they hold and the folders they created
     train_state.safetensors  optimizer, scheduler, RNG and epoch, for --resume
     checkpoints/epoch_NNN.safetensors   with train.save_every_epoch
     autoattack.state         while the final AutoAttack runs (it resumes from it; removed when finished)
@@ -20,7 +21,7 @@
 
 A folder is an igdm-kit run only when its ``manifest.json`` carries igdm-kit's ``format`` key: any other
 folder (a project that merely has a ``manifest.json``) is never used, and ``--overwrite`` deletes only the
-files named above, never anything else in the folder.
+files named above and the folders its trackers created (``trackers.json``), never anything else in the folder.
 
 ``RunFolder.decide`` is the one policy for an existing folder: ``new``, ``resume``, ``reuse`` (a finished run
 of the same recipe, when the caller allows it), ``finished`` (``--resume`` of a finished run) or a one-line
@@ -51,6 +52,7 @@ from igdm_kit._storage.io import (
     is_writer_temp,
     read_jsonl,
 )
+from igdm_kit._storage.tracker_record import TRACKERS, delete_created
 from igdm_kit.errors import IgdmKitError, storage_error
 
 Mode = Literal["new", "resume", "reuse", "finished"]
@@ -65,7 +67,7 @@ RUN_FORMAT = "igdm-kit/run/1"
 #: Every file igdm-kit writes at the top of a run folder (the lock aside; each resumable attack of the final
 #: evaluation also keeps a state ``autoattack.state.<attack>``, each judged checkpoint eval_flags.<name>.*).
 OWN_FILES = (MANIFEST, RECIPE_FILE, METRICS, LAST, STATE, FINAL, RESULTS, AA_STATE, FLAGS, TRACKER_LOG, BEST,
-             EMA, BEST_EMA)
+             EMA, BEST_EMA, TRACKERS)
 _EPOCH_FILE = re.compile(r"^epoch_\d{3,}\.safetensors$")
 
 
@@ -208,8 +210,10 @@ class RunFolder:
 
     # -- writing ------------------------------------------------------------------------------------------
     def delete_run(self) -> None:
-        """``--overwrite``: delete the files igdm-kit wrote, nothing else (foreign files stay)."""
+        """``--overwrite``: delete the files igdm-kit wrote and the folders its trackers created, nothing else
+        (foreign files stay)."""
         try:
+            delete_created(self.path)
             for p in self._own():
                 p.unlink()
             sub = self / CHECKPOINTS

@@ -88,6 +88,19 @@ def load_train_state(path: str | os.PathLike, *, model, optimizer, scheduler) ->
     return meta
 
 
+def read_train_state_meta(path: str | os.PathLike) -> dict[str, Any] | None:
+    """The JSON part of a training state (``epoch``, ``extra``, ...) without its tensors; None when the file is
+    missing or unreadable (what resume trusts is checked by ``load_train_state``)."""
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(path), framework="pt") as fh:
+            meta = json.loads((fh.metadata() or {})["train_state"])
+    except Exception:  # noqa: BLE001 - missing, torn by hand or not a safetensors file: nothing to read
+        return None
+    return meta if isinstance(meta, dict) else None
+
+
 _TAGS = ("__tuple__", "__counter__", "__items__")
 
 

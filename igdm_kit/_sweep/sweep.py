@@ -102,12 +102,14 @@ def sweep_table(path: str | Path, overrides: list[str] | None = None, grid: dict
         if key in table and notes is not None:
             notes.append(f"--grid {key}: {_values(values)} replaces the recipe's sweep values {_values(table[key])}")
     table = {**table, **(grid or {})}
-    seeds = _seeds_axis(table, overrides or [])
+    seeds = table.pop(SEEDS, None)  # its own axis (``_seeds_axis``), written as a list or a range
     for key, values in table.items():
         if not isinstance(values, list) or not values:
             raise RecipeError(f"sweep.{key}: must be a non-empty list of values", "e.g. [20, 40, 60]",
                               path=f"sweep.{key}")
     _refuse_overridden(overrides or [], table)
+    if seeds is not None:
+        table[SEEDS] = seeds
     return raw, table
 
 
@@ -140,7 +142,8 @@ def expand(path: str | Path, overrides: list[str] | None = None, grid: dict[str,
     """Every variant of the recipe, validated (a bad variant fails before anything runs); a grid of more than
     ``max_variants`` variants is refused before one is built."""
     raw, table = sweep_table(path, overrides, grid, notes)
-    total = count_variants(table)
+    seeds = _seeds_axis(table, overrides or [])
+    total = count_variants(table) * len(seeds or [None])
     if total > max_variants:
         sizes = " × ".join(str(len(v)) for v in table.values())
         raise RecipeError(f"sweep: the grid has {sizes} = {total:,} variants, more than {max_variants:,}",

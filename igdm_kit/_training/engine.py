@@ -36,19 +36,7 @@ from igdm_kit._runtime.accel import Accelerator
 from igdm_kit._runtime.devices import resolve_device
 from igdm_kit._runtime.signals import StopFlag
 from igdm_kit._storage.checkpoint import save_model
-from igdm_kit._storage.run_folder import (
-    AA_STATE,
-    BEST,
-    BEST_EMA,
-    EMA,
-    FINAL,
-    LAST,
-    RESULTS,
-    STATE,
-    Mode,
-    RunFolder,
-    sha256_file,
-)
+from igdm_kit._storage.run_folder import AA_STATE, EMA, FINAL, LAST, RESULTS, STATE, Mode, RunFolder, sha256_file
 from igdm_kit._storage.train_state import load_train_state
 from igdm_kit._training.callbacks import check_weights
 from igdm_kit._training.events import RunContext, Subscriber, restore_subscribers
@@ -62,6 +50,7 @@ from igdm_kit._training.parts import (
     load_data,
     load_teacher,
 )
+from igdm_kit._training.tracking import deliver_finished, judged_files
 from igdm_kit._training.trainer import Trainer
 from igdm_kit.errors import IgdmKitError, Interrupted, RecipeError
 
@@ -161,8 +150,12 @@ def _opened(folder: RunFolder, r: Recipe, d, *, resume: bool, overwrite: bool, r
 
 
 def _reused(folder: RunFolder, r: Recipe, log: Log, mode: Mode = "reuse") -> RunResult:
+    """A finished run, reused as it is (its trackers handed the final results first if a kill kept them from
+    getting them)."""
     log(f"{folder.path} holds the finished run: nothing to resume" if mode == "finished"
         else f"reusing finished run {folder.path}")
+    if distributed.from_env().is_main:
+        deliver_finished(folder, r, log)
     return RunResult(folder.path, r, folder.metrics(), folder.results(), reused=True)
 
 
@@ -235,8 +228,7 @@ def _train(folder: RunFolder, r: Recipe, mode: Mode, teacher_file: Path | None, 
         if d.is_main:
             save_model(folder / FINAL, model, {**parts.checkpoint_meta(), "epoch": epoch, "checkpoint": headline})
             folder.finish(results)  # results.json marks the run finished
-        files = {n: folder / f for n, f in (("last", FINAL if headline == "last" else LAST), ("best", BEST),
-                                            ("ema", EMA), ("best_ema", BEST_EMA)) if n in r.model.eval.checkpoints}
+        files = judged_files(folder, r)
         for s in subs:
             s.on_run_end(trainer, results, files)
         ok = True

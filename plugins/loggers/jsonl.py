@@ -1,8 +1,9 @@
 """``log.jsonl``: every record the trackers get, one JSON object a line (always on).
 
 ``{"step": 230, "epoch": null, "metrics": {...}}`` per logged step, ``"epoch": 10`` for an epoch's row,
-``{"config": {...}}`` when a run starts and ``{"summary": {...}}`` at the end. A resumed run first drops the
-lines of steps after the saved state.
+``{"config": {...}, "step": 0}`` when the run starts and ``{"summary": {...}, "step": ...}`` (the last step)
+at the end. A resumed run first drops the lines after the step the file surely holds (``TrackerRun.step``):
+the records after it are handed again, so each is in the file once.
 """
 
 from __future__ import annotations
@@ -29,18 +30,19 @@ class JSONL(Tracker):
         from igdm_kit.files import atomic_write_text
 
         self.path = Path(run.folder) / self.options.file
-        kept = []
-        if run.run_id is not None and self.path.exists():
-            for line in self.path.read_text(encoding="utf-8").splitlines():
-                try:
-                    rec = json.loads(line)
-                except json.JSONDecodeError:
-                    continue
-                if rec.get("step", 0) <= run.step:
-                    kept.append(line + "\n")
-        atomic_write_text(self.path, "".join(kept))
+        self.step = run.step
+        if run.run_id is not None and self.path.exists():  # the same run: keep what it surely holds
+            atomic_write_text(self.path, "".join(line + "\n" for line in self._lines() if _step(line) <= run.step))
+            return run.run_id
+        atomic_write_text(self.path, "")
         self._write({"config": run.config, "step": run.step})
-        return run.run_id or "jsonl"
+        return "jsonl"
+
+    def created(self):
+        return [str(self.path)]
+
+    def _lines(self) -> list[str]:
+        return self.path.read_text(encoding="utf-8").splitlines()
 
     def _write(self, record) -> None:
         with open(self.path, "a", encoding="utf-8") as fh:
@@ -51,6 +53,17 @@ class JSONL(Tracker):
 
     def log(self, metrics, *, step, epoch):
         self._write({"step": step, "epoch": epoch, "metrics": metrics})
+        self.step = step
 
     def summary(self, results):
-        self._write({"summary": results})
+        self._write({"summary": results, "step": self.step})
+
+
+def _step(line: str) -> float:
+    """The step of a line; a torn line (a kill while it was written) sorts after every step."""
+    try:
+        rec = json.loads(line)
+    except json.JSONDecodeError:
+        return float("inf")
+    step = rec.get("step") if isinstance(rec, dict) else None
+    return step if isinstance(step, int) else float("inf")

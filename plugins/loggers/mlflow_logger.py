@@ -1,7 +1,8 @@
 """MLflow, offline by default: a file store under the run folder (``mlruns/``) read by ``MlflowClient`` or
 ``mlflow ui``. The manifest is logged as the run's parameters (flattened, dotted keys) and as the artifact
 ``manifest.json``; per-step and per-epoch records are metrics at the global step; the final results are
-metrics; checkpoints are artifacts. A resumed run reopens the same run id.
+metrics; checkpoints are artifacts. A resumed run reopens the same run id and asks the store which steps
+of each metric the run holds: a record handed again (after a kill) keeps its first value, once.
 
 MLflow 3 keeps its file store behind ``MLFLOW_ALLOW_FILE_STORE``: a ``file:`` store is opted into here.
 Metric names keep letters, digits and ``_-./ :``; anything else becomes ``_`` (``val_pgd_steps_10_``).
@@ -49,15 +50,19 @@ class MLflow(Tracker):
     def start(self, run):
         import os
 
-        uri = self.options.tracking_uri or (Path(run.folder).resolve() / "mlruns").as_uri()
+        store = Path(run.folder).resolve() / "mlruns"
+        self.made = None if self.options.tracking_uri or store.exists() else store
+        uri = self.options.tracking_uri or store.as_uri()
         if uri.startswith("file:") or "://" not in uri:
             os.environ.setdefault("MLFLOW_ALLOW_FILE_STORE", "true")
         from mlflow.tracking import MlflowClient
 
         self.client = MlflowClient(tracking_uri=uri)
+        self.held: dict[str, int] = {}
         if run.run_id is not None:
             self.run_id = run.run_id
             self.client.update_run(self.run_id, status="RUNNING")
+            self.held = self._held()
         else:
             exp = self.client.get_experiment_by_name(self.options.experiment)
             exp_id = exp.experiment_id if exp else self.client.create_experiment(self.options.experiment)
@@ -65,6 +70,14 @@ class MLflow(Tracker):
             self._params(run.config)
         self.step = run.step
         return self.run_id
+
+    def created(self):
+        return [str(self.made)] if self.made is not None else []
+
+    def _held(self) -> dict[str, int]:
+        """The last step of each metric the run holds (records are handed in step order)."""
+        keys = self.client.get_run(self.run_id).data.metrics
+        return {k: max(m.step for m in self.client.get_metric_history(self.run_id, k)) for k in keys}
 
     def _params(self, config) -> None:
         import json
@@ -84,8 +97,10 @@ class MLflow(Tracker):
         from mlflow.entities import Metric
 
         now = int(time.time() * 1000)
-        self.client.log_batch(self.run_id, metrics=[Metric(metric_name(k), float(v), now, step)
-                                                    for k, v in metrics.items()])
+        fresh = [Metric(metric_name(k), float(v), now, step) for k, v in metrics.items()
+                 if step > self.held.get(metric_name(k), -1)]
+        if fresh:
+            self.client.log_batch(self.run_id, metrics=fresh)
         self.step = step
 
     def summary(self, results):

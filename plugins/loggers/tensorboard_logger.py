@@ -1,8 +1,10 @@
 """TensorBoard event files under the run folder (``tensorboard/``), through ``torch.utils.tensorboard``.
 
 Per-step records are scalars ``train/...`` and per-epoch records ``epoch/...``, both at the global step
-(optimizer steps done); the final results are scalars ``test/<checkpoint>/<attack>``. A resumed run opens the
-same folder with ``purge_step`` at the saved state, so TensorBoard drops anything logged after it.
+(optimizer steps done); the final results are scalars ``test/<checkpoint>/<attack>`` at the last step. The
+manifest is a text, once per run. A resumed run opens the same folder with ``purge_step`` just after the
+step its run surely holds (``TrackerRun.step``): TensorBoard drops what was logged from there on, and the
+records handed again take its place — each step once.
 """
 
 from __future__ import annotations
@@ -30,12 +32,16 @@ class TensorBoard(Tracker):
         from torch.utils.tensorboard import SummaryWriter
 
         self.dir = Path(run.folder) / self.options.log_dir
+        self.made = not self.dir.exists()
         resumed = run.run_id is not None
         self.writer = SummaryWriter(str(self.dir), purge_step=run.step + 1 if resumed else None)
         self.step = run.step
         if not resumed:
             self.writer.add_text("manifest", "```\n" + json.dumps(run.config, indent=2, sort_keys=True) + "\n```", 0)
         return str(self.dir)
+
+    def created(self):
+        return [str(self.dir)] if self.made else []
 
     def log(self, metrics, *, step, epoch):
         for key, value in metrics.items():
@@ -47,6 +53,7 @@ class TensorBoard(Tracker):
     def summary(self, results):
         for key, value in results.items():
             self.writer.add_scalar(key, value, self.step)
+        self.writer.flush()
 
     def finish(self, ok):
         self.writer.close()

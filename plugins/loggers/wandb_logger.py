@@ -2,6 +2,10 @@
 until ``wandb sync``. The manifest is the run's config; per-step and per-epoch records go to its history at
 the global step (``epoch/...`` records carry ``epoch``), the final results to its summary; checkpoints are
 logged as a ``model`` artifact. A resumed run reopens the same run id (``resume = "allow"``).
+
+W&B offline cannot say which steps a run holds, nor drop any: a record handed again after a kill (one the
+killed process had handed but not yet noted in ``trackers.json``) may appear twice in the synced history,
+at the same step — at least once, never lost once handed.
 """
 
 from __future__ import annotations
@@ -35,6 +39,7 @@ class WandB(Tracker):
         import wandb
 
         o = self.options
+        self.made = None if o.dir is not None or (Path(run.folder) / "wandb").exists() else Path(run.folder) / "wandb"
         run_id = run.run_id or secrets.token_hex(4)
         self.run = wandb.init(project=o.project, entity=o.entity, mode=o.mode, dir=o.dir or str(Path(run.folder)),
                               id=run_id, resume="allow", name=run.name, group=o.group, tags=o.tags or None,
@@ -42,6 +47,9 @@ class WandB(Tracker):
         self.run.define_metric("epoch/*", step_metric="epoch")
         self.step = run.step
         return run_id
+
+    def created(self):
+        return [str(self.made)] if self.made is not None else []
 
     def log(self, metrics, *, step, epoch):
         self.run.log({**metrics, **({"epoch": epoch} if epoch is not None else {})}, step=step)
