@@ -53,7 +53,8 @@ def test_two_ranks_with_torchrun(tmp_path, write_recipe):
     # one set of files, written by rank 0 (no per-rank copies, one metrics line per epoch)
     names = sorted(p.name for p in out.iterdir())
     assert names == sorted(["manifest.json", "recipe.toml", "metrics.jsonl", "last.safetensors",
-                            "train_state.safetensors", "model.safetensors", "results.json", "log.jsonl"])
+                            "train_state.safetensors", "model.safetensors", "results.json", "log.jsonl",
+                            "trackers.json"])
     assert len((out / "metrics.jsonl").read_text().splitlines()) == 2
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["world_size"] == 2
