@@ -8,6 +8,7 @@ depend on which images share a batch), and a linear model's exact L∞ robust se
 
 from __future__ import annotations
 
+import copy
 import json
 import random
 
@@ -86,10 +87,11 @@ def test_resumed_with_another_batch_size_is_the_uninterrupted_run(cnn, tmp_path)
     assert any("batch size 4" in w for w in warnings)  # the state's batches are kept, and said so
 
 
-def test_interrupted_at_random_batches_and_resumed_with_other_batch_sizes(cnn, tmp_path):
+def test_interrupted_at_random_batches_and_resumed_with_other_batch_sizes(cnn, tmp_path, device):
     """Stopped at a random batch (several times over), resumed with random other batch sizes: the robust
-    flags and the accuracy after each attack are the uninterrupted run's."""
+    flags and the accuracy after each attack are the uninterrupted run's (on ``--device``, cpu by default)."""
     model, x, y = cnn
+    model = copy.deepcopy(model).to(device)
     x, y = x[:40], y[:40]
     rng = random.Random(26)
     kinds = {"version": "custom", "attacks": ["apgd-ce", "apgd-t"]}
@@ -107,6 +109,20 @@ def test_interrupted_at_random_batches_and_resumed_with_other_batch_sizes(cnn, t
         resumed = run_autoattack(model, x, y, eps=0.1, batch_size=size, seed=1, state_path=state, **kinds)
         assert torch.equal(resumed["robust"], full["robust"]), trial
         assert resumed["after"] == pytest.approx(full["after"])
+
+
+def test_resumed_on_another_device_with_another_batch_size_is_the_exact_robust_set(tmp_path, device):
+    """Stopped on the CPU, resumed on the GPU (``--device cuda``; ``benchmarks/device_check.py`` runs it) with
+    another batch size: the linear model's exact robust set, as the uninterrupted CPU run finds it."""
+    if device.type == "cpu":
+        pytest.skip("needs a second device: run with --device cuda")
+    model, x, y, robust, _ = linear_problem(n=12, scale=0.4)
+    state = tmp_path / "aa.state"
+    full = run_autoattack(model, x, y, eps=EPS, batch_size=2, **CUSTOM)
+    with pytest.raises(Stop):
+        run_autoattack(model, x, y, eps=EPS, batch_size=2, **CUSTOM, state_path=state, progress=stop_after(2))
+    res = run_autoattack(copy.deepcopy(model).to(device), x, y, eps=EPS, batch_size=12, **CUSTOM, state_path=state)
+    assert res["robust"].tolist() == robust.tolist() == full["robust"].tolist()
 
 
 def test_resumed_linear_model_is_its_exact_robust_set(tmp_path):
