@@ -219,3 +219,10 @@ def test_recipe_show_prints_what_the_dataset_decides(tmp_path, write_recipe, cli
     assert R.load(shown).digest() == R.load(p).digest()
     as_json = json.loads(cli("recipe", "show", p, "--json").out)["results"]
     assert as_json["effective_defaults"]["data"]["hflip"] == {"value": True, "from": "the image-folder dataset's default"}
+
+
+def test_an_linf_eps_above_the_pixel_range_is_refused_before_anything_loads(cli):
+    res = cli("eval", "--model", "missing.safetensors", "--eps", "8")
+    assert res.code == 1 and "exceeds the pixel range [0, 1]" in res.err and "8/255" in res.err
+    res = cli("eval", "--model", "missing.safetensors", "--eps", "8", "--threat", "L2")  # an L2 radius may be 8
+    assert res.code == 1 and "does not exist" in res.err

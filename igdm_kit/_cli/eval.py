@@ -75,7 +75,7 @@ def register(app: typer.Typer) -> None:
         from igdm_kit._evaluation import sources
 
         threat = parse_threat(threat)
-        radius = parse_eps(eps) if eps is not None else None
+        radius = parse_eps(eps, threat) if eps is not None else None
         src = sources.Source(model, loader=loader, name=name, arch=arch, arch_options=arch_options(arch_opt))
         again = stop_hint([("--model", model), ("--loader", None if loader == "auto" else loader),
                            ("--name", name), ("--arch", arch), *(("--arch-opt", o) for o in arch_opt),

@@ -206,7 +206,8 @@ def add(group: typer.Typer) -> None:
             raise IgdmKitError("no checkpoint given", "pass CKPT [CKPT ...] (e.g. runs/quickstart/alpha=0)")
         items = parse_shifts(shifts, shift)
         chosen = parse_attacks(attacks, []) if attacks is not None else None
-        norm, radius = parse_threat(threat), parse_eps(eps) if eps is not None else None
+        norm = parse_threat(threat)
+        radius = parse_eps(eps, norm) if eps is not None else None
         if recipe is not None:
             from igdm_kit._recipe import load
 
