@@ -140,7 +140,7 @@ def test_resumed_linear_model_is_its_exact_robust_set(tmp_path):
 @pytest.fixture
 def stopped(tmp_path):
     """A linear problem and the state of its AutoAttack stopped after 2 batches of 2."""
-    model, x, y, robust, _ = linear_problem(n=12, scale=0.4)
+    model, x, y, _, _ = linear_problem(n=12, scale=0.4)
     state = tmp_path / "aa.state"
     with pytest.raises(Stop):
         run_autoattack(model, x, y, eps=EPS, batch_size=2, **CUSTOM, state_path=state, progress=stop_after(2))

@@ -136,9 +136,9 @@ def test_numpy_seeds_are_checked_at_validation(write_recipe):
 
 
 def test_an_evaluation_seed_numpy_cannot_take_is_one_line_for_corruptions():
+    from igdm_kit._evaluation.shifts import Context
     from igdm_kit.factories import create_shift
     from igdm_kit.interfaces import DatasetInfo, Threat
-    from igdm_kit._evaluation.shifts import Context
 
     info = DatasetInfo(num_classes=10, in_channels=1, image_size=8)
     c = Context("digits", info, torch.zeros(2, 1, 8, 8), torch.zeros(2, dtype=torch.long), 2**40, Threat(), None, [])

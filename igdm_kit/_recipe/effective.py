@@ -33,8 +33,8 @@ def effective_defaults(r: Recipe) -> Notes:
     if r.model.train.threads is None:
         from igdm_kit._runtime.threads import resolve
 
-        notes["train"] = {"threads": (resolve(None), "this machine's default: the physical cores available; "
-                                                     "--threads and IGDM_KIT_THREADS override it")}
+        why = "this machine's default: the physical cores available; --threads and IGDM_KIT_THREADS override it"
+        notes["train"] = {"threads": (resolve(None), why)}
     ev: dict[str, tuple[Any, str]] = {}
     if r.model.eval.limit is None:
         ev["limit"] = (Words("all"), "the whole test split")
