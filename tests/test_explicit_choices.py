@@ -226,3 +226,14 @@ def test_an_linf_eps_above_the_pixel_range_is_refused_before_anything_loads(cli)
     assert res.code == 1 and "exceeds the pixel range [0, 1]" in res.err and "8/255" in res.err
     res = cli("eval", "--model", "missing.safetensors", "--eps", "8", "--threat", "L2")  # an L2 radius may be 8
     assert res.code == 1 and "does not exist" in res.err
+
+
+def test_recipe_show_prints_what_a_component_decides_itself(write_recipe, cli):
+    """A plugin's own resolved default (``Options.effective_defaults``): a WRN's parameter layout follows its
+    activation unless given."""
+    p = write_recipe('[data]\nname = "digits"\n[student]\nmodel = "wrn-28-10"\nactivation = "silu"\n'
+                     '[method]\nname = "pgd-at"\n')
+    out = cli("recipe", "show", p).out
+    assert '# layout = "deepmind" (the default for activation silu)' in out
+    out = cli("recipe", "show", p, "--set", 'student.layout="trades"').out
+    assert "# layout" not in out and 'layout = "trades"' in out
