@@ -218,7 +218,8 @@ def test_recipe_show_prints_what_the_dataset_decides(tmp_path, write_recipe, cli
     shown = write_recipe(res.out, "shown.toml")
     assert R.load(shown).digest() == R.load(p).digest()
     as_json = json.loads(cli("recipe", "show", p, "--json").out)["results"]
-    assert as_json["effective_defaults"]["data"]["hflip"] == {"value": True, "from": "the image-folder dataset's default"}
+    assert as_json["effective_defaults"]["data"]["hflip"] == {"value": True,
+                                                              "from": "the image-folder dataset's default"}
 
 
 def test_an_linf_eps_above_the_pixel_range_is_refused_before_anything_loads(cli):
