@@ -220,3 +220,42 @@ def test_a_state_of_an_older_format_is_refused(stopped):
     model, x, y, state = stopped
     _edit(state, lambda d: d.update(format="igdm-kit/autoattack-state/1"))
     _refused(model, x, y, state, "older igdm-kit")
+
+
+@pytest.mark.slow
+def test_the_issue_s_command_line_scenario(cnn, tmp_path, cli, monkeypatch):
+    """``eval --attack 'autoattack:version=custom,attacks=["apgd-ce"]' --limit 96 --batch-size 4 --aa-state
+    aa.state``, SIGINT after 3 batches (exit 130), rerun with ``--batch-size 96``: the uninterrupted count."""
+    import os
+    import signal
+
+    from igdm_kit._storage import aa_state
+    from igdm_kit._storage.checkpoint import save_model
+
+    model, _, _ = cnn
+    ckpt = save_model(tmp_path / "m.safetensors", model, {
+        "model": "small-cnn", "model_options": {"width": 8}, "num_classes": 10, "in_channels": 1, "image_size": 8,
+        "mean": None, "std": None, "dataset": {"name": "digits", "options": {}}})
+    args = ["eval", "--model", ckpt, "--attack", 'autoattack:version=custom,attacks=["apgd-ce"]', "--limit", "96",
+            "--eps", "0.1", "--json", "--no-progress"]
+    full = cli(*args, "--batch-size", "4")
+    assert full.code == 0, full.err
+    (correct,) = (m["correct"] for m in json.loads(full.out)["results"]["metrics"].values())
+
+    state, saved, real = tmp_path / "aa.state", [0], aa_state.save
+
+    def sigint_after_3_batches(path, s):
+        real(path, s)
+        saved[0] += bool(s.get("chunks_done"))
+        if saved[0] == 3:
+            os.kill(os.getpid(), signal.SIGINT)  # as Ctrl-C: the stop check ends the evaluation after the batch
+
+    monkeypatch.setattr(aa_state, "save", sigint_after_3_batches)
+    stopped = cli(*args, "--batch-size", "4", "--aa-state", state)
+    assert stopped.code == 130 and "AutoAttack resumes from" in stopped.err
+    monkeypatch.setattr(aa_state, "save", real)
+    again = cli(*args, "--batch-size", "96", "--aa-state", state)
+    assert again.code == 0, again.err
+    metrics = json.loads(again.out)["results"]["metrics"]
+    assert list(metrics.values())[0]["correct"] == correct  # 74/96 and 94/96 in the issue; here as uninterrupted
+    assert "with its batch size 4, not 96" in again.err
