@@ -238,3 +238,22 @@ def test_recipe_show_prints_what_a_component_decides_itself(write_recipe, cli):
     assert '# layout = "deepmind" (the default for activation silu)' in out
     out = cli("recipe", "show", p, "--set", 'student.layout="trades"').out
     assert "# layout" not in out and 'layout = "trades"' in out
+
+
+# -- defaults read from a checkpoint ----------------------------------------------------------------------
+def test_an_l2_run_s_radius_is_not_taken_for_an_linf_one(tmp_path, cli):
+    """A run evaluated at L2 ε = 0.5 recorded ``eval_eps = 0.5``; ``eval`` (L∞ by default) judged it at an L∞ ε
+    of 0.5 — every pixel anywhere — instead of 8/255."""
+    from igdm_kit._storage.checkpoint import save_model
+    from igdm_kit.factories import create_model
+
+    meta = {"model": "small-cnn", "model_options": {"width": 4}, "num_classes": 10, "in_channels": 1,
+            "image_size": 8, "mean": None, "std": None, "dataset": {"name": "digits", "options": {}},
+            "eval_eps": 0.5, "eval_threat": "L2"}
+    path = save_model(tmp_path / "m.safetensors", create_model("small-cnn", num_classes=10, in_channels=1,
+                                                                image_size=8, width=4), meta)
+    res = cli("eval", "--model", path, "--attacks", "clean", "--limit", "4", "--no-progress")
+    assert res.code == 0, res.err
+    assert "Linf ε = 8/255" in res.err
+    res = cli("eval", "--model", path, "--attacks", "clean", "--limit", "4", "--threat", "L2", "--no-progress")
+    assert "L2 ε = 0.5" in res.err

@@ -54,8 +54,9 @@ def register(app: typer.Typer) -> None:
         limit: Limit = None,
         batch_size: BatchSize = 256,
         device: Device = "auto",
-        eps: str | None = typer.Option(None, "--eps", help=EPS_HELP + "; default: the ε of the run's "
-                                       "evaluation recorded in the checkpoint, else 8/255 (L2: 0.5, L1: 12)"),
+        eps: str | None = typer.Option(None, "--eps", help=EPS_HELP + "; default: the ε the run was "
+                                       "evaluated at under this threat (recorded in the checkpoint), else 8/255 "
+                                       "(L2: 0.5, L1: 12)"),
         seed: int = typer.Option(0, "--seed", callback=seed_in_range,
                                  help="seed of the random starts (each attack starts from it)"),
         aa_state: Path | None = typer.Option(
@@ -127,7 +128,10 @@ def run_eval(src, items: list[Any], *, threat: str, radius: float | None, datase
     dev = resolve_device(device)
     net, meta, ds_name, options = sources.load(src, dataset, dev)
     if radius is None:  # a model trained at another radius would otherwise be judged at 8/255 silently
-        radius = float(meta.get("eval_eps", DEFAULT_EPS[threat])) if threat == "Linf" else DEFAULT_EPS[threat]
+        from igdm_kit._storage.checkpoint import judged_eps
+
+        radius = judged_eps(meta, threat)
+        radius = DEFAULT_EPS[threat] if radius is None else radius
     x, y = load_eval_data(ds_name, limit, options)
     which = ", ".join(f"{k} {meta[k]}" for k in ("checkpoint", "epoch") if meta.get(k) is not None)
     err_console.print(escape(f"evaluating {src.path}" + (f" ({which})" if which else "") + f" on {ds_name} test "

@@ -61,7 +61,7 @@ class Parts:
                 "recipe_digest": r.digest(), "recipe_name": r.name,
                 # what the model was trained and judged at: `igdm-kit eval` defaults to this radius
                 "train_attack": {"name": r.attack_name, "eps": r.components["attack"].eps},
-                "eval_eps": r.model.eval.eps}
+                "eval_eps": r.model.eval.eps, "eval_threat": r.model.eval.threat}
 
 
 def load_data(r: Recipe, split: dict[str, Any] | None = None
