@@ -60,7 +60,7 @@ def recorded_eps(metas: list[dict[str, Any]], given: str | None) -> float:
         raise IgdmKitError("the checkpoints were evaluated at different ε (" +
                            ", ".join(eps_text(e) for e in sorted(found)) + ")",
                            "pass --eps to compare them at one radius")
-    source = "the ε its run was evaluated at" if found else "no L∞ ε recorded in the checkpoint"
+    source = "the ε its run was evaluated at" if found else "no ε recorded in the checkpoint for L∞"
     radius = found.pop() if found else 8 / 255
     err_console.print(escape(f"ε = {eps_text(radius)} ({source}; --eps to change it)"), style="dim",
                       highlight=False)
