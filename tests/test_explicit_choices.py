@@ -257,3 +257,22 @@ def test_an_l2_run_s_radius_is_not_taken_for_an_linf_one(tmp_path, cli):
     assert "Linf ε = 8/255" in res.err
     res = cli("eval", "--model", path, "--attacks", "clean", "--limit", "4", "--threat", "L2", "--no-progress")
     assert "L2 ε = 0.5" in res.err
+
+
+def test_a_limit_that_keeps_only_some_classes_says_so(tmp_path, write_recipe, cli):
+    """Image folders are read class by class: the first 40 digits of folders 0…9 are all zeros."""
+    from test_teacher_data import export_digits
+
+    export_digits(tmp_path / "imgs", [str(d) for d in range(10)])
+    p = write_recipe(TINY.replace('name = "digits"\ntrain_limit = 256',
+                                  f'name = "image-folder"\nroot = "{tmp_path / "imgs"}"\nimage_size = 8\n'
+                                  'grayscale = true\ntrain_limit = 256\ntest_limit = 40'))
+    res = cli("run", p, "--output", tmp_path / "run")
+    assert res.code == 0, res.err
+    text = " ".join(res.err.split())
+    assert "data.train_limit = 256 keeps the first images only, which hold 2 of the 10 classes" in text
+    assert "data.test_limit = 40 keeps the first images only, which hold 2 of the 10 classes" in text
+    assert "data: crop_padding = 1, hflip = true (the image-folder dataset's augmentation defaults" in text
+    res = cli("eval", "--model", tmp_path / "run" / "model.safetensors", "--attacks", "clean", "--limit", "40",
+              "--no-progress")
+    assert "--limit 40 keeps the first test images only, which hold 2 of the 10 classes" in " ".join(res.err.split())

@@ -133,6 +133,8 @@ def run_eval(src, items: list[Any], *, threat: str, radius: float | None, datase
         radius = judged_eps(meta, threat)
         radius = DEFAULT_EPS[threat] if radius is None else radius
     x, y = load_eval_data(ds_name, limit, options)
+    if limit is not None:
+        limit_warning(ds_name, options, y)
     which = ", ".join(f"{k} {meta[k]}" for k in ("checkpoint", "epoch") if meta.get(k) is not None)
     err_console.print(escape(f"evaluating {src.path}" + (f" ({which})" if which else "") + f" on {ds_name} test "
                              f"({x.shape[0]} images, {dev}, {threat} ε = {eps_text(radius)})"),
@@ -147,6 +149,20 @@ def run_eval(src, items: list[Any], *, threat: str, radius: float | None, datase
         write_flags(save_flags, result, x, y, {"checkpoint": str(src.path), "dataset": ds_name})
         err_console.print(escape(f"flags: {save_flags}"), style="dim", highlight=False)
     return {"checkpoint": str(src.path), "dataset": ds_name, **result.to_json()}
+
+
+def limit_warning(ds_name: str, options: dict[str, Any], y) -> None:
+    """A ``--limit`` whose first test images leave classes out (image folders are stored class by class)."""
+    import torch
+
+    from igdm_kit.factories import create_dataset
+
+    classes = create_dataset(ds_name, **options).info().num_classes
+    present = int(torch.unique(y).numel())
+    if present < classes:
+        err_console.print(escape(f"--limit {y.shape[0]} keeps the first test images only, which hold {present} of "
+                                 f"the {classes} classes; the numbers are about those classes"),
+                          style="yellow", highlight=False)
 
 
 def print_table(result: dict[str, Any]) -> None:
