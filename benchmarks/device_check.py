@@ -52,7 +52,8 @@ METHODS = ("adaad+igdm", "ard+igdm", "rslad+igdm")
 CIFAR_TRAIN = 50_000
 TARGET_EPOCH_S = 60.0  # issue 16: IGDM_AdaAD, ResNet-18 ← WRN-28-10, batch 128, one CIFAR-100 epoch
 # the quick contract tests first, the accelerator tests (with the slow inductor compilation) last
-GPU_TESTS = ["tests/test_attacks.py", "tests/test_methods.py", "tests/test_resume.py", "tests/test_accel.py"]
+GPU_TESTS = ["tests/test_attacks.py", "tests/test_methods.py", "tests/test_resume.py", "tests/test_aa_state.py",
+             "tests/test_accel.py"]
 EAGER = "default,reference,bf16,fp16,channels_last,gpu_data"
 GROUPS = ("eager", "combined", "compile")
 NEEDED = ("torch", "torchvision", "torchattacks", "pyautoattack", "pydantic", "typer", "rich", "safetensors",

@@ -8,6 +8,7 @@ depend on which images share a batch), and a linear model's exact L∞ robust se
 
 from __future__ import annotations
 
+import copy
 import json
 import random
 
@@ -86,10 +87,11 @@ def test_resumed_with_another_batch_size_is_the_uninterrupted_run(cnn, tmp_path)
     assert any("batch size 4" in w for w in warnings)  # the state's batches are kept, and said so
 
 
-def test_interrupted_at_random_batches_and_resumed_with_other_batch_sizes(cnn, tmp_path):
+def test_interrupted_at_random_batches_and_resumed_with_other_batch_sizes(cnn, tmp_path, device):
     """Stopped at a random batch (several times over), resumed with random other batch sizes: the robust
-    flags and the accuracy after each attack are the uninterrupted run's."""
+    flags and the accuracy after each attack are the uninterrupted run's (on ``--device``, cpu by default)."""
     model, x, y = cnn
+    model = copy.deepcopy(model).to(device)
     x, y = x[:40], y[:40]
     rng = random.Random(26)
     kinds = {"version": "custom", "attacks": ["apgd-ce", "apgd-t"]}
@@ -109,6 +111,20 @@ def test_interrupted_at_random_batches_and_resumed_with_other_batch_sizes(cnn, t
         assert resumed["after"] == pytest.approx(full["after"])
 
 
+def test_resumed_on_another_device_with_another_batch_size_is_the_exact_robust_set(tmp_path, device):
+    """Stopped on the CPU, resumed on the GPU (``--device cuda``; ``benchmarks/device_check.py`` runs it) with
+    another batch size: the linear model's exact robust set, as the uninterrupted CPU run finds it."""
+    if device.type == "cpu":
+        pytest.skip("needs a second device: run with --device cuda")
+    model, x, y, robust, _ = linear_problem(n=12, scale=0.4)
+    state = tmp_path / "aa.state"
+    full = run_autoattack(model, x, y, eps=EPS, batch_size=2, **CUSTOM)
+    with pytest.raises(Stop):
+        run_autoattack(model, x, y, eps=EPS, batch_size=2, **CUSTOM, state_path=state, progress=stop_after(2))
+    res = run_autoattack(copy.deepcopy(model).to(device), x, y, eps=EPS, batch_size=12, **CUSTOM, state_path=state)
+    assert res["robust"].tolist() == robust.tolist() == full["robust"].tolist()
+
+
 def test_resumed_linear_model_is_its_exact_robust_set(tmp_path):
     """Independent oracle: the linear model's exact robust set, after a stop and a rerun with another batch
     size."""
@@ -124,7 +140,7 @@ def test_resumed_linear_model_is_its_exact_robust_set(tmp_path):
 @pytest.fixture
 def stopped(tmp_path):
     """A linear problem and the state of its AutoAttack stopped after 2 batches of 2."""
-    model, x, y, robust, _ = linear_problem(n=12, scale=0.4)
+    model, x, y, _, _ = linear_problem(n=12, scale=0.4)
     state = tmp_path / "aa.state"
     with pytest.raises(Stop):
         run_autoattack(model, x, y, eps=EPS, batch_size=2, **CUSTOM, state_path=state, progress=stop_after(2))
@@ -204,3 +220,42 @@ def test_a_state_of_an_older_format_is_refused(stopped):
     model, x, y, state = stopped
     _edit(state, lambda d: d.update(format="igdm-kit/autoattack-state/1"))
     _refused(model, x, y, state, "older igdm-kit")
+
+
+@pytest.mark.slow
+def test_the_issue_s_command_line_scenario(cnn, tmp_path, cli, monkeypatch):
+    """``eval --attack 'autoattack:version=custom,attacks=["apgd-ce"]' --limit 96 --batch-size 4 --aa-state
+    aa.state``, SIGINT after 3 batches (exit 130), rerun with ``--batch-size 96``: the uninterrupted count."""
+    import os
+    import signal
+
+    from igdm_kit._storage import aa_state
+    from igdm_kit._storage.checkpoint import save_model
+
+    model, _, _ = cnn
+    ckpt = save_model(tmp_path / "m.safetensors", model, {
+        "model": "small-cnn", "model_options": {"width": 8}, "num_classes": 10, "in_channels": 1, "image_size": 8,
+        "mean": None, "std": None, "dataset": {"name": "digits", "options": {}}})
+    args = ["eval", "--model", ckpt, "--attack", 'autoattack:version=custom,attacks=["apgd-ce"]', "--limit", "96",
+            "--eps", "0.1", "--json", "--no-progress"]
+    full = cli(*args, "--batch-size", "4")
+    assert full.code == 0, full.err
+    (correct,) = (m["correct"] for m in json.loads(full.out)["results"]["metrics"].values())
+
+    state, saved, real = tmp_path / "aa.state", [0], aa_state.save
+
+    def sigint_after_3_batches(path, s):
+        real(path, s)
+        saved[0] += bool(s.get("chunks_done"))
+        if saved[0] == 3:
+            os.kill(os.getpid(), signal.SIGINT)  # as Ctrl-C: the stop check ends the evaluation after the batch
+
+    monkeypatch.setattr(aa_state, "save", sigint_after_3_batches)
+    stopped = cli(*args, "--batch-size", "4", "--aa-state", state)
+    assert stopped.code == 130 and "AutoAttack resumes from" in stopped.err
+    monkeypatch.setattr(aa_state, "save", real)
+    again = cli(*args, "--batch-size", "96", "--aa-state", state)
+    assert again.code == 0, again.err
+    metrics = json.loads(again.out)["results"]["metrics"]
+    assert list(metrics.values())[0]["correct"] == correct  # 74/96 and 94/96 in the issue; here as uninterrupted
+    assert "with its batch size 4, not 96" in again.err

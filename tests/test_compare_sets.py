@@ -52,7 +52,8 @@ def test_common_recomputes_both_worst_cases_over_the_shared_attacks(pair):
     out = compare(a, b, worst="common")
     assert list(out["rows"]) == ["clean", "pgd20", "worst"]
     w = out["rows"]["worst"]
-    assert (w["a_correct"], w["b_correct"]) == (8, 9) and w["over"] == {"a": ["clean", "pgd20"], "b": ["clean", "pgd20"]}
+    assert (w["a_correct"], w["b_correct"]) == (8, 9)
+    assert w["over"] == {"a": ["clean", "pgd20"], "b": ["clean", "pgd20"]}
     assert w["label"] == "worst case over clean, pgd20"
     assert out["only_a"] == ["autoattack"] and out["only_b"] == []
 

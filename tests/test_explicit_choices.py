@@ -136,9 +136,9 @@ def test_numpy_seeds_are_checked_at_validation(write_recipe):
 
 
 def test_an_evaluation_seed_numpy_cannot_take_is_one_line_for_corruptions():
+    from igdm_kit._evaluation.shifts import Context
     from igdm_kit.factories import create_shift
     from igdm_kit.interfaces import DatasetInfo, Threat
-    from igdm_kit._evaluation.shifts import Context
 
     info = DatasetInfo(num_classes=10, in_channels=1, image_size=8)
     c = Context("digits", info, torch.zeros(2, 1, 8, 8), torch.zeros(2, dtype=torch.long), 2**40, Threat(), None, [])
@@ -218,4 +218,61 @@ def test_recipe_show_prints_what_the_dataset_decides(tmp_path, write_recipe, cli
     shown = write_recipe(res.out, "shown.toml")
     assert R.load(shown).digest() == R.load(p).digest()
     as_json = json.loads(cli("recipe", "show", p, "--json").out)["results"]
-    assert as_json["effective_defaults"]["data"]["hflip"] == {"value": True, "from": "the image-folder dataset's default"}
+    assert as_json["effective_defaults"]["data"]["hflip"] == {"value": True,
+                                                              "from": "the image-folder dataset's default"}
+
+
+def test_an_linf_eps_above_the_pixel_range_is_refused_before_anything_loads(cli):
+    res = cli("eval", "--model", "missing.safetensors", "--eps", "8")
+    assert res.code == 1 and "exceeds the pixel range [0, 1]" in res.err and "8/255" in res.err
+    res = cli("eval", "--model", "missing.safetensors", "--eps", "8", "--threat", "L2")  # an L2 radius may be 8
+    assert res.code == 1 and "does not exist" in res.err
+
+
+def test_recipe_show_prints_what_a_component_decides_itself(write_recipe, cli):
+    """A plugin's own resolved default (``Options.effective_defaults``): a WRN's parameter layout follows its
+    activation unless given."""
+    p = write_recipe('[data]\nname = "digits"\n[student]\nmodel = "wrn-28-10"\nactivation = "silu"\n'
+                     '[method]\nname = "pgd-at"\n')
+    out = cli("recipe", "show", p).out
+    assert '# layout = "deepmind" (the default for activation silu)' in out
+    out = cli("recipe", "show", p, "--set", 'student.layout="trades"').out
+    assert "# layout" not in out and 'layout = "trades"' in out
+
+
+# -- defaults read from a checkpoint ----------------------------------------------------------------------
+def test_an_l2_run_s_radius_is_not_taken_for_an_linf_one(tmp_path, cli):
+    """A run evaluated at L2 ε = 0.5 recorded ``eval_eps = 0.5``; ``eval`` (L∞ by default) judged it at an L∞ ε
+    of 0.5 — every pixel anywhere — instead of 8/255."""
+    from igdm_kit._storage.checkpoint import save_model
+    from igdm_kit.factories import create_model
+
+    meta = {"model": "small-cnn", "model_options": {"width": 4}, "num_classes": 10, "in_channels": 1,
+            "image_size": 8, "mean": None, "std": None, "dataset": {"name": "digits", "options": {}},
+            "eval_eps": 0.5, "eval_threat": "L2"}
+    path = save_model(tmp_path / "m.safetensors", create_model("small-cnn", num_classes=10, in_channels=1,
+                                                                image_size=8, width=4), meta)
+    res = cli("eval", "--model", path, "--attacks", "clean", "--limit", "4", "--no-progress")
+    assert res.code == 0, res.err
+    assert "Linf ε = 8/255" in res.err
+    res = cli("eval", "--model", path, "--attacks", "clean", "--limit", "4", "--threat", "L2", "--no-progress")
+    assert "L2 ε = 0.5" in res.err
+
+
+def test_a_limit_that_keeps_only_some_classes_says_so(tmp_path, write_recipe, cli):
+    """Image folders are read class by class: the first 40 digits of folders 0…9 are all zeros."""
+    from test_teacher_data import export_digits
+
+    export_digits(tmp_path / "imgs", [str(d) for d in range(10)])
+    p = write_recipe(TINY.replace('name = "digits"\ntrain_limit = 256',
+                                  f'name = "image-folder"\nroot = "{tmp_path / "imgs"}"\nimage_size = 8\n'
+                                  'grayscale = true\ntrain_limit = 256\ntest_limit = 40'))
+    res = cli("run", p, "--output", tmp_path / "run")
+    assert res.code == 0, res.err
+    text = " ".join(res.err.split())
+    assert "data.train_limit = 256 keeps the first images only, which hold 2 of the 10 classes" in text
+    assert "data.test_limit = 40 keeps the first images only, which hold 2 of the 10 classes" in text
+    assert "data: crop_padding = 1, hflip = true (the image-folder dataset's augmentation defaults" in text
+    res = cli("eval", "--model", tmp_path / "run" / "model.safetensors", "--attacks", "clean", "--limit", "40",
+              "--no-progress")
+    assert "--limit 40 keeps the first test images only, which hold 2 of the 10 classes" in " ".join(res.err.split())

@@ -50,14 +50,15 @@ def recorded_eps(metas: list[dict[str, Any]], given: str | None) -> float:
     """``--eps`` when given, else the ε the checkpoints' runs were evaluated at (one for all), else 8/255."""
     if given is not None:
         return parse_eps(given)
-    found = {float(m["eval_eps"]) for m in metas if isinstance(m.get("eval_eps"), (int, float))}
+    from igdm_kit._storage.checkpoint import judged_eps
+
+    found = {e for e in (judged_eps(m, "Linf") for m in metas) if e is not None}  # the analyses are L∞
     if len(found) > 1:
         raise IgdmKitError("the checkpoints were evaluated at different ε (" +
                            ", ".join(eps_text(e) for e in sorted(found)) + ")",
                            "pass --eps to compare them at one radius")
+    source = "the ε its run was evaluated at" if found else "no ε recorded in the checkpoint for L∞"
     radius = found.pop() if found else 8 / 255
-    source = "the ε its run was evaluated at" if found or metas[0].get("eval_eps") is not None else \
-        "no ε recorded in the checkpoint"
     err_console.print(escape(f"ε = {eps_text(radius)} ({source}; --eps to change it)"), style="dim",
                       highlight=False)
     return radius

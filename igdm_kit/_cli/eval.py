@@ -65,8 +65,9 @@ def register(app: typer.Typer) -> None:
         limit: Limit = None,
         batch_size: BatchSize = 256,
         device: Device = "auto",
-        eps: str | None = typer.Option(None, "--eps", help=EPS_HELP + "; default: the ε of the run's "
-                                       "evaluation recorded in the checkpoint, else 8/255 (L2: 0.5, L1: 12)"),
+        eps: str | None = typer.Option(None, "--eps", help=EPS_HELP + "; default: the ε the run was "
+                                       "evaluated at under this threat (recorded in the checkpoint), else 8/255 "
+                                       "(L2: 0.5, L1: 12)"),
         seed: int = typer.Option(0, "--seed", callback=seed_in_range,
                                  help="seed of the random starts (each attack starts from it)"),
         aa_state: Path | None = typer.Option(
@@ -86,7 +87,7 @@ def register(app: typer.Typer) -> None:
         from igdm_kit._evaluation import sources
 
         threat = parse_threat(threat)
-        radius = parse_eps(eps) if eps is not None else None
+        radius = parse_eps(eps, threat) if eps is not None else None
         src = sources.Source(model, loader=loader, name=name, arch=arch, arch_options=arch_options(arch_opt))
         again = stop_hint([("--model", model), ("--loader", None if loader == "auto" else loader),
                            ("--name", name), ("--arch", arch), *(("--arch-opt", o) for o in arch_opt),
@@ -140,8 +141,13 @@ def run_eval(src, items: list[Any], *, threat: str, radius: float | None, datase
     dev = resolve_device(device)
     net, meta, ds_name, options = sources.load(src, dataset, dev, data_options)
     if radius is None:  # a model trained at another radius would otherwise be judged at 8/255 silently
-        radius = float(meta.get("eval_eps", DEFAULT_EPS[threat])) if threat == "Linf" else DEFAULT_EPS[threat]
+        from igdm_kit._storage.checkpoint import judged_eps
+
+        radius = judged_eps(meta, threat)
+        radius = DEFAULT_EPS[threat] if radius is None else radius
     x, y = load_eval_data(ds_name, limit, options)
+    if limit is not None:
+        limit_warning(ds_name, options, y)
     which = ", ".join(f"{k} {meta[k]}" for k in ("checkpoint", "epoch") if meta.get(k) is not None)
     err_console.print(escape(f"evaluating {src.path}" + (f" ({which})" if which else "") + f" on {ds_name} test "
                              f"({x.shape[0]} images, {dev}, {threat} ε = {eps_text(radius)})"),
@@ -156,6 +162,20 @@ def run_eval(src, items: list[Any], *, threat: str, radius: float | None, datase
         write_flags(save_flags, result, x, y, {"checkpoint": str(src.path), "dataset": ds_name})
         err_console.print(escape(f"flags: {save_flags}"), style="dim", highlight=False)
     return {"checkpoint": str(src.path), "dataset": ds_name, **result.to_json()}
+
+
+def limit_warning(ds_name: str, options: dict[str, Any], y) -> None:
+    """A ``--limit`` whose first test images leave classes out (image folders are stored class by class)."""
+    import torch
+
+    from igdm_kit.factories import create_dataset
+
+    classes = create_dataset(ds_name, **options).info().num_classes
+    present = int(torch.unique(y).numel())
+    if present < classes:
+        err_console.print(escape(f"--limit {y.shape[0]} keeps the first test images only, which hold {present} of "
+                                 f"the {classes} classes; the numbers are about those classes"),
+                          style="yellow", highlight=False)
 
 
 def print_table(result: dict[str, Any]) -> None:

@@ -57,7 +57,10 @@ def run_shifts_many(srcs: list, shifts: list[Any], attacks: list[Any] | None, *,
         raise IgdmKitError(f"{other!r} was trained on another dataset than {str(srcs[0].path)!r}",
                            "compare checkpoints of one dataset, or pass --dataset")
     if radius is None:
-        radius = float(meta.get("eval_eps", DEFAULT_EPS[threat])) if threat == "Linf" else DEFAULT_EPS[threat]
+        from igdm_kit._storage.checkpoint import judged_eps
+
+        radius = judged_eps(meta, threat)
+        radius = DEFAULT_EPS[threat] if radius is None else radius
     x, y = load_eval_data(ds_name, limit, options)
     info = sources.open_dataset(ds_name, options).info()
     err_console.print(escape(f"shifts of {len(srcs)} model(s) on {ds_name} test ({x.shape[0]} images, {dev}, "
@@ -207,7 +210,8 @@ def add(group: typer.Typer) -> None:
             raise IgdmKitError("no checkpoint given", "pass CKPT [CKPT ...] (e.g. runs/quickstart/alpha=0)")
         items = parse_shifts(shifts, shift)
         chosen = parse_attacks(attacks, []) if attacks is not None else None
-        norm, radius = parse_threat(threat), parse_eps(eps) if eps is not None else None
+        norm = parse_threat(threat)
+        radius = parse_eps(eps, norm) if eps is not None else None
         if recipe is not None:
             from igdm_kit._recipe import load
 

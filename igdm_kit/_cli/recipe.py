@@ -51,7 +51,6 @@ def register(app: typer.Typer) -> None:
         """Print the fully resolved recipe (extends and overrides applied, defaults included); a value the
         dataset, the machine or a default decides is a comment saying where it comes from."""
         from igdm_kit import _recipe as recipe_mod
-
         from igdm_kit._recipe.effective import effective_defaults
 
         r = recipe_mod.load(recipe, set_)

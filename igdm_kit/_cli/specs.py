@@ -62,13 +62,18 @@ def eps_text(eps: float) -> str:
     return f"{round(k)}/255" if eps and abs(k - round(k)) < 1e-6 else f"{eps:g}"
 
 
-def parse_eps(text: str) -> float:
+def parse_eps(text: str, norm: str = "Linf") -> float:
+    """``--eps 8/255`` → 0.0314; a radius no one means under ``norm`` (negative; at L∞, above 1, the pixel
+    range) is refused here, before anything loads."""
     try:
         value = float(Fraction(text.strip()))
     except (ValueError, ZeroDivisionError):
         raise IgdmKitError(f"--eps {text!r} is not a number", "write e.g. 8/255 or 0.03") from None
     if value < 0:
         raise IgdmKitError(f"--eps {text!r} is negative", "ε is a radius, ≥ 0")
+    if norm == "Linf" and value > 1:
+        raise IgdmKitError(f"--eps {text!r}: an L∞ ε above 1 exceeds the pixel range [0, 1]",
+                           f"did you mean {text.strip()}/255?")
     return value
 
 

@@ -1,6 +1,7 @@
 """The values a recipe runs with that it does not write: what the dataset decides (random-crop padding,
-horizontal flips, normalization), the run's epochs for a module's ramp, this machine's CPU threads, the
-final evaluation's headline checkpoint. ``recipe show`` prints each as a comment with where it comes from,
+horizontal flips, normalization), what a component decides itself (``Options.effective_defaults``, e.g. a
+WRN's parameter layout), the run's epochs for a module's ramp, this machine's CPU threads, the final
+evaluation's headline checkpoint. ``recipe show`` prints each as a comment with where it comes from,
 so a default that changes results is seen (digits: PGD-20 79.4 % with flips, 85.8 % without).
 
 Shown, never written into the resolved recipe: the recipe's digest stays what it was.
@@ -24,17 +25,21 @@ AUGMENTATION = ("crop_padding", "hflip")
 def effective_defaults(r: Recipe) -> Notes:
     """table → key → (value, where it comes from) for the keys the recipe leaves to someone else."""
     notes: Notes = {"data": dataset_defaults(r)}
+    for section in ("data", "student", "method", "module", "attack"):  # what each component decides itself
+        options = r.components.get(section)
+        if options is not None:
+            notes.setdefault(section, {}).update(options.effective_defaults())
     module = r.components.get("module")
     if module is not None:
         from igdm_kit.interfaces.training import ModuleOptions
 
         if isinstance(module, ModuleOptions) and module.ramp_epochs is None:
-            notes["module"] = {"ramp_epochs": (r.model.train.epochs, "the run's epochs")}
+            notes["module"]["ramp_epochs"] = (r.model.train.epochs, "the run's epochs")
     if r.model.train.threads is None:
         from igdm_kit._runtime.threads import resolve
 
-        notes["train"] = {"threads": (resolve(None), "this machine's default: the physical cores available; "
-                                                     "--threads and IGDM_KIT_THREADS override it")}
+        why = "this machine's default: the physical cores available; --threads and IGDM_KIT_THREADS override it"
+        notes["train"] = {"threads": (resolve(None), why)}
     ev: dict[str, tuple[Any, str]] = {}
     if r.model.eval.limit is None:
         ev["limit"] = (Words("all"), "the whole test split")

@@ -18,6 +18,7 @@ and the consistency checks bound what a re-sealed edit could claim.
 from __future__ import annotations
 
 import hashlib
+import itertools
 import json
 import math
 from pathlib import Path
@@ -154,7 +155,7 @@ def _check_consistent(state: dict[str, Any], where: str, n: int) -> None:
 
     steps = [after.get(k) for k in ("clean", *state["done"])]
     ok = bool((robust <= clean).all()) and same(steps[0], pct(clean)) and \
-        all(a is not None and b is not None and b <= a + 1e-9 for a, b in zip(steps, steps[1:]))
+        all(a is not None and b is not None and b <= a + 1e-9 for a, b in itertools.pairwise(steps))
     if ok and state["current"] is None:
         ok = same(steps[-1], pct(robust))
     elif ok:

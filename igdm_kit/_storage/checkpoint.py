@@ -126,6 +126,8 @@ def check_metadata(path: str | os.PathLike, info: dict[str, Any]) -> None:
                       + (", all positive" if key == "std" else ""))
     if "eval_eps" in info and not (_number(info["eval_eps"]) and info["eval_eps"] >= 0):
         raise bad("eval_eps", "not a finite radius ≥ 0")
+    if "eval_threat" in info and info["eval_threat"] not in ("Linf", "L2", "L1"):
+        raise bad("eval_threat", "not Linf, L2 or L1")
     names = info.get("class_names")
     if names is not None and (not isinstance(names, list) or len(names) != info["num_classes"]
                               or not all(isinstance(c, str) for c in names)):
@@ -133,6 +135,14 @@ def check_metadata(path: str | os.PathLike, info: dict[str, Any]) -> None:
     if "epoch" in info and not (isinstance(info["epoch"], int) and not isinstance(info["epoch"], bool)
                                 and info["epoch"] >= 0):
         raise bad("epoch", "not a whole number ≥ 0")
+
+
+def judged_eps(info: dict[str, Any], threat: str) -> float | None:
+    """The radius the checkpoint's run was evaluated at, when it was evaluated under ``threat`` (a checkpoint
+    that does not say its threat was written when the final evaluation was L∞ only); else None: an L2
+    run's ε of 0.5 is no L∞ radius."""
+    eps = info.get("eval_eps")
+    return float(eps) if _number(eps) and info.get("eval_threat", "Linf") == threat else None
 
 
 def _show(v: Any) -> str:

@@ -43,6 +43,7 @@ from igdm_kit._training.events import RunContext, Subscriber, restore_subscriber
 from igdm_kit._training.final_eval import clean_accuracy, evaluate_checkpoints, final_evaluation, judged_models
 from igdm_kit._training.parts import (
     Parts,
+    absent_classes,
     build_parts,
     build_student,
     build_training,
@@ -201,9 +202,10 @@ def _train(folder: RunFolder, r: Recipe, mode: Mode, teacher_file: Path | None, 
     if d.is_main:
         folder.ensure_writable()
     parts = build_parts(r, device=device, acc=acc, dist=d, teacher_file=teacher_file, log=log)
-    shown = dataset_line(r)  # what the dataset decided (e.g. flips) changes results: said, not hidden
-    if shown and mode != "resume":
-        log(shown)
+    if mode != "resume":  # what the dataset decided (e.g. flips) and what a limit cut change results: said
+        for line in filter(None, [dataset_line(r), *absent_classes(r, parts.info, parts.train_data[1],
+                                                                   parts.test_data[1])]):
+            log(line)
     stop.check(f"stopped before training started in {folder.path}", f"start it again with: {hint}")
     subs, ema = _callbacks(folder, parts, log, progress)
     start, partial, metrics = _starting_point(folder, parts, mode, log, subs)

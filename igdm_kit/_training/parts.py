@@ -61,7 +61,7 @@ class Parts:
                 "recipe_digest": r.digest(), "recipe_name": r.name,
                 # what the model was trained and judged at: `igdm-kit eval` defaults to this radius
                 "train_attack": {"name": r.attack_name, "eps": r.components["attack"].eps},
-                "eval_eps": r.model.eval.eps}
+                "eval_eps": r.model.eval.eps, "eval_threat": r.model.eval.threat}
 
 
 def load_data(r: Recipe, split: dict[str, Any] | None = None
@@ -87,6 +87,19 @@ def load_data(r: Recipe, split: dict[str, Any] | None = None
             split.update(data=(xtr[held], ytr[held]), indices=held.tolist())
         xtr, ytr = xtr[keep], ytr[keep]
     return info, (xtr, ytr), (xte, yte.long())
+
+
+def absent_classes(r: Recipe, info: DatasetInfo, train: torch.Tensor, test: torch.Tensor) -> list[str]:
+    """Warnings for a ``train_limit``/``test_limit`` whose first images leave classes out (a dataset stored
+    class by class, as image folders are, keeps only its first classes): numbers on part of the classes."""
+    out = []
+    for key, y in (("train_limit", train), ("test_limit", test)):
+        limit = getattr(r.model.data, key)
+        present = int((torch.bincount(y.cpu().long(), minlength=info.num_classes) > 0).sum())
+        if limit and present < info.num_classes:
+            out.append(f"warning: data.{key} = {limit} keeps the first images only, which hold {present} of the "
+                       f"{info.num_classes} classes; the numbers are about those classes")
+    return out
 
 
 def check_data(name: str, split: str, x: torch.Tensor, y: torch.Tensor, info: DatasetInfo) -> None:

@@ -47,6 +47,12 @@ class Options(BaseModel):
 
     model_config = ConfigDict(extra="forbid", validate_assignment=True, frozen=False, allow_inf_nan=False)
 
+    def effective_defaults(self) -> dict[str, tuple[Any, str]]:
+        """Option → (the value it runs with, where that comes from) for each option left unset (``None``)
+        that the component decides itself: ``recipe show`` prints them (``# layout = "trades" (the default
+        for activation relu)``), so a default that changes results is seen. Default: none."""
+        return {}
+
 
 class NoOptions(Options):
     """For components that take no options."""

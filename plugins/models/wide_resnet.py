@@ -172,6 +172,11 @@ class WRNOptions(Options):
             return self.layout
         return "deepmind" if self.activation == "silu" else "trades"
 
+    def effective_defaults(self) -> dict[str, tuple[str, str]]:
+        if self.layout is not None:
+            return {}
+        return {"layout": (self.resolved_layout(), f"the default for activation {self.activation}")}
+
 
 def init_weights(net: nn.Module) -> None:
     """The WRN reference initialization (Zagoruyko's, kept by TRADES and DeepMind's PyTorch code):
