@@ -248,3 +248,19 @@ def test_a_run_records_its_passes_per_step(tmp_path, write_recipe, cli):
     assert "| t |" not in table.read_text() and "| pgd-at |" in table.read_text()
     bad = cli("report", out, "--output", table)
     assert bad.code == 1 and "--format markdown|latex|csv" in bad.err
+
+
+def test_checkpoint_chooses_the_evaluation_and_its_flags(tmp_path, write_recipe, cli):
+    recipe = TINY.replace('[eval]\nattacks = ["clean"]', '[train.ema]\ndecay = 0.5\n[eval]\n'
+                          'attacks = ["clean", "fgsm"]\ncheckpoints = ["last", "ema"]')
+    out = tmp_path / "run"
+    assert cli("run", write_recipe(recipe), "--output", out).code == 0
+    results = json.loads((out / "results.json").read_text())
+    for name in ("last", "ema"):
+        rep = json.loads(cli("report", out, "--checkpoint", name, "--metrics", "all", "--json").out)["results"]
+        want = results["checkpoints"][name]["metrics"]["fgsm"]["accuracy"]
+        assert rep["checkpoint"] == name and rep["cells"][0]["metrics"]["fgsm"]["mean"] == pytest.approx(want)
+    from igdm_kit._evaluation.collect import read_run
+
+    assert read_run(out, "ema").flags == str(out / "eval_flags.ema.safetensors")
+    assert read_run(out, None).flags == str(out / "eval_flags.safetensors") and read_run(out, None).checkpoint == "last"

@@ -181,3 +181,15 @@ def test_an_accuracys_interval_stays_within_0_and_100_percent():
     assert m - half < 0 and s["clean"].mean == m
     assert s["clean"].ci95 == (0.0, pytest.approx(m + half))
     assert s["gd"].ci95 == (pytest.approx(m - half), pytest.approx(m + half))  # not a percentage: not clipped
+
+
+def test_the_resume_command_keeps_the_seeds(monkeypatch, write_recipe, cli):
+    from igdm_kit._cli import sweep as cli_sweep
+
+    seen = {}
+    monkeypatch.setattr(cli_sweep, "execute", lambda *a, **k: seen.update(k, grid=a[2]))
+    assert cli("sweep", write_recipe(FAMILY), "--seeds", "0-2", "--jobs", "2").code == 0
+    assert "--seeds 0-2" in seen["resume_command"] and "--resume" in seen["resume_command"]
+    assert seen["grid"] == {"seeds": [0, 1, 2]}
+    bad = cli("sweep", write_recipe(FAMILY), "--seeds", "0-x")
+    assert bad.code == 1 and "--seeds: '0-x' is not a seed or a range of seeds" in bad.err
