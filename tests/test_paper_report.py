@@ -200,7 +200,8 @@ def quickstart(tmp_path, monkeypatch):
     for name in ("quickstart.toml", "quickstart_teacher.toml"):
         text = (RECIPES / name).read_text().replace("epochs = 15", "epochs = 1") \
             .replace("milestones = [10, 13]", "milestones = []") \
-            .replace('attacks = ["clean", "fgsm", "pgd20", "cw", "autoattack"]', 'attacks = ["clean", "fgsm", "pgd20"]') \
+            .replace('attacks = ["clean", "fgsm", "pgd20", "cw", "autoattack"]',
+                     'attacks = ["clean", "fgsm", "pgd20"]') \
             .replace('attacks = ["clean", "pgd20"]', 'attacks = ["clean"]')
         (tmp_path / name).write_text(text)
     monkeypatch.chdir(tmp_path)
@@ -228,7 +229,8 @@ def test_report_on_the_quickstart_reproduces_its_table(quickstart, cli):
         assert change[key]["per_image_test"] == "McNemar exact"
     # the default Rich table: ARD's line, its +igdm line and Δ, the paper's four columns where run
     table = cli("report", "runs/quickstart").out
-    assert re.search(r"│ ard +│", table) and re.search(r"│ +\+igdm +│", table) and re.search(r"│ +Δ +│", table)
+    assert re.search(r"│ ard +│", table) and re.search(r"│ +\+igdm +│", table)
+    assert re.search(r"│ +Δ +│", table)
     assert "PGD-20" in table and "FGSM" not in table and "McNemar p=" in table
 
 
@@ -246,3 +248,19 @@ def test_a_run_records_its_passes_per_step(tmp_path, write_recipe, cli):
     assert "| t |" not in table.read_text() and "| pgd-at |" in table.read_text()
     bad = cli("report", out, "--output", table)
     assert bad.code == 1 and "--format markdown|latex|csv" in bad.err
+
+
+def test_checkpoint_chooses_the_evaluation_and_its_flags(tmp_path, write_recipe, cli):
+    recipe = TINY.replace('[eval]\nattacks = ["clean"]', '[train.ema]\ndecay = 0.5\n[eval]\n'
+                          'attacks = ["clean", "fgsm"]\ncheckpoints = ["last", "ema"]')
+    out = tmp_path / "run"
+    assert cli("run", write_recipe(recipe), "--output", out).code == 0
+    results = json.loads((out / "results.json").read_text())
+    for name in ("last", "ema"):
+        rep = json.loads(cli("report", out, "--checkpoint", name, "--metrics", "all", "--json").out)["results"]
+        want = results["checkpoints"][name]["metrics"]["fgsm"]["accuracy"]
+        assert rep["checkpoint"] == name and rep["cells"][0]["metrics"]["fgsm"]["mean"] == pytest.approx(want)
+    from igdm_kit._evaluation.collect import read_run
+
+    assert read_run(out, "ema").flags == str(out / "eval_flags.ema.safetensors")
+    assert read_run(out, None).flags == str(out / "eval_flags.safetensors") and read_run(out, None).checkpoint == "last"

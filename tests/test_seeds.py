@@ -86,7 +86,8 @@ def test_paired_t_against_its_formula():
 
 def test_stratified_mcnemar_hand_worked_case():
     # three seeds, 100 images each; (only A right, only B right) = (4, 10), (5, 8), (3, 12):
-    # Σ a_only = 12, Σ b_only = 30, χ² = (12 − 30)² / 42 = 324 / 42 = 7.714285..., p = P(χ²₁ > 7.714) = 0.005479
+    # Σ a_only = 12, Σ b_only = 30, χ² = (12 − 30)² / 42 = 324 / 42 = 7.714285...,
+    # p = P(χ²₁ > 7.714) = 0.005479
     res = stats.stratified_mcnemar([(100, 4, 10), (100, 5, 8), (100, 3, 12)])
     assert (res.strata, res.n, res.a_only, res.b_only) == (3, 300, 12, 30)
     assert res.statistic == pytest.approx(324 / 42)
@@ -134,7 +135,8 @@ def test_seeded_sweep_table_equals_a_hand_computation(tmp_path, write_recipe, cl
         va, vb = _by_hand(fa, key), _by_hand(fb, key)
         assert a[key] == pytest.approx(np.mean(va)) and a["sd"][key] == pytest.approx(np.std(va, ddof=1))
         half = sps.t.ppf(0.975, 2) * np.std(va, ddof=1) / math.sqrt(3)
-        assert a["ci95"][key] == pytest.approx([np.mean(va) - half, np.mean(va) + half])
+        # the t interval of the mean, within 0–100 % where an accuracy lies
+        assert a["ci95"][key] == pytest.approx([max(0.0, np.mean(va) - half), min(100.0, np.mean(va) + half)])
         test = summary["versus_first"][0]["rows"][key]
         assert test["difference"] == pytest.approx(np.mean(vb) - np.mean(va))
         if np.std(np.subtract(vb, va)) > 0:
@@ -168,3 +170,26 @@ def test_seeds_on_a_launcher_are_the_sequential_sweeps_runs(tmp_path, write_reci
     again = json.loads(cli("sweep", p, "--seeds", "0,5", "--output", out, "--json").out)["results"]
     assert [r["reused"] for r in again["rows"][0]["runs"]] == [True, True]  # the same recipe, the same folder
     assert again["rows"][0]["clean"] == launched["rows"][0]["clean"]
+
+
+def test_an_accuracys_interval_stays_within_0_and_100_percent():
+    from igdm_kit._evaluation.aggregate import SeedRun, spreads
+
+    v = [1.0, 2.0, 30.0]
+    s = spreads([SeedRun(i, str(i), {"clean": x, "gd": x}) for i, x in enumerate(v)])
+    m, half = 11.0, 4.302652729911275 * np.std(v, ddof=1) / math.sqrt(3)  # t(0.975, 2)
+    assert m - half < 0 and s["clean"].mean == m
+    assert s["clean"].ci95 == (0.0, pytest.approx(m + half))
+    assert s["gd"].ci95 == (pytest.approx(m - half), pytest.approx(m + half))  # not a percentage: not clipped
+
+
+def test_the_resume_command_keeps_the_seeds(monkeypatch, write_recipe, cli):
+    from igdm_kit._cli import sweep as cli_sweep
+
+    seen = {}
+    monkeypatch.setattr(cli_sweep, "execute", lambda *a, **k: seen.update(k, grid=a[2]))
+    assert cli("sweep", write_recipe(FAMILY), "--seeds", "0-2", "--jobs", "2").code == 0
+    assert "--seeds 0-2" in seen["resume_command"] and "--resume" in seen["resume_command"]
+    assert seen["grid"] == {"seeds": [0, 1, 2]}
+    bad = cli("sweep", write_recipe(FAMILY), "--seeds", "0-x")
+    assert bad.code == 1 and "--seeds: '0-x' is not a seed or a range of seeds" in bad.err

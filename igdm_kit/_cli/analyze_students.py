@@ -13,7 +13,7 @@ from typing import Any
 
 import typer
 
-from igdm_kit._cli.analyze import _plotted, _students_and_teacher, _table, context, recorded_eps
+from igdm_kit._cli.analysis_common import _plotted, _students_and_teacher, _table, context, recorded_eps
 from igdm_kit._cli.console import print_json, progress_callback
 from igdm_kit._cli.options import (
     EPS_HELP,
@@ -50,8 +50,8 @@ def _envelope(per: list[dict[str, Any]], common: dict[str, Any]) -> dict[str, An
 
 def _overlay(panels: dict[str, dict[str, Any]], plot: Path, title: str, xlabels: dict[str, str],
              share_x: bool = False) -> None:
+    from igdm_kit._evaluation.figures import save
     from igdm_kit._evaluation.plot_compare import draw_overlay
-    from igdm_kit._evaluation.plotting import save
 
     _plotted(save(draw_overlay(panels, title, xlabels, share_x), plot))
 
@@ -98,19 +98,20 @@ def add_alignment(group: typer.Typer) -> None:
             gd, gc = "GD: ‖g_S − g_T‖₂ per image", "GC: cos(g_S, g_T) per image"
             _overlay({gd: {k: r["distance"] for k, r in values.items()},
                       gc: {k: r["cosine"] for k, r in values.items()}}, plot,
-                     f"gradient alignment with the teacher {_named(teacher)}, "
-                     f"{len(per)} student(s)\n{where}", {gd: "GD ↓ = ‖g_S − g_T‖₂", gc: "GC ↑ = cos(g_S, g_T)"})
+                     f"gradient alignment with the teacher {_named(teacher)}, {len(per)} student(s)\n{where}",
+                     {gd: "GD ↓ = ‖g_S − g_T‖₂", gc: "GC ↑ = cos(g_S, g_T)"})
         if json_:
             print_json("analyze alignment", _envelope(per, {"teacher": str(teacher), "dataset": name,
                                                             "n": int(x.shape[0])}))
             return
         several = len(per) > 1
+        lines = []
+        for r in per:
+            for label, k, d in (("GD ↓ (‖g_S − g_T‖₂)", "gd", "distance"), ("GC ↑ (cosine)", "gc", "cosine")):
+                lines.append(([checkpoint_label(r["student"], student)] if several else []) +
+                             [label, f"{r[k]:.4f}", f"{r[d]['std']:.4f}", f"{r[d]['median']:.4f}"])
         _table(f"Gradient alignment — {where}", (["student"] if several else []) + ["metric", "mean", "std", "median"],
-               [([checkpoint_label(r["student"], student)] if several else []) + [label, f"{r[k]:.4f}",
-                                                                                   f"{r[d]['std']:.4f}",
-                                                                                   f"{r[d]['median']:.4f}"]
-                for r in per for label, k, d in (("GD ↓ (‖g_S − g_T‖₂)", "gd", "distance"),
-                                                 ("GC ↑ (cosine)", "gc", "cosine"))])
+               lines)
 
 
 def add_pointwise(group: typer.Typer) -> None:

@@ -2,10 +2,11 @@
 
 Lines as the paper's Tables 2–3 stack them: per row (base method) its first column group, each later
 group (``+igdm``) and Δ of each against the first; a column per metric, then the cost columns (seconds per
-epoch, passes per step, peak memory) where any run measured them. A value is ``mean ± sd (95% interval)`` (a single run: its value and Wilson interval); a change is the mean
-paired difference over the seeds with each test's p, ``n.s.`` where a test that applies finds none. LaTeX
-keeps mean ± sd and Δ (n.s. marked), and sets the better value in bold only where the difference is
-significant. The CSV is long (one line per value, change and cost), numbers at full precision.
+epoch, passes per step, peak memory) where any run measured them. A value is ``mean ± sd (95% interval)``
+(a single run: its value and Wilson interval); a change is the mean paired difference over the seeds with
+each test's p, ``n.s.`` where a test that applies finds none. LaTeX keeps mean ± sd and Δ (n.s. marked),
+and sets the better value in bold only where the difference is significant. The CSV is long (one line per
+value, change and cost), numbers at full precision.
 """
 
 from __future__ import annotations

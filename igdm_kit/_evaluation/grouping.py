@@ -3,10 +3,10 @@
 A grouping key is a dotted key of the resolved recipe (``method.name``, ``module.alpha``) or a whole table
 (``method``: every ``method.*`` key). Runs that share every grouping key's value form one *cell*, which
 aggregates them over their seeds (``aggregate``). The default is the paper's layout: rows by the base
-method (``method``, the whole table; its inner ``attack`` goes with it), columns by the module (``module``: the base method
-alone — no module, or a zero-weight one, which is not computed — then the method with the module, by its
-name; its options, such as α, may differ from row to row as the paper tunes them per method, and are
-named in the caption), each later column against the first with Δ and its tests.
+method (``method``, the whole table; its inner ``attack`` goes with it), columns by the module
+(``module``: the base method alone — no module, or a zero-weight one, which is not computed — then the
+method with the module, by its name; its options, such as α, may differ from row to row as the paper
+tunes them per method, and are named in the caption), each later column against the first with Δ.
 
 Everything else must be the same in every run: a key outside the grouping keys and the seed that differs
 between two runs (or inside one cell) refuses the table, naming the key — a table never silently averages

@@ -29,7 +29,7 @@ def shared_bins(every, bins: int = 40):
     """(bin edges, log axis) for all the given values together."""
     import numpy as np
 
-    from igdm_kit._evaluation.plotting import log_bins
+    from igdm_kit._evaluation.figures import log_bins
 
     v = np.concatenate([_numpy(x).ravel() for x in every])
     log = log_bins(v)
@@ -44,7 +44,7 @@ def draw_overlay(panels: dict[str, dict[str, Any]], title: str, xlabels: dict[st
     on shared bins; ``share_x``: one x-axis (and bins) for every panel."""
     import numpy as np
 
-    from igdm_kit._evaluation.plotting import legend_below, pyplot
+    from igdm_kit._evaluation.figures import legend_below, pyplot
 
     plt = pyplot()
     from matplotlib.ticker import MaxNLocator

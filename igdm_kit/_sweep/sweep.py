@@ -28,7 +28,6 @@ from igdm_kit._evaluation.report import EvalReport
 from igdm_kit._recipe import Recipe
 from igdm_kit.errors import IgdmKitError, Interrupted, RecipeError
 
-
 #: The ``[sweep]`` / ``--grid`` key of the seeds axis (a bare key: never a dotted recipe key).
 SEEDS = "seeds"
 
