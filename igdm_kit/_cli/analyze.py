@@ -33,6 +33,7 @@ from igdm_kit._cli.options import (
     PerSample,
     Plot,
     ShowProgress,
+    seed_in_range,
 )
 from igdm_kit._evaluation.plotting import checkpoint_label as _label
 from igdm_kit._evaluation.plotting import linearity_figure, pyplot
@@ -87,7 +88,8 @@ def _linearity(group: typer.Typer) -> None:
         device: Device = "auto",
         eps: str | None = typer.Option(None, "--eps", help="noise ε ~ U(−eps, eps); " + EPS_HELP + "; default: "
                                        "the ε the checkpoints' run was evaluated at, else 8/255"),
-        seed: int = typer.Option(0, "--seed", help="seed of the noise (the same noise for every checkpoint)"),
+        seed: int = typer.Option(0, "--seed", callback=seed_in_range,
+                                 help="seed of the noise (the same noise for every checkpoint)"),
         per_sample: PerSample = False,
         plot: Plot = None,
         progress: ShowProgress = True,
