@@ -38,10 +38,14 @@ from igdm_kit._cli.options import (
     TeacherName,
 )
 from igdm_kit._cli.specs import eps_text, parse_eps
+from igdm_kit._cli.stopping import checked, stoppable
 from igdm_kit._evaluation.plotting import checkpoint_label as _label
 from igdm_kit._evaluation.plotting import histograms_figure, linearity_figure, pyplot
 from igdm_kit._evaluation.sources import check_fits, dataset_for
 from igdm_kit.errors import IgdmKitError
+
+#: what a stop request (SIGINT/SIGTERM, checked after every batch) says: 128 + the signal, nothing written
+STOPPED_WHAT = "analysis stopped"
 
 
 def _plotted(path: Path) -> None:
@@ -147,6 +151,7 @@ def _remainders(paths, metas, x, radius: float, seed: int, batch_size: int, dev,
 
 def _linearity(group: typer.Typer) -> None:
     @group.command("linearity")
+    @stoppable
     def linearity(
         checkpoints: list[Path] = typer.Argument(None, help="checkpoints (also accepted after --model), kept "
                                                  "in the order given", show_default=False),
@@ -171,8 +176,9 @@ def _linearity(group: typer.Typer) -> None:
             raise IgdmKitError("no checkpoint given", "pass --model CKPT [CKPT ...]")
         metas, name, x, _, dev = _prepare(paths, dataset, limit, device)
         radius = recorded_eps(metas, eps)
-        with progress_callback(progress) as cb:
-            results = _remainders(paths, metas, x, radius, seed, batch_size, dev, cb, per_sample)
+        with progress_callback(progress) as bar:
+            results = _remainders(paths, metas, x, radius, seed, batch_size, dev, checked(bar, STOPPED_WHAT),
+                                  per_sample)
         where = context(name, int(x.shape[0]), radius)
         if plot is not None:
             _plotted(linearity_figure(results, plot, where))
@@ -191,6 +197,7 @@ def _linearity(group: typer.Typer) -> None:
 
 def _alignment(group: typer.Typer) -> None:
     @group.command("alignment")
+    @stoppable
     def alignment(
         student: Path = typer.Option(..., "--student", "-s", help="student checkpoint"),
         teacher: Path = typer.Option(..., "--teacher", "-t", help="teacher checkpoint or weights file"),
@@ -214,8 +221,8 @@ def _alignment(group: typer.Typer) -> None:
                                                         teacher_arch, teacher_arch_opt, dataset, limit, device)
         from igdm_kit._evaluation.analysis import gradient_alignment, summarize
 
-        with progress_callback(progress) as cb:
-            res = gradient_alignment(s, t, x, y, batch_size=batch_size, progress=cb)
+        with progress_callback(progress) as bar:
+            res = gradient_alignment(s, t, x, y, batch_size=batch_size, progress=checked(bar, STOPPED_WHAT))
         out: dict[str, Any] = {"student": str(student), "teacher": str(teacher), "dataset": name,
                                "n": int(x.shape[0]), "gd": res["gd"], "gc": res["gc"],
                                "distance": summarize(res["distance"]), "cosine": summarize(res["cosine"])}
@@ -238,6 +245,7 @@ def _alignment(group: typer.Typer) -> None:
 
 def _pointwise(group: typer.Typer) -> None:
     @group.command("pointwise")
+    @stoppable
     def pointwise(
         student: Path = typer.Option(..., "--student", "-s", help="student checkpoint"),
         teacher: Path = typer.Option(..., "--teacher", "-t", help="teacher checkpoint or weights file"),
@@ -279,7 +287,8 @@ def _pointwise(group: typer.Typer) -> None:
         from igdm_kit.attacks import seeded
 
         per: dict[str, Any] = {}
-        with progress_callback(progress) as cb, seeded(seed, dev):
+        with progress_callback(progress) as bar, seeded(seed, dev):
+            cb = checked(bar, STOPPED_WHAT)
             gen = torch.Generator(device="cpu").manual_seed(seed)
             for kind in ("uniform", "adversarial"):
                 per[kind] = pointwise_distance(s, t, x, y, delta=kind, method=method, attack=attack, eps=radius,

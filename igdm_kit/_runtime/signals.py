@@ -73,9 +73,11 @@ class StopFlag:
         self._depth = 0
 
     def __enter__(self) -> StopFlag:
-        if self._depth == 0 and threading.current_thread() is threading.main_thread():
-            for sig in SIGNALS:
-                self._old[sig] = signal.signal(sig, self._handle)
+        if self._depth == 0:
+            self.signum = None  # a flag entered again afresh (a command run twice in one process)
+            if threading.current_thread() is threading.main_thread():
+                for sig in SIGNALS:
+                    self._old[sig] = signal.signal(sig, self._handle)
         self._depth += 1
         return self
 
