@@ -26,8 +26,8 @@ def warm() -> None:
     import sklearn.datasets  # noqa: F401 - the digits dataset
     import torch._dynamo  # noqa: F401 - what the first optimizer imports (seconds)
 
-    import igdm_kit._training.engine  # noqa: F401
     import igdm_kit._evaluation.runner  # noqa: F401
+    import igdm_kit._training.engine  # noqa: F401
     from igdm_kit._plugins import manager as plugins
 
     for kind in plugins.KINDS:

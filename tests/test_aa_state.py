@@ -15,11 +15,10 @@ import random
 import pytest
 import torch
 import torch.nn.functional as F
+from test_evaluation import EPS, linear_problem
 
 from igdm_kit.attacks import run_autoattack
 from igdm_kit.errors import IgdmKitError
-
-from test_evaluation import EPS, linear_problem
 
 CUSTOM = {"version": "custom", "attacks": ["apgd-ce"]}
 

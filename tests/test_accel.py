@@ -14,17 +14,15 @@ import copy
 import pytest
 import torch
 import torch.nn.functional as F
+from conftest import DIGITS_PGDAT
 
 from igdm_kit import _recipe as R
 from igdm_kit._runtime.accel import Accelerator, AccelOptions, validate
-from igdm_kit.factories import create_attack, create_method, create_model, create_module
-from igdm_kit.errors import RecipeError
-from igdm_kit.losses import kl_div
-from igdm_kit._training.passes import count_passes
-from igdm_kit._plugins.manager import registry
 from igdm_kit._training.loss import compute_loss
-
-from conftest import DIGITS_PGDAT
+from igdm_kit._training.passes import count_passes
+from igdm_kit.errors import RecipeError
+from igdm_kit.factories import create_attack, create_method, create_model, create_module
+from igdm_kit.losses import kl_div
 
 EPS, STEP, K = 8 / 255, 2 / 255, 10
 C = 10
@@ -400,9 +398,9 @@ def test_gpu_data_refuses_a_set_that_does_not_fit(monkeypatch):
 # -- the engine ----------------------------------------------------------------------------------------------
 
 def test_engine_trains_with_bf16_and_channels_last(write_recipe, tmp_path, device):
-    from igdm_kit._training.engine import run
-    from igdm_kit._storage.io import read_jsonl
     from igdm_kit._storage.checkpoint import load_model
+    from igdm_kit._storage.io import read_jsonl
+    from igdm_kit._training.engine import run
 
     text = with_train(DIGITS_PGDAT, 'amp = "bf16"\nchannels_last = true\ncudnn_benchmark = true\n'
                       f'gpu_data = true\ndevice = "{device}"\n')

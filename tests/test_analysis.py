@@ -15,8 +15,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from igdm_kit._evaluation.analysis import (gradient_alignment, input_gradients, pointwise_distance, summarize,
-                               taylor_remainder)
+from igdm_kit._evaluation.analysis import (
+    gradient_alignment,
+    input_gradients,
+    pointwise_distance,
+    summarize,
+    taylor_remainder,
+)
 
 EPS = 8 / 255
 
@@ -186,8 +191,8 @@ def test_pointwise_distance_of_bias_shifted_models_is_the_bias_gap(delta):
 
 
 def test_pointwise_adversarial_delta_is_the_methods_attack_with_20_steps():
-    from igdm_kit.interfaces import AttackOptions
     from igdm_kit.factories import create_attack
+    from igdm_kit.interfaces import AttackOptions
 
     s, t = linear(1), linear(2)
     x, y = images(8), torch.arange(8)
@@ -231,9 +236,8 @@ def test_summarize_matches_numpy():
 
 # -- the paper's qualitative result on digits ------------------------------------------------------------------------
 def _train_digits(adversarial: bool, epochs: int = 8, seed: int = 0):
-    from igdm_kit.factories import create_dataset, create_model
+    from igdm_kit.factories import create_attack, create_dataset, create_model
     from igdm_kit.interfaces import AttackOptions
-    from igdm_kit.factories import create_attack
 
     torch.manual_seed(seed)
     xtr, ytr = create_dataset("digits").load("train")

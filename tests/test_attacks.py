@@ -8,18 +8,16 @@ properties (‖δ‖∞ ≤ ε, [0, 1], modes, no .grad).
 
 from __future__ import annotations
 
-import math
-
 import numpy as np
 import pytest
 import torch
+from oracles import np_ce, np_kl, np_softmax
 from torch import nn
 
-from igdm_kit.errors import IgdmKitError
-from igdm_kit.interfaces import AttackOptions
-from igdm_kit.factories import create_attack
 from igdm_kit._plugins.manager import registry
-from oracles import np_ce, np_kl, np_softmax
+from igdm_kit.errors import IgdmKitError
+from igdm_kit.factories import create_attack
+from igdm_kit.interfaces import AttackOptions
 
 ATTACKS = registry("attack").names()
 B, SHAPE, C = 8, (1, 4, 4), 3

@@ -5,13 +5,12 @@ from __future__ import annotations
 import errno
 
 import pytest
+from conftest import DIGITS_PGDAT
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from igdm_kit import _recipe as R
 from igdm_kit.errors import IgdmKitError
-
-from conftest import DIGITS_PGDAT
 
 toml_scalars = st.one_of(st.integers(-10**6, 10**6), st.floats(allow_nan=False, allow_infinity=False),
                          st.booleans(), st.text(max_size=12), st.lists(st.integers(-5, 500), max_size=4))
@@ -127,9 +126,9 @@ def test_sweep_that_is_not_a_table(write_recipe, cli):
 
 def test_changed_teacher_file_is_not_silently_reused(tmp_path, write_recipe):
     from igdm_kit._storage.checkpoint import save_model
-    from igdm_kit.factories import create_model
     from igdm_kit._training.engine import run
     from igdm_kit.errors import IgdmKitError
+    from igdm_kit.factories import create_model
 
     meta = {"model": "small-cnn", "model_options": {"width": 4}, "num_classes": 10, "in_channels": 1,
             "image_size": 8, "mean": None, "std": None}

@@ -16,12 +16,11 @@ import textwrap
 import time
 
 import pytest
+from conftest import DIGITS_PGDAT
 
 from igdm_kit import _recipe as R
 from igdm_kit._plugins import manager as plugins
 from igdm_kit.interfaces import Order
-
-from conftest import DIGITS_PGDAT
 
 PLUGIN = '''
 """A third party's callback: the mean L2 norm of the student's gradient over each epoch's steps."""

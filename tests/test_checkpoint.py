@@ -12,8 +12,8 @@ from safetensors.torch import save_file
 
 import igdm_kit
 from igdm_kit._storage.checkpoint import META_KEY, read_metadata, save_model
-from igdm_kit.factories import list_models
 from igdm_kit.errors import CheckpointError
+from igdm_kit.factories import list_models
 
 SMALL = {"small-cnn": {"width": 4}, "wideresnet": {"depth": 10, "widen_factor": 2, "activation": "silu"}}
 X = torch.rand(2, 3, 16, 16, generator=torch.Generator().manual_seed(0))

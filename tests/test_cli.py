@@ -7,7 +7,6 @@ import subprocess
 import sys
 
 import pytest
-
 from conftest import DIGITS_PGDAT, run_cli_subprocess
 
 
@@ -80,8 +79,8 @@ def test_checkpoint_labels_disambiguate_same_file_names():
 
 
 def test_eval_defaults_to_the_radius_recorded_in_the_checkpoint(tmp_path, cli):
-    from igdm_kit._storage.checkpoint import save_model
     from igdm_kit._cli.specs import eps_text
+    from igdm_kit._storage.checkpoint import save_model
     from igdm_kit.factories import create_model
 
     meta = {"model": "small-cnn", "model_options": {"width": 4}, "num_classes": 10, "in_channels": 1,

@@ -7,16 +7,15 @@ import math
 
 import pytest
 import torch
+from conftest import DIGITS_PGDAT
 
 from igdm_kit import _recipe as R
-from igdm_kit._storage.checkpoint import save_model
-from igdm_kit.factories import create_model
-from igdm_kit._training.engine import prepare_teacher
-from igdm_kit._training.parts import build_student, build_training, load_data, load_teacher
 from igdm_kit._plugins.manager import registry
+from igdm_kit._storage.checkpoint import save_model
+from igdm_kit._training.engine import prepare_teacher
 from igdm_kit._training.loss import compute_loss
-
-from conftest import DIGITS_PGDAT
+from igdm_kit._training.parts import build_student, build_training, load_data, load_teacher
+from igdm_kit.factories import create_model
 
 METHODS = registry("method").names()
 MODULES = [None] + registry("module").names()

@@ -15,13 +15,12 @@ from importlib.metadata import EntryPoint
 import pytest
 import torch
 import torch.nn.functional as F
+from conftest import DIGITS_PGDAT
 
-from igdm_kit._plugins import manager as plugins
 from igdm_kit import _recipe as R
+from igdm_kit._plugins import manager as plugins
 from igdm_kit.hookspecs import hookimpl
 from igdm_kit.interfaces import GradientModule, Method, StepContext, TrainingAttack
-
-from conftest import DIGITS_PGDAT
 
 CONTRACT = {n for n in vars(StepContext) if not n.startswith("_")} | set(StepContext.__annotations__)
 SEEN: dict[str, list] = {"delta": [], "reads": []}
@@ -158,8 +157,8 @@ def test_a_teacher_attack_needs_a_teacher_in_the_recipe(third_party, write_recip
 
 def test_input_gradient_of_the_step_is_the_per_sample_ce_gradient():
     """Oracle: ∇_x of the summed CE, by autograd on a separate copy of the input, per sample."""
-    from igdm_kit.factories import create_model
     from igdm_kit._training.step import Step
+    from igdm_kit.factories import create_model
 
     torch.manual_seed(0)
     model = create_model("small-cnn", num_classes=10, in_channels=1, image_size=8, width=4).double().eval()

@@ -7,9 +7,8 @@ import json
 
 import numpy as np
 import pytest
-from PIL import Image
-
 from conftest import TINY
+from PIL import Image
 
 
 @pytest.fixture(scope="module")

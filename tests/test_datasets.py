@@ -16,11 +16,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from test_mnist import write_mnist  # torchvision's idx layout, written from the format
 
 import igdm_kit
-from igdm_kit.factories import list_components
 from igdm_kit.errors import DataError, IgdmKitError, RecipeError
-from test_mnist import write_mnist  # torchvision's idx layout, written from the format
+from igdm_kit.factories import list_components
 
 RNG = np.random.default_rng(0)
 

@@ -9,10 +9,9 @@ import sys
 
 import pytest
 import torch
+from conftest import DIGITS_PGDAT
 
 from igdm_kit._runtime.distributed import Dist
-
-from conftest import DIGITS_PGDAT
 
 
 def test_shards_are_disjoint_and_cover_the_epoch():

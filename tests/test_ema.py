@@ -7,11 +7,10 @@ import json
 
 import pytest
 import torch
+from conftest import DIGITS_PGDAT
 
 from igdm_kit import _recipe as R
 from igdm_kit._training.events import Subscriber
-
-from conftest import DIGITS_PGDAT
 
 SMALL = DIGITS_PGDAT.replace("[data]\nname = \"digits\"", "[data]\nname = \"digits\"\ntrain_limit = 192") \
     .replace("epochs = 1", "epochs = 3")
@@ -33,10 +32,10 @@ class Weights(Subscriber):
 
 @pytest.mark.parametrize("buffers", [True, False])
 def test_ema_weights_match_a_hand_computed_average(write_recipe, tmp_path, buffers):
-    from igdm_kit._training.engine import build_student
     from igdm_kit._runtime.accel import Accelerator
     from igdm_kit._runtime.distributed import Dist
     from igdm_kit._training.ema import EMA
+    from igdm_kit._training.engine import build_student
     from igdm_kit._training.parts import build_parts
     from igdm_kit._training.trainer import Trainer
 
@@ -79,7 +78,7 @@ def test_ema_is_validated_and_judged_like_any_checkpoint(tmp_path, write_recipe,
     assert results["checkpoint"] == "ema" and set(results["checkpoints"]) == {"ema", "best_ema", "last"}
     # the headline is the average's evaluation: the saved ema.safetensors scores the same
     import igdm_kit
-    from igdm_kit._evaluation.runner import load_eval_data, evaluate
+    from igdm_kit._evaluation.runner import evaluate, load_eval_data
 
     x, y = load_eval_data("digits")
     ema = igdm_kit.load_model(out / "ema.safetensors")

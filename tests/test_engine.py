@@ -6,13 +6,12 @@ import json
 
 import pytest
 import torch
+from conftest import DIGITS_PGDAT, RECIPES
 
 import igdm_kit
 from igdm_kit import _recipe as R
-from igdm_kit._training.engine import run
 from igdm_kit._storage.io import read_jsonl
-
-from conftest import DIGITS_PGDAT, RECIPES
+from igdm_kit._training.engine import run
 
 
 @pytest.fixture(scope="module")

@@ -16,10 +16,10 @@ import torch.nn.functional as F
 import torchattacks
 from torch import nn
 
-from igdm_kit.errors import DataError, IgdmKitError
-from igdm_kit.factories import create_eval_attack
 from igdm_kit._evaluation.runner import evaluate, load_eval_data
 from igdm_kit.attacks import CWLinf, margin, run_autoattack
+from igdm_kit.errors import DataError, IgdmKitError
+from igdm_kit.factories import create_eval_attack
 from igdm_kit.interfaces import Threat
 
 

@@ -18,13 +18,12 @@ import re
 import numpy as np
 import pytest
 import torch
-
-from igdm_kit._sweep import sweep as S
-from igdm_kit.errors import IgdmKitError, RecipeError
-
 from conftest import DIGITS_PGDAT, RECIPES, ROOT, TINY
 from test_shift_files import ctx
 from test_sweep import FAMILY
+
+from igdm_kit._sweep import sweep as S
+from igdm_kit.errors import IgdmKitError, RecipeError
 
 QUICKSTART = RECIPES / "quickstart.toml"
 

@@ -9,11 +9,10 @@ import math
 
 import pytest
 import torch
+from conftest import TINY
 
 from igdm_kit._plugins import manager as plugins
 from igdm_kit.interfaces import Method, Options
-
-from conftest import TINY
 
 
 @pytest.mark.parametrize("setting, words", [

@@ -11,11 +11,10 @@ from __future__ import annotations
 import json
 
 import pytest
+from conftest import DIGITS_PGDAT
 from safetensors.torch import load_file
 
 from igdm_kit._storage.checkpoint import read_metadata
-
-from conftest import DIGITS_PGDAT
 
 # the last epoch at lr 5 (× 10 at milestone 3) wrecks the model: the best epoch on the validation split is 3
 VALIDATED = DIGITS_PGDAT.replace("epochs = 1", "epochs = 4\nlr = 0.5\nlr_decay = 10.0") \

@@ -13,14 +13,12 @@ import textwrap
 from pathlib import Path
 
 import pytest
-import torch
+from conftest import TINY
 from safetensors.torch import load_file, save_file
 
 from igdm_kit._plugins import manager as plugins
 from igdm_kit._storage.checkpoint import META_KEY, save_model
 from igdm_kit.factories import create_model
-
-from conftest import TINY
 
 DIGITS_META = {"model": "small-cnn", "model_options": {"width": 4}, "num_classes": 10, "in_channels": 1,
                "image_size": 8, "mean": None, "std": None, "dataset": {"name": "digits", "options": {}},

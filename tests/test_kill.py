@@ -18,13 +18,12 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import TINY
 from safetensors import safe_open
 from safetensors.torch import load_file
 
 from igdm_kit._storage.checkpoint import load_model
 from igdm_kit._storage.io import is_writer_temp, read_jsonl
-
-from conftest import TINY
 
 RECIPE = TINY.replace("epochs = 1", "epochs = 3").replace("milestones = []",
                                                          "milestones = [2]\nsave_every_epoch = true")

@@ -16,14 +16,7 @@ from torch import nn
 
 import igdm_kit.losses as losses_mod
 from igdm_kit.errors import IgdmKitError
-from igdm_kit.losses import (
-    direct_loss,
-    igdm_loss,
-    input_gradient,
-    ramp_weight,
-    trades_like_loss,
-    trades_reg_loss,
-)
+from igdm_kit.losses import direct_loss, igdm_loss, input_gradient, ramp_weight, trades_like_loss, trades_reg_loss
 
 
 # -- independent oracles ------------------------------------------------------------------------------

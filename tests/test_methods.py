@@ -14,14 +14,14 @@ import math
 import numpy as np
 import pytest
 import torch
+from oracles import np_ce, np_kl, np_kl_row, np_softmax
 from torch import nn
 
-from igdm_kit.factories import create_attack, create_method
-from igdm_kit._training.passes import count_passes
 from igdm_kit._plugins.manager import registry
-from igdm_kit._training.step import Step
 from igdm_kit._training.loss import compute_loss
-from oracles import np_ce, np_kl, np_kl_row, np_softmax
+from igdm_kit._training.passes import count_passes
+from igdm_kit._training.step import Step
+from igdm_kit.factories import create_attack, create_method
 
 B, SHAPE, C = 6, (3, 2, 2), 4
 D = int(np.prod(SHAPE))

@@ -20,9 +20,9 @@ import numpy as np
 import pytest
 import torch
 
-from igdm_kit.factories import create_dataset
-from igdm_kit.errors import DataError
 from igdm_kit._plugins.manager import registry
+from igdm_kit.errors import DataError
+from igdm_kit.factories import create_dataset
 
 NAMES = {"train": ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
          "test": ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")}
@@ -166,9 +166,10 @@ def test_auto_falls_back_to_the_sample(tmp_path):
 def test_the_study_recipes_are_the_documented_grid():
     """recipes/mnist: ARD and RSLAD, each with and without IGDM over α, from one 4× wider PGD-AT teacher,
     every Section 4.1 attack and GD/GC, on the shipped sample (no download)."""
+    from conftest import RECIPES
+
     from igdm_kit import _recipe as R
     from igdm_kit._sweep.sweep import expand
-    from conftest import RECIPES
 
     grids = {}
     for path in sorted((RECIPES / "mnist").glob("mnist_*_sweep.toml")):

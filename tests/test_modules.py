@@ -16,12 +16,12 @@ import torch.nn.functional as F
 from pydantic import ValidationError
 from torch import nn
 
+from igdm_kit._plugins.manager import registry
+from igdm_kit._training.loss import compute_loss
+from igdm_kit._training.passes import count_passes
+from igdm_kit._training.step import Step
 from igdm_kit.factories import create_attack, create_method, create_model, create_module
 from igdm_kit.interfaces import AttackOptions
-from igdm_kit._training.passes import count_passes
-from igdm_kit._plugins.manager import registry
-from igdm_kit._training.step import Step
-from igdm_kit._training.loss import compute_loss
 
 MODULES = registry("module").names()
 BUILTINS = {"igdm", "direct", "igdm-trades-like", "trades-reg"}

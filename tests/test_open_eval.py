@@ -8,16 +8,15 @@ import math
 
 import pytest
 import torch
+from conftest import DIGITS_PGDAT
 from torch import nn
 
 from igdm_kit import _recipe as R
-from igdm_kit.factories import create_eval_attack
-from igdm_kit.errors import IgdmKitError, RecipeError
 from igdm_kit._evaluation.runner import evaluate, load_flags, save_flags
-from igdm_kit.interfaces import Threat
 from igdm_kit._evaluation.stats import mcnemar, wilson
-
-from conftest import DIGITS_PGDAT
+from igdm_kit.errors import IgdmKitError, RecipeError
+from igdm_kit.factories import create_eval_attack
+from igdm_kit.interfaces import Threat
 
 
 def small_cnn(seed=0):

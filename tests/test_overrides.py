@@ -4,7 +4,6 @@ a wrong value's hint names the expected type with an example."""
 from __future__ import annotations
 
 import pytest
-
 from conftest import DIGITS_PGDAT
 
 from igdm_kit import _recipe as R

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import RECIPES, TINY
 from scipy import stats as sps
 
 from igdm_kit._evaluation.collect import Run, cost_of
@@ -19,8 +20,6 @@ from igdm_kit._evaluation.export import to_csv, to_latex, to_markdown
 from igdm_kit._evaluation.grouping import build
 from igdm_kit._evaluation.runner import load_flags
 from igdm_kit.errors import IgdmKitError
-
-from conftest import RECIPES, TINY
 
 LABELS = {"clean": "Clean", "pgd20": "PGD-20", "cw": "CW-∞", "autoattack": "AA"}
 

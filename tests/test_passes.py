@@ -25,10 +25,10 @@ import copy
 import pytest
 import torch
 
-from igdm_kit.factories import create_attack, create_method, create_model, create_module
-from igdm_kit._training.passes import count_passes
 from igdm_kit._plugins.manager import registry
 from igdm_kit._training.loss import compute_loss
+from igdm_kit._training.passes import count_passes
+from igdm_kit.factories import create_attack, create_method, create_model, create_module
 
 K = 10  # the real number of attack steps
 B = 4   # batch size

@@ -8,7 +8,6 @@ import shutil
 from pathlib import Path
 
 import pytest
-
 from conftest import DIGITS_PGDAT
 
 from igdm_kit import _recipe as R

@@ -7,9 +7,8 @@ import io
 import json
 import re
 
-from rich.console import Console
-
 from conftest import DIGITS_PGDAT
+from rich.console import Console
 
 from igdm_kit._runtime.progress import LineProgress, clock
 

@@ -7,9 +7,8 @@ import re
 import shlex
 import tomllib
 
-from packaging.requirements import Requirement
-
 from conftest import ROOT
+from packaging.requirements import Requirement
 
 README = (ROOT / "README.md").read_text(encoding="utf-8")
 SETUP = README.split("## Set up on a fresh machine", 1)[1].split("\n## ", 1)[0]

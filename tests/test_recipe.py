@@ -5,11 +5,10 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from conftest import DIGITS_PGDAT
 
 from igdm_kit import _recipe as R
 from igdm_kit.errors import RecipeError
-
-from conftest import DIGITS_PGDAT
 
 
 def test_valid_recipe_resolves_defaults(write_recipe):

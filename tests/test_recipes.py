@@ -23,15 +23,14 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import RECIPES
 
 from igdm_kit import _recipe as R
-from igdm_kit.factories import create_dataset, create_method, create_model
-from igdm_kit._training.engine import build_student, build_training
-from igdm_kit.interfaces import DatasetInfo
 from igdm_kit._plugins.manager import registry
+from igdm_kit._training.engine import build_student, build_training
 from igdm_kit._training.loss import compute_loss
-
-from conftest import RECIPES
+from igdm_kit.factories import create_dataset, create_method, create_model
+from igdm_kit.interfaces import DatasetInfo
 
 ALL_FILES = sorted(RECIPES.rglob("*.toml"))
 LEAVES = [p for p in ALL_FILES if not p.name.startswith("_")]

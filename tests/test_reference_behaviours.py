@@ -12,17 +12,17 @@ import math
 
 import pytest
 import torch
+from conftest import RECIPES
+from oracles import np_kl
 from torch import nn
 
 from igdm_kit import _recipe as R
+from igdm_kit._plugins.manager import registry
+from igdm_kit._training.loss import compute_loss
+from igdm_kit._training.passes import count_passes
+from igdm_kit._training.step import Step
 from igdm_kit.errors import IgdmKitError, RecipeError
 from igdm_kit.losses import kl_div
-from igdm_kit._training.passes import count_passes
-from igdm_kit._plugins.manager import registry
-from igdm_kit._training.step import Step
-from igdm_kit._training.loss import compute_loss
-from conftest import RECIPES
-from oracles import np_kl
 
 B, C = 4, 5
 

@@ -8,10 +8,10 @@ import types
 import pytest
 
 from igdm_kit._plugins import manager as plugins
+from igdm_kit._plugins.registry import Registry
 from igdm_kit.errors import PluginError, UnknownComponentError
 from igdm_kit.hookspecs import hookimpl
 from igdm_kit.interfaces import Method, NoOptions
-from igdm_kit._plugins.registry import Registry
 
 
 class Dummy:

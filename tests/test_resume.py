@@ -12,13 +12,12 @@ import time
 
 import pytest
 import torch
+from conftest import DIGITS_PGDAT
 from safetensors.torch import load_file
 
 from igdm_kit import _recipe as R
 from igdm_kit._training.engine import run
 from igdm_kit.errors import TrainingError
-
-from conftest import DIGITS_PGDAT
 
 RECIPE = DIGITS_PGDAT.replace("epochs = 1", "epochs = 4").replace("milestones = []", "milestones = [3]") \
     .replace("steps = 2", "steps = 5")
@@ -122,8 +121,8 @@ def test_non_finite_loss_stops_with_last_good_checkpoint(tmp_path, monkeypatch, 
 
 
 def test_training_state_round_trips_optimizer_scheduler_rng_and_grad_scaler(tmp_path):
-    from igdm_kit.factories import create_model
     from igdm_kit._storage.train_state import load_train_state, save_train_state
+    from igdm_kit.factories import create_model
 
     torch.manual_seed(0)
     model = create_model("small-cnn", num_classes=10, in_channels=1, image_size=8, width=4)
@@ -158,9 +157,9 @@ def test_training_state_round_trips_optimizer_scheduler_rng_and_grad_scaler(tmp_
 def test_resume_hint_repeats_the_set_overrides(tmp_path, write_recipe):
     import signal as sig
 
-    from igdm_kit.errors import Interrupted
     from igdm_kit._recipe import resume_command
     from igdm_kit._training.trainer import interruption
+    from igdm_kit.errors import Interrupted
 
     p = write_recipe(DIGITS_PGDAT)
     r = R.load(p, ["train.epochs=3", 'eval.attacks=["clean","pgd20"]'])

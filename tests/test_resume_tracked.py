@@ -13,14 +13,13 @@ import time
 
 import pytest
 import torch
+from conftest import DIGITS_PGDAT
 from safetensors.torch import load_file
+from test_trackers import INSTALLED, STEPS, mlflow_client, tensorboard_scalars, wandb_records
 
 from igdm_kit import _recipe as R
-from igdm_kit._training.engine import run
 from igdm_kit._storage.io import read_jsonl
-
-from conftest import DIGITS_PGDAT
-from test_trackers import INSTALLED, STEPS, mlflow_client, tensorboard_scalars, wandb_records
+from igdm_kit._training.engine import run
 
 EPOCHS = 4
 RECIPE = DIGITS_PGDAT.replace("[data]\nname = \"digits\"", "[data]\nname = \"digits\"\ntrain_limit = 256\nval_size = 64") \

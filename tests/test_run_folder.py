@@ -13,8 +13,9 @@ import sys
 import pytest
 
 from igdm_kit import _recipe as R
-from igdm_kit._training.engine import run
 from igdm_kit._storage.io import read_jsonl
+from igdm_kit._training.engine import run
+
 LOCK = ".igdm-kit.lock"  # igdm_kit._storage.run_folder.LOCK (spelled out: the tests also run against older code)
 
 from conftest import TINY
@@ -95,8 +96,8 @@ def test_a_holder_between_its_lock_and_its_note_is_still_named(tmp_path):
     import threading
     import time
 
-    from igdm_kit.errors import IgdmKitError
     from igdm_kit._storage.run_folder import RunFolder
+    from igdm_kit.errors import IgdmKitError
 
     out = tmp_path / "run"
     out.mkdir()

@@ -4,7 +4,6 @@ recipe named without its path or extension is found for the hint."""
 from __future__ import annotations
 
 import pytest
-
 from conftest import DIGITS_PGDAT, ROOT
 
 

@@ -8,13 +8,12 @@ import math
 
 import pytest
 import torch
+from conftest import DIGITS_PGDAT
 
 from igdm_kit import _recipe as R
-from igdm_kit.errors import RecipeError
 from igdm_kit._storage.io import read_jsonl
 from igdm_kit._training.optim import build_optimization
-
-from conftest import DIGITS_PGDAT
+from igdm_kit.errors import RecipeError
 
 E, SPE, LR = 10, 3, 0.1  # epochs, steps per epoch, [train] lr
 

@@ -9,14 +9,13 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import TINY
 from scipy import stats as sps
 
 from igdm_kit._evaluation import stats
 from igdm_kit._evaluation.runner import load_flags
 from igdm_kit._sweep import sweep as S
 from igdm_kit.errors import RecipeError
-
-from conftest import TINY
 
 FAMILY = TINY.replace('name = "pgd-at"', 'name = "trades"').replace('attacks = ["clean"]',
                                                                    'attacks = ["clean", "fgsm"]') + """

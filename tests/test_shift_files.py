@@ -9,16 +9,16 @@ import json
 import numpy as np
 import pytest
 import torch
-
-from igdm_kit import _recipe as R
-from igdm_kit.factories import create_dataset, create_shift
-from igdm_kit.errors import DataError, RecipeError
-from igdm_kit.interfaces import DatasetInfo, Threat
-from igdm_kit._cli.specs import parse_cli_shift
-from igdm_kit._evaluation.shifts import Context, compare_shifts, evaluate_shifts, summarize
-
 from conftest import DIGITS_PGDAT
 from test_cli_eval import _save
+
+from igdm_kit import _recipe as R
+from igdm_kit._cli.specs import parse_cli_shift
+from igdm_kit._evaluation.shifts import Context, compare_shifts, evaluate_shifts, summarize
+from igdm_kit.errors import DataError, RecipeError
+from igdm_kit.factories import create_dataset, create_shift
+from igdm_kit.interfaces import DatasetInfo, Threat
+
 
 def _corruptions_extra() -> bool:
     """Whether the corruptions extra imports (a real import, not a lookup: its module must load)."""

@@ -4,21 +4,16 @@ from what the attack returns, small fake files in the published layouts."""
 
 from __future__ import annotations
 
-import json
 import math
 
 import numpy as np
 import pytest
 import torch
 
+from igdm_kit._evaluation.shifts import Context
+from igdm_kit.errors import IgdmKitError, RecipeError
 from igdm_kit.factories import create_dataset, create_eval_attack, create_model, create_shift
-from igdm_kit.errors import DataError, IgdmKitError, RecipeError
-from igdm_kit.interfaces import DatasetInfo, Threat
-from igdm_kit._cli.specs import parse_cli_shift
-from igdm_kit._evaluation.shifts import Context, compare_shifts, evaluate_shifts, summarize
-from igdm_kit._recipe.specs import resolve_shifts
-
-from test_cli_eval import _save
+from igdm_kit.interfaces import Threat
 
 ic = pytest.importorskip("imagecorruptions", reason="pip install 'igdm-kit[corruptions]'",
                          exc_type=ImportError)  # a real import: absent or broken (no pkg_resources) both skip

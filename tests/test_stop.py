@@ -15,14 +15,13 @@ import time
 
 import pytest
 import torch
+from conftest import DIGITS_PGDAT, TINY
 from safetensors.torch import load_file
 
 from igdm_kit import _recipe as R
+from igdm_kit._storage.io import read_jsonl
 from igdm_kit._training.engine import run
 from igdm_kit.errors import Interrupted
-from igdm_kit._storage.io import read_jsonl
-
-from conftest import DIGITS_PGDAT, TINY
 
 RECIPE = TINY.replace("epochs = 1", "epochs = 3").replace(
     'attacks = ["clean"]', 'attacks = ["clean", "pgd20"]\nlimit = 64')
@@ -136,8 +135,8 @@ def test_sigterm_during_autoattack_at_the_cli_resumes_to_an_uninterrupted_result
     """At the command line, in the final evaluation of ``igdm-kit run`` and in ``igdm-kit eval --aa-state``:
     SIGTERM once AutoAttack's state exists → 'error: SIGTERM: …' + 'hint: <the command>', exit 143, no
     traceback; that command finishes with the numbers of an uninterrupted evaluation."""
-    from igdm_kit._storage.checkpoint import load_model
     from igdm_kit._evaluation.runner import evaluate, load_eval_data, report_json
+    from igdm_kit._storage.checkpoint import load_model
 
     p = tmp_path / "r.toml"
     p.write_text(DIGITS_PGDAT.replace("epochs = 1", "epochs = 4").replace(

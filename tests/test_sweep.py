@@ -6,12 +6,11 @@ import json
 
 import numpy as np
 import pytest
-
-from igdm_kit._sweep import sweep as S
-from igdm_kit._evaluation.plotting import sweep_figure
-from igdm_kit.errors import RecipeError
-
 from conftest import DIGITS_PGDAT
+
+from igdm_kit._evaluation.plotting import sweep_figure
+from igdm_kit._sweep import sweep as S
+from igdm_kit.errors import RecipeError
 
 FAMILY = DIGITS_PGDAT.replace('name = "pgd-at"', 'name = "trades"') + """
 [module]

@@ -17,10 +17,10 @@ import pytest
 import torch
 
 import igdm_kit
-from igdm_kit._storage.checkpoint import save_model
-from igdm_kit.factories import list_components
-from igdm_kit.errors import CheckpointError, IgdmKitError
 from igdm_kit._plugins.manager import registry
+from igdm_kit._storage.checkpoint import save_model
+from igdm_kit.errors import CheckpointError, IgdmKitError
+from igdm_kit.factories import list_components
 
 X = torch.rand(2, 3, 16, 16, generator=torch.Generator().manual_seed(0))
 

@@ -11,7 +11,6 @@ import sys
 from pathlib import Path
 
 import pytest
-
 from conftest import DIGITS_PGDAT
 
 from igdm_kit._runtime import threads

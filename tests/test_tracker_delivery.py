@@ -20,10 +20,9 @@ import sys
 import textwrap
 
 import pytest
+from conftest import DIGITS_PGDAT
 
 from igdm_kit._storage.io import read_jsonl
-
-from conftest import DIGITS_PGDAT
 
 INSTALL = {"tensorboard": "pip install 'igdm-kit[tensorboard]'", "mlflow": "pip install 'igdm-kit[mlflow]'"}
 

@@ -11,11 +11,10 @@ import sys
 from pathlib import Path
 
 import pytest
+from conftest import DIGITS_PGDAT
 
 from igdm_kit import _recipe as R
 from igdm_kit._storage.io import read_jsonl
-
-from conftest import DIGITS_PGDAT
 
 INSTALL = {"tensorboard": "pip install 'igdm-kit[tensorboard]'", "wandb": "pip install 'igdm-kit[wandb]'",
            "mlflow": "pip install 'igdm-kit[mlflow]'"}

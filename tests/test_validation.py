@@ -9,13 +9,12 @@ from collections import Counter
 
 import pytest
 import torch
+from conftest import DIGITS_PGDAT
 from safetensors.torch import load_file
 
 from igdm_kit import _recipe as R
-from igdm_kit.errors import DataError, RecipeError
 from igdm_kit._storage.io import read_jsonl
-
-from conftest import DIGITS_PGDAT
+from igdm_kit.errors import DataError, RecipeError
 
 # lr = 1.0 makes robust accuracy on the validation split go up and down: the best epoch is not the last
 VALIDATED = DIGITS_PGDAT.replace("epochs = 1", "epochs = 4\nlr = 1.0\nsave_every_epoch = true") \
@@ -112,9 +111,9 @@ def test_best_is_the_epoch_a_hand_computation_over_the_metrics_picks(validated_r
 
 
 def test_validation_uses_the_held_out_images_recorded_in_the_manifest(validated_run):
-    from igdm_kit.factories import create_dataset
     from igdm_kit._evaluation.runner import evaluate
     from igdm_kit._training.split import split_validation
+    from igdm_kit.factories import create_dataset
 
     run, _ = validated_run
     manifest = json.loads((run / "manifest.json").read_text())

@@ -89,12 +89,19 @@ def _one_line(exc: BaseException) -> IgdmKitError | None:
 
 def main(argv: list[str] | None = None) -> None:
     """Entry point. Usage errors are Typer's own (message, exit 2); ``IgdmKitError`` → one line, exit 1
-    (``Interrupted``: 128 + signal); an OS failure and runaway nesting are one line too."""
+    (``Interrupted``: 128 + signal; a second Ctrl-C too); an OS failure and runaway nesting are one line too."""
+    from igdm_kit._runtime.signals import StopNow
+
     prepare_environment()  # before torch loads: OpenMP threads sleep, not spin, while they wait
     saved = os.environ.get(THREADS_ENV)  # --threads lasts for this call only (tests call main in-process)
     try:
         app = build_app()
         app(args=argv, prog_name="igdm-kit")  # standalone: exits with the command's code
+    except StopNow as exc:  # a second Ctrl-C: one line, never click's "Aborted!" nor a traceback
+        if _debug():
+            raise
+        report(exc.error())
+        sys.exit(exc.error().exit_code)
     except Exception as exc:
         error = _one_line(exc)
         if error is None or _debug():

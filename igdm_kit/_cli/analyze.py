@@ -35,9 +35,13 @@ from igdm_kit._cli.options import (
     ShowProgress,
     seed_in_range,
 )
+from igdm_kit._cli.stopping import checked, stoppable
 from igdm_kit._evaluation.plotting import checkpoint_label as _label
 from igdm_kit._evaluation.plotting import linearity_figure, pyplot
 from igdm_kit.errors import IgdmKitError
+
+#: what a stop request (SIGINT/SIGTERM, checked after every batch) says: 128 + the signal, nothing written
+STOPPED_WHAT = "analysis stopped"
 
 
 def register(app: typer.Typer) -> None:
@@ -77,6 +81,7 @@ def _remainders(paths, metas, x, radius: float, seed: int, batch_size: int, dev,
 
 def _linearity(group: typer.Typer) -> None:
     @group.command("linearity")
+    @stoppable
     def linearity(
         checkpoints: list[Path] = typer.Argument(None, help="checkpoints (also accepted after --model), kept "
                                                  "in the order given", show_default=False),
@@ -105,8 +110,9 @@ def _linearity(group: typer.Typer) -> None:
 
         metas, name, x, _, dev = _prepare(paths, dataset, limit, device, arch_options(data_opt))
         radius = recorded_eps(metas, eps)
-        with progress_callback(progress) as cb:
-            results = _remainders(paths, metas, x, radius, seed, batch_size, dev, cb, per_sample)
+        with progress_callback(progress) as bar:
+            results = _remainders(paths, metas, x, radius, seed, batch_size, dev, checked(bar, STOPPED_WHAT),
+                                  per_sample)
         where = context(name, int(x.shape[0]), radius)
         if plot is not None:
             _plotted(linearity_figure(results, plot, where))

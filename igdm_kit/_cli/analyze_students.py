@@ -33,6 +33,7 @@ from igdm_kit._cli.options import (
     seed_in_range,
 )
 from igdm_kit._cli.specs import parse_eps
+from igdm_kit._cli.stopping import checked, stoppable
 from igdm_kit._evaluation.plotting import checkpoint_label, pyplot
 
 STUDENT_HELP = "student checkpoint; repeat it to compare several students against the same teacher"
@@ -56,8 +57,13 @@ def _overlay(panels: dict[str, dict[str, Any]], plot: Path, title: str, xlabels:
     _plotted(save(draw_overlay(panels, title, xlabels, share_x), plot))
 
 
+#: what a stop request ends (the message of ``Interrupted``)
+STOPPED_WHAT = "analysis stopped"
+
+
 def add_alignment(group: typer.Typer) -> None:
     @group.command("alignment")
+    @stoppable
     def alignment(
         student: list[Path] = typer.Option(..., "--student", "-s", help=STUDENT_HELP),
         teacher: Path = typer.Option(..., "--teacher", "-t", help="teacher checkpoint or weights file"),
@@ -84,7 +90,8 @@ def add_alignment(group: typer.Typer) -> None:
         from igdm_kit._evaluation.analysis import gradient_alignment, summarize
 
         per, values = [], {}
-        with progress_callback(progress) as cb:
+        with progress_callback(progress) as bar:
+            cb = checked(bar, STOPPED_WHAT)
             for path, s in zip(student, models, strict=True):
                 res = gradient_alignment(s, t, x, y, batch_size=batch_size, progress=cb)
                 row: dict[str, Any] = {"student": str(path), "gd": res["gd"], "gc": res["gc"],
@@ -116,6 +123,7 @@ def add_alignment(group: typer.Typer) -> None:
 
 def add_pointwise(group: typer.Typer) -> None:
     @group.command("pointwise")
+    @stoppable
     def pointwise(
         student: list[Path] = typer.Option(..., "--student", "-s", help=STUDENT_HELP),
         teacher: Path = typer.Option(..., "--teacher", "-t", help="teacher checkpoint or weights file"),
@@ -187,7 +195,8 @@ def _pointwise_all(paths: list[Path], models: list[Any], t, x, y, dev, *, method
     from igdm_kit.attacks import seeded
 
     per, values = [], {}
-    with progress_callback(progress) as cb:
+    with progress_callback(progress) as bar:
+        cb = checked(bar, STOPPED_WHAT)
         for path, s in zip(paths, models, strict=True):
             dist: dict[str, Any] = {}
             with seeded(seed, dev):

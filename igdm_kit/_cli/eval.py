@@ -26,8 +26,8 @@ from igdm_kit._cli.options import (
     seed_in_range,
 )
 from igdm_kit._cli.specs import arch_options, eps_text, parse_attacks, parse_eps, parse_threat
+from igdm_kit._cli.stopping import FLAG, checked, stoppable
 from igdm_kit._recipe.specs import DEFAULT_ATTACKS
-from igdm_kit._runtime.signals import StopFlag, checking
 from igdm_kit.errors import IgdmKitError
 
 ALL_ATTACKS = ",".join(DEFAULT_ATTACKS)
@@ -46,6 +46,7 @@ def stop_hint(options: list[tuple[str, Any]], aa_state: Path | None) -> str:
 
 def register(app: typer.Typer) -> None:
     @app.command("eval")
+    @stoppable
     def eval_(
         model: Path = typer.Option(..., "--model", "-m", help="the model file: an igdm-kit checkpoint, or a "
                                    "file of a teacher loader (see --loader)"),
@@ -152,10 +153,10 @@ def run_eval(src, items: list[Any], *, threat: str, radius: float | None, datase
     err_console.print(escape(f"evaluating {src.path}" + (f" ({which})" if which else "") + f" on {ds_name} test "
                              f"({x.shape[0]} images, {dev}, {threat} ε = {eps_text(radius)})"),
                       style="dim", highlight=False)
-    with StopFlag() as stop, progress_callback(progress) as cb:  # SIGINT/SIGTERM: message, 128 + signal
+    with FLAG, progress_callback(progress) as cb:  # SIGINT/SIGTERM: message, 128 + signal
         result = evaluate_report(net, x, y, attacks=specs, batch_size=batch_size, eps=radius, threat=threat,
                                  device=dev, seed=seed, autoattack_state=aa_state, where="--attacks",
-                                 progress=checking(cb, lambda: stop.check("evaluation stopped", stop_hint)))
+                                 progress=checked(cb, "evaluation stopped", stop_hint))
     for w in result.warnings:
         err_console.print(f"[yellow]warning:[/] AutoAttack: {escape(w)}", highlight=False)
     if save_flags is not None:

@@ -11,6 +11,7 @@ from rich.markup import escape
 
 from igdm_kit._cli.console import err_console, out_console, print_json
 from igdm_kit._cli.options import BatchSize, DataOpt, Dataset, Device, Json, Limit, Plot, ShowProgress, seed_in_range
+from igdm_kit._cli.stopping import FLAG, checked, stoppable
 from igdm_kit.errors import IgdmKitError
 
 SHIFTS_HELP = ("comma-separated shifts (corruptions, corruption-files, cifar10.1, cinic10, threats, ...; "
@@ -65,10 +66,11 @@ def run_shifts_many(srcs: list, shifts: list[Any], attacks: list[Any] | None, *,
     info = sources.open_dataset(ds_name, options).info()
     err_console.print(escape(f"shifts of {len(srcs)} model(s) on {ds_name} test ({x.shape[0]} images, {dev}, "
                              f"{threat} ε = {eps_text(radius)})"), style="dim", highlight=False)
-    with progress_callback(progress) as cb:
+    with FLAG, progress_callback(progress) as cb:  # SIGINT/SIGTERM: after the current batch, 128 + signal
         results = evaluate_models([net for net, *_ in loaded], x, y, shifts, dataset=ds_name, info=info,
                                   attacks=attacks, eps=radius, threat=threat, batch_size=batch_size, device=dev,
-                                  seed=seed, limit=limit, progress=cb, keep_flags=keep_flags)
+                                  seed=seed, limit=limit, progress=checked(cb, "shift evaluation stopped"),
+                                  keep_flags=keep_flags)
     for w in results[0]["warnings"]:
         err_console.print(f"[yellow]warning:[/] {escape(w)}", highlight=False)
     return [{"checkpoint": str(src.path), **r} for src, r in zip(srcs, results)]
@@ -171,6 +173,7 @@ def add(group: typer.Typer) -> None:
     """``igdm-kit analyze ood``."""
 
     @group.command("ood")
+    @stoppable
     def ood(
         checkpoints: list[Path] = typer.Argument(None, help="checkpoints or run folders (also after --model)",
                                                  show_default=False),

@@ -3,24 +3,68 @@
 The handlers are installed for the whole run — building, every epoch, saving and the final evaluation — so
 no phase drops a request or dies without a word. Each phase checks the flag where its state is saved (after
 a step, at an epoch's end, after an evaluation batch) and raises ``Interrupted``: the message says where it
-stopped, the hint is the command that resumes, the exit code is 128 + the signal.
+stopped, the hint is the command that resumes, the exit code is 128 + the signal. A second Ctrl-C stops at
+once (``StopNow``, one line and exit 130 from the CLI, never click's "Aborted!").
+
+A process that waits on others (the ``--jobs`` parent of a sweep) uses ``stop_requests`` instead: the signal
+is raised as a ``StopRequest`` where it waits, and passed on to the jobs as it is.
 """
 
 from __future__ import annotations
 
 import signal
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from typing import Any
 
 from igdm_kit.errors import Interrupted
+from igdm_kit.interfaces.launch import StopRequest
+
+SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+
+class StopNow(BaseException):
+    """A second Ctrl-C: stop at once, without reaching the next safe point (what was saved before stays).
+
+    Not an ``Exception``, so no ``except Exception`` on the way swallows it, and not a ``KeyboardInterrupt``,
+    which click would turn into "Aborted!": the CLI prints one line and exits 130."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signum)
+        self.signum = signum
+
+    def error(self) -> Interrupted:
+        """The one-line error the CLI prints for it."""
+        return Interrupted(f"{signal.Signals(self.signum).name} again: stopped at once, without saving what "
+                           "the step in progress did",
+                           "what was saved before is kept: run the same command with --resume to continue "
+                           "from it", 128 + self.signum)
+
+
+@contextmanager
+def stop_requests() -> Iterator[None]:
+    """SIGINT and SIGTERM raise ``StopRequest`` (which carries the signal) while entered, in the main thread."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def handle(signum, frame) -> None:
+        raise StopRequest(signum)
+
+    old = {sig: signal.signal(sig, handle) for sig in SIGNALS}
+    try:
+        yield
+    finally:
+        for sig, handler in old.items():
+            signal.signal(sig, handler)
 
 
 class StopFlag:
     """Installs SIGINT/SIGTERM handlers while entered (main thread only; re-entrant: nested runs, such as
     a teacher trained for a student, share the outermost handlers).
 
-    The first signal asks the run to stop at the next check; a second SIGINT interrupts at once.
+    The first signal asks the run to stop at the next check; a second SIGINT stops at once (``StopNow``).
     """
 
     def __init__(self) -> None:
@@ -29,15 +73,17 @@ class StopFlag:
         self._depth = 0
 
     def __enter__(self) -> StopFlag:
-        if self._depth == 0 and threading.current_thread() is threading.main_thread():
-            for sig in (signal.SIGINT, signal.SIGTERM):
-                self._old[sig] = signal.signal(sig, self._handle)
+        if self._depth == 0:
+            self.signum = None  # a flag entered again afresh (a command run twice in one process)
+            if threading.current_thread() is threading.main_thread():
+                for sig in SIGNALS:
+                    self._old[sig] = signal.signal(sig, self._handle)
         self._depth += 1
         return self
 
     def _handle(self, signum, frame) -> None:
         if self.signum is not None and signum == signal.SIGINT:
-            raise KeyboardInterrupt
+            raise StopNow(signum)
         self.signum = signum
 
     def __exit__(self, *exc) -> None:

@@ -38,6 +38,7 @@ import re
 import socket
 import subprocess
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
@@ -89,6 +90,14 @@ def _is_own(name: str) -> bool:
     """A file igdm-kit writes at the top of a run folder (or the temporary of one), by name."""
     return (name in OWN_FILES or name == LOCK or name.startswith(f"{AA_STATE}.") or is_writer_temp(name)
             or any(is_temp_of(name, f) for f in OWN_FILES))
+
+
+@dataclass(frozen=True)
+class Again:
+    """The commands that go on with a folder's run: ``resume`` continues it, ``overwrite`` trains it again."""
+
+    resume: str
+    overwrite: str
 
 
 class RunFolder:
@@ -162,9 +171,11 @@ class RunFolder:
         return sorted(names)
 
     # -- the policy ---------------------------------------------------------------------------------------
-    def decide(self, r: Recipe, *, resume: bool, overwrite: bool, reuse_finished: bool) -> Mode:
+    def decide(self, r: Recipe, *, resume: bool, overwrite: bool, reuse_finished: bool, what: str = "run folder",
+               again: Again | None = None) -> Mode:
         """What to do with this folder for recipe ``r``; raises ``IgdmKitError`` when it must not be used.
-        Call it with the folder's lock held."""
+        Call it with the folder's lock held. ``what`` names the folder in errors; ``again``: the commands that
+        go on with its run when the flags of the command at hand do not reach it (a teacher's folder)."""
         out = self.path
         if out.exists() and not out.is_dir():
             raise IgdmKitError(f"output {str(out)!r} is a file, not a folder", "choose a folder with --output")
@@ -179,24 +190,26 @@ class RunFolder:
             return "new"
         same = self._manifest().get("recipe_digest") == r.digest()
         finished = self.is_finished()
+        anew = f"train it again with: {again.overwrite}" if again else None
         if same and (finished or resume) and not self._same_teacher(r):
             raise IgdmKitError(f"the teacher file changed since the run in {str(out)!r} was made",
-                               "pass --overwrite to train again with the new teacher")
+                               anew or "pass --overwrite to train again with the new teacher")
         if finished:
             if same and resume:
                 return "finished"
             if reuse_finished and same:
                 return "reuse"
-            raise IgdmKitError(f"run folder {str(out)!r} already holds a finished run",
-                               "pass --overwrite to replace it, or --output to write elsewhere")
+            raise IgdmKitError(f"{what} {str(out)!r} already holds a finished run",
+                               anew or "pass --overwrite to replace it, or --output to write elsewhere")
         if not resume:
-            raise IgdmKitError(f"run folder {str(out)!r} holds an unfinished run",
+            raise IgdmKitError(f"{what} {str(out)!r} holds an unfinished run",
+                               f"continue it with: {again.resume}; or {anew}" if again else
                                "pass --resume to continue it, or --overwrite to start again")
         if not same:
             key = first_difference(self._manifest().get("recipe", {}), r.resolved())
-            raise IgdmKitError(f"run folder {str(out)!r} holds a run of a different recipe"
+            raise IgdmKitError(f"{what} {str(out)!r} holds a run of a different recipe"
                                + (f" ({key} differs)" if key else ""),
-                               "resume with the same recipe and the same --set options, or pass --overwrite")
+                               anew or "resume with the same recipe and the same --set options, or pass --overwrite")
         return "resume" if self.has_state() else "new"
 
     def _same_teacher(self, r: Recipe) -> bool:

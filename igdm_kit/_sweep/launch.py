@@ -2,7 +2,8 @@
 kind, ``register_launchers``: ``local`` with ``--jobs N``, ``slurm`` through submitit).
 
 1. Every variant is validated, and a variant whose folder already holds its finished run is reused, as in a
-   sequential sweep (an unfinished one needs ``--resume``; the error comes before anything launches).
+   sequential sweep, ``--resume`` or not (an unfinished one needs ``--resume``; the error comes before
+   anything launches): a finished variant or teacher is never launched again.
 2. Each teacher a variant trains from a ``[teacher] recipe`` that is not finished yet becomes a job of its
    own — one per teacher run folder, each after its own teacher's — and the variants that need it run
    after it: a cached teacher is never trained twice at once, nor by two variants.
@@ -10,10 +11,15 @@ kind, ``register_launchers``: ``local`` with ``--jobs N``, ``slurm`` through sub
    does in-process (same recipe digest, same folder), so either collects the other's runs.
 4. When the jobs end, the table is collected from the run folders exactly as the sequential sweep builds
    it. A launcher that submits without waiting returns None: the same command collects the table later.
+
+SIGINT and SIGTERM to this process are raised as a ``StopRequest`` carrying the signal: the launcher passes
+the same signal on to its running jobs (each saves and stops) and says so; the sweep then ends with
+``Interrupted`` (128 + the signal) and the command that resumes it.
 """
 
 from __future__ import annotations
 
+import signal
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -22,10 +28,11 @@ from types import SimpleNamespace
 from typing import Any
 
 from igdm_kit import _recipe as recipe_mod
+from igdm_kit._runtime.signals import stop_requests, stopped
 from igdm_kit._storage.run_folder import RunFolder
 from igdm_kit._sweep.sweep import Variant, expand, row_of, summarize, sweep_folder, toml_value, variant_folder
-from igdm_kit.errors import IgdmKitError, Interrupted
-from igdm_kit.interfaces import Job
+from igdm_kit.errors import IgdmKitError
+from igdm_kit.interfaces import Job, StopRequest
 
 
 @dataclass
@@ -69,7 +76,7 @@ def teacher_jobs(variants: list[Variant], jobs_dir: Path) -> tuple[list[Job], di
             if folder in by_folder:  # planned for an earlier variant, with its own teachers
                 levels.append(by_folder[folder])
                 break
-            if RunFolder(folder).decide(sub, resume=True, overwrite=False, reuse_finished=True) == "reuse":
+            if finished(RunFolder(folder).decide(sub, resume=True, overwrite=False, reuse_finished=True)):
                 break
             name = f"teacher:{sub.name}"
             while name in by_folder.values():
@@ -87,6 +94,11 @@ def teacher_jobs(variants: list[Variant], jobs_dir: Path) -> tuple[list[Job], di
     return jobs, needs
 
 
+def finished(mode: str) -> bool:
+    """Whether ``RunFolder.decide``'s answer is a finished run to reuse (``--resume`` of one says "finished")."""
+    return mode in ("reuse", "finished")
+
+
 def _safe(name: str) -> str:
     return "".join(c if c.isalnum() or c in "=.,-_" else "_" for c in name)
 
@@ -96,16 +108,30 @@ def launch_sweep(path: str | Path, *, launcher: str, options: dict[str, Any], ov
                  resume: bool = False, overwrite: bool = False, log: Callable[[str], None] = lambda s: None,
                  resume_command: str | None = None, variants: list[Variant] | None = None) -> dict[str, Any] | None:
     """Run the sweep's variants (``variants``: as ``expand`` made them, else expanded here) as jobs of
-    ``launcher``; the summary ``run_sweep`` returns, or None when the jobs were submitted without waiting."""
+    ``launcher``; the summary ``run_sweep`` returns, or None when the jobs were submitted without waiting for
+    them. SIGINT/SIGTERM: ``Interrupted``, 128 + the signal."""
+    hint = f"resume with: {resume_command or 'the same command with --resume'}"
+    with stop_requests():
+        try:
+            return _launch_sweep(path, launcher=launcher, options=options, overrides=list(overrides or []),
+                                 grid=grid, output_dir=output_dir, resume=resume, overwrite=overwrite, log=log,
+                                 variants=variants)
+        except KeyboardInterrupt as exc:
+            signum = exc.signum if isinstance(exc, StopRequest) else signal.SIGINT
+            raise stopped(signum, "sweep stopped", hint) from None
+
+
+def _launch_sweep(path: str | Path, *, launcher: str, options: dict[str, Any], overrides: list[str],
+                  grid: dict[str, list[Any]] | None, output_dir: str | Path | None, resume: bool, overwrite: bool,
+                  log: Callable[[str], None], variants: list[Variant] | None = None) -> dict[str, Any] | None:
     from igdm_kit.factories import create_launcher
 
     chosen = create_launcher(launcher, options)  # bad launcher options fail before any folder is looked at
-    overrides = list(overrides or [])
     variants = variants if variants is not None else expand(path, overrides, grid)
     base = sweep_folder(variants, output_dir)
     folders = {v.label: variant_folder(base, v, len(variants)) for v in variants}
-    reused = {v.label for v in variants if not overwrite and RunFolder(folders[v.label]).decide(
-        v.recipe, resume=resume, overwrite=False, reuse_finished=True) == "reuse"}
+    reused = {v.label for v in variants if not overwrite and finished(RunFolder(folders[v.label]).decide(
+        v.recipe, resume=resume, overwrite=False, reuse_finished=True))}
     todo = [v for v in variants if v.label not in reused]
     jobs_dir = jobs_folder(base, len(variants), variants)
     jobs_dir.mkdir(parents=True, exist_ok=True)
@@ -118,7 +144,7 @@ def launch_sweep(path: str | Path, *, launcher: str, options: dict[str, Any], ov
         log(f"variant {label}: reusing the finished run in {folders[label]}")
     if jobs:
         log(f"{len(jobs)} job{'s' if len(jobs) != 1 else ''} with launcher {launcher!r}; logs in {jobs_dir}")
-        status = _launch(chosen, jobs, Context(str(Path.cwd()), str(jobs_dir), log), resume_command)
+        status = chosen.launch(jobs, Context(str(Path.cwd()), str(jobs_dir), log))
         if any(s is None for s in status.values()):
             return None
         failed = [j for j in jobs if status.get(j.name) != 0]
@@ -128,11 +154,3 @@ def launch_sweep(path: str | Path, *, launcher: str, options: dict[str, Any], ov
     rows = [row_of(v, SimpleNamespace(results=RunFolder(folders[v.label]).results(), output_dir=folders[v.label],
                                       reused=v.label in reused)) for v in variants]
     return summarize(path, base, variants, rows)
-
-
-def _launch(chosen, jobs: list[Job], ctx: Context, resume_command: str | None) -> dict[str, int | None]:
-    try:
-        return chosen.launch(jobs, ctx)
-    except KeyboardInterrupt:
-        raise Interrupted("sweep stopped: the running jobs were asked to stop and save",
-                          f"resume with: {resume_command or 'the same command with --resume'}", 130) from None

@@ -26,6 +26,7 @@ from typing import Any
 from igdm_kit import _recipe as recipe_mod
 from igdm_kit._evaluation.report import EvalReport
 from igdm_kit._recipe import Recipe
+from igdm_kit._runtime.signals import StopFlag
 from igdm_kit.errors import IgdmKitError, Interrupted, RecipeError
 
 #: The ``[sweep]`` / ``--grid`` key of the seeds axis (a bare key: never a dotted recipe key).
@@ -194,23 +195,27 @@ def run_sweep(path: str | Path, *, overrides: list[str] | None = None, grid: dic
     """Run (or reuse) every variant one after another; return the collected rows.
 
     Finished variants are reused; ``resume`` continues an interrupted one; ``overwrite`` retrains all.
-    ``variants``: the family ``expand`` already made (else it is expanded here).
+    ``variants``: the family ``expand`` already made (else it is expanded here). A stop request (SIGINT/SIGTERM)
+    is honoured in a variant's run and between two variants: ``Interrupted``, with the command that resumes
+    the family.
     """
     from igdm_kit._training.engine import run
 
     variants = variants if variants is not None else expand(path, overrides, grid)
     base = sweep_folder(variants, output_dir)
+    hint = f"resume with: {resume_command or 'the same command with --resume'}"
     rows = []
-    for v in variants:
-        folder = variant_folder(base, v, len(variants))
-        log(f"variant {v.label} → {folder}")
-        try:
-            result = run(v.recipe, output_dir=folder, reuse_finished=not overwrite, resume=resume,
-                         overwrite=overwrite, log=log, progress=progress)
-        except Interrupted as exc:  # resume the family, not one variant in a folder of its own
-            raise Interrupted(exc.message, f"resume with: {resume_command or 'the same command with --resume'}",
-                              exc.exit_code) from None
-        rows.append(row_of(v, result))
+    with StopFlag() as stop:  # between two variants' runs (each run has handlers of its own)
+        for i, v in enumerate(variants):
+            folder = variant_folder(base, v, len(variants))
+            log(f"variant {v.label} → {folder}")
+            stop.check(f"sweep stopped before variant {v.label} ({i} of {len(variants)} variants done)", hint)
+            try:
+                result = run(v.recipe, output_dir=folder, reuse_finished=not overwrite, resume=resume,
+                             overwrite=overwrite, log=log, progress=progress)
+            except Interrupted as exc:  # resume the family, not one variant in a folder of its own
+                raise Interrupted(exc.message, hint, exc.exit_code) from None
+            rows.append(row_of(v, result))
     return summarize(path, base, variants, rows)
 
 

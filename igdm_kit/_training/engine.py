@@ -28,7 +28,7 @@ from typing import Any
 
 import torch
 
-from igdm_kit._recipe import Recipe, missing_extras, resume_command
+from igdm_kit._recipe import Recipe, command, missing_extras, resume_command
 from igdm_kit._recipe import load as load_recipe
 from igdm_kit._recipe.effective import dataset_line
 from igdm_kit._runtime import distributed, threads
@@ -36,7 +36,7 @@ from igdm_kit._runtime.accel import Accelerator
 from igdm_kit._runtime.devices import resolve_device
 from igdm_kit._runtime.signals import StopFlag
 from igdm_kit._storage.checkpoint import save_model
-from igdm_kit._storage.run_folder import AA_STATE, EMA, FINAL, LAST, RESULTS, STATE, Mode, RunFolder, sha256_file
+from igdm_kit._storage.run_folder import AA_STATE, EMA, FINAL, LAST, RESULTS, STATE, Again, Mode, RunFolder, sha256_file
 from igdm_kit._storage.train_state import load_train_state
 from igdm_kit._training.callbacks import check_weights
 from igdm_kit._training.events import RunContext, Subscriber, restore_subscribers
@@ -118,8 +118,10 @@ def _accelerator(r: Recipe, d, log: Log) -> tuple[torch.device, Accelerator]:
 
 @contextmanager
 def _opened(folder: RunFolder, r: Recipe, d, *, resume: bool, overwrite: bool, reuse_finished: bool,
-            log: Log, what: str = "run folder", busy_hint: str | None = None) -> Iterator[Mode]:
-    """The folder locked (rank 0) for as long as the block runs, and the policy's decision about it.
+            log: Log, what: str = "run folder", busy_hint: str | None = None,
+            again: Again | None = None) -> Iterator[Mode]:
+    """The folder locked (rank 0) for as long as the block runs, and the policy's decision about it
+    (``again``: the commands its errors name, where the command at hand does not reach the folder's run).
 
     Rank 0 alone locks, cleans up after a killed process, looks at (and may delete) the folder; the other
     ranks follow its decision or error."""
@@ -134,7 +136,8 @@ def _opened(folder: RunFolder, r: Recipe, d, *, resume: bool, overwrite: bool, r
             removed = folder.clean_temporaries()
             if removed:
                 log(f"{folder.path}: removed {len(removed)} temporary file(s) of an interrupted write")
-            decision = (folder.decide(r, resume=resume, overwrite=overwrite, reuse_finished=reuse_finished), None)
+            decision = (folder.decide(r, resume=resume, overwrite=overwrite, reuse_finished=reuse_finished,
+                                      what=what, again=again), None)
         except IgdmKitError as exc:
             lock.release()
             decision = ("error", (exc.message, exc.hint))
@@ -167,7 +170,9 @@ def prepare_teacher(r: Recipe, *, resume: bool = False, log: Log = _quiet, stop:
     A chain of teacher recipes is trained innermost first, each into its own recipe's run folder (reused
     when it already holds the finished run, so a teacher is trained once for many students), with that
     folder locked: a second process training the same teacher gets one line naming the first. ``hint``:
-    the command that resumes the whole run, printed when a stop request ends the teacher's training."""
+    the command that resumes the whole run, printed when a stop request ends the teacher's training and named
+    by the error about a teacher's unfinished run (``--overwrite`` of the student never reaches a teacher: the
+    error names the teacher's own command for that)."""
     chain: list[Recipe] = []
     t = r.model.teacher
     while t is not None and t.recipe is not None:
@@ -183,9 +188,11 @@ def prepare_teacher(r: Recipe, *, resume: bool = False, log: Log = _quiet, stop:
         for sub in reversed(chain):
             folder = RunFolder(sub.default_output_dir())
             device, acc = _accelerator(sub, d, log)
+            again = Again(hint or resume_command(sub, folder.path),
+                          command("run", sub.path, overrides=sub.overrides) + " --overwrite")
             with _opened(folder, sub, d, resume=resume, overwrite=False, reuse_finished=True, log=log,
                          what="teacher run folder", busy_hint="another run is training this teacher: when it "
-                         "has finished, run again (the finished teacher is reused)") as mode:
+                         "has finished, run again (the finished teacher is reused)", again=again) as mode:
                 result = _reused(folder, sub, log) if mode in ("reuse", "finished") else \
                     _train(folder, sub, mode, teacher_file, d, device, acc, log=log, progress=None, stop=flag,
                            hint=hint or resume_command(sub, folder.path))

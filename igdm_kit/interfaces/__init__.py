@@ -11,7 +11,7 @@ Inputs everywhere are images in [0, 1]; normalization is a layer inside the mode
 from igdm_kit.interfaces.callbacks import Callback, CallbackContext, FitState, Order
 from igdm_kit.interfaces.data import DatasetInfo, DatasetPlugin
 from igdm_kit.interfaces.evaluation import LP_NORMS, EvalAttack, EvalContext, Threat
-from igdm_kit.interfaces.launch import Job, LaunchContext, Launcher
+from igdm_kit.interfaces.launch import Job, LaunchContext, Launcher, StopRequest
 from igdm_kit.interfaces.models import ArchitectureBuilder, ModelFactory, TeacherLoader
 from igdm_kit.interfaces.optim import LRSchedule, OptimizerFactory, TrainingPlan
 from igdm_kit.interfaces.options import Fraction, NoOptions, Options, PathOption, RecipePath, parse_fraction
@@ -31,5 +31,5 @@ __all__ = ["ArchitectureBuilder", "AttackOptions", "Callback", "CallbackContext"
            "EvalAttack", "EvalContext", "FitState", "Fraction", "GradientModule", "InputName", "Job",
            "LP_NORMS", "LRSchedule", "LaunchContext", "Launcher", "Method", "ModelFactory", "ModuleOptions",
            "NoOptions", "Options", "Order", "OptimizerFactory", "PathOption", "RecipePath", "Shift", "ShiftContext",
-           "ShiftedSet", "StepContext", "TeacherLoader", "Threat", "ThreatVariant", "Tracker", "TrackerRun",
-           "TrainingAttack", "TrainingPlan", "parse_fraction"]
+           "ShiftedSet", "StepContext", "StopRequest", "TeacherLoader", "Threat", "ThreatVariant", "Tracker",
+           "TrackerRun", "TrainingAttack", "TrainingPlan", "parse_fraction"]

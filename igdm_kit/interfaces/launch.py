@@ -38,12 +38,24 @@ class LaunchContext(Protocol):
     def log(self, message: str) -> None: ...
 
 
+class StopRequest(KeyboardInterrupt):
+    """A stop request to the process that launches a sweep's jobs, raised in ``launch``: ``signum`` is the
+    signal it got (SIGINT for Ctrl-C, SIGTERM from a scheduler or ``kill``), the one to pass on to the jobs."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signum)
+        self.signum = signum
+
+
 class Launcher:
     """A sweep launcher, registered by ``register_launchers`` and named by ``igdm-kit sweep --launcher``.
 
     ``launch(jobs, ctx)`` runs every job (a job only after the jobs it names in ``after`` succeeded) and
-    returns each job's exit status by name, or None for one it submitted without waiting for it; a stop
-    request (KeyboardInterrupt) is passed on to the running jobs before it propagates.
+    returns each job's exit status by name, or None for one it submitted without waiting for it. A stop
+    request is a ``KeyboardInterrupt`` — a ``StopRequest`` carrying its signal when it is SIGINT or SIGTERM —
+    raised while ``launch`` runs: pass the same signal on to the running jobs (each then saves and stops),
+    say what was done through ``ctx.log``, and let it propagate; a job's output goes to its ``log``, appended
+    to what an earlier launch of the same job wrote.
     """
 
     Options: ClassVar[type[Options]] = NoOptions

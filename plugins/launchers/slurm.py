@@ -4,7 +4,8 @@ Every job is submitted at once; a variant depends on its teacher's job (``--depe
 teacher is trained once, before the students that need it. submitit keeps the submission scripts, pickled
 jobs and logs in the sweep's jobs folder (it must be on a file system the nodes share). With ``wait`` (the
 default) the launcher waits for the jobs and the table is collected when they end; without it, run the same
-sweep command again once they have ended to collect it.
+sweep command again once they have ended to collect it. A stop request while waiting stops the wait, not the
+jobs (they belong to the scheduler; ``scancel`` stops them), and says so.
 """
 
 from __future__ import annotations
@@ -81,11 +82,16 @@ class Slurm(Launcher):
         if not self.options.wait:
             return {name: None for name in submitted}
         status = {}
-        for name, sj in submitted.items():
-            try:
-                sj.result()
-                status[name] = 0
-            except Exception as exc:  # noqa: BLE001 - submitit re-raises the job's own failure
-                ctx.log(f"{name}: failed ({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''})")
-                status[name] = 1
+        try:
+            for name, sj in submitted.items():
+                try:
+                    sj.result()
+                    status[name] = 0
+                except Exception as exc:  # noqa: BLE001 - submitit re-raises the job's own failure
+                    ctx.log(f"{name}: failed ({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''})")
+                    status[name] = 1
+        except KeyboardInterrupt:  # the jobs are the scheduler's: stopping this wait does not cancel them
+            ctx.log("stopped waiting; the SLURM jobs keep running (scancel stops them): run the same command "
+                    "again when they have ended to collect the table")
+            raise
         return status
