@@ -300,4 +300,5 @@ def test_edited_run_files_and_absurd_radii_are_one_line(tmp_path, write_recipe, 
     assert res.code == 1 and error == f"error: '{out / 'results.json'}' is not the JSON object igdm-kit wrote"
     res = cli("eval", "--model", out / "model.safetensors", "--eps", "1e300", "--attacks", "clean")
     error, _ = _one_line(res.err)
-    assert res.code == 1 and error.startswith("error: --eps: an L∞ ε of 1e+300 exceeds the pixel range"), error
+    assert res.code == 1 and error.startswith(
+        "error: --eps '1e300': an L∞ ε above 1 exceeds the pixel range [0, 1]"), error

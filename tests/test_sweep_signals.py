@@ -24,7 +24,7 @@ from igdm_kit.errors import Interrupted
 PLAIN = TINY + '[sweep]\n"train.seed" = [0, 1]\n'
 TEACHER = TINY.replace('name = "t"', 'name = "teach"')
 STUDENT = TINY.replace('name = "t"', 'name = "student"').replace('name = "pgd-at"', 'name = "ard"') \
-    + '[teacher]\nrecipe = "teacher.toml"\n[module]\nname = "igdm"\nalpha = 1.0\n[sweep]\n"module.alpha" = [0.0, 1.0]\n'
+    + '[teacher]\nrecipe = "teacher.toml"\ncheck_accuracy = false  # one epoch of training: not a real teacher\n[module]\nname = "igdm"\nalpha = 1.0\n[sweep]\n"module.alpha" = [0.0, 1.0]\n'
 
 
 @pytest.fixture
