@@ -14,6 +14,9 @@ from igdm_kit._cli.specs import eps_text, parse_eps
 from igdm_kit._evaluation.sources import check_fits, dataset_for, open_dataset
 from igdm_kit.errors import IgdmKitError
 
+#: what a stop request ends in every analysis (the message of ``Interrupted``)
+STOPPED_WHAT = "analysis stopped"
+
 
 def _plotted(path: Path) -> None:
     err_console.print(escape(f"plot: {path}"), style="dim", highlight=False)

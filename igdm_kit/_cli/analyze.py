@@ -20,7 +20,7 @@ from typing import Any
 
 import typer
 
-from igdm_kit._cli.analysis_common import _plotted, _prepare, _table, context, recorded_eps
+from igdm_kit._cli.analysis_common import STOPPED_WHAT, _plotted, _prepare, _table, context, recorded_eps
 from igdm_kit._cli.console import print_json, progress_callback
 from igdm_kit._cli.options import (
     EPS_HELP,
@@ -39,9 +39,6 @@ from igdm_kit._cli.stopping import checked, stoppable
 from igdm_kit._evaluation.plotting import checkpoint_label as _label
 from igdm_kit._evaluation.plotting import linearity_figure, pyplot
 from igdm_kit.errors import IgdmKitError
-
-#: what a stop request (SIGINT/SIGTERM, checked after every batch) says: 128 + the signal, nothing written
-STOPPED_WHAT = "analysis stopped"
 
 
 def register(app: typer.Typer) -> None:

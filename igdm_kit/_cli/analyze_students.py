@@ -13,7 +13,7 @@ from typing import Any
 
 import typer
 
-from igdm_kit._cli.analysis_common import _plotted, _students_and_teacher, _table, context, recorded_eps
+from igdm_kit._cli.analysis_common import STOPPED_WHAT, _plotted, _students_and_teacher, _table, context, recorded_eps
 from igdm_kit._cli.console import print_json, progress_callback
 from igdm_kit._cli.options import (
     EPS_HELP,
@@ -57,8 +57,6 @@ def _overlay(panels: dict[str, dict[str, Any]], plot: Path, title: str, xlabels:
     _plotted(save(draw_overlay(panels, title, xlabels, share_x), plot))
 
 
-#: what a stop request ends (the message of ``Interrupted``)
-STOPPED_WHAT = "analysis stopped"
 
 
 def add_alignment(group: typer.Typer) -> None:
