@@ -240,16 +240,11 @@ def test_a_missing_extra_is_reported_by_recipe_check_and_refused_before_training
                                                                                monkeypatch):
     """recipes/quickstart_shifts.toml without imagecorruptions: `recipe check` said ok and the run failed after
     training. Now check warns with the install line and run refuses before the folder is touched."""
-    import builtins
-
-    real = builtins.__import__
-
-    def no_imagecorruptions(name, *args, **kwargs):
-        if name.split(".")[0] == "imagecorruptions":
-            raise ModuleNotFoundError("No module named 'pkg_resources'")  # as a broken install does
-        return real(name, *args, **kwargs)
-
-    monkeypatch.setattr(builtins, "__import__", no_imagecorruptions)
+    # a stand-in that fails to import, as a broken install does (torchattacks ships such a robustbench)
+    fake = tmp_path / "site" / "imagecorruptions"
+    fake.mkdir(parents=True)
+    (fake / "__init__.py").write_text("raise ModuleNotFoundError(\"No module named 'pkg_resources'\")\n")
+    monkeypatch.syspath_prepend(str(fake.parent))
     monkeypatch.delitem(__import__("sys").modules, "imagecorruptions", raising=False)
     recipe = write_recipe(DIGITS_PGDAT + 'shifts = ["corruptions"]\n')
     checked = cli("recipe", "check", str(recipe))
