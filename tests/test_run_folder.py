@@ -74,19 +74,26 @@ def test_a_locked_folder_gets_one_line_naming_the_holder(tmp_path, write_recipe,
     assert cli("run", p, "--output", out).code == 0
 
 
-def test_a_second_trainer_of_the_same_teacher_is_refused(tmp_path, write_recipe, cli):
+def test_a_student_waits_for_the_process_that_holds_its_teacher(tmp_path, write_recipe, cli):
+    """Two students of one teacher started together (``sweep --jobs 2``): one holds the teacher's folder (to
+    train it, or only to reuse it) while the other looks. The second waits for the first, saying whom for,
+    instead of failing (CI saw ``alpha=0: failed`` in a --jobs 2 sweep from exactly this race)."""
+    import threading
+
     teacher_out = tmp_path / "teacher-run"
     write_recipe(TINY + f'\n[output]\ndir = "{teacher_out}"\n', name="teacher.toml")
     student = write_recipe(TINY.replace('name = "pgd-at"', 'name = "ard"')  # a 1-epoch teacher: near chance
                            + '\n[teacher]\nrecipe = "teacher.toml"\ncheck_accuracy = false\n', name="student.toml")
     from igdm_kit._storage.run_folder import RunFolder
 
-    with RunFolder(teacher_out).lock():
-        res = cli("run", student, "--output", tmp_path / "student")
-        assert res.code == 1 and "teacher run folder" in res.err and f"pid {os.getpid()}" in res.err
-    assert not (tmp_path / "student").exists()
-    assert cli("run", student, "--output", tmp_path / "student").code == 0
-    assert (teacher_out / "model.safetensors").is_file()
+    lock = RunFolder(teacher_out).lock()
+    lock.acquire()
+    threading.Timer(2.0, lock.release).start()
+    res = cli("run", student, "--output", tmp_path / "student")
+    assert res.code == 0, res.err
+    assert "waiting for pid" in res.err and "teacher run folder" in res.err and str(os.getpid()) in res.err
+    assert res.err.count("waiting for pid") == 1  # said once, not once a poll
+    assert (teacher_out / "model.safetensors").is_file() and (tmp_path / "student" / "results.json").is_file()
 
 
 def test_a_holder_between_its_lock_and_its_note_is_still_named(tmp_path):

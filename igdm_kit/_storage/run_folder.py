@@ -38,6 +38,7 @@ import re
 import socket
 import subprocess
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -335,6 +336,7 @@ class RunLock:
         self.what, self.hint = what, hint or "wait for it to end, or write elsewhere with --output"
         self._fd: int | None = None
         self._created: list[Path] = []
+        self._holder: dict[str, Any] | None = None  # a live holder's note, when the lock was busy
         #: what the lock file said when it was taken over (a holder that died), else None
         self.stale: dict[str, Any] | None = None
 
@@ -345,23 +347,39 @@ class RunLock:
     def __exit__(self, *exc: object) -> None:
         self.release()
 
-    def acquire(self) -> None:
+    def acquire(self, wait: Callable[[dict[str, Any]], None] | None = None) -> None:
+        """Take the lock. A live holder is an error naming it, unless ``wait`` is given: then ``wait(holder)``
+        is called (it sleeps a little, and may raise to give up, e.g. on a stop request) and the lock is
+        tried again, until it is free (the folder made again if its holder removed it on leaving)."""
         if self.folder.exists() and not self.folder.is_dir():
             raise IgdmKitError(f"output {str(self.folder)!r} is a file, not a folder",
                                "choose a folder with --output")
+        while True:
+            self._make_folder()
+            try:
+                taken = self._take()
+                if taken is None:  # the holder's note, when the kernel said it is busy
+                    raise self._busy(self._holder)
+                self._fd, self.stale = taken
+                return
+            except BaseException as exc:
+                self._tidy()
+                if wait is None or not (isinstance(exc, IgdmKitError) and self._holder is not None):
+                    raise
+            wait(self._holder)
+
+    def _make_folder(self) -> None:
         missing = [p for p in (self.folder, *self.folder.parents) if not p.exists()]
         try:
             self.folder.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
             raise storage_error(exc, self.folder, "create the run folder") from None
         self._created = missing  # deepest first
-        try:
-            self._fd, self.stale = self._take()
-        except BaseException:
-            self._tidy()
-            raise
 
-    def _take(self) -> tuple[int, dict[str, Any] | None]:
+    def _take(self) -> tuple[int, dict[str, Any] | None] | None:
+        """The lock file, opened and locked, and what a dead holder's note said; None when a live process
+        holds it (its note in ``self._holder``)."""
+        self._holder = None
         while True:
             try:
                 fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
@@ -369,9 +387,9 @@ class RunLock:
                 raise storage_error(exc, self.path, "create the lock file") from None
             holder = _read_holder(fd)
             if not _flock(fd, holder):
-                holder = _wait_for_holder(fd, holder)  # it may be between its lock and its note
+                self._holder = _wait_for_holder(fd, holder)  # it may be between its lock and its note
                 os.close(fd)
-                raise self._busy(holder)
+                return None
             try:
                 same_file = os.fstat(fd).st_ino == os.stat(self.path).st_ino
             except FileNotFoundError:
@@ -386,10 +404,8 @@ class RunLock:
         return fd, holder or None
 
     def _busy(self, holder: dict[str, Any]) -> IgdmKitError:
-        who = (f"pid {holder.get('pid')} on {holder.get('host')}, since {holder.get('since')}"
-               if holder.get("pid") else "a process that is starting")
-        return IgdmKitError(f"{self.what} {str(self.folder)!r} is in use by another igdm-kit process ({who})",
-                            self.hint)
+        return IgdmKitError(f"{self.what} {str(self.folder)!r} is in use by another igdm-kit process "
+                            f"({describe_holder(holder)})", self.hint)
 
     def release(self) -> None:
         if self._fd is None:
@@ -409,6 +425,12 @@ class RunLock:
             except OSError:
                 break
         self._created = []
+
+
+def describe_holder(holder: dict[str, Any]) -> str:
+    """The process a lock file names, in words."""
+    return (f"pid {holder.get('pid')} on {holder.get('host')}, since {holder.get('since')}"
+            if holder.get("pid") else "a process that is starting")
 
 
 def _read_holder(fd: int) -> dict[str, Any]:

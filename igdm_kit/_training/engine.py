@@ -20,6 +20,7 @@ run folder (see ``igdm_kit._runtime.distributed``).
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -36,7 +37,19 @@ from igdm_kit._runtime.accel import Accelerator
 from igdm_kit._runtime.devices import resolve_device
 from igdm_kit._runtime.signals import StopFlag
 from igdm_kit._storage.checkpoint import save_model
-from igdm_kit._storage.run_folder import AA_STATE, EMA, FINAL, LAST, RESULTS, STATE, Again, Mode, RunFolder, sha256_file
+from igdm_kit._storage.run_folder import (
+    AA_STATE,
+    EMA,
+    FINAL,
+    LAST,
+    RESULTS,
+    STATE,
+    Again,
+    Mode,
+    RunFolder,
+    describe_holder,
+    sha256_file,
+)
 from igdm_kit._storage.train_state import load_train_state
 from igdm_kit._training.callbacks import check_weights
 from igdm_kit._training.events import RunContext, Subscriber, restore_subscribers
@@ -119,9 +132,10 @@ def _accelerator(r: Recipe, d, log: Log) -> tuple[torch.device, Accelerator]:
 @contextmanager
 def _opened(folder: RunFolder, r: Recipe, d, *, resume: bool, overwrite: bool, reuse_finished: bool,
             log: Log, what: str = "run folder", busy_hint: str | None = None,
-            again: Again | None = None) -> Iterator[Mode]:
+            again: Again | None = None, wait: Callable[[dict], None] | None = None) -> Iterator[Mode]:
     """The folder locked (rank 0) for as long as the block runs, and the policy's decision about it
-    (``again``: the commands its errors name, where the command at hand does not reach the folder's run).
+    (``again``: the commands its errors name, where the command at hand does not reach the folder's run;
+    ``wait``: given, a folder another process holds is waited for instead of refused, see ``RunLock``).
 
     Rank 0 alone locks, cleans up after a killed process, looks at (and may delete) the folder; the other
     ranks follow its decision or error."""
@@ -129,7 +143,7 @@ def _opened(folder: RunFolder, r: Recipe, d, *, resume: bool, overwrite: bool, r
     decision: tuple[str, Any] = ("new", None)
     if lock is not None:
         try:
-            lock.acquire()
+            lock.acquire(wait)
             if lock.stale:
                 log(f"{folder.path}: taking over the lock of pid {lock.stale.get('pid')} on "
                     f"{lock.stale.get('host')}, which is no longer running")
@@ -169,7 +183,8 @@ def prepare_teacher(r: Recipe, *, resume: bool = False, log: Log = _quiet, stop:
 
     A chain of teacher recipes is trained innermost first, each into its own recipe's run folder (reused
     when it already holds the finished run, so a teacher is trained once for many students), with that
-    folder locked: a second process training the same teacher gets one line naming the first. ``hint``:
+    folder locked: a second process that needs the same teacher waits for the first (saying whom for) and
+    then reuses what it finished. ``hint``:
     the command that resumes the whole run, printed when a stop request ends the teacher's training and named
     by the error about a teacher's unfinished run (``--overwrite`` of the student never reaches a teacher: the
     error names the teacher's own command for that)."""
@@ -191,13 +206,30 @@ def prepare_teacher(r: Recipe, *, resume: bool = False, log: Log = _quiet, stop:
             again = Again(hint or resume_command(sub, folder.path),
                           command("run", sub.path, overrides=sub.overrides) + " --overwrite")
             with _opened(folder, sub, d, resume=resume, overwrite=False, reuse_finished=True, log=log,
-                         what="teacher run folder", busy_hint="another run is training this teacher: when it "
-                         "has finished, run again (the finished teacher is reused)", again=again) as mode:
+                         what="teacher run folder", again=again, wait=_waiter(folder, log, flag)) as mode:
                 result = _reused(folder, sub, log) if mode in ("reuse", "finished") else \
                     _train(folder, sub, mode, teacher_file, d, device, acc, log=log, progress=None, stop=flag,
                            hint=hint or resume_command(sub, folder.path))
             teacher_file = result.output_dir / FINAL
     return teacher_file
+
+
+def _waiter(folder: RunFolder, log: Log, stop: StopFlag, poll_s: float = 0.5) -> Callable[[dict], None]:
+    """What a student does while another process holds its teacher's folder (training the teacher, or only
+    reusing it, as the students of a ``sweep --jobs`` do at once): it waits, says once whom for, and stops
+    waiting on a stop request. The finished teacher is then reused (or trained, if the holder gave up)."""
+    said: list[bool] = []
+
+    def wait(holder: dict) -> None:
+        if not said:
+            log(f"teacher run folder {folder.path}: waiting for {describe_holder(holder)}, which holds it "
+                "(a teacher it finishes is reused)")
+            said.append(True)
+        stop.check(f"stopped while waiting for the teacher run folder {folder.path}",
+                   "run the same command again")
+        time.sleep(poll_s)
+
+    return wait
 
 
 def _train(folder: RunFolder, r: Recipe, mode: Mode, teacher_file: Path | None, d, device: torch.device,
