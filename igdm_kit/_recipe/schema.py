@@ -13,6 +13,7 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from igdm_kit._recipe.specs import DEFAULT_ATTACKS, DEFAULT_EPS, DEFAULT_SHIFT_ATTACKS
+from igdm_kit._runtime.threads import MAX_THREADS
 from igdm_kit.interfaces import Fraction, PathOption
 
 #: The largest seed (torch takes seeds below 2**64; the trainer derives per-epoch seeds from it).
@@ -131,7 +132,7 @@ class TrainSection(Section):
     lr_decay: float = Field(0.1, gt=0, le=10, description="factor applied at each milestone (cumulative)")
     seed: int = Field(0, ge=0, le=MAX_SEED)
     device: str = Field("auto", pattern=DEVICE_PATTERN, description="auto, cpu, mps, cuda, cuda:N")
-    threads: int | None = Field(None, gt=0, le=4096, description="CPU threads of torch (default: the "
+    threads: int | None = Field(None, gt=0, le=MAX_THREADS, description="CPU threads of torch (default: the "
                                 "physical cores available; --threads and IGDM_KIT_THREADS override it)")
     reference_passes: bool = Field(False, description="separate forwards as the reference code does")
     save_every_epoch: bool = Field(False, description="keep a checkpoint per epoch (for analyze linearity)")

@@ -107,6 +107,7 @@ def run(r: Recipe, *, output_dir: str | Path | None = None, resume: bool = False
     if missing:  # before the folder is touched or anything trains (not after training, at the evaluation)
         raise IgdmKitError(missing[0].split("; install it: ")[0] + (f" (and {len(missing) - 1} more)"
                            if len(missing) > 1 else ""), missing[0].split("; install it: ")[-1])
+    threads.resolve(r.model.train.threads)  # a thread count out of range is refused before the folder is touched
     folder = RunFolder(output_dir if output_dir is not None else r.default_output_dir())
     hint = resume_command(r, folder.path)
     device, acc = _accelerator(r, d, log)  # bad accelerator options fail before the folder is touched
