@@ -89,33 +89,28 @@ def list_images(folder: Path) -> list[Path]:
                   if p.is_file() and not p.name.startswith(".") and p.suffix.lower() in IMAGE_EXTENSIONS)
 
 
+#: The most pixels an image file may hold, judged from its header before decoding (8192² ≈ 67 MP: every
+#: photo dataset's images fit; PIL's own bomb limit is 179 MP, and a decoded RGB image of it takes 0.5 GB).
+MAX_IMAGE_PIXELS = 8192 * 8192
+#: How much longer than wide (or wide than long) an image resized on its shorter side may be: a 1×1,000,000
+#: PNG of 1 KB would otherwise become a 32×32,000,000 image (3 GB) before its centre is cropped.
+MAX_ASPECT = 64
+
+
 def read_images(paths: Sequence[Path], *, size: int, grayscale: bool = False,
                 resize: bool = False) -> np.ndarray:
     """Decode images into a uint8 (N, C, size, size) array.
 
     With ``resize`` the shorter side is scaled to ``size`` (bilinear) and the centre cropped; without it an
-    image of another size is a DataError. Decoding runs in threads (PIL releases the GIL while decoding).
+    image of another size is a DataError. Each file's pixel count (and, resized, its aspect ratio) is judged
+    from its header before anything is decoded, and whatever a decoder raises on a damaged or hostile file is
+    the one-line DataError naming it. Decoding runs in threads (PIL releases the GIL while decoding).
     """
-    from PIL import Image, UnidentifiedImageError
-
     channels = 1 if grayscale else 3
     out = np.empty((len(paths), channels, size, size), dtype=np.uint8)
 
     def load(i: int) -> None:
-        path = paths[i]
-        try:
-            with Image.open(path) as img:
-                img = img.convert("L" if grayscale else "RGB")
-                if img.size != (size, size):
-                    if not resize:
-                        raise DataError(f"image {str(path)!r} is {img.size[0]}×{img.size[1]}, expected "
-                                        f"{size}×{size}", "the dataset's images all have that size; "
-                                                          "re-extract the archive")
-                    img = _resize_center_crop(img, size)
-                arr = np.asarray(img, dtype=np.uint8)
-        except (UnidentifiedImageError, OSError) as exc:
-            raise DataError(f"cannot read image {str(path)!r} ({type(exc).__name__})",
-                            "remove or replace the damaged file") from None
+        arr = _decode(Path(paths[i]), size=size, grayscale=grayscale, resize=resize)
         out[i] = arr[None] if grayscale else arr.transpose(2, 0, 1)
 
     workers = max(1, min(8, os.cpu_count() or 1))
@@ -123,6 +118,42 @@ def read_images(paths: Sequence[Path], *, size: int, grayscale: bool = False,
         for _ in pool.map(load, range(len(paths))):
             pass
     return out
+
+
+def _decode(path: Path, *, size: int, grayscale: bool, resize: bool) -> np.ndarray:
+    from PIL import Image
+
+    try:
+        with Image.open(path) as img:  # reads the header only
+            _check_header(path, img.size, size=size, resize=resize)
+            img = img.convert("L" if grayscale else "RGB")  # decodes
+            if img.size != (size, size):
+                if not resize:
+                    raise DataError(f"image {str(path)!r} is {img.size[0]}×{img.size[1]}, expected "
+                                    f"{size}×{size}", "the dataset's images all have that size; "
+                                                      "re-extract the archive")
+                img = _resize_center_crop(img, size)
+            return np.asarray(img, dtype=np.uint8)
+    except DataError:
+        raise
+    except Exception as exc:  # noqa: BLE001 — PIL's decoders raise ValueError, SyntaxError, struct.error,
+        # IndexError, MemoryError, DecompressionBombError, ... on damaged files: each is this one line
+        detail = str(exc).splitlines()[0][:120] if str(exc) else ""
+        raise DataError(f"cannot read image {str(path)!r} ({type(exc).__name__}{': ' + detail if detail else ''})",
+                        "remove or replace the damaged file") from None
+
+
+def _check_header(path: Path, wh: tuple[int, int], *, size: int, resize: bool) -> None:
+    w, h = wh
+    if w < 1 or h < 1 or w * h > MAX_IMAGE_PIXELS:
+        raise DataError(f"image {str(path)!r} is {w}×{h} = {w * h:,} pixels by its header, more than the "
+                        f"{MAX_IMAGE_PIXELS:,} an image may hold" if w * h else
+                        f"image {str(path)!r} is {w}×{h} pixels by its header",
+                        "remove the file or shrink it; it is damaged or built to exhaust memory")
+    if resize and (w, h) != (size, size) and max(w, h) > MAX_ASPECT * min(w, h):
+        raise DataError(f"image {str(path)!r} is {w}×{h}: resized to {size} on its shorter side it would be "
+                        f"{max(w, h) * size // min(w, h):,} pixels long",
+                        f"images at most {MAX_ASPECT} times longer than wide are resized; crop or remove it")
 
 
 def _resize_center_crop(img, size: int):
