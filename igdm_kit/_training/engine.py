@@ -20,6 +20,7 @@ run folder (see ``igdm_kit._runtime.distributed``).
 
 from __future__ import annotations
 
+import signal
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -233,6 +234,18 @@ def _waiter(folder: RunFolder, log: Log, stop: StopFlag, poll_s: float = 0.5) ->
     return wait
 
 
+def agreed_stop_check(stop: StopFlag, d, device: torch.device, what: str, hint: str) -> Callable[[], None]:
+    """A stop check the ranks of a torchrun make together: a stop request on any rank stops every rank (each
+    calls it at the same point). One process: the plain check."""
+
+    def agree() -> None:
+        if d.any(stop.signum is not None, device):
+            stop.signum = stop.signum or signal.SIGTERM
+        stop.check(what, hint)
+
+    return agree
+
+
 def _train(folder: RunFolder, r: Recipe, mode: Mode, teacher_file: Path | None, d, device: torch.device,
            acc: Accelerator, *, log: Log, progress: Any, stop: StopFlag, hint: str) -> RunResult:
     """Build, train (from scratch or the saved state) and evaluate one recipe into ``folder``; ``stop`` is
@@ -263,9 +276,10 @@ def _train(folder: RunFolder, r: Recipe, mode: Mode, teacher_file: Path | None, 
                        "where it stopped)"), f"resume with: {hint}"
         # AutoAttack keeps its progress in the run folder, so an interrupted final evaluation resumes.
         judged = judged_models(r, parts, folder, ema)
+        agree = agreed_stop_check(stop, d, parts.device, what, again)
         results = evaluate_checkpoints(r, parts, folder, judged, log=log, progress=progress,
-                                       check=lambda: stop.check(what, again))
-        stop.check(what, again)
+                                       check=lambda: stop.check(what, again), agree=agree)
+        agree()  # every rank, or none, goes on to write
         headline, model, epoch = judged[0]  # model.safetensors is the model results.json reports
         if d.is_main:
             save_model(folder / FINAL, model, {**parts.checkpoint_meta(), "epoch": epoch, "checkpoint": headline})
