@@ -137,8 +137,9 @@ class TrainSection(Section):
     reference_passes: bool = Field(False, description="separate forwards as the reference code does")
     save_every_epoch: bool = Field(False, description="keep a checkpoint per epoch (for analyze linearity)")
     # Accelerator options (igdm_kit._runtime.accel); device-dependent checks happen when the run starts.
-    amp: Literal["off", "bf16", "fp16"] = Field(
-        "off", description="mixed precision of the forwards: bf16 (CPU or GPU), fp16 (GPU, grad scaler)")
+    amp: Literal["off", "bf16", "fp16", "auto"] = Field(
+        "off", description="mixed precision of the forwards: bf16 (CPU or GPU), fp16 (GPU, grad scaler), auto "
+                           "(bf16 where the device has native bf16, else off; recorded in the manifest)")
     channels_last: bool = Field(False, description="models and inputs in channels_last memory format")
     compile: bool = Field(False, description="torch.compile the student and the teacher")
     cudnn_benchmark: bool = Field(False, description="let cuDNN pick the fastest convolutions (CUDA only)")

@@ -295,14 +295,27 @@ def _train(folder: RunFolder, r: Recipe, mode: Mode, teacher_file: Path | None, 
     return RunResult(folder.path, r, metrics, results)
 
 
+def _check_same_precision(folder: RunFolder, parts: Parts) -> None:
+    """A run continues in the precision it started in: ``amp = "auto"`` may choose another on this device."""
+    started = folder.manifest().get("amp")  # absent in runs of earlier versions: amp was explicit then
+    now = parts.acc.options.amp
+    if started is not None and started != now:
+        raise IgdmKitError(f"{folder.path} was started with amp {started}, and train.amp = "
+                           f"{parts.recipe.model.train.amp!r} is {now} on this device",
+                           f"resume it on a device where amp auto chooses {started} (a run continues in the "
+                           "precision it started in), or start it again here with --overwrite")
+
+
 def _starting_point(folder: RunFolder, parts: Parts, mode: Mode, log: Log, subs: list[Subscriber]):
     """(first epoch, saved mid-epoch state or None, metrics so far): the saved state on resume (the
     subscribers' parts of it given back), else a new run's manifest and resolved recipe."""
     if mode != "resume":
         if parts.dist.is_main:
             folder.start(parts.recipe, device=str(parts.device), world_size=parts.dist.world,
-                         teacher_digest=parts.teacher_digest, extra=_split_record(parts))
+                         teacher_digest=parts.teacher_digest,
+                         extra={**_split_record(parts), "amp": parts.acc.options.amp})
         return 1, None, []
+    _check_same_precision(folder, parts)
     meta = load_train_state(folder / STATE, model=parts.student, optimizer=parts.optimizer,
                             scheduler=parts.scheduler)
     restore_subscribers(subs, meta["extra"], meta["extra_tensors"])
