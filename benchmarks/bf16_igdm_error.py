@@ -11,7 +11,7 @@ perturbation of the student (ε, steps as given), this computes, batch by batch:
   with the cosine between g and g₆₄.
 
     python benchmarks/bf16_igdm_error.py --student runs/quickstart/alpha=6/model.safetensors \\
-        --teacher runs/quickstart_teacher/model.safetensors --dataset digits --out bf16_error.json
+        --teacher runs/quickstart/teacher/model.safetensors --dataset digits --out bf16_error.json
 """
 
 from __future__ import annotations
@@ -25,6 +25,7 @@ from pathlib import Path
 import torch
 
 from igdm_kit import load_model
+from igdm_kit.errors import IgdmKitError
 from igdm_kit.factories import create_attack, create_dataset
 from igdm_kit.losses import igdm_loss
 
@@ -92,8 +93,12 @@ def main(argv: list[str] | None = None) -> int:
     torch.set_num_threads(1)
     x, y = create_dataset(a.dataset).load("test")
     x, y = x[:a.n], y[:a.n]
-    result = measure(load_model(a.student), load_model(a.teacher), x, y, eps=a.eps, steps=a.steps,
-                     batch_size=a.batch_size)
+    try:
+        student, teacher = load_model(a.student), load_model(a.teacher)
+    except IgdmKitError as exc:
+        print(f"error: {exc.message}\nhint: {exc.hint}", file=sys.stderr)
+        return 1
+    result = measure(student, teacher, x, y, eps=a.eps, steps=a.steps, batch_size=a.batch_size)
     result.update(student=a.student, teacher=a.teacher, dataset=a.dataset, eps=a.eps, steps=a.steps,
                   torch=torch.__version__)
     print(f"IGDM term against float64 on {result['n']} {a.dataset} test images (ε = {a.eps}, PGD-{a.steps} δ), "

@@ -77,12 +77,7 @@ def test_two_ranks_validate_on_shards_and_agree_with_one_process(tmp_path, write
         .replace('[eval]\nattacks = ["clean"]', '[train.ema]\ndecay = 0.5\n[train.validate]\nattacks = ["clean"]\n'
                  '[eval]\nattacks = ["clean"]\ncheckpoints = ["last", "best", "ema"]')
     recipe = write_recipe(text, name="ddp_val.toml")
-    out = tmp_path / "run"
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
-           "-m", "igdm_kit", "run", str(recipe), "--output", str(out), "--json"]
-    res = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"},
-                         timeout=600)
-    assert res.returncode == 0, res.stderr[-3000:]
+    out = _torchrun_two_ranks(recipe, tmp_path / "run")
     split: dict = {}
     load_data(R.load(recipe), split)
     x, y = split["data"]
@@ -92,6 +87,16 @@ def test_two_ranks_validate_on_shards_and_agree_with_one_process(tmp_path, write
         assert last[key] == pytest.approx(evaluate(model, x, y, attacks=["clean"])["worst"]["accuracy"])
     results = json.loads((out / "results.json").read_text())
     assert set(results["checkpoints"]) == {"last", "best", "ema"} and (out / "best.safetensors").is_file()
+
+
+def _torchrun_two_ranks(recipe, out):
+    """``igdm-kit run recipe`` under a two-rank torchrun (gloo, one thread each) into ``out``; it must pass."""
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+           "-m", "igdm_kit", "run", str(recipe), "--output", str(out), "--json"]
+    res = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"},
+                         timeout=600)
+    assert res.returncode == 0, res.stderr[-3000:]
+    return out
 
 
 @pytest.mark.slow
@@ -106,12 +111,7 @@ def test_two_ranks_evaluate_shifts_on_the_whole_split(tmp_path, write_recipe):
 
     text = DIGITS_PGDAT.replace('attacks = ["clean"]', 'attacks = ["clean"]\nshifts = ["threats"]\nlimit = 101')
     recipe = write_recipe(text, name="ddp_shifts.toml")
-    out = tmp_path / "run"
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
-           "-m", "igdm_kit", "run", str(recipe), "--output", str(out), "--json"]
-    res = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"},
-                         timeout=600)
-    assert res.returncode == 0, res.stderr[-3000:]
+    out = _torchrun_two_ranks(recipe, tmp_path / "run")
     shifts = json.loads((out / "results.json").read_text())["shifts"]
     assert shifts["n"] == 101 and shifts["sharded"] is False  # not a rank's 50 or 51
     r = R.load(recipe)
