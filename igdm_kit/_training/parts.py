@@ -103,8 +103,9 @@ def absent_classes(r: Recipe, info: DatasetInfo, train: torch.Tensor, test: torc
 
 
 def check_data(name: str, split: str, x: torch.Tensor, y: torch.Tensor, info: DatasetInfo) -> None:
-    """Whatever a dataset plugin returns must be float images in [0, 1] of the declared shape, with one
-    integer label in [0, num_classes) each: everything downstream (attacks, ε) assumes it."""
+    """Whatever a dataset plugin returns must be uint8 images (k/255) or float images in [0, 1] of the
+    declared shape, with one integer label in [0, num_classes) each: everything downstream (attacks, ε)
+    assumes it."""
     where = f"dataset {name!r} ({split} split)"
     expected = (info.in_channels, info.image_size, info.image_size)
     if not (torch.is_tensor(x) and torch.is_tensor(y)):
@@ -112,13 +113,14 @@ def check_data(name: str, split: str, x: torch.Tensor, y: torch.Tensor, info: Da
     if x.ndim != 4 or tuple(x.shape[1:]) != expected:
         raise DataError(f"{where} has images of shape {tuple(x.shape[1:]) if x.ndim == 4 else tuple(x.shape)}, "
                         f"expected {expected}", "check the data files or the dataset's image_size option")
-    if not x.is_floating_point():
-        raise DataError(f"{where} has {x.dtype} images", "images must be float tensors scaled to [0, 1]")
+    if not x.is_floating_point() and x.dtype != torch.uint8:
+        raise DataError(f"{where} has {x.dtype} images",
+                        "images must be uint8 (k means k/255) or float tensors scaled to [0, 1]")
     if x.shape[0] == 0 or y.shape != (x.shape[0],):
         raise DataError(f"{where} has {x.shape[0]} images and labels of shape {tuple(y.shape)}",
                         "one integer label per image, and at least one image")
-    lo, hi = float(x.min()), float(x.max())
-    if lo < 0.0 or hi > 1.0 or x.isnan().any():
+    lo, hi = (0.0, 1.0) if x.dtype == torch.uint8 else (float(x.min()), float(x.max()))
+    if lo < 0.0 or hi > 1.0 or (x.is_floating_point() and x.isnan().any()):
         raise DataError(f"{where} has pixel values in [{lo:.3g}, {hi:.3g}], not [0, 1]",
                         "scale images to [0, 1]; put any normalization (mean/std) inside the model")
     if y.dtype not in (torch.int64, torch.int32) or int(y.min()) < 0 or int(y.max()) >= info.num_classes:

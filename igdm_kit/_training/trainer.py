@@ -25,6 +25,7 @@ from igdm_kit._training.events import Partial, Subscriber
 from igdm_kit._training.loss import compute_loss, module_weight
 from igdm_kit._training.parts import Parts
 from igdm_kit.errors import Interrupted, TrainingError
+from igdm_kit.nn import to_float_images
 
 
 def epoch_seed(seed: int, epoch: int, rank: int) -> int:
@@ -116,7 +117,8 @@ class Trainer:
             with open(f"{self._trace}.rank{p.dist.rank}", "a") as fh:
                 fh.write(" ".join(map(str, idx.tolist())) + "\n")
         xtr, ytr = p.train_data
-        x = augment(xtr[idx], p.info, gen).to(p.device, non_blocking=True)
+        # crop and flip move pixels only: on uint8 they give the bytes of the float path; k/255 on the device
+        x = to_float_images(augment(xtr[idx], p.info, gen).to(p.device, non_blocking=True))
         y = ytr[idx].to(p.device, non_blocking=True)
         res = compute_loss(p.trained, p.teacher, p.method, p.module, p.attack, x, y, epoch=epoch,
                            epochs=self.epochs, cache=not tr.reference_passes)

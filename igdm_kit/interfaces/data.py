@@ -28,7 +28,14 @@ class DatasetInfo:
 
 
 class DatasetPlugin:
-    """A dataset: ``info()`` describes it, ``load(split)`` returns (images float [0,1] NCHW, labels int64)."""
+    """A dataset: ``info()`` describes it, ``load(split)`` returns (images NCHW, labels int64).
+
+    Images are uint8 (pixel k means k/255: what decoded image files hold, 1 byte a pixel) or float in
+    [0, 1] (for data that is not k/255, e.g. scikit-learn's digits, k/16). The host keeps uint8 images as
+    they are — the training set costs a quarter of its float32 size, on every rank — and converts each
+    batch to float32 [0, 1] on the device (``igdm_kit.nn.to_float_images``); models, attacks and ε only
+    ever see [0, 1] floats.
+    """
 
     Options: ClassVar[type[Options]] = NoOptions
     description: ClassVar[str] = ""

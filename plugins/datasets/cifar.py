@@ -7,9 +7,9 @@ torchvision fetch and checksum them. The batches are Python pickles; they are re
 that only rebuilds numpy arrays, lists and strings, so a tampered file cannot run code. (torchvision's own
 reader checks MD5 sums on every load instead; ``verify = true`` does the same here.)
 
-Images come back as 50,000 train / 10,000 test float [0, 1] 3×32×32 tensors with the fine labels. No
-normalization by default (the toolkit's models see [0, 1], as most AD codebases do); training augmentation
-is a random crop with 4 pixels of padding and horizontal flips (Appendix B.1).
+Images come back as 50,000 train / 10,000 test uint8 3×32×32 tensors (k/255; 150 MB for the train split)
+with the fine labels. No normalization by default (the toolkit's models see [0, 1], as most AD codebases
+do); training augmentation is a random crop with 4 pixels of padding and horizontal flips (Appendix B.1).
 """
 
 from __future__ import annotations

@@ -1,6 +1,7 @@
 """What the image datasets share: their options, the DatasetInfo they report, and careful file reading.
 
-Every dataset returns images as float32 [0, 1] NCHW tensors and int64 labels; normalization (mean/std) is
+Every dataset returns images as uint8 NCHW tensors (pixel k means k/255; the host converts each batch to
+float32 [0, 1] on the device, so the data costs 1 byte a pixel) and int64 labels; normalization (mean/std) is
 only *reported* in ``DatasetInfo`` so the engine can put it inside the model. Train-time augmentation
 (random crop with ``crop_padding`` and horizontal flip, Appendix B.1: padding 4 for 32×32, 8 for 64×64,
 none for SVHN) is also only declared here; the engine applies it.
@@ -71,8 +72,11 @@ def make_info(options: ImageOptions, *, num_classes: int, in_channels: int, imag
 
 
 def to_tensors(images: np.ndarray, labels: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
-    """uint8 NCHW images and integer labels → float32 [0, 1] images and int64 labels."""
-    x = torch.from_numpy(np.ascontiguousarray(images)).to(torch.float32).div_(255.0)
+    """uint8 NCHW images and integer labels → uint8 images (kept as bytes: the host converts per batch) and
+    int64 labels."""
+    if images.dtype != np.uint8:
+        raise TypeError(f"to_tensors takes uint8 images, not {images.dtype}")
+    x = torch.from_numpy(np.ascontiguousarray(images))
     return x, torch.as_tensor(np.asarray(labels), dtype=torch.long)
 
 

@@ -5,8 +5,8 @@
 for distilling a robust student on data the paper did not use. Classes are the sorted names of the train
 class folders (ImageFolder's convention); a test folder may hold a subset of them. Images are converted to
 RGB (or greyscale), their shorter side scaled to ``image_size`` (bilinear) and the centre cropped to a
-square. The whole split is held in memory as float32, so this suits datasets of up to a few hundred
-thousand small images. Augmentation defaults follow Appendix B.1 (random crop padding image_size/8 — 4 for
+square. The whole split is decoded up front and held in memory as uint8 (1 byte a pixel), so this suits
+datasets of up to a few hundred thousand small images. Augmentation defaults follow Appendix B.1 (random crop padding image_size/8 — 4 for
 32×32, 8 for 64×64 — and horizontal flips); set ``hflip = false`` for data whose mirror image means
 something else (text, digits).
 """

@@ -14,8 +14,8 @@ Two sources (``source``):
   test images are taken round-robin over the digits (each digit's first test row, then each one's second,
   …): the first 10·m test images, all that ``--limit`` keeps, hold m of every digit.
 
-``auto`` (the default) takes the files when they are under ``root`` and the sample otherwise. Pixels are
-divided by 255 into [0, 1]; no augmentation by default (shifted or flipped digits change meaning).
+``auto`` (the default) takes the files when they are under ``root`` and the sample otherwise. Pixels stay
+uint8 (the host divides each batch by 255 into [0, 1]); no augmentation by default (shifted or flipped digits change meaning).
 """
 
 from __future__ import annotations
