@@ -17,10 +17,10 @@ from safetensors.torch import load_file
 
 import igdm_kit
 from igdm_kit import _recipe as R
+from igdm_kit._storage.io import read_jsonl
 from igdm_kit._training.batches import augment, epoch_order
 from igdm_kit._training.engine import run
 from igdm_kit._training.parts import load_data
-from igdm_kit._storage.io import read_jsonl
 from igdm_kit.interfaces import DatasetInfo
 from igdm_kit.nn import to_float_images
 
