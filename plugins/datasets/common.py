@@ -17,7 +17,6 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
-import torch
 from pydantic import Field, model_validator
 
 from igdm_kit.errors import DataError, RecipeError
@@ -39,6 +38,10 @@ class ImageOptions(Options):
     mean: tuple[float, ...] | None = Field(
         None, description="per-channel mean applied inside the model (default: none, the model sees [0, 1])")
     std: tuple[float, ...] | None = Field(None, description="per-channel std applied inside the model")
+    cache_dir: PathOption | None = Field(
+        None, exclude=True,  # where this machine keeps a copy, not what is trained: not in the recipe's digest
+        description="folder for a memory-mapped uint8 copy of each decoded split, written once and shared by "
+                    "every process on the machine (rebuilt when the dataset's files change); default: none")
 
     @model_validator(mode="after")
     def _mean_std_together(self):
@@ -69,15 +72,6 @@ def make_info(options: ImageOptions, *, num_classes: int, in_channels: int, imag
         hflip=hflip if options.hflip is None else options.hflip,
         class_names=tuple(class_names),
     )
-
-
-def to_tensors(images: np.ndarray, labels: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
-    """uint8 NCHW images and integer labels → uint8 images (kept as bytes: the host converts per batch) and
-    int64 labels."""
-    if images.dtype != np.uint8:
-        raise TypeError(f"to_tensors takes uint8 images, not {images.dtype}")
-    x = torch.from_numpy(np.ascontiguousarray(images))
-    return x, torch.as_tensor(np.asarray(labels), dtype=torch.long)
 
 
 def check_labels(labels: np.ndarray, num_classes: int, what: str) -> None:

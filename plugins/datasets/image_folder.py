@@ -23,7 +23,8 @@ from pydantic import Field
 from igdm_kit.errors import DataError
 from igdm_kit.interfaces import DatasetInfo, DatasetPlugin, PathOption
 
-from .common import ImageOptions, list_images, make_info, read_images, to_tensors
+from .cache import cached_split
+from .common import ImageOptions, list_images, make_info, read_images
 
 
 class ImageFolderOptions(ImageOptions):
@@ -83,6 +84,8 @@ class ImageFolder(DatasetPlugin):
             raise DataError(f"image folder {str(folder)!r} holds no images",
                             "supported: .png .jpg .jpeg .bmp .gif .webp .tif .tiff .ppm files in "
                             "<class>/ sub-folders")
-        images = read_images(paths, size=self.options.image_size, grayscale=self.options.grayscale,
-                             resize=True)
-        return to_tensors(images, np.asarray(labels, dtype=np.int64))
+        o = self.options
+        key = {"image_size": o.image_size, "grayscale": o.grayscale, "classes": names}
+        return cached_split(o.cache_dir, "image-folder", split, key, paths, lambda: (
+            read_images(paths, size=o.image_size, grayscale=o.grayscale, resize=True),
+            np.asarray(labels, dtype=np.int64)))

@@ -24,7 +24,8 @@ import torch
 from igdm_kit.errors import DataError
 from igdm_kit.interfaces import DatasetInfo, DatasetPlugin
 
-from .common import DownloadOptions, list_images, make_info, read_images, removed_on_failure, to_tensors
+from .cache import cached_split
+from .common import DownloadOptions, list_images, make_info, read_images, removed_on_failure
 
 FOLDER = "tiny-imagenet-200"
 URL = "http://cs231n.stanford.edu/tiny-imagenet-200.zip"
@@ -128,4 +129,5 @@ class TinyImageNet(DatasetPlugin):
         paths, labels = self._train_files(wnids) if split == "train" else self._val_files(wnids)
         if not paths:
             raise self._missing(f"no images found for the {split} split")
-        return to_tensors(read_images(paths, size=64), np.asarray(labels, dtype=np.int64))
+        return cached_split(self.options.cache_dir, FOLDER, split, {}, paths,
+                            lambda: (read_images(paths, size=64), np.asarray(labels, dtype=np.int64)))
