@@ -85,6 +85,12 @@ def check_classes(r: Recipe, info: DatasetInfo, path: Path, log: Callable[[str],
                           "if the names differ but mean the same, set teacher.check_classes = false")
 
 
+def sample_indices(size: int, n: int = SAMPLE) -> torch.Tensor:
+    """Which ``n`` of ``size`` training images the teacher is judged on: drawn with a generator of its own."""
+    g = torch.Generator().manual_seed(0)
+    return torch.randperm(size, generator=g)[:n] if size > n else torch.arange(size)
+
+
 def sample_accuracy(teacher: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, device: torch.device,
                     n: int = SAMPLE, batch_size: int = 256) -> tuple[int, int, float]:
     """(correct, images, chance in %) of the teacher on ``n`` training images drawn with a generator of
@@ -92,8 +98,7 @@ def sample_accuracy(teacher: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, 
     from igdm_kit.attacks import eval_mode
     from igdm_kit.nn import to_float_images
 
-    g = torch.Generator().manual_seed(0)
-    idx = torch.randperm(x.shape[0], generator=g)[:n] if x.shape[0] > n else torch.arange(x.shape[0])
+    idx = sample_indices(x.shape[0], n)
     xs, ys = x[idx.to(x.device)], y[idx.to(y.device)].cpu()
     correct = 0
     with torch.no_grad(), eval_mode(teacher):

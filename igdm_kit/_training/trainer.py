@@ -46,7 +46,7 @@ class Trainer:
         #: the loss terms of the last step (subscribers read it in ``on_step_end``)
         self.step_terms: dict[str, float] = {}
         self.epochs = parts.recipe.model.train.epochs
-        n = parts.train_data[0].shape[0]
+        n = len(parts.train)
         self.steps_per_epoch = math.ceil(parts.dist.shard(torch.arange(n)).shape[0]
                                          / parts.recipe.model.train.batch_size)
         self._stop = stop if stop is not None else StopFlag()
@@ -94,7 +94,7 @@ class Trainer:
         t0 = time.perf_counter()
         lr = p.optimizer.param_groups[0]["lr"]
         p.student.train()
-        order, gen = epoch_order(p.train_data[0].shape[0], tr.seed, epoch)
+        order, gen = epoch_order(len(p.train), tr.seed, epoch)
         order = p.dist.shard(order)
         acc = Partial(epoch, 0, {}, 0, 0)
         if partial is not None:
@@ -102,24 +102,25 @@ class Trainer:
             gen.set_state(partial["gen_state"])
         else:
             torch.manual_seed(epoch_seed(tr.seed, epoch, p.dist.rank))
-        for step_i in range(acc.step, self.steps_per_epoch):
-            idx = order[step_i * tr.batch_size:(step_i + 1) * tr.batch_size]
-            self._step(epoch, step_i, idx, gen, acc)
+        batches = p.train.batches(order, tr.batch_size, acc.step, self.steps_per_epoch, seed=tr.seed, epoch=epoch)
+        for step_i, idx, xb, yb in batches:
+            self._step(epoch, step_i, idx, (xb, yb), gen, acc)
             self._emit(lambda s: s.on_step_end(self, epoch, step_i))
             self._check_stop(epoch, step_i, gen, acc)
         if p.scheduler_interval == "epoch":
             p.scheduler.step()
         return self._row(epoch, lr, acc, t0)
 
-    def _step(self, epoch: int, step_i: int, idx: torch.Tensor, gen: torch.Generator, acc: Partial) -> None:
+    def _step(self, epoch: int, step_i: int, idx: torch.Tensor, batch: tuple[torch.Tensor, torch.Tensor],
+              gen: torch.Generator, acc: Partial) -> None:
         p, tr = self.parts, self.parts.recipe.model.train
         if self._trace:
             with open(f"{self._trace}.rank{p.dist.rank}", "a") as fh:
                 fh.write(" ".join(map(str, idx.tolist())) + "\n")
-        xtr, ytr = p.train_data
+        xb, yb = batch
         # crop and flip move pixels only: on uint8 they give the bytes of the float path; k/255 on the device
-        x = to_float_images(augment(xtr[idx], p.info, gen).to(p.device, non_blocking=True))
-        y = ytr[idx].to(p.device, non_blocking=True)
+        x = to_float_images(augment(xb, p.info, gen).to(p.device, non_blocking=True))
+        y = yb.to(p.device, non_blocking=True)
         res = compute_loss(p.trained, p.teacher, p.method, p.module, p.attack, x, y, epoch=epoch,
                            epochs=self.epochs, cache=not tr.reference_passes)
         values = {k: float(v.detach()) for k, v in res.terms.items()}

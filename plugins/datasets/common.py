@@ -89,38 +89,42 @@ def list_images(folder: Path) -> list[Path]:
 
 def read_images(paths: Sequence[Path], *, size: int, grayscale: bool = False,
                 resize: bool = False) -> np.ndarray:
-    """Decode images into a uint8 (N, C, size, size) array.
-
-    With ``resize`` the shorter side is scaled to ``size`` (bilinear) and the centre cropped; without it an
-    image of another size is a DataError. Decoding runs in threads (PIL releases the GIL while decoding).
-    """
-    from PIL import Image, UnidentifiedImageError
-
+    """Decode images into a uint8 (N, C, size, size) array (``decode_image`` each, in threads: PIL releases
+    the GIL while decoding)."""
     channels = 1 if grayscale else 3
     out = np.empty((len(paths), channels, size, size), dtype=np.uint8)
 
     def load(i: int) -> None:
-        path = paths[i]
-        try:
-            with Image.open(path) as img:
-                img = img.convert("L" if grayscale else "RGB")
-                if img.size != (size, size):
-                    if not resize:
-                        raise DataError(f"image {str(path)!r} is {img.size[0]}×{img.size[1]}, expected "
-                                        f"{size}×{size}", "the dataset's images all have that size; "
-                                                          "re-extract the archive")
-                    img = _resize_center_crop(img, size)
-                arr = np.asarray(img, dtype=np.uint8)
-        except (UnidentifiedImageError, OSError) as exc:
-            raise DataError(f"cannot read image {str(path)!r} ({type(exc).__name__})",
-                            "remove or replace the damaged file") from None
-        out[i] = arr[None] if grayscale else arr.transpose(2, 0, 1)
+        out[i] = decode_image(paths[i], size=size, grayscale=grayscale, resize=resize)
 
     workers = max(1, min(8, os.cpu_count() or 1))
     with ThreadPoolExecutor(max_workers=workers) as pool:
         for _ in pool.map(load, range(len(paths))):
             pass
     return out
+
+
+def decode_image(path: Path, *, size: int, grayscale: bool = False, resize: bool = False) -> np.ndarray:
+    """One image file as a uint8 (C, size, size) array: converted to RGB (or grey); with ``resize`` the
+    shorter side scaled to ``size`` (bilinear) and the centre cropped, without it an image of another size is
+    a DataError. A file PIL cannot read (truncated, not an image, a decompression bomb) is a one-line
+    DataError naming it."""
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(path) as img:
+            img = img.convert("L" if grayscale else "RGB")
+            if img.size != (size, size):
+                if not resize:
+                    raise DataError(f"image {str(path)!r} is {img.size[0]}×{img.size[1]}, expected "
+                                    f"{size}×{size}", "the dataset's images all have that size; "
+                                                      "re-extract the archive")
+                img = _resize_center_crop(img, size)
+            arr = np.asarray(img, dtype=np.uint8)
+    except (UnidentifiedImageError, OSError, Image.DecompressionBombError) as exc:
+        raise DataError(f"cannot read image {str(path)!r} ({type(exc).__name__})",
+                        "remove or replace the damaged file") from None
+    return arr[None] if grayscale else arr.transpose(2, 0, 1)
 
 
 def _resize_center_crop(img, size: int):
