@@ -1,7 +1,7 @@
 """A training set streamed from a dataset's ``ImageSource`` through DataLoader workers (``[data] workers``).
 
 On generated image folders: the streamed batches are the in-memory batches (same order, same bytes, same
-crop/flip draws) for 0, 1 and 3 workers; a source that augments per image gets the same draws whatever the
+crop/flip draws) for 0, 1 and 4 workers; a source that augments per image gets the same draws whatever the
 number of workers (seeded from (seed, epoch, index)); a whole run streamed with workers ends with the
 weights of the in-memory run; SIGINT or SIGKILL mid-epoch and ``--resume`` with workers end bit-identical;
 hostile files give one line naming the file, from a worker too.
@@ -51,11 +51,8 @@ def folder(tmp_path_factory):
     return write_folder(tmp_path_factory.mktemp("folder") / "data")
 
 
-def _info(ds) -> DatasetInfo:
-    return ds.info()
-
-
-@pytest.mark.parametrize("workers", [0, 1, 3])
+@pytest.mark.filterwarnings("ignore:This DataLoader will create")  # more workers than this machine's cores
+@pytest.mark.parametrize("workers", [0, 1, 4])
 def test_streamed_batches_are_the_in_memory_batches(folder, workers):
     ds = igdm_kit.create_dataset("image-folder", root=str(folder), image_size=8, stream=True)
     info = ds.info()
@@ -96,11 +93,12 @@ class NoisySource(ImageSource):
         return x
 
 
+@pytest.mark.filterwarnings("ignore:This DataLoader will create")
 def test_a_per_image_transform_depends_on_seed_epoch_and_index_only():
     info = DatasetInfo(num_classes=10, in_channels=3, image_size=4)
     order, _ = epoch_order(50, 3, 1)
     runs = [[x for _, _, x, _ in StreamSet(NoisySource(), info, workers=w).batches(order, 8, 0, 7, seed=3, epoch=1)]
-            for w in (0, 1, 3)]
+            for w in (0, 1, 4)]
     for other in runs[1:]:
         assert all(torch.equal(a, b) for a, b in zip(runs[0], other, strict=True))
     # the oracle: image i of epoch 1 is read with a generator seeded from (3, 1, i), wherever it falls
@@ -113,7 +111,7 @@ def test_a_per_image_transform_depends_on_seed_epoch_and_index_only():
 
 
 STREAM = TINY.replace('name = "digits"\ntrain_limit = 256', 'name = "image-folder"\nroot = "{root}"\nimage_size = 8'
-                      '{extra}').replace('model = "small-cnn"', 'model = "small-cnn"').replace(
+                      '{extra}').replace(
     "batch_size = 64", "batch_size = 16")
 
 
