@@ -214,3 +214,28 @@ def test_a_source_returning_the_wrong_image_is_one_line():
     order, _ = epoch_order(50, 0, 1)
     with pytest.raises(DataError, match=r"image \d+ of the streamed training set is torch.float32"):
         list(StreamSet(Floats(), info, workers=1).batches(order, 8, 0, 7, seed=0, epoch=1))
+
+
+@pytest.mark.slow
+def test_two_ranks_stream_disjoint_shards_and_match_the_in_memory_ranks(folder, tmp_path):
+    """torchrun, 2 ranks (gloo), each streaming its shard with a worker: every epoch's images split between
+    them (one wrap-around image at most twice), and the weights of the same two ranks holding the set."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    outs = {}
+    for name, extra in (("memory", ""), ("stream", "\nstream = true\nworkers = 1")):
+        recipe = _recipe(tmp_path, folder, extra, epochs=2, name=f"{name}.toml")
+        trace = tmp_path / f"trace-{name}"
+        cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+               "-m", "igdm_kit", "run", str(recipe), "--output", str(tmp_path / name)]
+        res = subprocess.run(cmd, capture_output=True, text=True, timeout=600,
+                             env={**env, "IGDM_KIT_TRACE_DATA": str(trace)})
+        assert res.returncode == 0, res.stderr[-3000:]
+        outs[name] = load_file(str(tmp_path / name / "model.safetensors"))
+        rows = [[list(map(int, r.split())) for r in Path(f"{trace}.rank{k}").read_text().splitlines()]
+                for k in (0, 1)]
+        assert len(rows[0]) == len(rows[1]) == 2 * 4  # 60 images a rank, batch 16: 4 steps, 2 epochs
+        for epoch in range(2):
+            a = {i for row in rows[0][epoch * 4:(epoch + 1) * 4] for i in row}
+            b = {i for row in rows[1][epoch * 4:(epoch + 1) * 4] for i in row}
+            assert not a & b and len(a | b) == 120
+    _same(outs["memory"], outs["stream"])

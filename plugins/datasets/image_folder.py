@@ -36,7 +36,8 @@ class ImageFolderOptions(ImageOptions):
     stream: bool = Field(
         False, exclude=True,  # the same batches either way: how the images are read, not what is trained
         description="read the training images lazily, one batch at a time, decoded in [data] workers "
-                    "DataLoader processes, instead of decoding the split up front (for sets too large to hold)")
+                    "DataLoader processes, instead of decoding the split up front (for sets too large to hold; "
+                    "the test split is still decoded up front)")
 
 
 class ImageFolder(DatasetPlugin):
