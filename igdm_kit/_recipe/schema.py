@@ -42,6 +42,9 @@ class DataSection(ComponentSection):
     val_size: int | float | None = Field(
         None, gt=0, description="validation images held out of the training set: a count, or a fraction below 1")
     val_seed: int = Field(0, ge=0, le=MAX_SEED, description="seed of the stratified validation split")
+    workers: int = Field(0, ge=0, le=256, description="DataLoader worker processes decoding a streamed "
+                         "training set (a dataset with a source, e.g. image-folder with stream = true); "
+                         "0: in the training process. The batches are the same for any number")
 
     @model_validator(mode="after")
     def _val_size(self) -> DataSection:

@@ -256,7 +256,7 @@ def _train(folder: RunFolder, r: Recipe, mode: Mode, teacher_file: Path | None, 
         folder.ensure_writable()
     parts = build_parts(r, device=device, acc=acc, dist=d, teacher_file=teacher_file, log=log)
     if mode != "resume":  # what the dataset decided (e.g. flips) and what a limit cut change results: said
-        for line in filter(None, [dataset_line(r), *absent_classes(r, parts.info, parts.train_data[1],
+        for line in filter(None, [dataset_line(r), *absent_classes(r, parts.info, parts.train.labels,
                                                                    parts.test_data[1])]):
             log(line)
     stop.check(f"stopped before training started in {folder.path}", f"start it again with: {hint}")
@@ -342,7 +342,7 @@ def _split_record(parts: Parts) -> dict[str, Any]:
     data = parts.recipe.model.data
     return {"validation_split": {
         "val_size": data.val_size, "val_seed": data.val_seed, "images": len(parts.val_indices),
-        "train_images": int(parts.train_data[0].shape[0]), "stratified": True,
+        "train_images": len(parts.train), "stratified": True,
         "indices_sha256": hashlib.sha256(json.dumps(parts.val_indices).encode()).hexdigest(),
         "indices": parts.val_indices}}
 

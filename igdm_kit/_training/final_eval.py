@@ -21,11 +21,12 @@ def clean_accuracy(model, x: torch.Tensor, y: torch.Tensor, device, batch_size: 
     if dist is not None and dist.enabled:
         x, y = x[dist.rank::dist.world], y[dist.rank::dist.world]
     from igdm_kit.attacks import eval_mode
+    from igdm_kit.nn import to_float_images
 
     correct = 0
     with torch.no_grad(), eval_mode(model):
         for i in range(0, x.shape[0], batch_size):
-            xb, yb = x[i:i + batch_size].to(device), y[i:i + batch_size].to(device)
+            xb, yb = to_float_images(x[i:i + batch_size].to(device)), y[i:i + batch_size].to(device)
             correct += int((model(xb).argmax(1) == yb).sum())
     total = x.shape[0]
     if dist is not None and dist.enabled:
@@ -65,6 +66,7 @@ def final_evaluation(r: Recipe, student, teacher, xte, yte, device, *, log, dist
     shard's attacks and before the counts are merged, so that no rank enters the merge while another stops.
     ``judged`` names the checkpoint in the progress lines."""
     from igdm_kit._evaluation.runner import evaluate_report, save_flags
+    from igdm_kit.nn import to_float_images
 
     ev = r.model.eval
     x, y = (xte[: ev.limit], yte[: ev.limit]) if ev.limit else (xte, yte)
@@ -73,6 +75,7 @@ def final_evaluation(r: Recipe, student, teacher, xte, yte, device, *, log, dist
     sharded = dist is not None and dist.enabled
     if sharded:
         x, y = x[dist.rank::dist.world], y[dist.rank::dist.world]
+    x = to_float_images(x)  # the evaluated images only, as the attacks, flags, analysis and shifts take them
     report = evaluate_report(student, x, y, attacks=r.eval_specs, batch_size=ev.batch_size, eps=ev.eps,
                              threat=ev.threat, device=device, autoattack_state=aa_state,
                              progress=_eval_progress(progress, r.name, check, judged), where="eval.attacks")

@@ -9,7 +9,7 @@ Inputs everywhere are images in [0, 1]; normalization is a layer inside the mode
 """
 
 from igdm_kit.interfaces.callbacks import Callback, CallbackContext, FitState, Order
-from igdm_kit.interfaces.data import DatasetInfo, DatasetPlugin
+from igdm_kit.interfaces.data import DatasetInfo, DatasetPlugin, ImageSource
 from igdm_kit.interfaces.evaluation import LP_NORMS, EvalAttack, EvalContext, Threat
 from igdm_kit.interfaces.launch import Job, LaunchContext, Launcher, StopRequest
 from igdm_kit.interfaces.models import ArchitectureBuilder, ModelFactory, TeacherLoader
@@ -28,7 +28,7 @@ from igdm_kit.interfaces.training import (
 )
 
 __all__ = ["ArchitectureBuilder", "AttackOptions", "Callback", "CallbackContext", "DatasetInfo", "DatasetPlugin",
-           "EvalAttack", "EvalContext", "FitState", "Fraction", "GradientModule", "InputName", "Job",
+           "EvalAttack", "EvalContext", "FitState", "Fraction", "GradientModule", "ImageSource", "InputName", "Job",
            "LP_NORMS", "LRSchedule", "LaunchContext", "Launcher", "Method", "ModelFactory", "ModuleOptions",
            "NoOptions", "Options", "Order", "OptimizerFactory", "PathOption", "RecipePath", "Shift", "ShiftContext",
            "ShiftedSet", "StepContext", "StopRequest", "TeacherLoader", "Threat", "ThreatVariant", "Tracker",

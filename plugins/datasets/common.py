@@ -1,6 +1,7 @@
 """What the image datasets share: their options, the DatasetInfo they report, and careful file reading.
 
-Every dataset returns images as float32 [0, 1] NCHW tensors and int64 labels; normalization (mean/std) is
+Every dataset returns images as uint8 NCHW tensors (pixel k means k/255; the host converts each batch to
+float32 [0, 1] on the device, so the data costs 1 byte a pixel) and int64 labels; normalization (mean/std) is
 only *reported* in ``DatasetInfo`` so the engine can put it inside the model. Train-time augmentation
 (random crop with ``crop_padding`` and horizontal flip, Appendix B.1: padding 4 for 32×32, 8 for 64×64,
 none for SVHN) is also only declared here; the engine applies it.
@@ -16,7 +17,6 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
-import torch
 from pydantic import Field, model_validator
 
 from igdm_kit.errors import DataError, RecipeError
@@ -38,6 +38,10 @@ class ImageOptions(Options):
     mean: tuple[float, ...] | None = Field(
         None, description="per-channel mean applied inside the model (default: none, the model sees [0, 1])")
     std: tuple[float, ...] | None = Field(None, description="per-channel std applied inside the model")
+    cache_dir: PathOption | None = Field(
+        None, exclude=True,  # where this machine keeps a copy, not what is trained: not in the recipe's digest
+        description="folder for a memory-mapped uint8 copy of each decoded split, written once and shared by "
+                    "every process on the machine (rebuilt when the dataset's files change); default: none")
 
     @model_validator(mode="after")
     def _mean_std_together(self):
@@ -70,12 +74,6 @@ def make_info(options: ImageOptions, *, num_classes: int, in_channels: int, imag
     )
 
 
-def to_tensors(images: np.ndarray, labels: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
-    """uint8 NCHW images and integer labels → float32 [0, 1] images and int64 labels."""
-    x = torch.from_numpy(np.ascontiguousarray(images)).to(torch.float32).div_(255.0)
-    return x, torch.as_tensor(np.asarray(labels), dtype=torch.long)
-
-
 def check_labels(labels: np.ndarray, num_classes: int, what: str) -> None:
     if labels.size and (labels.min() < 0 or labels.max() >= num_classes):
         raise DataError(f"{what} has labels outside 0..{num_classes - 1} "
@@ -99,19 +97,13 @@ MAX_ASPECT = 64
 
 def read_images(paths: Sequence[Path], *, size: int, grayscale: bool = False,
                 resize: bool = False) -> np.ndarray:
-    """Decode images into a uint8 (N, C, size, size) array.
-
-    With ``resize`` the shorter side is scaled to ``size`` (bilinear) and the centre cropped; without it an
-    image of another size is a DataError. Each file's pixel count (and, resized, its aspect ratio) is judged
-    from its header before anything is decoded, and whatever a decoder raises on a damaged or hostile file is
-    the one-line DataError naming it. Decoding runs in threads (PIL releases the GIL while decoding).
-    """
+    """Decode images into a uint8 (N, C, size, size) array (``decode_image`` each, in threads: PIL releases
+    the GIL while decoding)."""
     channels = 1 if grayscale else 3
     out = np.empty((len(paths), channels, size, size), dtype=np.uint8)
 
     def load(i: int) -> None:
-        arr = _decode(Path(paths[i]), size=size, grayscale=grayscale, resize=resize)
-        out[i] = arr[None] if grayscale else arr.transpose(2, 0, 1)
+        out[i] = decode_image(paths[i], size=size, grayscale=grayscale, resize=resize)
 
     workers = max(1, min(8, os.cpu_count() or 1))
     with ThreadPoolExecutor(max_workers=workers) as pool:
@@ -120,9 +112,15 @@ def read_images(paths: Sequence[Path], *, size: int, grayscale: bool = False,
     return out
 
 
-def _decode(path: Path, *, size: int, grayscale: bool, resize: bool) -> np.ndarray:
+def decode_image(path: Path, *, size: int, grayscale: bool = False, resize: bool = False) -> np.ndarray:
+    """One image file as a uint8 (C, size, size) array: converted to RGB (or grey); with ``resize`` the
+    shorter side scaled to ``size`` (bilinear) and the centre cropped, without it an image of another size is
+    a DataError. The file's pixel count (and, resized, its aspect ratio) is judged from its header before
+    anything is decoded, and whatever a decoder raises on a damaged or hostile file (truncated, not an image,
+    a decompression bomb, an oversized text chunk, ...) is the one-line DataError naming it."""
     from PIL import Image
 
+    path = Path(path)
     try:
         with Image.open(path) as img:  # reads the header only
             _check_header(path, img.size, size=size, resize=resize)
@@ -133,7 +131,7 @@ def _decode(path: Path, *, size: int, grayscale: bool, resize: bool) -> np.ndarr
                                     f"{size}×{size}", "the dataset's images all have that size; "
                                                       "re-extract the archive")
                 img = _resize_center_crop(img, size)
-            return np.asarray(img, dtype=np.uint8)
+            arr = np.asarray(img, dtype=np.uint8)
     except DataError:
         raise
     except Exception as exc:  # noqa: BLE001 — PIL's decoders raise ValueError, SyntaxError, struct.error,
@@ -141,6 +139,7 @@ def _decode(path: Path, *, size: int, grayscale: bool, resize: bool) -> np.ndarr
         detail = str(exc).splitlines()[0][:120] if str(exc) else ""
         raise DataError(f"cannot read image {str(path)!r} ({type(exc).__name__}{': ' + detail if detail else ''})",
                         "remove or replace the damaged file") from None
+    return arr[None] if grayscale else arr.transpose(2, 0, 1)
 
 
 def _check_header(path: Path, wh: tuple[int, int], *, size: int, resize: bool) -> None:
