@@ -112,7 +112,8 @@ def test_two_ranks_evaluate_shifts_on_the_whole_split(tmp_path, write_recipe):
     text = DIGITS_PGDAT.replace('attacks = ["clean"]', 'attacks = ["clean"]\nshifts = ["threats"]\nlimit = 101')
     recipe = write_recipe(text, name="ddp_shifts.toml")
     out = _torchrun_two_ranks(recipe, tmp_path / "run")
-    shifts = json.loads((out / "results.json").read_text())["shifts"]
+    results = json.loads((out / "results.json").read_text())
+    shifts = results["shifts"]
     assert shifts["n"] == 101 and shifts["sharded"] is False  # not a rank's 50 or 51
     r = R.load(recipe)
     _, _, (x, y) = load_data(r)
@@ -122,6 +123,12 @@ def test_two_ranks_evaluate_shifts_on_the_whole_split(tmp_path, write_recipe):
                             attacks=ev.shift_attacks, eps=ev.eps, threat=ev.threat, batch_size=ev.batch_size)
     assert shifts["test"]["robust"] == alone["test"]["robust"]
     assert {k: v["robust"] for k, v in shifts["rows"].items()} == {k: v["robust"] for k, v in alone["rows"].items()}
+    # the per-class counts of the ranks' shards add up to one process's on the whole split
+    from igdm_kit._evaluation.runner import evaluate_report
+
+    one = evaluate_report(igdm_kit.load_model(out / "model.safetensors"), x[:101], y[:101], attacks=["clean"],
+                          eps=ev.eps, num_classes=10).per_class["clean"]
+    assert list(zip(*results["per_class"]["clean"].values(), strict=True)) == one
 
 
 def test_a_stop_request_on_one_rank_stops_every_rank_at_the_agreed_check(tmp_path):

@@ -84,6 +84,11 @@ def print_summary(result) -> None:
         for a in (report.rows() if len(report.attacks) > 1 else report.attacks).values():
             lo, hi = a.ci95
             table.add_row(escape(f"{where}test {a.label} acc (%)"), f"{a.accuracy:.2f} ({lo:.1f}–{hi:.1f})")
+        found = report.worst_class("worst" if len(report.attacks) > 1 else next(iter(report.attacks), ""))
+        if found is not None:  # robust fairness: the class the model serves worst
+            (cls, a), (lo, hi) = found, found[1].ci95
+            table.add_row(escape(f"{where}test worst class ({cls}, {a.correct}/{a.total}) acc (%)"),
+                          f"{a.accuracy:.2f} ({lo:.1f}–{hi:.1f})")
         for k, v in (rep.get("alignment") or {}).items():
             if isinstance(v, (int, float)):
                 table.add_row(f"{where}test {k.upper()}", f"{v:.4f}")

@@ -87,7 +87,7 @@ def evaluate_report(model: nn.Module, x: torch.Tensor, y: torch.Tensor, attacks:
                     batch_size: int = 256, eps: float = LINF_EPS, threat: str = "Linf",
                     device: str | torch.device | None = None, seed: int | None = 0,
                     progress: Progress | None = None, autoattack_state: str | Path | None = None,
-                    where: str = "attacks") -> EvalReport:
+                    where: str = "attacks", num_classes: int | None = None) -> EvalReport:
     """Accuracy of ``model`` on (x, y) under each attack, and the worst case per image over all of them, with
     the per-image robust flags (``EvalReport``).
 
@@ -95,6 +95,7 @@ def evaluate_report(model: nn.Module, x: torch.Tensor, y: torch.Tensor, attacks:
     resolved ``EvalSpec``s; ``threat`` the norm of the ball of radius ``eps``. ``x`` are [0, 1] images
     (N, C, H, W; uint8 images count as k/255), ``y`` int64 labels. ``device``: ``None`` keeps the model
     where it is, otherwise the model is moved there. Every attack starts from ``torch.manual_seed(seed)`` on a forked RNG.
+    Per-class counts (robust fairness) cover classes 0 … ``num_classes`` − 1 (default: the largest label + 1).
     """
     if batch_size <= 0:
         raise IgdmKitError(f"batch size {batch_size} is not positive", "pass --batch-size 1 or more")
@@ -121,7 +122,17 @@ def evaluate_report(model: nn.Module, x: torch.Tensor, y: torch.Tensor, attacks:
     worst = torch.stack(list(flags.values())).all(dim=0)
     rep.worst, rep.over = Accuracy(int(worst.sum()), n, "worst case"), list(flags)
     flags[WORST] = worst
+    classes = num_classes if num_classes is not None else (int(y.max()) + 1 if n else 0)
+    rep.per_class = {k: per_class_counts(f, y, classes) for k, f in flags.items()}
     return rep
+
+
+def per_class_counts(flags: torch.Tensor, y: torch.Tensor, num_classes: int) -> list[tuple[int, int]]:
+    """(correct, total) of each class 0 … num_classes − 1 from per-image flags and labels."""
+    y = y.to(flags.device).long()
+    total = torch.bincount(y, minlength=num_classes)[:num_classes]
+    correct = torch.bincount(y[flags.bool()], minlength=num_classes)[:num_classes]
+    return [(int(c), int(t)) for c, t in zip(correct.tolist(), total.tolist(), strict=True)]
 
 
 def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, attacks: Sequence[Any] = ATTACKS, *,

@@ -76,8 +76,11 @@ def final_evaluation(r: Recipe, student, teacher, xte, yte, device, *, log, dist
     if sharded:
         x, y = x[dist.rank::dist.world], y[dist.rank::dist.world]
     x = to_float_images(x)  # the evaluated images only, as the attacks, flags, analysis and shifts take them
+    from igdm_kit.factories import create_dataset
+
+    classes = create_dataset(r.model.data.name, r.components["data"]).info().num_classes
     report = evaluate_report(student, x, y, attacks=r.eval_specs, batch_size=ev.batch_size, eps=ev.eps,
-                             threat=ev.threat, device=device, autoattack_state=aa_state,
+                             threat=ev.threat, device=device, autoattack_state=aa_state, num_classes=classes,
                              progress=_eval_progress(progress, r.name, check, judged), where="eval.attacks")
     for w in report.warnings:
         log(f"AutoAttack: {w}")
@@ -126,7 +129,11 @@ def _merge_shards(report, dist, device, n_total: int):
     """Counts added up over the ranks' disjoint shards (the worst case per image too: it is per image)."""
     rows = report.rows()
     counts = dist.sum([float(a.correct) for a in rows.values()], device)
-    return report.with_counts({k: int(c) for k, c in zip(rows, counts, strict=True)}, n_total)
+    keys = list(report.per_class)  # the same keys and classes on every rank (num_classes is the dataset's)
+    flat = dist.sum([float(v) for k in keys for pair in report.per_class[k] for v in pair], device)
+    it = iter(int(v) for v in flat)
+    per_class = {k: [(next(it), next(it)) for _ in report.per_class[k]] for k in keys}
+    return report.with_counts({k: int(c) for k, c in zip(rows, counts, strict=True)}, n_total, per_class)
 
 
 def judged_models(r: Recipe, parts, folder, ema) -> list[tuple[str, Any, int | None]]:
