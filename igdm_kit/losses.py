@@ -24,7 +24,7 @@ from torch import nn
 
 from igdm_kit.errors import IgdmKitError
 
-KL_REDUCTIONS = ("batchmean", "mean")
+KL_REDUCTIONS = ("batchmean", "mean", "none")
 
 
 def kl_div(target_logits: torch.Tensor, logits: torch.Tensor, temperature: float = 1.0,
@@ -33,7 +33,8 @@ def kl_div(target_logits: torch.Tensor, logits: torch.Tensor, temperature: float
 
     ``reduction = "batchmean"``: summed over classes, averaged over the batch (the spec's KL);
     ``"mean"``: averaged over batch and classes, i.e. batchmean / C (``nn.KLDivLoss()``'s default, used by
-    the original ARD and AdaAD's CIFAR-10 code).
+    the original ARD and AdaAD's CIFAR-10 code); ``"none"``: per sample, summed over classes ([B]), for
+    methods that weight or mask samples before reducing the batch themselves.
     """
     if reduction not in KL_REDUCTIONS:
         raise IgdmKitError(f"kl_div: unknown reduction {reduction!r}",
@@ -41,9 +42,22 @@ def kl_div(target_logits: torch.Tensor, logits: torch.Tensor, temperature: float
     t = temperature
     log_q = F.log_softmax(logits / t, dim=1)
     log_p = F.log_softmax(target_logits / t, dim=1)
+    if reduction == "none":
+        return F.kl_div(log_q, log_p, reduction="none", log_target=True).sum(dim=1) * (t * t)
     if reduction == "mean":  # written out: torch's own "mean" is deprecated (to become batchmean)
         return F.kl_div(log_q, log_p, reduction="sum", log_target=True) * (t * t) / log_q.numel()
     return F.kl_div(log_q, log_p, reduction="batchmean", log_target=True) * (t * t)
+
+
+def swap_classes(logits: torch.Tensor, a: torch.Tensor, b: torch.Tensor, where: torch.Tensor) -> torch.Tensor:
+    """A copy of ``logits`` (B × C) with, in each row i where ``where[i]``, the entries of classes ``a[i]`` and
+    ``b[i]`` exchanged (their probabilities too). A teacher-output transform: the input is never modified, so a
+    gradient module that reuses the cached teacher tensors sees them as they were."""
+    out = logits.detach().clone()
+    rows = torch.nonzero(where.bool(), as_tuple=True)[0]
+    va, vb = out[rows, a[rows]].clone(), out[rows, b[rows]].clone()
+    out[rows, a[rows]], out[rows, b[rows]] = vb, va
+    return out
 
 
 def ramp_weight(alpha: float, epoch: int, epochs: int, ramp_epochs: int | None = None) -> float:

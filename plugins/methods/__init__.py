@@ -8,6 +8,7 @@ def register_methods(register):
     from .adaad import AdaAD
     from .adaiad import AdaIAD
     from .akd import AKD
+    from .dgad import DGAD
     from .ard import ARD
     from .iad import IAD
     from .pgd_at import PGDAT
@@ -22,3 +23,4 @@ def register_methods(register):
     register("rslad", RSLAD)
     register("adaad", AdaAD)
     register("adaiad", AdaIAD)
+    register("dgad", DGAD)
