@@ -57,16 +57,20 @@ def _eval_progress(progress: Any, name: str, check: Callable[[], None] | None = 
 def final_evaluation(r: Recipe, student, teacher, xte, yte, device, *, log, dist=None,
                      aa_state: Path | None = None, progress: Any = None,
                      flags_path: Path | None = None,
-                     check: Callable[[], None] | None = None, judged: str = "") -> dict[str, Any]:
+                     check: Callable[[], None] | None = None, agree: Callable[[], None] | None = None,
+                     judged: str = "") -> dict[str, Any]:
     """The recipe's ``[eval]``: its attacks under its threat model, the worst case per image over them,
     and with ``analysis = true`` GD/GC. The per-image robust flags go to ``flags_path`` (one process).
-    ``check`` is called after every evaluated batch (the engine's stop check); ``judged`` names the
-    checkpoint in the progress lines."""
+    ``check`` is called after every evaluated batch (the engine's stop check, this rank's); under torchrun
+    ``agree`` (the stop check every rank makes together) is called where every rank arrives once, after its
+    shard's attacks and before the counts are merged, so that no rank enters the merge while another stops.
+    ``judged`` names the checkpoint in the progress lines."""
     from igdm_kit._evaluation.runner import evaluate_report, save_flags
     from igdm_kit.nn import to_float_images
 
     ev = r.model.eval
     x, y = (xte[: ev.limit], yte[: ev.limit]) if ev.limit else (xte, yte)
+    x_all, y_all = x, y
     n_total = int(x.shape[0])
     sharded = dist is not None and dist.enabled
     if sharded:
@@ -81,6 +85,8 @@ def final_evaluation(r: Recipe, student, teacher, xte, yte, device, *, log, dist
         save_flags(flags_path, report, x, y, {"recipe": r.name, "digest": r.digest(),
                                         "dataset": r.model.data.name, "limit": ev.limit})
     if sharded:
+        if agree is not None:
+            agree()
         report = _merge_shards(report, dist, device, n_total)
     results: dict[str, Any] = {"recipe": r.name, "digest": r.digest(), **report.to_json()}
     if ev.analysis and teacher is not None:
@@ -92,29 +98,28 @@ def final_evaluation(r: Recipe, student, teacher, xte, yte, device, *, log, dist
             gd, gc = dist.sum([gd, gc], device)
         results["alignment"] = {"gd": gd / n_total, "gc": gc / n_total}
     if ev.shifts:
-        results["shifts"] = shift_evaluation(r, student, x, y, device, log=log, sharded=sharded,
-                                             progress=progress, judged=judged)
+        results["shifts"] = shift_evaluation(r, student, x_all, y_all, device, log=log, progress=progress,
+                                             judged=judged)
     return results
 
 
-def shift_evaluation(r: Recipe, student, x, y, device, *, log, sharded: bool, progress: Any = None,
-                     judged: str = ""):
-    """``[eval] shifts`` (Table 9) on the evaluated test images; a shift whose files are missing is skipped
-    with a warning. Not sharded under torchrun: rank 0's shard only, said so in the results."""
+def shift_evaluation(r: Recipe, student, x, y, device, *, log, progress: Any = None, judged: str = ""):
+    """``[eval] shifts`` (Table 9) on all the evaluated test images; a shift whose files are missing is skipped
+    with a warning. Under torchrun every rank evaluates the whole split (the same numbers on each, no
+    collective, so no rank waits on another for as long as it takes; rank 0 writes them): a shard's numbers
+    would not be Table 9's, and merging its intervals, per-set digests and summaries over ranks is not a sum."""
     from igdm_kit._evaluation.shifts import evaluate_shifts
     from igdm_kit.factories import create_dataset
 
     ev = r.model.eval
     info = create_dataset(r.model.data.name, r.components["data"]).info()
-    if sharded:
-        log("eval.shifts: evaluated on this process's shard of the test set only (not merged across ranks)")
     out = evaluate_shifts(student, x, y, ev.shifts, dataset=r.model.data.name, info=info,
                           attacks=ev.shift_attacks, eps=ev.eps, threat=ev.threat, batch_size=ev.batch_size,
                           device=device, progress=_eval_progress(progress, r.name, judged=judged),
                           skip_missing=True)
     for w in out["warnings"]:
         log(f"eval.shifts: {w}")
-    return {**out, "sharded": sharded}
+    return {**out, "sharded": False}
 
 
 def _merge_shards(report, dist, device, n_total: int):
@@ -160,7 +165,8 @@ def judged_label(name: str, epoch: int | None) -> str:
 
 
 def evaluate_checkpoints(r: Recipe, parts, folder, judged: list[tuple[str, Any, int | None]], *, log,
-                         progress: Any = None, check: Callable[[], None] | None = None) -> dict[str, Any]:
+                         progress: Any = None, check: Callable[[], None] | None = None,
+                         agree: Callable[[], None] | None = None) -> dict[str, Any]:
     """The final evaluation of every checkpoint ``[eval] checkpoints`` names (``judged_models``). The first is
     the headline: its report is ``results.json``'s top level (and ``eval_flags.safetensors``, and the engine
     writes it as ``model.safetensors``); with more than one, each is also under ``"checkpoints"`` by name,
@@ -176,7 +182,8 @@ def evaluate_checkpoints(r: Recipe, parts, folder, judged: list[tuple[str, Any, 
                                aa_state=folder / f"{AA_STATE}{suffix}" if d.is_main else None,
                                progress=progress if d.is_main else None,
                                flags_path=(folder / FLAGS if i == 0 else folder / f"eval_flags{suffix}.safetensors")
-                               if d.is_main else None, check=check, judged=judged_label(name, epoch))
+                               if d.is_main else None, check=check, agree=agree,
+                               judged=judged_label(name, epoch))
         reports[name] = {**rep, "epoch": epoch}
     first = next(iter(reports))
     if r.model.eval.checkpoints == ["last"]:  # the default: results.json as it always was

@@ -89,7 +89,7 @@ class Trainer:
     def _stop_requested(self) -> bool:
         """A stop request on any rank stops every rank (the ranks agree at each check)."""
         d, stop = self.parts.dist, self._stop
-        if d.enabled and d.sum([float(stop.signum is not None)], self.parts.device)[0] > 0:
+        if d.any(stop.signum is not None, self.parts.device):
             stop.signum = stop.signum or signal.SIGTERM
         return stop.signum is not None
 

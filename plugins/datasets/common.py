@@ -87,6 +87,14 @@ def list_images(folder: Path) -> list[Path]:
                   if p.is_file() and not p.name.startswith(".") and p.suffix.lower() in IMAGE_EXTENSIONS)
 
 
+#: The most pixels an image file may hold, judged from its header before decoding (8192² ≈ 67 MP: every
+#: photo dataset's images fit; PIL's own bomb limit is 179 MP, and a decoded RGB image of it takes 0.5 GB).
+MAX_IMAGE_PIXELS = 8192 * 8192
+#: How much longer than wide (or wide than long) an image resized on its shorter side may be: a 1×1,000,000
+#: PNG of 1 KB would otherwise become a 32×32,000,000 image (3 GB) before its centre is cropped.
+MAX_ASPECT = 64
+
+
 def read_images(paths: Sequence[Path], *, size: int, grayscale: bool = False,
                 resize: bool = False) -> np.ndarray:
     """Decode images into a uint8 (N, C, size, size) array (``decode_image`` each, in threads: PIL releases
@@ -107,13 +115,16 @@ def read_images(paths: Sequence[Path], *, size: int, grayscale: bool = False,
 def decode_image(path: Path, *, size: int, grayscale: bool = False, resize: bool = False) -> np.ndarray:
     """One image file as a uint8 (C, size, size) array: converted to RGB (or grey); with ``resize`` the
     shorter side scaled to ``size`` (bilinear) and the centre cropped, without it an image of another size is
-    a DataError. A file PIL cannot read (truncated, not an image, a decompression bomb) is a one-line
-    DataError naming it."""
-    from PIL import Image, UnidentifiedImageError
+    a DataError. The file's pixel count (and, resized, its aspect ratio) is judged from its header before
+    anything is decoded, and whatever a decoder raises on a damaged or hostile file (truncated, not an image,
+    a decompression bomb, an oversized text chunk, ...) is the one-line DataError naming it."""
+    from PIL import Image
 
+    path = Path(path)
     try:
-        with Image.open(path) as img:
-            img = img.convert("L" if grayscale else "RGB")
+        with Image.open(path) as img:  # reads the header only
+            _check_header(path, img.size, size=size, resize=resize)
+            img = img.convert("L" if grayscale else "RGB")  # decodes
             if img.size != (size, size):
                 if not resize:
                     raise DataError(f"image {str(path)!r} is {img.size[0]}×{img.size[1]}, expected "
@@ -121,10 +132,27 @@ def decode_image(path: Path, *, size: int, grayscale: bool = False, resize: bool
                                                       "re-extract the archive")
                 img = _resize_center_crop(img, size)
             arr = np.asarray(img, dtype=np.uint8)
-    except (UnidentifiedImageError, OSError, Image.DecompressionBombError) as exc:
-        raise DataError(f"cannot read image {str(path)!r} ({type(exc).__name__})",
+    except DataError:
+        raise
+    except Exception as exc:  # noqa: BLE001 — PIL's decoders raise ValueError, SyntaxError, struct.error,
+        # IndexError, MemoryError, DecompressionBombError, ... on damaged files: each is this one line
+        detail = str(exc).splitlines()[0][:120] if str(exc) else ""
+        raise DataError(f"cannot read image {str(path)!r} ({type(exc).__name__}{': ' + detail if detail else ''})",
                         "remove or replace the damaged file") from None
     return arr[None] if grayscale else arr.transpose(2, 0, 1)
+
+
+def _check_header(path: Path, wh: tuple[int, int], *, size: int, resize: bool) -> None:
+    w, h = wh
+    if w < 1 or h < 1 or w * h > MAX_IMAGE_PIXELS:
+        raise DataError(f"image {str(path)!r} is {w}×{h} = {w * h:,} pixels by its header, more than the "
+                        f"{MAX_IMAGE_PIXELS:,} an image may hold" if w * h else
+                        f"image {str(path)!r} is {w}×{h} pixels by its header",
+                        "remove the file or shrink it; it is damaged or built to exhaust memory")
+    if resize and (w, h) != (size, size) and max(w, h) > MAX_ASPECT * min(w, h):
+        raise DataError(f"image {str(path)!r} is {w}×{h}: resized to {size} on its shorter side it would be "
+                        f"{max(w, h) * size // min(w, h):,} pixels long",
+                        f"images at most {MAX_ASPECT} times longer than wide are resized; crop or remove it")
 
 
 def _resize_center_crop(img, size: int):
