@@ -96,6 +96,27 @@ MAX_IMAGE_PIXELS = 8192 * 8192
 MAX_ASPECT = 64
 
 
+class PathTable:
+    """Many file paths held as one byte buffer and its offsets, not as Python objects: a DataLoader worker
+    forked from the process that holds it shares its pages (a list of a million ``Path`` objects would be
+    copied into every worker page by page as their reference counts change)."""
+
+    def __init__(self, paths: Sequence[Path]) -> None:
+        encoded = [os.fsencode(p) for p in paths]
+        self.offsets = np.zeros(len(encoded) + 1, dtype=np.int64)
+        np.cumsum([len(e) for e in encoded], out=self.offsets[1:])
+        self.blob = np.frombuffer(b"".join(encoded), dtype=np.uint8)
+
+    def __len__(self) -> int:
+        return len(self.offsets) - 1
+
+    def __getitem__(self, i: int) -> Path:
+        if not -len(self) <= i < len(self):
+            raise IndexError(i)
+        i %= len(self)
+        return Path(os.fsdecode(self.blob[self.offsets[i]:self.offsets[i + 1]].tobytes()))
+
+
 def read_images(paths: Sequence[Path], *, size: int, grayscale: bool = False,
                 resize: bool = False) -> np.ndarray:
     """Decode images into a uint8 (N, C, size, size) array (``decode_image`` each, in threads: PIL releases

@@ -25,7 +25,7 @@ from igdm_kit.errors import DataError
 from igdm_kit.interfaces import DatasetInfo, DatasetPlugin, ImageSource, PathOption
 
 from .cache import cached_split
-from .common import ImageOptions, decode_image, list_images, make_info, read_images
+from .common import ImageOptions, PathTable, decode_image, list_images, make_info, read_images
 
 
 class ImageFolderOptions(ImageOptions):
@@ -112,7 +112,7 @@ class FolderSource(ImageSource):
     all: the same bytes, so a streamed run gives the batches of an in-memory one."""
 
     def __init__(self, paths: list[Path], labels: list[int], size: int, grayscale: bool) -> None:
-        self.paths, self.size, self.grayscale = paths, size, grayscale
+        self.paths, self.size, self.grayscale = PathTable(paths), size, grayscale
         self.labels = torch.as_tensor(labels, dtype=torch.long)
 
     def __len__(self) -> int:

@@ -30,7 +30,7 @@ from igdm_kit.errors import DataError
 from igdm_kit.interfaces import DatasetInfo, DatasetPlugin, ImageSource
 
 from .cache import cached_split
-from .common import ImageOptions, decode_image, list_images, make_info
+from .common import ImageOptions, PathTable, decode_image, list_images, make_info
 
 SCALE = (0.08, 1.0)
 RATIO = (3 / 4, 4 / 3)
@@ -127,7 +127,7 @@ class ImageNetSource(ImageSource):
     from the generator the host gives it."""
 
     def __init__(self, paths: list[Path], labels: list[int], size: int, test_crop: float, augments: bool) -> None:
-        self.paths, self.size, self.test_crop, self.augments = paths, size, test_crop, augments
+        self.paths, self.size, self.test_crop, self.augments = PathTable(paths), size, test_crop, augments
         self.labels = torch.as_tensor(labels, dtype=torch.long)
 
     def __len__(self) -> int:
