@@ -138,8 +138,9 @@ def decode_image(path: Path, *, size: int, grayscale: bool = False, resize: bool
                  transform: Callable[[Any], Any] | None = None) -> np.ndarray:
     """One image file as a uint8 (C, size, size) array: converted to RGB (or grey); with ``resize`` the
     shorter side scaled to ``size`` (bilinear) and the centre cropped (or, given, ``transform`` applied to the
-    PIL image: it returns one of size×size), without it an image of another size is a DataError. The file's pixel count (and, resized, its aspect ratio) is judged from its header before
-    anything is decoded, and whatever a decoder raises on a damaged or hostile file (truncated, not an image,
+    PIL image: it returns one of size×size), without it an image of another size is a DataError. The file's
+    pixel count (and, resized, its aspect ratio) is judged from its header before anything is decoded, and
+    whatever a decoder raises on a damaged or hostile file (truncated, not an image,
     a decompression bomb, an oversized text chunk, ...) is the one-line DataError naming it."""
     from PIL import Image
 

@@ -7,9 +7,10 @@ class folders (ImageFolder's convention); a test folder may hold a subset of the
 RGB (or greyscale), their shorter side scaled to ``image_size`` (bilinear) and the centre cropped to a
 square. The whole split is decoded up front and held in memory as uint8 (1 byte a pixel), which suits
 datasets of up to a few hundred thousand small images; with ``stream = true`` the training images are
-instead decoded a batch at a time in ``[data] workers`` DataLoader processes (the same batches). Augmentation defaults follow Appendix B.1 (random crop padding image_size/8 — 4 for
-32×32, 8 for 64×64 — and horizontal flips); set ``hflip = false`` for data whose mirror image means
-something else (text, digits).
+instead decoded a batch at a time in ``[data] workers`` DataLoader processes (the same batches).
+Augmentation defaults follow Appendix B.1 (random crop padding image_size/8 — 4 for 32×32, 8 for 64×64 —
+and horizontal flips); set ``hflip = false`` for data whose mirror image means something else (text,
+digits).
 """
 
 from __future__ import annotations
