@@ -23,7 +23,7 @@ import igdm_kit
 from igdm_kit import _recipe as R
 from igdm_kit.errors import DataError
 
-FILE_DATASETS = ["cifar10", "cifar100", "svhn", "tiny-imagenet", "image-folder", "mnist"]
+FILE_DATASETS = ["cifar10", "cifar100", "svhn", "tiny-imagenet", "image-folder", "mnist", "imagenet"]
 
 
 def _make(name: str, tmp_path: Path) -> dict:

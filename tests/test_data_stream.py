@@ -239,3 +239,16 @@ def test_two_ranks_stream_disjoint_shards_and_match_the_in_memory_ranks(folder, 
             b = {i for row in rows[1][epoch * 4:(epoch + 1) * 4] for i in row}
             assert not a & b and len(a | b) == 120
     _same(outs["memory"], outs["stream"])
+
+
+def test_a_path_table_gives_back_every_path(tmp_path):
+    """Paths held as one buffer (no Python object per file): the same paths back, non-ASCII names too."""
+    from igdm_kit_plugins.datasets.common import PathTable
+
+    paths = [tmp_path / "a" / "1.png", tmp_path / "ü ñ" / "日本.JPEG", tmp_path / "b" / "x" / "2.png"]
+    table = PathTable(paths)
+    assert len(table) == 3 and [table[i] for i in range(3)] == paths and table[-1] == paths[-1]
+    assert isinstance(table.blob, np.ndarray) and isinstance(table.offsets, np.ndarray)  # two objects in all
+    with pytest.raises(IndexError):
+        table[3]
+    assert len(PathTable([])) == 0

@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from test_imagenet import write_imagenet  # ImageNet's train/<wnid>/ and val/ layout, JPEGs
 from test_mnist import write_mnist  # torchvision's idx layout, written from the format
 
 import igdm_kit
@@ -130,6 +131,7 @@ FAKE = {
     "digits": lambda root: {},  # shipped with scikit-learn
     "synthetic": lambda root: {"train_size": 6, "test_size": 4},  # generated, no files
     "mnist": lambda root: (write_mnist(root / "MNIST" / "raw"), {"root": str(root), "source": "files"})[1],
+    "imagenet": lambda root: (write_imagenet(root), {"root": str(root), "image_size": 16})[1],
 }
 
 

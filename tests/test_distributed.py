@@ -164,3 +164,35 @@ def _agree_worker(rank: int, rendezvous: str, out: str) -> None:
         (Path(out) / f"rank{rank}.txt").write_text(text)
     finally:
         dist.destroy_process_group()
+
+
+@pytest.mark.slow
+def test_two_nodes_with_c10d_rendezvous_train_as_two_ranks_of_one(tmp_path, write_recipe):
+    """``torchrun --nnodes 2``: two launches (two "nodes" on this machine, one process each) meet at a c10d
+    rendezvous on localhost (gloo); every epoch's images are split between the nodes, one process writes
+    the run folder, and the weights are those of two ranks on one node (``--standalone``)."""
+    import socket
+
+    from safetensors.torch import load_file
+
+    recipe = write_recipe(DIGITS_PGDAT.replace('name = "digits"', 'name = "digits"\ntrain_limit = 256'),
+                          name="nodes.toml")
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    out, trace = tmp_path / "nodes", tmp_path / "trace"
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "IGDM_KIT_TRACE_DATA": str(trace)}
+    nodes = [subprocess.Popen([sys.executable, "-m", "torch.distributed.run", "--nnodes=2", "--nproc_per_node=1",
+                               f"--node_rank={k}", "--rdzv_backend=c10d", f"--rdzv_endpoint=127.0.0.1:{port}",
+                               "--rdzv_id=igdm-two-nodes", "-m", "igdm_kit", "run", str(recipe), "--output", str(out)],
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env) for k in (0, 1)]
+    errs = [p.communicate(timeout=600)[1] for p in nodes]
+    assert all(p.returncode == 0 for p in nodes), [e[-2000:] for e in errs]
+    shards = [{int(i) for line in Path(f"{trace}.rank{r}").read_text().splitlines() for i in line.split()}
+              for r in (0, 1)]
+    assert not shards[0] & shards[1] and len(shards[0] | shards[1]) == 256
+    assert json.loads((out / "manifest.json").read_text())["world_size"] == 2
+    assert len((out / "metrics.jsonl").read_text().splitlines()) == 1  # one writer
+    one_node = _torchrun_two_ranks(recipe, tmp_path / "one-node")
+    a, b = load_file(str(out / "model.safetensors")), load_file(str(one_node / "model.safetensors"))
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)

@@ -94,8 +94,9 @@ def evaluate_report(model: nn.Module, x: torch.Tensor, y: torch.Tensor, attacks:
     ``attacks``: names or tables (``{"name": "pgd", "steps": 50}``) of registered evaluation attacks, or
     resolved ``EvalSpec``s; ``threat`` the norm of the ball of radius ``eps``. ``x`` are [0, 1] images
     (N, C, H, W; uint8 images count as k/255), ``y`` int64 labels. ``device``: ``None`` keeps the model
-    where it is, otherwise the model is moved there. Every attack starts from ``torch.manual_seed(seed)`` on a forked RNG.
-    Per-class counts (robust fairness) cover classes 0 … ``num_classes`` − 1 (default: the largest label + 1).
+    where it is, otherwise the model is moved there. Every attack starts from ``torch.manual_seed(seed)`` on a
+    forked RNG. Per-class counts (robust fairness) cover classes 0 … ``num_classes`` − 1 (default: the largest
+    label + 1).
     """
     if batch_size <= 0:
         raise IgdmKitError(f"batch size {batch_size} is not positive", "pass --batch-size 1 or more")

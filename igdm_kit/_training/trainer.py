@@ -5,8 +5,9 @@ Each epoch draws its data order and augmentation from (seed, epoch) and its atta
 the device: its loss terms, counts and finiteness checks accumulate there (``tally``) and are read every
 ``SYNC_EVERY`` steps, at the end of the epoch and before a stop saves. A non-finite loss term or gradient
 stops the run there, naming the epoch, step and term where it first happened (the weights are checked
-before each checkpoint by the ``FiniteWeights`` subscriber). A stop request (SIGINT/SIGTERM) finishes the current step; the subscribers
-save, and ``Interrupted`` carries the resume command — after the last epoch too, before the final evaluation.
+before each checkpoint by the ``FiniteWeights`` subscriber). A stop request (SIGINT/SIGTERM) finishes the
+current step; the subscribers save, and ``Interrupted`` carries the resume command — after the last epoch
+too, before the final evaluation.
 """
 
 from __future__ import annotations

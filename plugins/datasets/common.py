@@ -12,9 +12,10 @@ from __future__ import annotations
 import contextlib
 import os
 import shutil
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from pydantic import Field, model_validator
@@ -95,6 +96,27 @@ MAX_IMAGE_PIXELS = 8192 * 8192
 MAX_ASPECT = 64
 
 
+class PathTable:
+    """Many file paths held as one byte buffer and its offsets, not as Python objects: a DataLoader worker
+    forked from the process that holds it shares its pages (a list of a million ``Path`` objects would be
+    copied into every worker page by page as their reference counts change)."""
+
+    def __init__(self, paths: Sequence[Path]) -> None:
+        encoded = [os.fsencode(p) for p in paths]
+        self.offsets = np.zeros(len(encoded) + 1, dtype=np.int64)
+        np.cumsum([len(e) for e in encoded], out=self.offsets[1:])
+        self.blob = np.frombuffer(b"".join(encoded), dtype=np.uint8)
+
+    def __len__(self) -> int:
+        return len(self.offsets) - 1
+
+    def __getitem__(self, i: int) -> Path:
+        if not -len(self) <= i < len(self):
+            raise IndexError(i)
+        i %= len(self)
+        return Path(os.fsdecode(self.blob[self.offsets[i]:self.offsets[i + 1]].tobytes()))
+
+
 def read_images(paths: Sequence[Path], *, size: int, grayscale: bool = False,
                 resize: bool = False) -> np.ndarray:
     """Decode images into a uint8 (N, C, size, size) array (``decode_image`` each, in threads: PIL releases
@@ -112,11 +134,13 @@ def read_images(paths: Sequence[Path], *, size: int, grayscale: bool = False,
     return out
 
 
-def decode_image(path: Path, *, size: int, grayscale: bool = False, resize: bool = False) -> np.ndarray:
+def decode_image(path: Path, *, size: int, grayscale: bool = False, resize: bool = False,
+                 transform: Callable[[Any], Any] | None = None) -> np.ndarray:
     """One image file as a uint8 (C, size, size) array: converted to RGB (or grey); with ``resize`` the
-    shorter side scaled to ``size`` (bilinear) and the centre cropped, without it an image of another size is
-    a DataError. The file's pixel count (and, resized, its aspect ratio) is judged from its header before
-    anything is decoded, and whatever a decoder raises on a damaged or hostile file (truncated, not an image,
+    shorter side scaled to ``size`` (bilinear) and the centre cropped (or, given, ``transform`` applied to the
+    PIL image: it returns one of size×size), without it an image of another size is a DataError. The file's
+    pixel count (and, resized, its aspect ratio) is judged from its header before anything is decoded, and
+    whatever a decoder raises on a damaged or hostile file (truncated, not an image,
     a decompression bomb, an oversized text chunk, ...) is the one-line DataError naming it."""
     from PIL import Image
 
@@ -125,7 +149,9 @@ def decode_image(path: Path, *, size: int, grayscale: bool = False, resize: bool
         with Image.open(path) as img:  # reads the header only
             _check_header(path, img.size, size=size, resize=resize)
             img = img.convert("L" if grayscale else "RGB")  # decodes
-            if img.size != (size, size):
+            if transform is not None:
+                img = transform(img)
+            elif img.size != (size, size):
                 if not resize:
                     raise DataError(f"image {str(path)!r} is {img.size[0]}×{img.size[1]}, expected "
                                     f"{size}×{size}", "the dataset's images all have that size; "

@@ -7,9 +7,10 @@ class folders (ImageFolder's convention); a test folder may hold a subset of the
 RGB (or greyscale), their shorter side scaled to ``image_size`` (bilinear) and the centre cropped to a
 square. The whole split is decoded up front and held in memory as uint8 (1 byte a pixel), which suits
 datasets of up to a few hundred thousand small images; with ``stream = true`` the training images are
-instead decoded a batch at a time in ``[data] workers`` DataLoader processes (the same batches). Augmentation defaults follow Appendix B.1 (random crop padding image_size/8 — 4 for
-32×32, 8 for 64×64 — and horizontal flips); set ``hflip = false`` for data whose mirror image means
-something else (text, digits).
+instead decoded a batch at a time in ``[data] workers`` DataLoader processes (the same batches).
+Augmentation defaults follow Appendix B.1 (random crop padding image_size/8 — 4 for 32×32, 8 for 64×64 —
+and horizontal flips); set ``hflip = false`` for data whose mirror image means something else (text,
+digits).
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ from igdm_kit.errors import DataError
 from igdm_kit.interfaces import DatasetInfo, DatasetPlugin, ImageSource, PathOption
 
 from .cache import cached_split
-from .common import ImageOptions, decode_image, list_images, make_info, read_images
+from .common import ImageOptions, PathTable, decode_image, list_images, make_info, read_images
 
 
 class ImageFolderOptions(ImageOptions):
@@ -112,7 +113,7 @@ class FolderSource(ImageSource):
     all: the same bytes, so a streamed run gives the batches of an in-memory one."""
 
     def __init__(self, paths: list[Path], labels: list[int], size: int, grayscale: bool) -> None:
-        self.paths, self.size, self.grayscale = paths, size, grayscale
+        self.paths, self.size, self.grayscale = PathTable(paths), size, grayscale
         self.labels = torch.as_tensor(labels, dtype=torch.long)
 
     def __len__(self) -> int:

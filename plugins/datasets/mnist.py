@@ -15,7 +15,8 @@ Two sources (``source``):
   …): the first 10·m test images, all that ``--limit`` keeps, hold m of every digit.
 
 ``auto`` (the default) takes the files when they are under ``root`` and the sample otherwise. Pixels stay
-uint8 (the host divides each batch by 255 into [0, 1]); no augmentation by default (shifted or flipped digits change meaning).
+uint8 (the host divides each batch by 255 into [0, 1]); no augmentation by default (shifted or flipped digits
+change meaning).
 """
 
 from __future__ import annotations
