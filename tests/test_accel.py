@@ -149,7 +149,10 @@ def test_bf16_attacks_stay_in_the_ball_and_increase_their_loss(attack_name, batc
     attack = acc.wrap_attack(create_attack(attack_name, student, options=options, teacher=teacher))
     torch.manual_seed(0)
     extra = {"teacher_logits": teacher(x)} if attack_name == "rslad" else {}
+    student.train()
     x_adv = attack(x, y, **extra)
+    assert student.training and not teacher.training  # the attack gave the models their modes back
+    assert all(m.training for m in student.modules()) and not any(m.training for m in teacher.modules())
     assert torch.bfloat16 in dtypes  # the attack's forwards really ran under bf16 autocast
     assert student(x).dtype == torch.float32  # logits (and so every objective) in float32
 
