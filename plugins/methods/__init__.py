@@ -9,6 +9,7 @@ def register_methods(register):
     from .adaiad import AdaIAD
     from .akd import AKD
     from .ard import ARD
+    from .dgad import DGAD
     from .iad import IAD
     from .pgd_at import PGDAT
     from .rslad import RSLAD
@@ -22,3 +23,4 @@ def register_methods(register):
     register("rslad", RSLAD)
     register("adaad", AdaAD)
     register("adaiad", AdaIAD)
+    register("dgad", DGAD)

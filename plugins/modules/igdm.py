@@ -34,7 +34,12 @@ class IGDM(GradientModule):
     def teacher_inputs(self) -> set[str]:
         return {"x_plus", "x_minus"}
 
-    def loss(self, ctx):
+    per_sample = True
+
+    def loss(self, ctx, reduction: str = "mean"):
         # With β = 1, x_plus aliases x_adv: S(x⁺) and T(x⁺) are the base method's own passes, reused.
-        return igdm_loss(ctx.student("x_plus"), ctx.student("x_minus"),
-                         ctx.teacher("x_plus"), ctx.teacher("x_minus"), distance=self.options.distance)
+        return igdm_loss(ctx.student("x_plus"), ctx.student("x_minus"), ctx.teacher("x_plus"),
+                         ctx.teacher("x_minus"), distance=self.options.distance, reduction=reduction)
+
+    def loss_per_sample(self, ctx):
+        return self.loss(ctx, reduction="none")
