@@ -1,5 +1,5 @@
-"""DGAD (Park et al., ECCV 2024) against a float64 oracle written from ``shared/spec/recent-methods/dgad.md``
-(numpy, sample by sample — not the plugin's code): the loss and the student's parameter gradients (central
+"""DGAD (Park et al., ECCV 2024) against a second float64 oracle written from ``shared/spec/recent-methods/dgad.md``
+(numpy, sample by sample — not the plugin's code, nor ``test_methods_recent``'s): the loss and the student's parameter gradients (central
 differences of the oracle), the swaps made on copies (the cached teacher outputs untouched), the nominal
 batch size of the official code, and a short run on digits."""
 
@@ -14,6 +14,13 @@ from conftest import DIGITS_PGDAT, TINY
 from test_methods import B, C, data, linear, np_logits, step_for
 
 from igdm_kit.factories import create_method
+from igdm_kit.interfaces import SampleTerm
+from igdm_kit.losses import reduce_term
+
+
+def _total(terms):
+    """The scalar the engine adds: per-sample terms reduced as they say (``losses.reduce_term``)."""
+    return sum(reduce_term(t) if isinstance(t, SampleTerm) else t for t in terms.values())
 
 
 def _softmax(z):
@@ -78,7 +85,7 @@ def test_loss_and_gradient_equal_the_spec(opts):
     assert 0 < lam.sum() < B  # both partitions are exercised
     want = oracle(np_logits(student, x), np_logits(student, x_adv), np_logits(teacher, x),
                   np_logits(teacher, x_adv), yy, gamma, nominal)
-    total = sum(terms.values())
+    total = _total(terms)
     assert total.item() == pytest.approx(want, rel=1e-10, abs=1e-12)
     assert torch.equal(step.teacher("x_adv"), t_before[0]) and torch.equal(step.teacher("x"), t_before[1])
     total.backward()
@@ -101,7 +108,7 @@ def test_a_batch_the_teacher_gets_all_wrong_does_not_divide_by_zero():
     student, teacher, x, x_adv, y = _setup()
     y = torch.as_tensor((np_logits(teacher, x).argmax(1) + 1) % C)
     method = create_method("dgad")
-    loss = sum(method.loss(step_for(method, student, teacher, x, x_adv, y, 1, 10)).values())
+    loss = _total(method.loss(step_for(method, student, teacher, x, x_adv, y, 1, 10)))
     want = oracle(np_logits(student, x), np_logits(student, x_adv), np_logits(teacher, x),
                   np_logits(teacher, x_adv), y.numpy())
     assert torch.isfinite(loss) and loss.item() == pytest.approx(want, rel=1e-10)

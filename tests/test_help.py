@@ -50,7 +50,8 @@ def test_plugins_show_prints_the_options_of_a_component(cli):
     assert by_name["temperature"]["default"] == str(fields["temperature"].default).rstrip("0").rstrip(".")
     assert by_name["temperature"]["type"] == "number > 0"
     assert by_name["alpha_ard"]["description"] == fields["alpha_ard"].description
-    assert shown["facts"] == {"default attack": "pgd", "needs a teacher": "yes"}
+    assert shown["facts"] == {"default attack": "pgd", "needs a teacher": "yes",
+                              "weights the module's samples": "no"}
     text = cli("plugins", "show", "ard").out
     assert "alpha_ard" in text and "temperature" in text and '[method] name = "ard"' in text
 

@@ -55,7 +55,8 @@ METHOD = {
     "rslad": ("rslad", {"x", "x_adv"}, {"x"}),             # KL(T(x) ‖ S(x_adv)), KL(T(x) ‖ S(x))
     "adaad": ("adaad", {"x_adv"}, {"x_adv"}),              # KL(T(x_adv) ‖ S(x_adv))
     "adaiad": ("adaad", {"x_adv", "x"}, {"x_adv"}),        # AdaAD + introspection
-    "dgad": ("adaad", {"x", "x_adv"}, {"x", "x_adv"}),     # KL_i(T̃(x) ‖ S(x)) or KL_i(T̃(x_adv) ‖ S(x_adv)), PCR
+    "dgad": ("adaad", {"x", "x_adv"}, {"x", "x_adv"}),     # T(x) for MAP; KL(T̃(x) ‖ S(x)), KL(T̃(x_adv) ‖
+                                                           # S(x_adv)) per sample; PCR on S(x), S(x_adv)
     "mart": ("pgd", {"x_adv", "x"}, set()),                # (example plugin) BCE(S(x_adv)) + KL(S(x) ‖ …)
 }
 

@@ -43,11 +43,13 @@ class Kind:
 
 KINDS: tuple[Kind, ...] = (
     Kind("method", "register_methods", "Method", "base methods", "[method] name", "method",
-         facts=lambda c: [("default attack", c.default_attack), ("needs a teacher", _yes(c.needs_teacher))]),
+         facts=lambda c: [("default attack", c.default_attack), ("needs a teacher", _yes(c.needs_teacher)),
+                          ("weights the module's samples", _yes(c.weights_module))]),
     Kind("module", "register_modules", "GradientModule", "gradient modules", "[module] name", "module",
          facts=lambda c: [("needs a teacher", _yes(c.needs_teacher)),
                           ("works with amp = fp16", _yes(c.supports_fp16)),
-                          ("works with compile", _yes(c.supports_compile))]),
+                          ("works with compile", _yes(c.supports_compile)),
+                          ("per-sample loss", _yes(c.per_sample))]),
     Kind("attack", "register_attacks", "TrainingAttack", "training attacks", "[attack] name", "attack",
          facts=lambda c: [("needs a teacher", _yes(c.uses_teacher()))]),
     Kind("eval_attack", "register_eval_attacks", "EvalAttack", "evaluation attacks", "[eval] attacks",

@@ -169,6 +169,11 @@ def validate(raw: dict[str, Any], path: Path | None = None) -> Recipe:
         module_entry, comps["module"] = _component("module", model.module.name, model.module.options(),
                                                    "module")
         needs.append((f"module {model.module.name!r}", module_entry.component.needs_teacher))
+        if method_entry.component.weights_module and not module_entry.component.per_sample:
+            raise RecipeError(f"module.name: method {model.method.name!r} weights each sample of the module's "
+                              f"loss, but module {model.module.name!r} has no per-sample loss",
+                              "choose a module with a per-sample loss (`igdm-kit plugins show module NAME`)",
+                              path="module.name")
     attack_name = model.attack.name or method_entry.component.attack_for(comps["method"])
     attack_entry, comps["attack"] = _component("attack", attack_name, model.attack.options(), "attack")
     needs.append((f"attack {attack_name!r}", attack_entry.component.uses_teacher()))

@@ -3,6 +3,9 @@
     δ = argmax L_max(x + δ', y)                      (the attack; restores the student's mode)
     L = L_base(x, x_adv) + T(α) · L_module(x ± δ)    (each term logged separately)
 
+A method's ``SampleTerm`` is reduced here; a method with ``weights_module`` weights the module's per-sample
+loss: T(α)·(1/B)·Σ_i w_i·m_i (R3). After the method's loss the cached teacher logits must be unchanged (R7).
+
 Kept apart from the training loop so tests, the benchmark and users' own loops can call it directly.
 """
 
@@ -13,7 +16,9 @@ from dataclasses import dataclass
 import torch
 
 from igdm_kit._training.step import Step
-from igdm_kit.losses import ramp_weight
+from igdm_kit.errors import IgdmKitError
+from igdm_kit.interfaces import SampleTerm
+from igdm_kit.losses import ramp_weight, reduce_term
 
 
 @dataclass
@@ -50,8 +55,27 @@ def compute_loss(student, teacher, method, module, attack, x: torch.Tensor, y: t
     if active is not None:
         active.prepare(step)
 
-    terms = dict(method.loss(step))
+    terms = reduce_terms(method.loss(step))
+    step.check_teacher_unchanged()
     if active is not None:
-        terms["module"] = weight * active.loss(step)
+        terms["module"] = weight * module_term(method, active, step)
     total = sum(terms.values())
     return StepResult(loss=total, terms=terms, x_adv=x_adv, step=step)
+
+
+def reduce_terms(terms) -> dict[str, torch.Tensor]:
+    """A method's terms as scalars: each ``SampleTerm`` reduced over the batch, scalars as they are."""
+    return {name: reduce_term(t) if isinstance(t, SampleTerm) else t for name, t in terms.items()}
+
+
+def module_term(method, module, step: Step) -> torch.Tensor:
+    """The unweighted module term: its scalar loss, or, for a method that weights the module's samples,
+    (1/B)·Σ_i w_i·m_i with w = ``method.module_weights`` and m = ``module.loss_per_sample``."""
+    if not method.weights_module:
+        return module.loss(step)
+    if not module.per_sample:
+        raise IgdmKitError(f"the method weights each sample of the module's loss, but module "
+                           f"{type(module).__name__} has no per-sample loss",
+                           "use a module with per_sample = True (igdm, direct, igdm-trades-like, trades-reg)")
+    values = module.loss_per_sample(step)
+    return reduce_term(SampleTerm(values, method.module_weights(step)))

@@ -11,14 +11,20 @@
   reference implementations do; the numbers are the same, the BatchNorm running statistics are not.
   S(x⁺) is the exception: the references evaluate it once per step, and the IGDM reference's ARD script
   uses that one forward for the KD term as well, so a method that asks for ``x_plus`` shares the module's.
+
+The cached teacher logits are read-only (R7): their version counters are recorded, and reading one after an
+in-place change, or ``check_teacher_unchanged`` after the method's loss, raises ``IgdmKitError``;
+``teacher_transformed`` hands a transform a copy.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 
 import torch
 from torch import nn
+
+from igdm_kit.errors import IgdmKitError
 
 
 class Step:
@@ -35,6 +41,7 @@ class Step:
         self._s: dict[str, torch.Tensor] = {}
         self._s_plus: torch.Tensor | None = None  # S(x⁺) under cache=False, by its own name
         self._t: dict[str, torch.Tensor] = {}
+        self._t_version: dict[str, int] = {}  # each cached teacher tensor's version when it was cached
 
     # -- inputs -------------------------------------------------------------------------------------
     def set_input(self, name: str, value: torch.Tensor | None = None, *, alias_of: str | None = None) -> None:
@@ -82,6 +89,7 @@ class Step:
             raise RuntimeError("this step has no teacher; the method or module needs one")
         key = self._canonical(name)
         if self.cache and key in self._t:
+            self._check_unchanged(key)
             return self._t[key]
         if not self.cache:
             with torch.no_grad():
@@ -91,8 +99,29 @@ class Step:
         with torch.no_grad():
             out = self._teacher_model(torch.cat([self._inputs[k] for k in pending]))
         for k, chunk in zip(pending, out.split([self._inputs[k].shape[0] for k in pending]), strict=True):
-            self._t[k] = chunk
+            self._remember(k, chunk)
         return self._t[key]
+
+    def teacher_transformed(self, name: str, transform: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+                            ) -> torch.Tensor:
+        """``transform(copy of T(name), y)``: a teacher-output transform that leaves the cache untouched."""
+        return transform(self.teacher(name).clone(), self.y)
+
+    def _remember(self, key: str, logits: torch.Tensor) -> None:
+        self._t[key] = logits
+        self._t_version[key] = logits._version
+
+    def _check_unchanged(self, key: str) -> None:
+        if self._t[key]._version != self._t_version[key]:
+            raise IgdmKitError(
+                f"the cached teacher logits T({key}) were changed in place during the step",
+                "they are shared with the gradient module: transform a copy "
+                "(StepContext.teacher_transformed, or out-of-place operations)")
+
+    def check_teacher_unchanged(self) -> None:
+        """Raise if a cached teacher tensor was modified in place (called after the method's loss)."""
+        for key in self._t:
+            self._check_unchanged(key)
 
     def has_teacher(self) -> bool:
         return self._teacher_model is not None
@@ -116,4 +145,4 @@ class Step:
     def set_teacher_logits(self, name: str, logits: torch.Tensor) -> None:
         """Record teacher logits computed elsewhere (e.g. T(x) the attack needed), to share them."""
         if self.cache:
-            self._t[self._canonical(name)] = logits.detach()
+            self._remember(self._canonical(name), logits.detach())

@@ -19,17 +19,21 @@ from igdm_kit.interfaces.shifts import Shift, ShiftContext, ShiftedSet, ThreatVa
 from igdm_kit.interfaces.tracking import Tracker, TrackerRun
 from igdm_kit.interfaces.training import (
                                           AttackOptions,
+                                          BatchReduction,
                                           GradientModule,
                                           InputName,
                                           Method,
                                           ModuleOptions,
+                                          SampleTerm,
                                           StepContext,
+                                          TeacherTransform,
                                           TrainingAttack,
 )
 
-__all__ = ["ArchitectureBuilder", "AttackOptions", "Callback", "CallbackContext", "DatasetInfo", "DatasetPlugin",
-           "EvalAttack", "EvalContext", "FitState", "Fraction", "GradientModule", "ImageSource", "InputName", "Job",
-           "LP_NORMS", "LRSchedule", "LaunchContext", "Launcher", "Method", "ModelFactory", "ModuleOptions",
-           "NoOptions", "Options", "Order", "OptimizerFactory", "PathOption", "RecipePath", "Shift", "ShiftContext",
-           "ShiftedSet", "StepContext", "StopRequest", "TeacherLoader", "Threat", "ThreatVariant", "Tracker",
-           "TrackerRun", "TrainingAttack", "TrainingPlan", "parse_fraction"]
+__all__ = ["ArchitectureBuilder", "AttackOptions", "BatchReduction", "Callback", "CallbackContext", "DatasetInfo",
+           "DatasetPlugin", "EvalAttack", "EvalContext", "FitState", "Fraction", "GradientModule", "ImageSource",
+           "InputName", "Job", "LP_NORMS", "LRSchedule", "LaunchContext", "Launcher", "Method", "ModelFactory",
+           "ModuleOptions", "NoOptions", "Options", "Order", "OptimizerFactory", "PathOption", "RecipePath",
+           "SampleTerm", "Shift", "ShiftContext", "ShiftedSet", "StepContext", "StopRequest", "TeacherLoader",
+           "TeacherTransform", "Threat", "ThreatVariant", "Tracker", "TrackerRun", "TrainingAttack", "TrainingPlan",
+           "parse_fraction"]

@@ -1,9 +1,17 @@
 """Training contracts: a base method (``Method``), a gradient module (``GradientModule``), a training attack
 (``TrainingAttack``), and what they see of one step (``StepContext``).
+
+Per-sample terms (R3): a method's term may be a ``SampleTerm`` — a vector [B] with per-sample weights and a
+batch reduction — which the engine reduces; a method with ``weights_module = True`` weights the gradient
+module's per-sample loss (``GradientModule.loss_per_sample``) with ``Method.module_weights``.
+Teacher outputs (R7): the step's cached teacher logits are read-only (an in-place change is an error, since
+a gradient module may reuse them); transform a copy with ``StepContext.teacher_transformed``.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, ClassVar, Literal, Protocol
 
 from pydantic import Field
@@ -19,13 +27,37 @@ if TYPE_CHECKING:  # pragma: no cover - typing only
 #: ``x_plus``/``x_minus`` exist only when a gradient module is active (x ± δ, Eq. 8).
 InputName = Literal["x", "x_adv", "x_plus", "x_minus"]
 
+#: How a per-sample term is reduced over the batch: ``mean`` (÷ B: batchmean for a KL summed over classes),
+#: ``sum``, or ``nominal`` (÷ a fixed batch size, as reference code that divides by ``args.batch_size``).
+BatchReduction = Literal["mean", "sum", "nominal"]
+
+#: A teacher-output transform: (a copy of the cached teacher logits [B, C], labels y [B]) → new logits.
+TeacherTransform = Callable[["torch.Tensor", "torch.Tensor"], "torch.Tensor"]
+
+
+@dataclass(frozen=True)
+class SampleTerm:
+    """A per-sample loss term a method returns instead of a scalar: ``values`` [B] (e.g.
+    ``losses.kl_per_sample``, summed or averaged over classes), optional per-sample ``weights`` [B]
+    (class weights w_{y_i}, masks, entropy weights; constants or not, as the method builds them), reduced
+    by the engine as Σ_i w_i·v_i / B (``mean``), Σ_i w_i·v_i (``sum``) or Σ_i w_i·v_i / ``nominal_batch``
+    (``igdm_kit.losses.reduce_term`` gives the same scalar to a method that needs it).
+    """
+
+    values: torch.Tensor
+    weights: torch.Tensor | None = None
+    reduction: BatchReduction = "mean"
+    nominal_batch: int | None = None
+
 
 class StepContext(Protocol):
     """What a method or gradient module sees of one training step (implemented by ``igdm_kit._training.step.Step``).
 
     ``student(name)`` and ``teacher(name)`` return logits for one of the step inputs; the engine computes
     each distinct (model, input) pair once per step and batches the teacher's inputs (fewest passes).
-    The student runs in train mode with gradients; the teacher in eval mode without gradients.
+    The student runs in train mode with gradients; the teacher in eval mode without gradients. The teacher
+    logits are shared and read-only: changing one in place raises an error when it is next read and at the
+    end of the method's loss; ``teacher_transformed`` gives a transformed copy (R7).
     ``input_gradient`` gives ∇_x CE(f(x), y) per sample for either model on a step input, for modules that
     match gradients directly; it is a pass of its own, outside the cache.
     """
@@ -44,6 +76,10 @@ class StepContext(Protocol):
                   alias_of: InputName | None = None) -> None: ...
     def student(self, name: InputName) -> torch.Tensor: ...
     def teacher(self, name: InputName) -> torch.Tensor: ...
+    def teacher_transformed(self, name: InputName, transform: TeacherTransform) -> torch.Tensor:
+        """``transform`` applied to a *copy* of the cached T(name) and y: the cache (which a gradient module
+        may reuse) stays as the teacher computed it."""
+        ...
     def has_teacher(self) -> bool: ...
     def input_gradient(self, model: Literal["student", "teacher"], name: InputName, *,
                        create_graph: bool = False) -> torch.Tensor: ...
@@ -52,8 +88,12 @@ class StepContext(Protocol):
 class Method:
     """A base adversarial-training or distillation method (the outer minimization).
 
-    ``loss`` returns the method's *weighted* loss terms by name (e.g. ``{"adv_kl": ..., "nat_ce": ...}``);
-    the engine logs each and sums them. A term whose weight is 0 must not be computed at all.
+    ``loss`` returns the method's *weighted* loss terms by name (e.g. ``{"adv_kl": ..., "nat_ce": ...}``),
+    each a scalar tensor or a ``SampleTerm`` (per-sample values, weights and batch reduction), which the
+    engine reduces; it logs each and sums them. A term whose weight is 0 must not be computed at all.
+    With ``weights_module = True`` the engine asks ``module_weights(ctx)`` for per-sample weights of the
+    gradient module's term: T(α)·(1/B)·Σ_i w_i·m_i with m = ``GradientModule.loss_per_sample`` (a recipe
+    pairing such a method with a module without ``per_sample`` is rejected).
     The recipe's inner attack, when its ``[attack]`` names none, is ``attack_for(options)`` (not the class's
     ``default_attack``), so an option can change it (AdaAD's ``teacher_in_attack = false``).
     """
@@ -63,10 +103,17 @@ class Method:
     default_attack: ClassVar[str] = "pgd"
     #: Whether the method needs a teacher (distillation) or not (adversarial training).
     needs_teacher: ClassVar[bool] = False
+    #: Whether the method weights each sample of the gradient module's term (``module_weights``).
+    weights_module: ClassVar[bool] = False
     description: ClassVar[str] = ""
 
     def __init__(self, options: Options) -> None:
         self.options = options
+
+    def module_weights(self, ctx: StepContext) -> torch.Tensor:
+        """Per-sample weights [B] of the gradient module's term (asked after ``loss``, only when
+        ``weights_module``); the module's per-sample loss is multiplied by them before the batch mean."""
+        raise NotImplementedError
 
     @classmethod
     def attack_for(cls, options: Options) -> str:
@@ -109,6 +156,8 @@ class GradientModule:
     #: loss-scaled and would underflow) and under ``train.compile`` (no double backward through it).
     supports_fp16: ClassVar[bool] = True
     supports_compile: ClassVar[bool] = True
+    #: Whether ``loss_per_sample`` is implemented (needed by a method that weights the module's samples).
+    per_sample: ClassVar[bool] = False
 
     def __init__(self, options: ModuleOptions) -> None:
         self.options = options
@@ -135,7 +184,13 @@ class GradientModule:
         ctx.set_input("x_minus", x_minus.clamp(0.0, 1.0) if o.clamp else x_minus)
 
     def loss(self, ctx: StepContext) -> torch.Tensor:
-        """The unweighted module loss; the engine multiplies it by T(α)."""
+        """The unweighted module loss; the engine multiplies it by T(α). By default the batch mean of
+        ``loss_per_sample``."""
+        return self.loss_per_sample(ctx).mean()
+
+    def loss_per_sample(self, ctx: StepContext) -> torch.Tensor:
+        """The unweighted module loss per sample, a vector [B] whose mean over the batch is ``loss(ctx)``
+        (a KL summed over classes, a distance averaged over them); set ``per_sample = True`` with it."""
         raise NotImplementedError
 
 

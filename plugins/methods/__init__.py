@@ -10,6 +10,7 @@ def register_methods(register):
     from .akd import AKD
     from .dgad import DGAD
     from .ard import ARD
+    from .dgad import DGAD
     from .iad import IAD
     from .pgd_at import PGDAT
     from .rslad import RSLAD

@@ -43,10 +43,15 @@ class DirectGradientMatching(GradientModule):
     supports_fp16 = False
     supports_compile = False
 
-    def loss(self, ctx):
+    per_sample = True
+
+    def loss_per_sample(self, ctx):
+        return self.loss(ctx, reduction="none")
+
+    def loss(self, ctx, reduction: str = "mean"):
         if not ctx.has_teacher():
             raise IgdmKitError("gradient module 'direct' needs a teacher",
                                "add a [teacher] section to the recipe, or use a module without a teacher")
         g_s = ctx.input_gradient("student", "x", create_graph=True)
         g_t = ctx.input_gradient("teacher", "x")
-        return direct_loss(g_s, g_t, distance=self.options.distance)
+        return direct_loss(g_s, g_t, distance=self.options.distance, reduction=reduction)

@@ -17,5 +17,10 @@ class IGDMTradesLike(GradientModule):
     description = "IGDM_TRADES-like (Lee et al., ICLR 2025, Eq. 12): KL(S(x−δ) ‖ S(x+δ)), no teacher"
     needs_teacher = False
 
-    def loss(self, ctx):
-        return trades_like_loss(ctx.student("x_plus"), ctx.student("x_minus"))
+    per_sample = True
+
+    def loss(self, ctx, reduction: str = "mean"):
+        return trades_like_loss(ctx.student("x_plus"), ctx.student("x_minus"), reduction=reduction)
+
+    def loss_per_sample(self, ctx):
+        return self.loss(ctx, reduction="none")

@@ -17,5 +17,10 @@ class TradesReg(GradientModule):
     description = "TRADES regularizer (Eq. 13 of Lee et al., ICLR 2025): KL(S(x) ‖ S(x+δ)), no teacher"
     needs_teacher = False
 
-    def loss(self, ctx):
-        return trades_reg_loss(ctx.student("x"), ctx.student("x_plus"))
+    per_sample = True
+
+    def loss(self, ctx, reduction: str = "mean"):
+        return trades_reg_loss(ctx.student("x"), ctx.student("x_plus"), reduction=reduction)
+
+    def loss_per_sample(self, ctx):
+        return self.loss(ctx, reduction="none")
