@@ -82,6 +82,15 @@ def check_labels(labels: np.ndarray, num_classes: int, what: str) -> None:
                         "the file is not the dataset it is named as, or is corrupt; re-download it")
 
 
+def class_folders(folder: Path, what: str, hint: str) -> list[str]:
+    """The class sub-folders of ``folder`` (hidden ones skipped), sorted by name; none is a one-line DataError
+    (``what`` names the folder, ``hint`` says what it holds)."""
+    names = sorted(p.name for p in folder.iterdir() if p.is_dir() and not p.name.startswith("."))
+    if not names:
+        raise DataError(f"{what} {str(folder)!r} has no class folders", hint)
+    return names
+
+
 def list_images(folder: Path) -> list[Path]:
     """Image files directly in ``folder`` (hidden files skipped), sorted for a stable order."""
     return sorted(p for p in folder.iterdir()

@@ -26,7 +26,7 @@ from igdm_kit.errors import DataError
 from igdm_kit.interfaces import DatasetInfo, DatasetPlugin, ImageSource, PathOption
 
 from .cache import cached_split
-from .common import ImageOptions, PathTable, decode_image, list_images, make_info, read_images
+from .common import ImageOptions, PathTable, class_folders, decode_image, list_images, make_info, read_images
 
 
 class ImageFolderOptions(ImageOptions):
@@ -57,12 +57,8 @@ class ImageFolder(DatasetPlugin):
         return folder
 
     def classes(self) -> list[str]:
-        train = self._split_dir("train")
-        names = sorted(p.name for p in train.iterdir() if p.is_dir() and not p.name.startswith("."))
-        if not names:
-            raise DataError(f"image folder {str(train)!r} has no class folders",
-                            "put each class's images in its own sub-folder, e.g. train/cat/001.png")
-        return names
+        return class_folders(self._split_dir("train"), "image folder",
+                             "put each class's images in its own sub-folder, e.g. train/cat/001.png")
 
     def check(self) -> None:
         self.classes()

@@ -30,7 +30,7 @@ from igdm_kit.errors import DataError
 from igdm_kit.interfaces import DatasetInfo, DatasetPlugin, ImageSource
 
 from .cache import cached_split
-from .common import ImageOptions, PathTable, decode_image, list_images, make_info
+from .common import ImageOptions, PathTable, class_folders, decode_image, list_images, make_info
 
 SCALE = (0.08, 1.0)
 RATIO = (3 / 4, 4 / 3)
@@ -59,12 +59,8 @@ class ImageNet(DatasetPlugin):
         return folder
 
     def classes(self) -> list[str]:
-        train = self._folder("train")
-        wnids = sorted(p.name for p in train.iterdir() if p.is_dir() and not p.name.startswith("."))
-        if not wnids:
-            raise DataError(f"ImageNet train folder {str(train)!r} has no class folders",
-                            "it holds one folder per wnid, e.g. train/n01440764/*.JPEG")
-        return wnids
+        return class_folders(self._folder("train"), "ImageNet train folder",
+                             "it holds one folder per wnid, e.g. train/n01440764/*.JPEG")
 
     def check(self) -> None:
         self.classes()
