@@ -66,3 +66,15 @@ def test_eval_prints_the_worst_class(tmp_path, write_recipe, cli):
     res = cli("eval", "-m", tmp_path / "run" / "model.safetensors", "-a", "clean,fgsm")
     assert res.code == 0, res.err
     assert "worst class:" in res.out and "(worst case)" in res.out
+
+
+def test_repeated_attack_options_all_count(tmp_path, write_recipe, cli):
+    """``eval -a clean -a fgsm`` evaluated FGSM alone (the last -a won, silently): each -a now adds its
+    attacks, as a comma list does."""
+    assert cli("run", write_recipe(TINY), "--output", tmp_path / "run").code == 0
+    model = tmp_path / "run" / "model.safetensors"
+    both = cli("eval", "-m", model, "-a", "clean", "-a", "fgsm", "--json")
+    listed = cli("eval", "-m", model, "-a", "clean,fgsm", "--json")
+    assert both.code == 0 and listed.code == 0, both.err
+    got = json.loads(both.out)["results"]
+    assert set(got["metrics"]) == {"clean", "fgsm"} == set(json.loads(listed.out)["results"]["metrics"])

@@ -23,6 +23,7 @@ from igdm_kit._cli.options import (
     Json,
     Limit,
     ShowProgress,
+    joined,
     seed_in_range,
 )
 from igdm_kit._cli.specs import arch_options, eps_text, parse_attacks, parse_eps, parse_threat
@@ -58,8 +59,9 @@ def register(app: typer.Typer) -> None:
         arch_opt: list[str] = typer.Option([], "--arch-opt", help="an option of --arch, key=value (repeatable)"),
         dataset: Dataset = None,
         data_opt: DataOpt = [],  # noqa: B006 - Typer's default
-        attacks: str | None = typer.Option(None, "--attacks", "-a", help=f"comma-separated attack names "
-                                           f"(default {ALL_ATTACKS})"),
+        attacks: list[str] | None = typer.Option(None, "--attacks", "-a",
+                                                 help=f"comma-separated attack names, repeatable "
+                                                      f"(default {ALL_ATTACKS})"),
         attack: list[str] = typer.Option([], "--attack", help="an attack with options, e.g. "
                                          "pgd:steps=50,restarts=5 or autoattack:version=plus (repeatable)"),
         threat: str = typer.Option("Linf", "--threat", help="threat model: Linf, L2 or L1"),
@@ -87,6 +89,7 @@ def register(app: typer.Typer) -> None:
         the attacks, run on every set, then default to clean,pgd20,cw)."""
         from igdm_kit._evaluation import sources
 
+        attacks = joined(attacks)  # every -a counts
         threat = parse_threat(threat)
         radius = parse_eps(eps, threat) if eps is not None else None
         src = sources.Source(model, loader=loader, name=name, arch=arch, arch_options=arch_options(arch_opt))

@@ -10,7 +10,18 @@ import typer
 from rich.markup import escape
 
 from igdm_kit._cli.console import err_console, out_console, print_json
-from igdm_kit._cli.options import BatchSize, DataOpt, Dataset, Device, Json, Limit, Plot, ShowProgress, seed_in_range
+from igdm_kit._cli.options import (
+    BatchSize,
+    DataOpt,
+    Dataset,
+    Device,
+    Json,
+    Limit,
+    Plot,
+    ShowProgress,
+    joined,
+    seed_in_range,
+)
 from igdm_kit._cli.stopping import FLAG, checked, stoppable
 from igdm_kit.errors import IgdmKitError
 
@@ -182,8 +193,9 @@ def add(group: typer.Typer) -> None:
         shift: list[str] = typer.Option([], "--shift", help=SHIFT_HELP),
         recipe: Path | None = typer.Option(None, "--recipe", "-r", help="take the shifts, shift attacks, threat, "
                                            "ε and limit from this recipe's [eval] (options given here win)"),
-        attacks: str | None = typer.Option(None, "--attacks", "-a", help="attacks run on every set (default "
-                                           "clean,pgd20,cw); robust = their worst case"),
+        attacks: list[str] | None = typer.Option(None, "--attacks", "-a",
+                                                 help="attacks run on every set, comma-separated, repeatable "
+                                                      "(default clean,pgd20,cw); robust = their worst case"),
         threat: str = typer.Option("Linf", "--threat", help="the models' own threat model: Linf, L2 or L1"),
         eps: str | None = typer.Option(None, "--eps", help="its radius; default the first checkpoint's "
                                        "recorded ε, else 8/255"),
@@ -205,6 +217,7 @@ def add(group: typer.Typer) -> None:
         from igdm_kit._evaluation import sources
         from igdm_kit._evaluation.plotting import pyplot
 
+        attacks = joined(attacks)  # every -a counts
         if plot is not None:
             pyplot()
         paths = [p / "model.safetensors" if p.is_dir() and (p / "model.safetensors").is_file() else p

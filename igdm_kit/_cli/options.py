@@ -22,6 +22,12 @@ def seed_in_range(value: int) -> int:
         raise typer.BadParameter(f"{value} is not a seed from 0 to {MAX_SEED:,}")
     return value
 
+def joined(values: list[str] | None) -> str | None:
+    """A repeatable comma-list option as one comma list (``-a clean -a fgsm`` = ``-a clean,fgsm``): every
+    occurrence counts, never only the last."""
+    return ",".join(values) if values else None
+
+
 Dataset = Annotated[str | None, typer.Option("--dataset", "-d", metavar="NAME", help=DATASET_HELP)]
 DataOpt = Annotated[list[str], typer.Option("--data-opt", metavar="KEY=VALUE", help="an option of the dataset, "
                                             "e.g. root=data/pets for image-folder (repeatable; over the options "
