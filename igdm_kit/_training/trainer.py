@@ -44,6 +44,7 @@ class Trainer:
         self.metrics: list[dict[str, Any]] = list(metrics or [])
         #: the loss terms of the last step (subscribers read it in ``on_step_end``)
         self.step_terms: dict[str, float] = {}
+        self.last_step = None  # the last step's ``Step`` (``StepContext``)
         self.epochs = parts.recipe.model.train.epochs
         n = parts.train_data[0].shape[0]
         self.steps_per_epoch = math.ceil(parts.dist.shard(torch.arange(n)).shape[0]
@@ -101,6 +102,7 @@ class Trainer:
             gen.set_state(partial["gen_state"])
         else:
             torch.manual_seed(epoch_seed(tr.seed, epoch, p.dist.rank))
+            self._emit(lambda s: s.on_epoch_start(self, epoch))  # not on a mid-epoch resume
         for step_i in range(acc.step, self.steps_per_epoch):
             idx = order[step_i * tr.batch_size:(step_i + 1) * tr.batch_size]
             self._step(epoch, step_i, idx, gen, acc)
@@ -132,6 +134,7 @@ class Trainer:
         if p.scheduler_interval == "step":  # one-cycle, cyclic: the schedule moves with every step
             p.scheduler.step()
         self.step_terms = values
+        self.last_step = res.step  # the method's state hooks read its per-sample statistics
         bs = y.shape[0]
         for k, v in values.items():
             acc.sums[k] = acc.sums.get(k, 0.0) + v * bs
