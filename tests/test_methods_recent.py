@@ -7,6 +7,7 @@ normalizations), never the plugin's code; student gradients against central diff
 from __future__ import annotations
 
 import math
+from typing import ClassVar
 
 import numpy as np
 import pytest
@@ -617,7 +618,7 @@ class Recorder(Method):
 
     stateful = True
     attack_outputs = frozenset({"kappa"})
-    calls: list = []
+    calls: ClassVar[list] = []
 
     def loss(self, ctx):
         return {"adv_ce": SampleTerm(torch.nn.functional.cross_entropy(ctx.student("x_adv"), ctx.y,
