@@ -40,7 +40,7 @@ prepare_environment()  # before torch loads: OpenMP threads sleep, not spin, whi
 import torch
 
 from igdm_kit._runtime import threads
-from igdm_kit._runtime.accel import Accelerator, AccelOptions, validate
+from igdm_kit._runtime.accel import Accelerator, AccelOptions, native_bf16, validate
 from igdm_kit.factories import create_attack, create_method, create_model, create_module, list_models
 from igdm_kit._training.batches import augment
 from igdm_kit.errors import IgdmKitError
@@ -65,6 +65,8 @@ def variants_for(device: torch.device, names: list[str] | None) -> list[Variant]
         "default": Variant("default", baseline="reference"),
         "reference": Variant("reference", cache=False),
         "bf16": Variant("bf16", accel=AccelOptions(amp="bf16"), baseline="default"),
+        "bf16+channels_last": Variant("bf16+channels_last", accel=AccelOptions(amp="bf16", channels_last=True),
+                                      baseline="default"),
         "fp16": Variant("fp16", accel=AccelOptions(amp="fp16"), baseline="default"),
         "channels_last": Variant("channels_last", accel=AccelOptions(channels_last=True), baseline="default"),
         "compile": Variant("compile", accel=AccelOptions(compile=True), baseline="default"),
@@ -77,10 +79,10 @@ def variants_for(device: torch.device, names: list[str] | None) -> list[Variant]
                                                                      compile=True, cudnn_benchmark=True,
                                                                      gpu_data=True), baseline="default"),
     }
-    if names is None:
+    if names is None:  # bf16 wherever the device has it natively (amp = "auto" would choose it)
         names = ["default", "reference"] + (["bf16", "fp16", "channels_last", "compile", "cudnn_benchmark",
-                                             "gpu_data", "fast", "fast+gpu_data"]
-                                            if device.type == "cuda" else [])
+                                             "gpu_data", "fast", "fast+gpu_data"] if device.type == "cuda" else
+                                            ["bf16", "bf16+channels_last"] if native_bf16(device) else [])
     unknown = [n for n in names if n not in known]
     if unknown:
         sys.exit(f"unknown variant(s) {unknown}; known: {', '.join(known)}")
@@ -284,6 +286,14 @@ def main(argv: list[str] | None = None) -> int:
                    "ms_per_step": ms, "ms_min": 1000 * min(r.times), "ms_all": [1000 * t for t in r.times],
                    "images_per_s": args.batch_size / ms * 1000, "baseline": r.variant.baseline}
             row.update(memory_fields(r))
+            default = by_name.get("default")  # bf16 and the layouts do the same FLOPs as the default path
+            work = r.flop_count or (default.flop_count if default is not None else None)
+            if work:
+                row["gflop_per_s"] = work / 1e9 / (ms / 1000)
+            ref = by_name.get("reference")
+            if ref is not None and r is not ref:  # every variant against the reference code's composition
+                row["speedup_vs_reference"] = statistics.median(
+                    sorted(b / t for b, t in zip(ref.times, r.times, strict=True)))
             base = by_name.get(r.variant.baseline)
             if base is not None:
                 # The repeats are interleaved, so repeat i of both variants ran under the same machine
@@ -340,9 +350,8 @@ def print_table(rows: list[dict[str, Any]], meta: dict[str, Any], cuda: bool) ->
                     f"{a['image_size']}×{a['image_size']}, {a['classes']} classes, K = {a['attack_steps']} "
                     f"({meta['device']}, torch {meta['torch']}, {meta['threads']} thread"
                     f"{'s' if meta['threads'] != 1 else ''})")
-    for col in ("method", "variant", "S fwd/bwd", "T fwd (images)", "GFLOP", "ms/step", "img/s",
-                "speedup (paired IQR)",
-                "vs", "predicted") + (("CIFAR epoch s", "peak MiB") if cuda else ()):
+    for col in ("method", "variant", "S fwd/bwd", "T fwd (images)", "GFLOP", "ms/step", "img/s", "GFLOP/s",
+                "speedup (paired IQR)", "vs", "predicted", "× reference") + (("CIFAR epoch s", "peak MiB") if cuda else ()):
         t.add_column(col, justify="left" if col in ("method", "variant") else "right")
     for r in rows:
         s, te = r["passes"].get("student", {}), r["passes"].get("teacher", {})
@@ -350,8 +359,10 @@ def print_table(rows: list[dict[str, Any]], meta: dict[str, Any], cuda: bool) ->
         cells = [r["method"], r["variant"], f"{s.get('forwards', 0)}/{s.get('backwards', 0)}", tf,
                  f"{r['flops'] / 1e9:.2f}" if r["flops"] else "",
                  f"{r['ms_per_step']:.1f}", f"{r['images_per_s']:.0f}",
+                 f"{r['gflop_per_s']:.1f}" if "gflop_per_s" in r else "",
                  speedup_cell(r), r["baseline"] if "speedup" in r else "",
-                 f"{r['predicted_speedup']:.3f}×" if "predicted_speedup" in r else ""]
+                 f"{r['predicted_speedup']:.3f}×" if "predicted_speedup" in r else "",
+                 f"{r['speedup_vs_reference']:.2f}×" if "speedup_vs_reference" in r else ""]
         if cuda:
             cells.append(f"{r['cifar_epoch_s']:.1f}")
             cells.append(f"{r['peak_mem_bytes'] / 2**20:.0f}" if r["peak_mem_bytes"] is not None else "")

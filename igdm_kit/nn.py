@@ -1,4 +1,5 @@
-"""The layers every model shares, applied by the host: normalization inside the model.
+"""The layers every model shares, applied by the host: normalization inside the model; and uint8 data as
+the [0, 1] floats a model takes (``to_float_images``).
 
 Attacks, ε and every analysis work on [0, 1] images, so a dataset's mean/std must be part of the model,
 never of the data. ``igdm_kit.create_model`` wraps each registered architecture once in ``Classifier``;
@@ -11,6 +12,15 @@ from collections.abc import Sequence
 
 import torch
 from torch import nn
+
+
+def to_float_images(x: torch.Tensor) -> torch.Tensor:
+    """Images as a model takes them: uint8 pixels k become float32 k/255 (on the tensor's device, one batch at
+    a time, so a dataset is held as uint8 — 4× smaller); float images, already in [0, 1], are returned as they
+    are. k/255 is the same float32 number whichever side of a copy it is computed on."""
+    if x.dtype == torch.uint8:
+        return x.to(torch.float32).div_(255.0)
+    return x
 
 
 class Normalize(nn.Module):

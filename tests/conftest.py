@@ -62,6 +62,22 @@ class CliResult:
     err: str
 
 
+def _importable(name: str) -> bool:
+    try:
+        __import__(name)
+    except Exception:  # noqa: BLE001 - absent or broken: tests of what needs it skip
+        return False
+    return True
+
+
+def model_params() -> list:
+    """Every registered model as a test parameter; ``timm`` skips with its install line without the extra."""
+    from igdm_kit.factories import list_models
+
+    return [pytest.param(n, marks=pytest.mark.skipif(not _importable("timm"), reason="pip install 'igdm-kit[timm]'"))
+            if n == "timm" else n for n in list_models()]
+
+
 @pytest.fixture
 def cli(capsys):
     """``cli("recipe", "check", path)`` runs ``igdm-kit`` in-process."""

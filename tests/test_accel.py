@@ -149,7 +149,10 @@ def test_bf16_attacks_stay_in_the_ball_and_increase_their_loss(attack_name, batc
     attack = acc.wrap_attack(create_attack(attack_name, student, options=options, teacher=teacher))
     torch.manual_seed(0)
     extra = {"teacher_logits": teacher(x)} if attack_name == "rslad" else {}
+    student.train()
     x_adv = attack(x, y, **extra)
+    assert student.training and not teacher.training  # the attack gave the models their modes back
+    assert all(m.training for m in student.modules()) and not any(m.training for m in teacher.modules())
     assert torch.bfloat16 in dtypes  # the attack's forwards really ran under bf16 autocast
     assert student(x).dtype == torch.float32  # logits (and so every objective) in float32
 
@@ -416,3 +419,49 @@ def test_engine_trains_with_bf16_and_channels_last(write_recipe, tmp_path, devic
     model = load_model(tmp_path / "run" / "model.safetensors")  # plain keys, loads into a fresh model
     assert sum(p.numel() for p in model.parameters()) > 0
     assert "clean" in result.results["metrics"]
+
+
+def _cpu_flags() -> set[str] | None:
+    try:
+        text = open("/proc/cpuinfo").read()
+    except OSError:
+        return None
+    return {f for line in text.splitlines() if line.startswith("flags") for f in line.split(":")[1].split()}
+
+
+def test_amp_auto_is_bf16_exactly_where_the_cpu_has_native_bf16():
+    """``amp = "auto"``: bf16 where the device computes it natively; the oracle is the kernel's CPU flags."""
+    from igdm_kit._runtime.accel import native_bf16, resolve_amp
+
+    flags = _cpu_flags()
+    if flags is None:
+        pytest.skip("no /proc/cpuinfo to read the CPU's flags from")
+    native = bool({"avx512_bf16", "amx_bf16"} & flags)
+    assert native_bf16(torch.device("cpu")) is native
+    assert resolve_amp("auto", torch.device("cpu")) == ("bf16" if native else "off")
+    assert [resolve_amp(a, torch.device("cpu")) for a in ("off", "bf16")] == ["off", "bf16"]  # explicit wins
+
+
+def test_amp_auto_is_shown_recorded_and_held_on_resume(write_recipe, tmp_path):
+    import json
+
+    from igdm_kit._runtime.accel import resolve_amp
+    from igdm_kit._training.engine import run
+    from igdm_kit.errors import IgdmKitError
+
+    text = with_train(DIGITS_PGDAT.replace("epochs = 1", "epochs = 2"), 'amp = "auto"\n').replace(
+        "[data]\nname = \"digits\"\n", "[data]\nname = \"digits\"\ntrain_limit = 128\ntest_limit = 32\n")
+    r = R.load(write_recipe(text))
+    chosen = resolve_amp("auto", torch.device("cpu"))
+    logs: list[str] = []
+    run(r, output_dir=tmp_path / "run", log=logs.append)
+    assert any(m.startswith(f"train.amp = auto: {chosen}") for m in logs), logs  # the default that decides, shown
+    manifest = json.loads((tmp_path / "run" / "manifest.json").read_text())
+    assert manifest["amp"] == chosen and manifest["recipe"]["train"]["amp"] == "auto"
+    # the run is resumed where auto chooses the other precision: refused, not continued in another one
+    other = "off" if chosen == "bf16" else "bf16"
+    (tmp_path / "run" / "manifest.json").write_text(json.dumps({**manifest, "amp": other}))
+    (tmp_path / "run" / "results.json").unlink()
+    with pytest.raises(IgdmKitError, match=f"started with amp {other}") as exc:
+        run(r, output_dir=tmp_path / "run", resume=True, log=logs.append)
+    assert "--overwrite" in exc.value.hint

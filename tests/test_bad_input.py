@@ -173,7 +173,8 @@ def fake_dataset(monkeypatch):
 @pytest.mark.parametrize("bad, words", [
     (lambda t: {"x": t.rand(32, 3, 8, 8)}, "shape (3, 8, 8), expected (1, 8, 8)"),
     (lambda t: {"x": t.rand(32, 1, 8, 8) * 255}, "not [0, 1]"),
-    (lambda t: {"x": (t.rand(32, 1, 8, 8) * 255).to(t.uint8)}, "uint8"),
+    # uint8 is a contract's dtype (k/255); any other integer type is not
+    (lambda t: {"x": (t.rand(32, 1, 8, 8) * 255).to(t.int16)}, "int16 images"),
     (lambda t: {"y": t.randint(0, 10, (31,))}, "labels of shape (31,)"),
     (lambda t: {"y": t.full((32,), 10)}, "labels outside 0..9"),
 ])

@@ -8,14 +8,15 @@ import os
 
 import pytest
 import torch
+from conftest import model_params
 from safetensors.torch import save_file
 
 import igdm_kit
 from igdm_kit._storage.checkpoint import META_KEY, read_metadata, save_model
 from igdm_kit.errors import CheckpointError
-from igdm_kit.factories import list_models
 
-SMALL = {"small-cnn": {"width": 4}, "wideresnet": {"depth": 10, "widen_factor": 2, "activation": "silu"}}
+SMALL = {"small-cnn": {"width": 4}, "wideresnet": {"depth": 10, "widen_factor": 2, "activation": "silu"},
+         "timm": {"arch": "resnet10t"}}
 X = torch.rand(2, 3, 16, 16, generator=torch.Generator().manual_seed(0))
 
 
@@ -38,7 +39,7 @@ def meta_for(name, options, num_classes=7, mean=None, std=None, **extra):
                 mean=mean, std=std, **extra)
 
 
-@pytest.mark.parametrize("name", list_models())
+@pytest.mark.parametrize("name", model_params())
 def test_every_model_round_trips_with_equal_outputs(name, tmp_path):
     model, options = trained_like(name)
     path = save_model(tmp_path / "final.safetensors", model, meta_for(name, options, dataset="cifar10",

@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from test_imagenet import write_imagenet  # ImageNet's train/<wnid>/ and val/ layout, JPEGs
 from test_mnist import write_mnist  # torchvision's idx layout, written from the format
 
 import igdm_kit
@@ -130,6 +131,7 @@ FAKE = {
     "digits": lambda root: {},  # shipped with scikit-learn
     "synthetic": lambda root: {"train_size": 6, "test_size": 4},  # generated, no files
     "mnist": lambda root: (write_mnist(root / "MNIST" / "raw"), {"root": str(root), "source": "files"})[1],
+    "imagenet": lambda root: (write_imagenet(root), {"root": str(root), "image_size": 16})[1],
 }
 
 
@@ -144,10 +146,12 @@ def test_dataset_contract(name, tmp_path):
     info = ds.info()
     for split in ("train", "test"):
         x, y = ds.load(split)
-        assert x.dtype == torch.float32 and y.dtype == torch.int64
+        # 8-bit data keeps its bytes: uint8, pixel k meaning k/255 (the host converts per batch); digits
+        # (k/16) is float in [0, 1]
+        assert x.dtype == (torch.float32 if name == "digits" else torch.uint8) and y.dtype == torch.int64
         assert x.ndim == 4 and x.shape[0] == y.shape[0] > 0
         assert x.shape[1:] == (info.in_channels, info.image_size, info.image_size)
-        assert 0.0 <= float(x.min()) and float(x.max()) <= 1.0
+        assert 0.0 <= float(x.min()) and float(x.max()) <= (1.0 if name == "digits" else 255)
         assert 0 <= int(y.min()) and int(y.max()) < info.num_classes
     assert not info.class_names or len(info.class_names) == info.num_classes
 
@@ -162,7 +166,7 @@ def test_cifar10_pixels_labels_and_info(tmp_path):
     labels = sum((batches[f"data_batch_{i}"][1] for i in range(1, 6)), [])
     # Row layout of the originals: 1024 red values, then green, then blue, each row-major.
     for k, c, i, j in [(0, 0, 0, 0), (3, 1, 5, 7), (14, 2, 31, 30), (7, 2, 16, 0)]:
-        assert x[k, c, i, j].item() == pytest.approx(data[k, c * 1024 + i * 32 + j] / 255.0)
+        assert x[k, c, i, j].item() == data[k, c * 1024 + i * 32 + j]  # the file's byte
     assert y.tolist() == labels
     xt, yt = ds.load("test")
     assert xt.shape == (4, 3, 32, 32) and yt.tolist() == batches["test_batch"][1]
@@ -180,7 +184,7 @@ def test_cifar_reader_agrees_with_torchvision(tmp_path, monkeypatch):
     monkeypatch.setattr(tv_cifar, "check_integrity", lambda *a, **k: True)
     tv = tv_cifar.CIFAR10(str(tmp_path), train=True, download=False)
     x, y = igdm_kit.create_dataset("cifar10", root=str(tmp_path)).load("train")
-    expected = torch.from_numpy(tv.data).permute(0, 3, 1, 2).float() / 255.0  # HWC → CHW
+    expected = torch.from_numpy(tv.data).permute(0, 3, 1, 2)  # HWC → CHW, uint8 both
     torch.testing.assert_close(x, expected, rtol=0, atol=0)
     assert y.tolist() == list(tv.targets)
     assert tv.classes == list(igdm_kit.create_dataset("cifar10", root=str(tmp_path)).info().class_names)
@@ -192,7 +196,7 @@ def test_cifar100_fine_labels(tmp_path):
     x, y = ds.load("test")
     data, fine = written["test"]
     assert y.tolist() == fine
-    assert x[2, 1, 3, 4].item() == pytest.approx(data[2, 1024 + 3 * 32 + 4] / 255.0)
+    assert x[2, 1, 3, 4].item() == data[2, 1024 + 3 * 32 + 4]
     info = ds.info()
     assert info.num_classes == 100 and info.class_names[7] == "class7"
 
@@ -250,7 +254,7 @@ def test_svhn_layout_and_label_ten_is_zero(tmp_path):
     raw_x, raw_y = written["train"]
     assert x.shape == (5, 3, 32, 32)
     for k, c, i, j in [(0, 0, 0, 0), (4, 2, 31, 5), (2, 1, 7, 19)]:
-        assert x[k, c, i, j].item() == pytest.approx(raw_x[i, j, c, k] / 255.0)  # X is H×W×C×N
+        assert x[k, c, i, j].item() == raw_x[i, j, c, k]  # X is H×W×C×N
     expected = [0 if v == 10 else int(v) for v in raw_y[:, 0]]
     assert y.tolist() == expected and y[0].item() == 0
     info = ds.info()
@@ -280,8 +284,8 @@ def test_tiny_imagenet_original_and_sorted_val_layouts(tmp_path, sorted_val):
     grey = base / "train" / wnids[0] / "images" / f"{wnids[0]}_grey.JPEG"
     first_class = sorted(wnids)[0]
     files = sorted((base / "train" / first_class / "images").iterdir())
-    assert any(torch.equal(x[k], torch.from_numpy(decoded(files[0])).float() / 255) for k in range(7))
-    assert any(torch.equal(x[k], torch.from_numpy(decoded(grey)).float() / 255) for k in range(7))
+    assert any(torch.equal(x[k], torch.from_numpy(decoded(files[0]))) for k in range(7))
+    assert any(torch.equal(x[k], torch.from_numpy(decoded(grey))) for k in range(7))
     xv, yv = ds.load("test")
     assert xv.shape == (4, 3, 64, 64)
     assert sorted(yv.tolist()) == sorted([index[w] for w in wnids] + [index[wnids[0]]])
@@ -305,8 +309,8 @@ def test_image_folder_classes_resize_and_labels(tmp_path):
     x, y = ds.load("train")
     assert x.shape == (4, 3, 8, 8) and y.tolist() == [0, 0, 1, 2]
     # Solid-colour images stay that colour through bilinear resizing and cropping.
-    assert torch.all(x[0, 0] == 1.0) and torch.all(x[0, 1:] == 0.0)
-    assert torch.allclose(x[3, :, 4, 4], torch.tensor([10, 200, 30]) / 255.0)
+    assert torch.all(x[0, 0] == 255) and torch.all(x[0, 1:] == 0)
+    assert x[3, :, 4, 4].tolist() == [10, 200, 30]
     xt, yt = ds.load("test")
     assert yt.tolist() == [0, 1]  # test folders are matched to the train classes by name
 
@@ -321,7 +325,7 @@ def test_image_folder_greyscale_and_overrides(tmp_path):
     x, _ = ds.load("train")
     assert x.shape[1] == 1
     # ITU-R 601-2 luma of pure red: 0.299 · 255 ≈ 76.
-    assert abs(x[0, 0, 0, 0].item() * 255 - 0.299 * 255) <= 1
+    assert abs(x[0, 0, 0, 0].item() - 0.299 * 255) <= 1
 
 
 def test_image_folder_test_class_unknown_to_train_is_an_error(tmp_path):

@@ -302,3 +302,19 @@ def test_edited_run_files_and_absurd_radii_are_one_line(tmp_path, write_recipe, 
     error, _ = _one_line(res.err)
     assert res.code == 1 and error.startswith(
         "error: --eps '1e300': an L∞ ε above 1 exceeds the pixel range [0, 1]"), error
+
+
+def test_a_value_that_is_not_utf8_is_one_line_and_writes_nothing(tmp_path, write_recipe):
+    """#27: ``--set data.root=<bytes that are not UTF-8>`` (Python hands them over as lone surrogates) ended in a
+    UnicodeEncodeError traceback, leaving a folder with only manifest.json that then needed --overwrite."""
+    import subprocess
+    import sys
+
+    p = write_recipe(TINY.replace('name = "digits"\ntrain_limit = 256', 'name = "image-folder"\nroot = "x"'))
+    out = tmp_path / "run"
+    res = subprocess.run([sys.executable.encode(), b"-m", b"igdm_kit", b"run", str(p).encode(), b"--set",
+                          b"data.root=/tmp/caf\xe9", b"--output", str(out).encode()], capture_output=True, timeout=300)
+    err = res.stderr.decode("utf-8", "replace")
+    assert res.returncode == 1 and "Traceback" not in err, err
+    assert "data.root" in err and "UTF-8" in err
+    assert not out.exists()

@@ -66,9 +66,9 @@ def test_reads_torchvisions_idx_files(tmp_path, layout, gz):
     ds = create_dataset("mnist", root=str(tmp_path), source="files")
     for split, (images, labels) in arrays.items():
         x, y = ds.load(split)
-        assert x.dtype == torch.float32 and y.dtype == torch.long and x.shape == (len(labels), 1, 28, 28)
-        assert x[0, 0, 5, 7].item() == pytest.approx(images[0, 5, 7] / 255.0)  # row 5, column 7
-        np.testing.assert_allclose(x.numpy()[:, 0], images / 255.0, rtol=0, atol=1e-7)
+        assert x.dtype == torch.uint8 and y.dtype == torch.long and x.shape == (len(labels), 1, 28, 28)
+        assert x[0, 0, 5, 7].item() == images[0, 5, 7]  # row 5, column 7
+        np.testing.assert_array_equal(x.numpy()[:, 0], images)  # the file's bytes, k meaning k/255
         assert y.tolist() == labels.tolist()
 
 
@@ -147,12 +147,11 @@ def test_mnist_5k_split_is_every_fifth_row_digits_in_turn(tmp_path):
     for j in (0, 1, 9, 10, 999):  # test image j is digit j % 10's (j // 10)-th test row
         row = by_digit[j % 10][j // 10]
         assert y_te[j].item() == row[-1]
-        np.testing.assert_allclose(x_te[j, 0].numpy() * 255, np.array(row[:-1]).reshape(28, 28), atol=1e-4)
+        np.testing.assert_array_equal(x_te[j, 0].numpy(), np.array(row[:-1]).reshape(28, 28))
     train_rows = [r for i, r in enumerate(rows) if i % 5 != 4]
     for i in (0, 1, 3999):  # train keeps the file's order
-        np.testing.assert_allclose(x_tr[i, 0].numpy() * 255, np.array(train_rows[i][:-1]).reshape(28, 28),
-                                   atol=1e-4)
-    assert x_tr.min() >= 0 and x_tr.max() <= 1 and x_tr.max() == 1  # 255 → 1
+        np.testing.assert_array_equal(x_tr[i, 0].numpy(), np.array(train_rows[i][:-1]).reshape(28, 28))
+    assert x_tr.dtype == torch.uint8 and x_tr.max() == 255
     x_again, _ = create_dataset("mnist", root=str(tmp_path), source="mnist-5k").load("test")
     assert torch.equal(x_again, x_te)
 

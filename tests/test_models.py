@@ -11,13 +11,14 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from conftest import model_params
 
 import igdm_kit
 from igdm_kit.factories import list_models
 
 MEAN, STD = (0.4, 0.5, 0.6), (0.2, 0.25, 0.3)
 #: Small options for the contract tests (the generic WRN's defaults are the WRN-28-10 tested anyway).
-TINY = {"wideresnet": {"depth": 10, "widen_factor": 1}, "small-cnn": {"width": 8}}
+TINY = {"wideresnet": {"depth": 10, "widen_factor": 1}, "small-cnn": {"width": 8}, "timm": {"arch": "resnet10t"}}
 BIG = {"wrn-34-10", "wrn-28-10"}
 
 
@@ -33,7 +34,7 @@ def test_registry_lists_the_paper_models():
             "wideresnet"} <= names
 
 
-@pytest.mark.parametrize("name", list_models())
+@pytest.mark.parametrize("name", model_params())
 def test_forward_backward_all_parameters_get_gradients(name):
     torch.manual_seed(0)
     model = build(name, mean=MEAN, std=STD).train()
@@ -49,7 +50,7 @@ def test_forward_backward_all_parameters_get_gradients(name):
     assert x.grad is not None and x.grad.abs().sum() > 0
 
 
-@pytest.mark.parametrize("name", list_models())
+@pytest.mark.parametrize("name", model_params())
 def test_normalization_is_inside_the_model(name):
     """A model built with mean/std equals the same network without normalization fed (x − mean)/std."""
     torch.manual_seed(1)

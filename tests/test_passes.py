@@ -241,10 +241,16 @@ def test_step_speed_benchmark_reports_the_minimum_passes(tmp_path, monkeypatch):
     monkeypatch.setitem(sys.modules, spec.name, bench)  # its dataclasses look their module up
     spec.loader.exec_module(bench)
     out = tmp_path / "speed.json"
-    assert bench.main(["--quick", "--methods", "rslad+igdm,adaad+igdm", "--repeats", "1",
-                       "--out", str(out)]) == 0
+    assert bench.main(["--quick", "--methods", "rslad+igdm,adaad+igdm", "--repeats", "3",
+                       "--variants", "default,reference,bf16", "--out", str(out)]) == 0
     rows = {(r["method"], r["variant"]): r for r in json.loads(out.read_text())["rows"]}
-    assert set(rows) == {(m, v) for m in ("rslad+igdm", "adaad+igdm") for v in ("default", "reference")}
+    assert set(rows) == {(m, v) for m in ("rslad+igdm", "adaad+igdm") for v in ("default", "reference", "bf16")}
+    for m in ("rslad+igdm", "adaad+igdm"):  # GFLOP/s: the step's FLOPs (bf16: the same work) over its time
+        d, b = rows[(m, "default")], rows[(m, "bf16")]
+        assert d["gflop_per_s"] == pytest.approx(d["flops"] / 1e9 / (d["ms_per_step"] / 1000), rel=1e-9)
+        assert b["gflop_per_s"] == pytest.approx(d["flops"] / 1e9 / (b["ms_per_step"] / 1000), rel=1e-9)
+        assert d["speedup_vs_reference"] == pytest.approx(d["speedup"])  # the default's baseline is the reference
+        assert b["speedup_vs_reference"] > 0 and "speedup_vs_reference" not in rows[(m, "reference")]
     for spec_name in ("rslad+igdm", "adaad+igdm"):
         method, module = spec_name.split("+")
         expected = {role: {"forwards": c["forwards"], "backwards": c["backwards"]}

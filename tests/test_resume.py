@@ -1,6 +1,7 @@
 """Interruptions: SIGKILL after a checkpoint, then --resume, ends bit-identical to an uninterrupted run;
 SIGINT finishes the step, saves, says how to resume; a non-finite loss stops with the last good checkpoint.
-The runs train on ``pytest --device`` (``train.device``; cpu unless asked)."""
+The runs train on ``pytest --device`` (``train.device``; cpu unless asked), in fp32 and with
+``train.amp = "bf16"`` (#28: the bf16 path keeps the resume contract — exactly, on the same device)."""
 
 from __future__ import annotations
 
@@ -23,9 +24,9 @@ RECIPE = DIGITS_PGDAT.replace("epochs = 1", "epochs = 4").replace("milestones = 
     .replace("steps = 2", "steps = 5")
 
 
-def on(text: str, device) -> str:
-    """A recipe with ``train.device`` set to the tests' device."""
-    return text.replace("[train]\n", f'[train]\ndevice = "{device}"\n', 1)
+def on(text: str, device, amp: str = "off") -> str:
+    """A recipe with ``train.device`` set to the tests' device (and ``train.amp``)."""
+    return text.replace("[train]\n", f'[train]\ndevice = "{device}"\namp = "{amp}"\n', 1)
 
 
 def _weights(path):
@@ -52,11 +53,11 @@ def _wait_for(pred, proc, timeout=300):
         time.sleep(0.02)
 
 
-@pytest.fixture(scope="module")
-def reference(tmp_path_factory, device):
+@pytest.fixture(scope="module", params=["off", "bf16"], ids=["fp32", "bf16"])
+def reference(tmp_path_factory, device, request):
     out = tmp_path_factory.mktemp("ref") / "run"
     p = out.parent / "r.toml"
-    p.write_text(on(RECIPE, device))
+    p.write_text(on(RECIPE, device, request.param))
     run(R.load(p), output_dir=out)
     return p, _weights(out / "model.safetensors")
 

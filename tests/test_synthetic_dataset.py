@@ -15,6 +15,7 @@ import torch
 import igdm_kit
 from igdm_kit import _recipe as R
 from igdm_kit.errors import IgdmKitError, RecipeError
+from igdm_kit.nn import to_float_images
 
 
 def test_defaults_are_cifar100_shaped():
@@ -27,10 +28,9 @@ def test_defaults_are_cifar100_shaped():
 
 def test_pixels_are_uniform_8_bit_values_and_labels_uniform_classes():
     ds = igdm_kit.create_dataset("synthetic", train_size=4000, test_size=10, num_classes=10, image_size=8)
-    x, y = ds.load("train")
-    assert x.shape == (4000, 3, 8, 8) and x.dtype == torch.float32 and y.dtype == torch.int64
-    levels = x * 255
-    assert torch.equal(levels, levels.round())  # k/255 exactly, as decoded image files give
+    pixels, y = ds.load("train")
+    assert pixels.shape == (4000, 3, 8, 8) and pixels.dtype == torch.uint8 and y.dtype == torch.int64
+    x = to_float_images(pixels)  # k/255, as decoded image files give
     assert float(x.min()) == 0.0 and float(x.max()) == 1.0  # 768k draws reach both ends
     n = x.numel()
     var = (256 ** 2 - 1) / (12 * 255 ** 2)

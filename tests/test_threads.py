@@ -143,3 +143,21 @@ def test_the_busy_warning_compares_load_with_cpus():
     warning = threads.busy_warning(1)
     assert (warning is None) == (load + 1 <= cpus + 0.5)
     assert threads.busy_warning(10_000) is not None  # more threads than any machine here has free
+
+
+@pytest.mark.parametrize("source", ["--threads", "IGDM_KIT_THREADS", "OMP_NUM_THREADS"])
+def test_a_thread_count_past_the_recipe_range_is_refused_from_every_source(source, cli, write_recipe, tmp_path,
+                                                                           monkeypatch):
+    """#27's red team: ``--threads 10000`` was taken (the recipe key stops at 4096) and a 64-image epoch took
+    110 s, SIGTERM 173 s to act. Every source has the recipe's range, and says so in one line."""
+    monkeypatch.delenv(threads.ENV, raising=False)
+    p = write_recipe(TINY)
+    args = ("run", p, "--output", tmp_path / "run")
+    if source == "--threads":
+        res = cli("--threads", "10000", *args)
+    else:
+        monkeypatch.setenv(source, "10000")
+        res = cli(*args)
+    assert res.code != 0 and "Traceback" not in res.err
+    assert source in res.err and "4096" in res.err, res.err  # the source named, with the limit
+    assert not (tmp_path / "run").exists()  # refused before the folder is touched

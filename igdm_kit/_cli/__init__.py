@@ -24,6 +24,7 @@ from igdm_kit._cli import run as run_cmd
 from igdm_kit._cli import sweep as sweep_cmd
 from igdm_kit._cli.console import err_console
 from igdm_kit._runtime.threads import ENV as THREADS_ENV
+from igdm_kit._runtime.threads import MAX_THREADS
 from igdm_kit._runtime.threads import prepare_environment
 from igdm_kit.errors import IgdmKitError
 
@@ -46,7 +47,7 @@ def build_app() -> typer.Typer:
     def _root(_version: bool = typer.Option(False, "--version", callback=version, is_eager=True,
                                             help="print the version and exit"),
               threads: int | None = typer.Option(
-                  None, "--threads", min=1, metavar="N", envvar=THREADS_ENV, show_envvar=True,
+                  None, "--threads", min=1, max=MAX_THREADS, metavar="N", envvar=THREADS_ENV, show_envvar=True,
                   help="CPU threads of torch for every command (default: the recipe's train.threads, else "
                        "the physical cores available)")) -> None:
         """Robust small classifiers by adversarial distillation, with IGDM."""

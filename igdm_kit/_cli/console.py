@@ -41,7 +41,8 @@ def make_progress():
         return LineProgress(err_console, float(os.environ.get(LINE_INTERVAL_ENV, "60") or 60))
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
-    return Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+    # descriptions hold recipe names and paths: text, never markup (name = "[/]" must not end a run)
+    return Progress(TextColumn("{task.description}", markup=False), BarColumn(), MofNCompleteColumn(),
                     TimeRemainingColumn(), console=err_console, transient=True)
 
 

@@ -198,4 +198,11 @@ def print_table(result: dict[str, Any]) -> None:
         lo, hi = a.ci95
         table.add_row(escape(a.label), f"{a.accuracy:.2f}", f"{lo:.1f}–{hi:.1f}", f"{a.correct}/{a.total}",
                       f"{rep.seconds[key]:.1f}" if key in rep.seconds else "", style="bold" if key == "worst" else "")
+    key = "worst" if len(rep.attacks) > 1 else next(iter(rep.attacks), "")
+    found = rep.worst_class(key)
+    if found is not None:  # robust fairness: the class served worst (every class: --json's per_class)
+        (cls, a), (lo, hi) = found, found[1].ci95
+        under = "worst case" if key == "worst" else rep.attacks[key].label
+        table.add_row(escape(f"worst class: {cls} ({under})"), f"{a.accuracy:.2f}", f"{lo:.1f}–{hi:.1f}",
+                      f"{a.correct}/{a.total}", "")
     out_console.print(table)

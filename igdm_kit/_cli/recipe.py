@@ -41,7 +41,7 @@ def register(app: typer.Typer) -> None:
         r = recipe_mod.load(recipe, set_)
         for warning in [*recipe_mod.missing_extras(r), *missing_files(r)]:
             err_console.print(f"[yellow]warning:[/] {escape(warning)}", highlight=False, soft_wrap=True)
-        out_console.print(f"[green]ok[/] {recipe} ({r.model.method.name}"
+        out_console.print(f"[green]ok[/] {escape(str(recipe))} ({r.model.method.name}"
                           + (f" + {r.model.module.name}" if r.model.module else "") + ")", highlight=False)
 
     @group.command("show")

@@ -47,7 +47,7 @@ def register(app: typer.Typer) -> None:
         try:
             with make_progress() as progress:
                 result = run_recipe(r, output_dir=output, resume=resume, overwrite=overwrite,
-                                    log=lambda s: progress.console.print(s, style="dim", highlight=False),
+                                    log=lambda s: progress.console.print(s, style="dim", highlight=False, markup=False),
                                     progress=progress)
         finally:
             distributed.shutdown(distributed.from_env())
@@ -67,7 +67,7 @@ def print_summary(result) -> None:
 
     if any(k.startswith("val_") for row in result.metrics for k in row):
         out_console.print(validation_table(result))
-    table = Table(title=f"{result.recipe.name} — {result.output_dir}")
+    table = Table(title=escape(f"{result.recipe.name} — {result.output_dir}"))
     table.add_column("metric")
     table.add_column("value", justify="right")
     last = result.metrics[-1] if result.metrics else {}
@@ -83,7 +83,12 @@ def print_summary(result) -> None:
         report = EvalReport.from_json(rep)
         for a in (report.rows() if len(report.attacks) > 1 else report.attacks).values():
             lo, hi = a.ci95
-            table.add_row(f"{where}test {a.label} acc (%)", f"{a.accuracy:.2f} ({lo:.1f}–{hi:.1f})")
+            table.add_row(escape(f"{where}test {a.label} acc (%)"), f"{a.accuracy:.2f} ({lo:.1f}–{hi:.1f})")
+        found = report.worst_class("worst" if len(report.attacks) > 1 else next(iter(report.attacks), ""))
+        if found is not None:  # robust fairness: the class the model serves worst
+            (cls, a), (lo, hi) = found, found[1].ci95
+            table.add_row(escape(f"{where}test worst class ({cls}, {a.correct}/{a.total}) acc (%)"),
+                          f"{a.accuracy:.2f} ({lo:.1f}–{hi:.1f})")
         for k, v in (rep.get("alignment") or {}).items():
             if isinstance(v, (int, float)):
                 table.add_row(f"{where}test {k.upper()}", f"{v:.4f}")

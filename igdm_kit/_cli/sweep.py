@@ -90,7 +90,7 @@ def execute(recipe: Path, overrides: list[str], grid: dict, output: Path | None,
     for note in notes:
         err_console.print(escape(note), style="dim", highlight=False)
     with make_progress() as progress:
-        log = lambda s: progress.console.print(s, style="dim", highlight=False)  # noqa: E731
+        log = lambda s: progress.console.print(s, style="dim", highlight=False, markup=False)  # noqa: E731
         if launch is not None:
             from igdm_kit._sweep.launch import launch_sweep
 
@@ -106,7 +106,7 @@ def execute(recipe: Path, overrides: list[str], grid: dict, output: Path | None,
                           "the table (finished variants are reused)")
         return
     if plot is not None:
-        err_console.print(f"plot: {sweep_figure(summary, plot)}", style="dim")
+        err_console.print(f"plot: {sweep_figure(summary, plot)}", style="dim", markup=False)
     if json_:
         print_json("sweep", summary)
     else:
@@ -132,13 +132,13 @@ def print_table(summary: dict) -> None:
     mixed = len({tuple(sorted(r["worst_over"])) for r in rows if "worst_over" in r}) > 1
     caption = _caption(len(rows)) + ("; the variants ran different attacks, so each worst case covers its own "
                                      "and they are not compared" if mixed else "")
-    table = Table(title=f"{summary['recipe']} — accuracy (%) on {where}", caption=caption)
+    table = Table(title=escape(f"{summary['recipe']} — accuracy (%) on {where}"), caption=escape(caption))
     table.add_column("variant")
     for key, label in cols:
         table.add_column(f"{label} (own attacks)" if mixed and key == "worst" else label, justify="right")
     for i, r in enumerate(rows):
         marks = tests.get(r["variant"], {}) if i and len(rows) > 2 else {}
-        table.add_row(r["variant"], *[_cell(r, k, marks.get(k)) for k, _ in cols])
+        table.add_row(escape(r["variant"]), *[_cell(r, k, marks.get(k)) for k, _ in cols])
     if len(rows) == 2:  # a base method and the same with the module: what the module changed, tested
         a, b = rows
         table.add_row("change", *["—" if mixed and k == "worst" else

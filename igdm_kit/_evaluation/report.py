@@ -65,6 +65,17 @@ class EvalReport:
     warnings: list[str] = field(default_factory=list)
     details: dict[str, Any] = field(default_factory=dict)
     flags: dict[str, Any] | None = None
+    #: per attack key (``worst`` included): (correct, total) of each class index — robust fairness
+    per_class: dict[str, list[tuple[int, int]]] = field(default_factory=dict)
+
+    def worst_class(self, key: str) -> tuple[int, Accuracy] | None:
+        """(class index, its accuracy) of the class with the lowest accuracy under ``key`` among the classes
+        the images hold (the lowest index on a tie); None without per-class counts."""
+        counts = [(c / t, i, c, t) for i, (c, t) in enumerate(self.per_class.get(key, [])) if t]
+        if not counts:
+            return None
+        _, i, c, t = min(counts)
+        return i, Accuracy(c, t, f"class {i}")
 
     def rows(self) -> dict[str, Accuracy]:
         """Every attack's accuracy, then the worst case (``worst``): what a table or a tracker shows."""
@@ -75,6 +86,14 @@ class EvalReport:
                "metrics": {k: a.to_json() for k, a in self.attacks.items()},
                "worst": {**self.worst.to_json(), "over": list(self.over)},
                "seconds": dict(self.seconds), "warnings": list(self.warnings), "details": dict(self.details)}
+        if self.per_class:
+            out["per_class"] = {k: {"correct": [c for c, _ in v], "total": [t for _, t in v]}
+                                for k, v in self.per_class.items()}
+            out["worst_class"] = {}
+            for k in self.per_class:
+                found = self.worst_class(k)
+                if found is not None:
+                    out["worst_class"][k] = {"class": found[0], **found[1].to_json()}
         if flags and self.flags is not None:
             out["flags"] = self.flags
         return out
@@ -89,11 +108,16 @@ class EvalReport:
                    device=str(d.get("device", "")), attacks=attacks,
                    worst=Accuracy.from_json(worst) if worst else Accuracy(0, max(n, 1), "worst case"),
                    over=list((worst or {}).get("over", attacks)), seconds=dict(d.get("seconds") or {}),
-                   warnings=list(d.get("warnings") or []), details=dict(d.get("details") or {}))
+                   warnings=list(d.get("warnings") or []), details=dict(d.get("details") or {}),
+                   per_class={k: list(zip(map(int, v["correct"]), map(int, v["total"]), strict=True))
+                              for k, v in (d.get("per_class") or {}).items()})
 
-    def with_counts(self, counts: dict[str, int], total: int) -> EvalReport:
-        """The same attacks with other counts over ``total`` images (the ranks' shards added up); the
-        per-attack details and flags of one shard are dropped (they are not the whole test split's)."""
+    def with_counts(self, counts: dict[str, int], total: int,
+                    per_class: dict[str, list[tuple[int, int]]] | None = None) -> EvalReport:
+        """The same attacks with other counts over ``total`` images (the ranks' shards added up, and their
+        per-class counts when given); the per-attack details and flags of one shard are dropped (they are not
+        the whole test split's)."""
         return replace(self, n=total, attacks={k: replace(a, correct=int(counts[k]), total=total)
                                                for k, a in self.attacks.items()},
-                       worst=replace(self.worst, correct=int(counts[WORST]), total=total), details={}, flags=None)
+                       worst=replace(self.worst, correct=int(counts[WORST]), total=total), details={}, flags=None,
+                       per_class=per_class if per_class is not None else {})

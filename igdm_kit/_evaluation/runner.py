@@ -29,6 +29,7 @@ from igdm_kit._recipe.specs import DEFAULT_ATTACKS, EvalSpec, check_eps, resolve
 from igdm_kit.attacks import LINF_EPS, Progress, batch_slices, eval_mode, resolve_device, seeded
 from igdm_kit.errors import DataError, IgdmKitError
 from igdm_kit.interfaces import Threat
+from igdm_kit.nn import to_float_images
 
 ATTACKS = DEFAULT_ATTACKS
 FLAGS_FORMAT = "igdm-kit/eval-flags/1"
@@ -86,17 +87,20 @@ def evaluate_report(model: nn.Module, x: torch.Tensor, y: torch.Tensor, attacks:
                     batch_size: int = 256, eps: float = LINF_EPS, threat: str = "Linf",
                     device: str | torch.device | None = None, seed: int | None = 0,
                     progress: Progress | None = None, autoattack_state: str | Path | None = None,
-                    where: str = "attacks") -> EvalReport:
+                    where: str = "attacks", num_classes: int | None = None) -> EvalReport:
     """Accuracy of ``model`` on (x, y) under each attack, and the worst case per image over all of them, with
     the per-image robust flags (``EvalReport``).
 
     ``attacks``: names or tables (``{"name": "pgd", "steps": 50}``) of registered evaluation attacks, or
     resolved ``EvalSpec``s; ``threat`` the norm of the ball of radius ``eps``. ``x`` are [0, 1] images
-    (N, C, H, W), ``y`` int64 labels. ``device``: ``None`` keeps the model where it is, otherwise the model is
-    moved there. Every attack starts from ``torch.manual_seed(seed)`` on a forked RNG.
+    (N, C, H, W; uint8 images count as k/255), ``y`` int64 labels. ``device``: ``None`` keeps the model
+    where it is, otherwise the model is moved there. Every attack starts from ``torch.manual_seed(seed)`` on a
+    forked RNG. Per-class counts (robust fairness) cover classes 0 … ``num_classes`` − 1 (default: the largest
+    label + 1).
     """
     if batch_size <= 0:
         raise IgdmKitError(f"batch size {batch_size} is not positive", "pass --batch-size 1 or more")
+    x = to_float_images(x)  # uint8 data (k/255): the attacks take [0, 1] floats
     _check_data(x, y)
     check_eps(eps, threat, "eps" if where == "attacks" else where.replace("attacks", "eps"),
               dims=int(x[0].numel()))
@@ -119,7 +123,17 @@ def evaluate_report(model: nn.Module, x: torch.Tensor, y: torch.Tensor, attacks:
     worst = torch.stack(list(flags.values())).all(dim=0)
     rep.worst, rep.over = Accuracy(int(worst.sum()), n, "worst case"), list(flags)
     flags[WORST] = worst
+    classes = num_classes if num_classes is not None else (int(y.max()) + 1 if n else 0)
+    rep.per_class = {k: per_class_counts(f, y, classes) for k, f in flags.items()}
     return rep
+
+
+def per_class_counts(flags: torch.Tensor, y: torch.Tensor, num_classes: int) -> list[tuple[int, int]]:
+    """(correct, total) of each class 0 … num_classes − 1 from per-image flags and labels."""
+    y = y.to(flags.device).long()
+    total = torch.bincount(y, minlength=num_classes)[:num_classes]
+    correct = torch.bincount(y[flags.bool()], minlength=num_classes)[:num_classes]
+    return [(int(c), int(t)) for c, t in zip(correct.tolist(), total.tolist(), strict=True)]
 
 
 def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, attacks: Sequence[Any] = ATTACKS, *,
@@ -182,7 +196,7 @@ def report_json(result: dict[str, Any] | EvalReport) -> dict[str, Any]:
 def images_digest(x: torch.Tensor, y: torch.Tensor) -> str:
     """sha256 of the evaluation images and labels: two flag files pair only on the same images."""
     h = hashlib.sha256()
-    for t in (x, y):
+    for t in (to_float_images(x), y):  # of the [0, 1] images, whether held as uint8 or float
         h.update(t.detach().to("cpu").contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
     return h.hexdigest()
 
@@ -249,7 +263,7 @@ def check_flags(path: Path, raw: dict[str, torch.Tensor], meta: Any) -> None:
 
 def load_eval_data(dataset_name: str, limit: int | None = None, options: dict[str, Any] | None = None,
                    split: str = "test") -> tuple[torch.Tensor, torch.Tensor]:
-    """The dataset's test split (its first ``limit`` images when given), as [0, 1] images and labels."""
+    """The dataset's test split (its first ``limit`` images when given), as float [0, 1] images and labels."""
     from igdm_kit.factories import create_dataset
 
     if limit is not None and limit <= 0:
@@ -257,4 +271,4 @@ def load_eval_data(dataset_name: str, limit: int | None = None, options: dict[st
     x, y = create_dataset(dataset_name, **(options or {})).load(split)
     if limit is not None:
         x, y = x[:limit], y[:limit]
-    return x, y
+    return to_float_images(x), y

@@ -192,6 +192,13 @@ def parse_value(text: str) -> Any:
 def parse_override(item: str) -> tuple[list[str], Any]:
     """``train.epochs=5`` → (["train", "epochs"], 5); ``eval.attacks=clean,pgd20`` → a list (``parse_value``)."""
     key, value = _split_key(item)
+    try:
+        item.encode("utf-8")
+    except UnicodeEncodeError:  # bytes of the command line that are not UTF-8 arrive as lone surrogates
+        shown = key.strip().encode("utf-8", "replace").decode()
+        raise RecipeError(f"--set {shown}: the value is not UTF-8 text",
+                          "recipes, manifests and results are UTF-8: rename the file or folder to a UTF-8 name "
+                          "(or link it under one) and give that", path=shown) from None
     if not key.strip():
         raise RecipeError(f"--set {item!r} is not of the form dotted.key=value", "e.g. --set train.epochs=5")
     try:

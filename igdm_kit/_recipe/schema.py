@@ -13,6 +13,7 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from igdm_kit._recipe.specs import DEFAULT_ATTACKS, DEFAULT_EPS, DEFAULT_SHIFT_ATTACKS
+from igdm_kit._runtime.threads import MAX_THREADS
 from igdm_kit.interfaces import Fraction, PathOption
 
 #: The largest seed (torch takes seeds below 2**64; the trainer derives per-epoch seeds from it).
@@ -41,6 +42,9 @@ class DataSection(ComponentSection):
     val_size: int | float | None = Field(
         None, gt=0, description="validation images held out of the training set: a count, or a fraction below 1")
     val_seed: int = Field(0, ge=0, le=MAX_SEED, description="seed of the stratified validation split")
+    workers: int = Field(0, ge=0, le=256, description="DataLoader worker processes decoding a streamed "
+                         "training set (a dataset with a source, e.g. image-folder with stream = true); "
+                         "0: in the training process. The batches are the same for any number")
 
     @model_validator(mode="after")
     def _val_size(self) -> DataSection:
@@ -131,13 +135,14 @@ class TrainSection(Section):
     lr_decay: float = Field(0.1, gt=0, le=10, description="factor applied at each milestone (cumulative)")
     seed: int = Field(0, ge=0, le=MAX_SEED)
     device: str = Field("auto", pattern=DEVICE_PATTERN, description="auto, cpu, mps, cuda, cuda:N")
-    threads: int | None = Field(None, gt=0, le=4096, description="CPU threads of torch (default: the "
+    threads: int | None = Field(None, gt=0, le=MAX_THREADS, description="CPU threads of torch (default: the "
                                 "physical cores available; --threads and IGDM_KIT_THREADS override it)")
     reference_passes: bool = Field(False, description="separate forwards as the reference code does")
     save_every_epoch: bool = Field(False, description="keep a checkpoint per epoch (for analyze linearity)")
     # Accelerator options (igdm_kit._runtime.accel); device-dependent checks happen when the run starts.
-    amp: Literal["off", "bf16", "fp16"] = Field(
-        "off", description="mixed precision of the forwards: bf16 (CPU or GPU), fp16 (GPU, grad scaler)")
+    amp: Literal["off", "bf16", "fp16", "auto"] = Field(
+        "off", description="mixed precision of the forwards: bf16 (CPU or GPU), fp16 (GPU, grad scaler), auto "
+                           "(bf16 where the device has native bf16, else off; recorded in the manifest)")
     channels_last: bool = Field(False, description="models and inputs in channels_last memory format")
     compile: bool = Field(False, description="torch.compile the student and the teacher")
     cudnn_benchmark: bool = Field(False, description="let cuDNN pick the fastest convolutions (CUDA only)")

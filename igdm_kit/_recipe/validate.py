@@ -66,7 +66,8 @@ class Recipe:
         out["data"] = {"name": m.data.name, **_dump(c["data"]),
                        **({"train_limit": m.data.train_limit} if m.data.train_limit else {}),
                        **({"test_limit": m.data.test_limit} if m.data.test_limit else {}),
-                       **({"val_size": m.data.val_size, "val_seed": m.data.val_seed} if m.data.val_size else {})}
+                       **({"val_size": m.data.val_size, "val_seed": m.data.val_seed} if m.data.val_size else {}),
+                       **({"workers": m.data.workers} if m.data.workers else {})}
         out["student"] = {"model": m.student.model, **_dump(c["student"])}
         if m.teacher is not None:
             out["teacher"] = m.teacher.model_dump(exclude_none=True)
@@ -95,6 +96,7 @@ class Recipe:
         # what is written where (output, log) and how a family is named do not change the result
         body = {k: v for k, v in self._resolved.items() if k not in ("output", "sweep", "description", "log")}
         body["train"] = {k: v for k, v in body["train"].items() if k != "threads"}  # how, not what
+        body["data"] = {k: v for k, v in body["data"].items() if k != "workers"}  # the same batches for any
         if "teacher" in body:  # whether to refuse a teacher, not what is trained
             body["teacher"] = {k: v for k, v in body["teacher"].items() if k not in TEACHER_CHECKS}
         # where the data and the teacher lie is not what they are: a moved clone keeps its runs

@@ -42,7 +42,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, fields, replace
 from typing import Any, Literal
 
 import torch
@@ -61,7 +61,7 @@ _MAX_EXP = 60.0
 class AccelOptions:
     """The accelerator keys of ``[train]`` (usable without a recipe: tests, the benchmark)."""
 
-    amp: Literal["off", "bf16", "fp16"] = "off"
+    amp: Literal["off", "bf16", "fp16", "auto"] = "off"
     channels_last: bool = False
     compile: bool = False
     cudnn_benchmark: bool = False
@@ -75,6 +75,25 @@ class AccelOptions:
         """The options that are on, e.g. ``["amp=bf16", "channels_last"]``."""
         out = [f"amp={self.amp}"] if self.amp != "off" else []
         return out + [f.name for f in fields(self) if f.name != "amp" and getattr(self, f.name)]
+
+
+def native_bf16(device: torch.device) -> bool:
+    """Whether ``device`` computes bfloat16 natively: a CUDA GPU that supports it (Ampere on), or a CPU with
+    AVX-512 BF16 or AMX (oneDNN's bf16 kernels; elsewhere bf16 is emulated and slower than fp32)."""
+    if device.type == "cuda":
+        return bool(torch.cuda.is_available() and torch.cuda.is_bf16_supported())
+    if device.type == "cpu":
+        try:  # torch's own CPU-capability probes (private, so guarded: a torch without them says no)
+            return bool(torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported())
+        except AttributeError:
+            return False
+    return False
+
+
+def resolve_amp(amp: str, device: torch.device) -> str:
+    """``train.amp`` as the run uses it: ``auto`` is bf16 where the device has native bf16, else off; an
+    explicit value is kept."""
+    return ("bf16" if native_bf16(device) else "off") if amp == "auto" else amp
 
 
 def validate(options: AccelOptions, device: torch.device | str, *, module: Any = None) -> None:
@@ -195,8 +214,14 @@ class Accelerator:
     @classmethod
     def from_train(cls, train: Any, device: torch.device | str, *, module: Any = None,
                    log: Callable[[str], None] = lambda s: None) -> Accelerator:
-        """Validate the recipe's ``[train]`` accelerator keys for ``device`` and build the accelerator."""
+        """Validate the recipe's ``[train]`` accelerator keys for ``device`` and build the accelerator
+        (``amp = "auto"`` resolved for it, and said)."""
         options = AccelOptions.from_train(train)
+        if options.amp == "auto":
+            chosen = resolve_amp("auto", torch.device(device))
+            log(f"train.amp = auto: {chosen} on {torch.device(device).type} (native bf16: "
+                f"{'yes' if chosen == 'bf16' else 'no'}); the final evaluation is fp32 either way")
+            options = replace(options, amp=chosen)
         validate(options, device, module=module)
         if options.enabled():
             log("accelerator: " + ", ".join(options.enabled()))

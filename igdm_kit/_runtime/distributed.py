@@ -52,6 +52,12 @@ class Dist:
         dist.all_reduce(t)
         return t.tolist()
 
+    def any(self, flag: bool, device: torch.device) -> bool:
+        """Whether ``flag`` holds on any rank (a collective: every rank must call it at the same point)."""
+        if not self.enabled:
+            return flag
+        return self.sum([float(flag)], device)[0] > 0
+
     def broadcast(self, obj):
         """Rank 0's ``obj`` on every rank (a small picklable value between our own processes)."""
         if not self.enabled:

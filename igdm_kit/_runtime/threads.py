@@ -29,6 +29,9 @@ from pathlib import Path
 from igdm_kit.errors import IgdmKitError
 
 ENV = "IGDM_KIT_THREADS"
+#: The most threads any source may ask for (the recipe's ``[train] threads`` has the same bound): far past
+#: every machine's cores, short of the counts that make an epoch take minutes and a stop request as long.
+MAX_THREADS = 4096
 
 
 def _positive(text: str, where: str) -> int:
@@ -39,6 +42,10 @@ def _positive(text: str, where: str) -> int:
     if n < 1:
         raise IgdmKitError(f"{where} is {text!r}, not a positive whole number",
                            f"set {where} to the number of CPU threads torch may use, e.g. 1")
+    if n > MAX_THREADS:
+        raise IgdmKitError(f"{where} is {n}, more than the {MAX_THREADS} threads allowed",
+                           f"set {where} to the number of CPU threads torch may use (1 to {MAX_THREADS}; "
+                           f"this machine has {os.cpu_count()} CPUs)")
     return n
 
 
@@ -77,7 +84,7 @@ def default_threads() -> int:
     """``OMP_NUM_THREADS`` when set, else the physical cores available, shared by torchrun's local ranks."""
     omp = os.environ.get("OMP_NUM_THREADS", "").split(",")[0].strip()
     if omp.isdigit() and int(omp) > 0:  # torch itself ignores (with a warning) a value it cannot read
-        return int(omp)
+        return _positive(omp, "OMP_NUM_THREADS")
     ranks = int(os.environ.get("LOCAL_WORLD_SIZE", "1") or 1)
     return max(1, physical_cores_available() // max(1, ranks))
 

@@ -118,6 +118,10 @@ class RunFolder:
         return RunLock(self.path, what=what, hint=hint)
 
     # -- what is there ------------------------------------------------------------------------------------
+    def manifest(self) -> dict[str, Any]:
+        """The run's manifest (empty when it is missing or unreadable)."""
+        return self._manifest()
+
     def _manifest(self) -> dict[str, Any]:
         try:
             data = json.loads((self / MANIFEST).read_text(encoding="utf-8"))

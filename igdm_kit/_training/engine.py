@@ -20,6 +20,7 @@ run folder (see ``igdm_kit._runtime.distributed``).
 
 from __future__ import annotations
 
+import signal
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -107,6 +108,7 @@ def run(r: Recipe, *, output_dir: str | Path | None = None, resume: bool = False
     if missing:  # before the folder is touched or anything trains (not after training, at the evaluation)
         raise IgdmKitError(missing[0].split("; install it: ")[0] + (f" (and {len(missing) - 1} more)"
                            if len(missing) > 1 else ""), missing[0].split("; install it: ")[-1])
+    threads.resolve(r.model.train.threads)  # a thread count out of range is refused before the folder is touched
     folder = RunFolder(output_dir if output_dir is not None else r.default_output_dir())
     hint = resume_command(r, folder.path)
     device, acc = _accelerator(r, d, log)  # bad accelerator options fail before the folder is touched
@@ -232,6 +234,18 @@ def _waiter(folder: RunFolder, log: Log, stop: StopFlag, poll_s: float = 0.5) ->
     return wait
 
 
+def agreed_stop_check(stop: StopFlag, d, device: torch.device, what: str, hint: str) -> Callable[[], None]:
+    """A stop check the ranks of a torchrun make together: a stop request on any rank stops every rank (each
+    calls it at the same point). One process: the plain check."""
+
+    def agree() -> None:
+        if d.any(stop.signum is not None, device):
+            stop.signum = stop.signum or signal.SIGTERM
+        stop.check(what, hint)
+
+    return agree
+
+
 def _train(folder: RunFolder, r: Recipe, mode: Mode, teacher_file: Path | None, d, device: torch.device,
            acc: Accelerator, *, log: Log, progress: Any, stop: StopFlag, hint: str) -> RunResult:
     """Build, train (from scratch or the saved state) and evaluate one recipe into ``folder``; ``stop`` is
@@ -242,7 +256,7 @@ def _train(folder: RunFolder, r: Recipe, mode: Mode, teacher_file: Path | None, 
         folder.ensure_writable()
     parts = build_parts(r, device=device, acc=acc, dist=d, teacher_file=teacher_file, log=log)
     if mode != "resume":  # what the dataset decided (e.g. flips) and what a limit cut change results: said
-        for line in filter(None, [dataset_line(r), *absent_classes(r, parts.info, parts.train_data[1],
+        for line in filter(None, [dataset_line(r), *absent_classes(r, parts.info, parts.train.labels,
                                                                    parts.test_data[1])]):
             log(line)
     stop.check(f"stopped before training started in {folder.path}", f"start it again with: {hint}")
@@ -262,9 +276,10 @@ def _train(folder: RunFolder, r: Recipe, mode: Mode, teacher_file: Path | None, 
                        "where it stopped)"), f"resume with: {hint}"
         # AutoAttack keeps its progress in the run folder, so an interrupted final evaluation resumes.
         judged = judged_models(r, parts, folder, ema)
+        agree = agreed_stop_check(stop, d, parts.device, what, again)
         results = evaluate_checkpoints(r, parts, folder, judged, log=log, progress=progress,
-                                       check=lambda: stop.check(what, again))
-        stop.check(what, again)
+                                       check=lambda: stop.check(what, again), agree=agree)
+        agree()  # every rank, or none, goes on to write
         headline, model, epoch = judged[0]  # model.safetensors is the model results.json reports
         if d.is_main:
             save_model(folder / FINAL, model, {**parts.checkpoint_meta(), "epoch": epoch, "checkpoint": headline})
@@ -280,14 +295,27 @@ def _train(folder: RunFolder, r: Recipe, mode: Mode, teacher_file: Path | None, 
     return RunResult(folder.path, r, metrics, results)
 
 
+def _check_same_precision(folder: RunFolder, parts: Parts) -> None:
+    """A run continues in the precision it started in: ``amp = "auto"`` may choose another on this device."""
+    started = folder.manifest().get("amp")  # absent in runs of earlier versions: amp was explicit then
+    now = parts.acc.options.amp
+    if started is not None and started != now:
+        raise IgdmKitError(f"{folder.path} was started with amp {started}, and train.amp = "
+                           f"{parts.recipe.model.train.amp!r} is {now} on this device",
+                           f"resume it on a device where amp auto chooses {started} (a run continues in the "
+                           "precision it started in), or start it again here with --overwrite")
+
+
 def _starting_point(folder: RunFolder, parts: Parts, mode: Mode, log: Log, subs: list[Subscriber]):
     """(first epoch, saved mid-epoch state or None, metrics so far): the saved state on resume (the
     subscribers' parts of it given back), else a new run's manifest and resolved recipe."""
     if mode != "resume":
         if parts.dist.is_main:
             folder.start(parts.recipe, device=str(parts.device), world_size=parts.dist.world,
-                         teacher_digest=parts.teacher_digest, extra=_split_record(parts))
+                         teacher_digest=parts.teacher_digest,
+                         extra={**_split_record(parts), "amp": parts.acc.options.amp})
         return 1, None, []
+    _check_same_precision(folder, parts)
     meta = load_train_state(folder / STATE, model=parts.student, optimizer=parts.optimizer,
                             scheduler=parts.scheduler)
     restore_subscribers(subs, meta["extra"], meta["extra_tensors"])
@@ -314,7 +342,7 @@ def _split_record(parts: Parts) -> dict[str, Any]:
     data = parts.recipe.model.data
     return {"validation_split": {
         "val_size": data.val_size, "val_seed": data.val_seed, "images": len(parts.val_indices),
-        "train_images": int(parts.train_data[0].shape[0]), "stratified": True,
+        "train_images": len(parts.train), "stratified": True,
         "indices_sha256": hashlib.sha256(json.dumps(parts.val_indices).encode()).hexdigest(),
         "indices": parts.val_indices}}
 

@@ -21,11 +21,12 @@ def clean_accuracy(model, x: torch.Tensor, y: torch.Tensor, device, batch_size: 
     if dist is not None and dist.enabled:
         x, y = x[dist.rank::dist.world], y[dist.rank::dist.world]
     from igdm_kit.attacks import eval_mode
+    from igdm_kit.nn import to_float_images
 
     correct = 0
     with torch.no_grad(), eval_mode(model):
         for i in range(0, x.shape[0], batch_size):
-            xb, yb = x[i:i + batch_size].to(device), y[i:i + batch_size].to(device)
+            xb, yb = to_float_images(x[i:i + batch_size].to(device)), y[i:i + batch_size].to(device)
             correct += int((model(xb).argmax(1) == yb).sum())
     total = x.shape[0]
     if dist is not None and dist.enabled:
@@ -56,21 +57,30 @@ def _eval_progress(progress: Any, name: str, check: Callable[[], None] | None = 
 def final_evaluation(r: Recipe, student, teacher, xte, yte, device, *, log, dist=None,
                      aa_state: Path | None = None, progress: Any = None,
                      flags_path: Path | None = None,
-                     check: Callable[[], None] | None = None, judged: str = "") -> dict[str, Any]:
+                     check: Callable[[], None] | None = None, agree: Callable[[], None] | None = None,
+                     judged: str = "") -> dict[str, Any]:
     """The recipe's ``[eval]``: its attacks under its threat model, the worst case per image over them,
     and with ``analysis = true`` GD/GC. The per-image robust flags go to ``flags_path`` (one process).
-    ``check`` is called after every evaluated batch (the engine's stop check); ``judged`` names the
-    checkpoint in the progress lines."""
+    ``check`` is called after every evaluated batch (the engine's stop check, this rank's); under torchrun
+    ``agree`` (the stop check every rank makes together) is called where every rank arrives once, after its
+    shard's attacks and before the counts are merged, so that no rank enters the merge while another stops.
+    ``judged`` names the checkpoint in the progress lines."""
     from igdm_kit._evaluation.runner import evaluate_report, save_flags
+    from igdm_kit.nn import to_float_images
 
     ev = r.model.eval
     x, y = (xte[: ev.limit], yte[: ev.limit]) if ev.limit else (xte, yte)
+    x_all, y_all = x, y
     n_total = int(x.shape[0])
     sharded = dist is not None and dist.enabled
     if sharded:
         x, y = x[dist.rank::dist.world], y[dist.rank::dist.world]
+    x = to_float_images(x)  # the evaluated images only, as the attacks, flags, analysis and shifts take them
+    from igdm_kit.factories import create_dataset
+
+    classes = create_dataset(r.model.data.name, r.components["data"]).info().num_classes
     report = evaluate_report(student, x, y, attacks=r.eval_specs, batch_size=ev.batch_size, eps=ev.eps,
-                             threat=ev.threat, device=device, autoattack_state=aa_state,
+                             threat=ev.threat, device=device, autoattack_state=aa_state, num_classes=classes,
                              progress=_eval_progress(progress, r.name, check, judged), where="eval.attacks")
     for w in report.warnings:
         log(f"AutoAttack: {w}")
@@ -78,6 +88,8 @@ def final_evaluation(r: Recipe, student, teacher, xte, yte, device, *, log, dist
         save_flags(flags_path, report, x, y, {"recipe": r.name, "digest": r.digest(),
                                         "dataset": r.model.data.name, "limit": ev.limit})
     if sharded:
+        if agree is not None:
+            agree()
         report = _merge_shards(report, dist, device, n_total)
     results: dict[str, Any] = {"recipe": r.name, "digest": r.digest(), **report.to_json()}
     if ev.analysis and teacher is not None:
@@ -89,36 +101,39 @@ def final_evaluation(r: Recipe, student, teacher, xte, yte, device, *, log, dist
             gd, gc = dist.sum([gd, gc], device)
         results["alignment"] = {"gd": gd / n_total, "gc": gc / n_total}
     if ev.shifts:
-        results["shifts"] = shift_evaluation(r, student, x, y, device, log=log, sharded=sharded,
-                                             progress=progress, judged=judged)
+        results["shifts"] = shift_evaluation(r, student, x_all, y_all, device, log=log, progress=progress,
+                                             judged=judged)
     return results
 
 
-def shift_evaluation(r: Recipe, student, x, y, device, *, log, sharded: bool, progress: Any = None,
-                     judged: str = ""):
-    """``[eval] shifts`` (Table 9) on the evaluated test images; a shift whose files are missing is skipped
-    with a warning. Not sharded under torchrun: rank 0's shard only, said so in the results."""
+def shift_evaluation(r: Recipe, student, x, y, device, *, log, progress: Any = None, judged: str = ""):
+    """``[eval] shifts`` (Table 9) on all the evaluated test images; a shift whose files are missing is skipped
+    with a warning. Under torchrun every rank evaluates the whole split (the same numbers on each, no
+    collective, so no rank waits on another for as long as it takes; rank 0 writes them): a shard's numbers
+    would not be Table 9's, and merging its intervals, per-set digests and summaries over ranks is not a sum."""
     from igdm_kit._evaluation.shifts import evaluate_shifts
     from igdm_kit.factories import create_dataset
 
     ev = r.model.eval
     info = create_dataset(r.model.data.name, r.components["data"]).info()
-    if sharded:
-        log("eval.shifts: evaluated on this process's shard of the test set only (not merged across ranks)")
     out = evaluate_shifts(student, x, y, ev.shifts, dataset=r.model.data.name, info=info,
                           attacks=ev.shift_attacks, eps=ev.eps, threat=ev.threat, batch_size=ev.batch_size,
                           device=device, progress=_eval_progress(progress, r.name, judged=judged),
                           skip_missing=True)
     for w in out["warnings"]:
         log(f"eval.shifts: {w}")
-    return {**out, "sharded": sharded}
+    return {**out, "sharded": False}
 
 
 def _merge_shards(report, dist, device, n_total: int):
     """Counts added up over the ranks' disjoint shards (the worst case per image too: it is per image)."""
     rows = report.rows()
     counts = dist.sum([float(a.correct) for a in rows.values()], device)
-    return report.with_counts({k: int(c) for k, c in zip(rows, counts, strict=True)}, n_total)
+    keys = list(report.per_class)  # the same keys and classes on every rank (num_classes is the dataset's)
+    flat = dist.sum([float(v) for k in keys for pair in report.per_class[k] for v in pair], device)
+    it = iter(int(v) for v in flat)
+    per_class = {k: [(next(it), next(it)) for _ in report.per_class[k]] for k in keys}
+    return report.with_counts({k: int(c) for k, c in zip(rows, counts, strict=True)}, n_total, per_class)
 
 
 def judged_models(r: Recipe, parts, folder, ema) -> list[tuple[str, Any, int | None]]:
@@ -157,7 +172,8 @@ def judged_label(name: str, epoch: int | None) -> str:
 
 
 def evaluate_checkpoints(r: Recipe, parts, folder, judged: list[tuple[str, Any, int | None]], *, log,
-                         progress: Any = None, check: Callable[[], None] | None = None) -> dict[str, Any]:
+                         progress: Any = None, check: Callable[[], None] | None = None,
+                         agree: Callable[[], None] | None = None) -> dict[str, Any]:
     """The final evaluation of every checkpoint ``[eval] checkpoints`` names (``judged_models``). The first is
     the headline: its report is ``results.json``'s top level (and ``eval_flags.safetensors``, and the engine
     writes it as ``model.safetensors``); with more than one, each is also under ``"checkpoints"`` by name,
@@ -173,7 +189,8 @@ def evaluate_checkpoints(r: Recipe, parts, folder, judged: list[tuple[str, Any, 
                                aa_state=folder / f"{AA_STATE}{suffix}" if d.is_main else None,
                                progress=progress if d.is_main else None,
                                flags_path=(folder / FLAGS if i == 0 else folder / f"eval_flags{suffix}.safetensors")
-                               if d.is_main else None, check=check, judged=judged_label(name, epoch))
+                               if d.is_main else None, check=check, agree=agree,
+                               judged=judged_label(name, epoch))
         reports[name] = {**rep, "epoch": epoch}
     first = next(iter(reports))
     if r.model.eval.checkpoints == ["last"]:  # the default: results.json as it always was

@@ -11,6 +11,7 @@ training loop's real optimizer steps reach it: a replay of the loss (a gradient 
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 import torch
@@ -36,7 +37,7 @@ class MethodHooks(Subscriber):
         self.parts = parts
         self.method = parts.method
         self.num_classes = parts.info.num_classes
-        self.num_samples = int(parts.train_data[0].shape[0])
+        self.num_samples = len(parts.train)
         self.sums: dict[str, torch.Tensor] = {}
         self.counts = torch.zeros(self.num_classes, dtype=torch.float64)
         self.lr: float | None = None  # the lr the current epoch trains at
@@ -98,10 +99,10 @@ class MethodHooks(Subscriber):
     def _current_lr(self) -> float:
         return float(self.parts.optimizer.param_groups[0]["lr"])
 
-    def _rank_mean(self, terms: dict[str, float]) -> dict[str, float]:
+    def _rank_mean(self, terms: Mapping[str, float]) -> Mapping[str, float]:
         d = self.parts.dist
         if not d.enabled or not terms:
-            return dict(terms)
+            return terms  # read lazily: a method that ignores them makes no step wait for the device
         names = sorted(terms)
         total = d.sum([terms[n] for n in names], self.parts.device)
         return {n: v / d.world for n, v in zip(names, total, strict=True)}

@@ -15,6 +15,7 @@ from igdm_kit._recipe import Recipe
 from igdm_kit._runtime.accel import Accelerator
 from igdm_kit._runtime.distributed import Dist, wrap
 from igdm_kit._storage.run_folder import sha256_file
+from igdm_kit._training.loader import MemorySet, StreamSet
 from igdm_kit._training.optim import build_optimization
 from igdm_kit.errors import DataError
 from igdm_kit.factories import create_attack, create_dataset, create_method, create_model, create_module, create_teacher
@@ -27,7 +28,8 @@ class Parts:
 
     recipe: Recipe
     info: DatasetInfo
-    train_data: tuple[torch.Tensor, torch.Tensor]
+    #: the training set: held in memory, or streamed from the dataset's source (``_training.loader``)
+    train: MemorySet | StreamSet
     test_data: tuple[torch.Tensor, torch.Tensor]
     student: nn.Module
     #: the student as the outer loss runs it (DDP under torchrun; the attack keeps the bare module)
@@ -66,27 +68,47 @@ class Parts:
 
 def load_data(r: Recipe, split: dict[str, Any] | None = None
               ) -> tuple[DatasetInfo, tuple[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]:
-    """(info, train, test); with ``data.val_size`` the validation split is taken out of train and put in
-    ``split`` (``"data"``, ``"indices"``) when the caller passes a dict."""
-    ds = create_dataset(r.model.data.name, r.components["data"])
+    """(info, train, test) held in memory; with ``data.val_size`` the validation split is taken out of train
+    and put in ``split`` (``"data"``, ``"indices"``) when the caller passes a dict."""
+    info, train, test = load_sets(r, split, stream=False)
+    assert isinstance(train, MemorySet)
+    return info, (train.x, train.y), test
+
+
+def load_sets(r: Recipe, split: dict[str, Any] | None = None, *, stream: bool = True, workers: int = 0,
+              pin_memory: bool = False) -> tuple[DatasetInfo, MemorySet | StreamSet, tuple[torch.Tensor, torch.Tensor]]:
+    """(info, the training set, test): the training set streamed from the dataset's ``source("train")``
+    when it has one (and ``stream``), else held in memory (``load("train")``); the test split in memory.
+    ``data.train_limit`` keeps the first images, ``data.val_size`` moves a validation split (in memory)
+    into ``split``."""
+    d = r.model.data
+    ds = create_dataset(d.name, r.components["data"])
     info = ds.info()
-    xtr, ytr = ds.load("train")
+    source = ds.source("train") if stream else None
+    train: MemorySet | StreamSet
+    if source is None:
+        xtr, ytr = ds.load("train")
+        if d.train_limit:  # a view: a memory-mapped set stays shared
+            xtr, ytr = xtr[: d.train_limit], ytr[: d.train_limit]
+        check_data(d.name, "train", xtr, ytr, info)
+        train = MemorySet(xtr, ytr.long())
+    else:
+        train = StreamSet(source, info, workers=workers, pin_memory=pin_memory)
+        if d.train_limit:
+            train = train.subset(torch.arange(min(d.train_limit, len(train))))
+        check_labels(d.name, "train", train.labels, len(train), info)
     xte, yte = ds.load("test")
-    if r.model.data.train_limit:
-        xtr, ytr = xtr[: r.model.data.train_limit], ytr[: r.model.data.train_limit]
-    if r.model.data.test_limit:
-        xte, yte = xte[: r.model.data.test_limit], yte[: r.model.data.test_limit]
-    for part, (x, y) in (("train", (xtr, ytr)), ("test", (xte, yte))):
-        check_data(r.model.data.name, part, x, y, info)
-    ytr = ytr.long()
-    if r.model.data.val_size:
+    if d.test_limit:
+        xte, yte = xte[: d.test_limit], yte[: d.test_limit]
+    check_data(d.name, "test", xte, yte, info)
+    if d.val_size:
         from igdm_kit._training.split import split_validation
 
-        keep, held = split_validation(ytr, r.model.data.val_size, r.model.data.val_seed)
+        keep, held = split_validation(train.labels, d.val_size, d.val_seed)
         if split is not None:
-            split.update(data=(xtr[held], ytr[held]), indices=held.tolist())
-        xtr, ytr = xtr[keep], ytr[keep]
-    return info, (xtr, ytr), (xte, yte.long())
+            split.update(data=train.take(held), indices=held.tolist())
+        train = train.subset(keep)
+    return info, train, (xte, yte.long())
 
 
 def absent_classes(r: Recipe, info: DatasetInfo, train: torch.Tensor, test: torch.Tensor) -> list[str]:
@@ -103,8 +125,9 @@ def absent_classes(r: Recipe, info: DatasetInfo, train: torch.Tensor, test: torc
 
 
 def check_data(name: str, split: str, x: torch.Tensor, y: torch.Tensor, info: DatasetInfo) -> None:
-    """Whatever a dataset plugin returns must be float images in [0, 1] of the declared shape, with one
-    integer label in [0, num_classes) each: everything downstream (attacks, ε) assumes it."""
+    """Whatever a dataset plugin returns must be uint8 images (k/255) or float images in [0, 1] of the
+    declared shape, with one integer label in [0, num_classes) each: everything downstream (attacks, ε)
+    assumes it."""
     where = f"dataset {name!r} ({split} split)"
     expected = (info.in_channels, info.image_size, info.image_size)
     if not (torch.is_tensor(x) and torch.is_tensor(y)):
@@ -112,15 +135,25 @@ def check_data(name: str, split: str, x: torch.Tensor, y: torch.Tensor, info: Da
     if x.ndim != 4 or tuple(x.shape[1:]) != expected:
         raise DataError(f"{where} has images of shape {tuple(x.shape[1:]) if x.ndim == 4 else tuple(x.shape)}, "
                         f"expected {expected}", "check the data files or the dataset's image_size option")
-    if not x.is_floating_point():
-        raise DataError(f"{where} has {x.dtype} images", "images must be float tensors scaled to [0, 1]")
+    if not x.is_floating_point() and x.dtype != torch.uint8:
+        raise DataError(f"{where} has {x.dtype} images",
+                        "images must be uint8 (k means k/255) or float tensors scaled to [0, 1]")
     if x.shape[0] == 0 or y.shape != (x.shape[0],):
         raise DataError(f"{where} has {x.shape[0]} images and labels of shape {tuple(y.shape)}",
                         "one integer label per image, and at least one image")
-    lo, hi = float(x.min()), float(x.max())
-    if lo < 0.0 or hi > 1.0 or x.isnan().any():
+    lo, hi = (0.0, 1.0) if x.dtype == torch.uint8 else (float(x.min()), float(x.max()))
+    if lo < 0.0 or hi > 1.0 or (x.is_floating_point() and x.isnan().any()):
         raise DataError(f"{where} has pixel values in [{lo:.3g}, {hi:.3g}], not [0, 1]",
                         "scale images to [0, 1]; put any normalization (mean/std) inside the model")
+    check_labels(name, split, y, x.shape[0], info)
+
+
+def check_labels(name: str, split: str, y: torch.Tensor, n: int, info: DatasetInfo) -> None:
+    """One integer label in [0, num_classes) for each of the ``n`` images (a streamed set's labels too)."""
+    where = f"dataset {name!r} ({split} split)"
+    if not torch.is_tensor(y) or n == 0 or y.shape != (n,):
+        raise DataError(f"{where} has {n} images and labels of shape {tuple(getattr(y, 'shape', ()))}",
+                        "one integer label per image, and at least one image")
     if y.dtype not in (torch.int64, torch.int32) or int(y.min()) < 0 or int(y.max()) >= info.num_classes:
         raise DataError(f"{where} has labels outside 0..{info.num_classes - 1} (dtype {y.dtype})",
                         "labels must be integer class indices below num_classes")
@@ -163,24 +196,27 @@ def build_parts(r: Recipe, *, device: torch.device, acc: Accelerator, dist: Dist
     """Data, student, teacher, components, optimizer and schedule — in a fixed order after seeding, so the
     same recipe always starts from the same weights (on every rank). The teacher is checked against the
     training data before anything trains (``teacher_check``: its classes, its accuracy on a sample)."""
-    from igdm_kit._training.teacher_check import check_accuracy
+    from igdm_kit._training.teacher_check import check_accuracy, sample_indices
 
     tr = r.model.train
     torch.manual_seed(tr.seed)
     split: dict[str, Any] = {}
-    info, (xtr, ytr), test = load_data(r, split)
-    xtr, ytr = acc.place_data(xtr, ytr)
+    info, train, test = load_sets(r, split, workers=r.model.data.workers, pin_memory=device.type == "cuda")
+    if isinstance(train, MemorySet):
+        train = MemorySet(*acc.place_data(train.x, train.y))
+    elif tr.gpu_data:
+        log("train.gpu_data has no effect on a streamed training set (its images are read per batch)")
     student = acc.prepare(build_student(r, info).to(device))
     teacher, digest = load_teacher(r, info, device, teacher_file, log)
     if teacher is not None:
-        check_accuracy(r, teacher, Path(teacher_file), xtr, ytr, device, log)
+        check_accuracy(r, teacher, Path(teacher_file), *train.take(sample_indices(len(train))), device, log)
     teacher = acc.prepare(teacher)
     method, module, attack = build_training(r, student, teacher)
     attack = acc.wrap_attack(attack)  # mixed precision: the attack-gradient guard (igdm_kit._runtime.accel)
     # The outer loss runs through DDP (gradient all-reduce); the attack keeps the bare module: it needs
     # input gradients only and must not start a gradient synchronization.
     trained = wrap(dist, student, device)
-    steps = math.ceil(dist.shard(torch.arange(xtr.shape[0])).shape[0] / tr.batch_size)
+    steps = math.ceil(dist.shard(torch.arange(len(train))).shape[0] / tr.batch_size)
     opt, sched, interval = build_optimization(r, student.parameters(), steps)
-    return Parts(r, info, (xtr, ytr), test, student, trained, teacher, digest, method, module, attack, opt,
+    return Parts(r, info, train, test, student, trained, teacher, digest, method, module, attack, opt,
                  sched, acc, device, dist, interval, split.get("data"), split.get("indices"))

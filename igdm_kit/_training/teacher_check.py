@@ -85,19 +85,25 @@ def check_classes(r: Recipe, info: DatasetInfo, path: Path, log: Callable[[str],
                           "if the names differ but mean the same, set teacher.check_classes = false")
 
 
+def sample_indices(size: int, n: int = SAMPLE) -> torch.Tensor:
+    """Which ``n`` of ``size`` training images the teacher is judged on: drawn with a generator of its own."""
+    g = torch.Generator().manual_seed(0)
+    return torch.randperm(size, generator=g)[:n] if size > n else torch.arange(size)
+
+
 def sample_accuracy(teacher: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, device: torch.device,
                     n: int = SAMPLE, batch_size: int = 256) -> tuple[int, int, float]:
     """(correct, images, chance in %) of the teacher on ``n`` training images drawn with a generator of
     its own; chance is the largest class's share of the sample."""
     from igdm_kit.attacks import eval_mode
+    from igdm_kit.nn import to_float_images
 
-    g = torch.Generator().manual_seed(0)
-    idx = torch.randperm(x.shape[0], generator=g)[:n] if x.shape[0] > n else torch.arange(x.shape[0])
+    idx = sample_indices(x.shape[0], n)
     xs, ys = x[idx.to(x.device)], y[idx.to(y.device)].cpu()
     correct = 0
     with torch.no_grad(), eval_mode(teacher):
         for i in range(0, xs.shape[0], batch_size):
-            pred = teacher(xs[i:i + batch_size].to(device)).argmax(1).cpu()
+            pred = teacher(to_float_images(xs[i:i + batch_size].to(device))).argmax(1).cpu()
             correct += int((pred == ys[i:i + batch_size]).sum())
     chance = 100.0 * int(torch.bincount(ys).max()) / ys.shape[0]
     return correct, int(ys.shape[0]), chance

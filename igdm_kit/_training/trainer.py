@@ -1,10 +1,13 @@
 """The epoch loop: attack, loss, optimizer step — everything else is a subscriber (``events``).
 
 Each epoch draws its data order and augmentation from (seed, epoch) and its attack starts from a seed of
-(seed, epoch, rank), so a resumed run sees exactly what an uninterrupted one would. A non-finite loss term
-or gradient stops the run naming the epoch, step and term (the weights are checked before each checkpoint by
-the ``FiniteWeights`` subscriber). A stop request (SIGINT/SIGTERM) finishes the current step; the subscribers
-save, and ``Interrupted`` carries the resume command — after the last epoch too, before the final evaluation.
+(seed, epoch, rank), so a resumed run sees exactly what an uninterrupted one would. A step never waits for
+the device: its loss terms, counts and finiteness checks accumulate there (``tally``) and are read every
+``SYNC_EVERY`` steps, at the end of the epoch and before a stop saves. A non-finite loss term or gradient
+stops the run there, naming the epoch, step and term where it first happened (the weights are checked
+before each checkpoint by the ``FiniteWeights`` subscriber). A stop request (SIGINT/SIGTERM) finishes the
+current step; the subscribers save, and ``Interrupted`` carries the resume command — after the last epoch
+too, before the final evaluation.
 """
 
 from __future__ import annotations
@@ -13,7 +16,7 @@ import math
 import os
 import signal
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -24,7 +27,9 @@ from igdm_kit._training.batches import augment, epoch_order
 from igdm_kit._training.events import Partial, Subscriber
 from igdm_kit._training.loss import compute_loss, module_weight
 from igdm_kit._training.parts import Parts
-from igdm_kit.errors import Interrupted, TrainingError
+from igdm_kit._training.tally import SYNC_EVERY, LazyTerms, Tally
+from igdm_kit.errors import Interrupted
+from igdm_kit.nn import to_float_images
 
 
 def epoch_seed(seed: int, epoch: int, rank: int) -> int:
@@ -42,11 +47,12 @@ class Trainer:
         self.subscribers = subscribers
         self.saved_in, self.resume_hint = saved_in, resume_hint
         self.metrics: list[dict[str, Any]] = list(metrics or [])
-        #: the loss terms of the last step (subscribers read it in ``on_step_end``)
-        self.step_terms: dict[str, float] = {}
-        self.last_step = None  # the last step's ``Step`` (``StepContext``)
+        #: the loss terms of the last step (subscribers read it in ``on_step_end``; read lazily: a step
+        #: whose terms nobody reads does not wait for the device)
+        self.step_terms: Mapping[str, float] = LazyTerms()
+        self.last_step = None  # the last step's ``Step`` (``StepContext``): a stateful method's statistics
         self.epochs = parts.recipe.model.train.epochs
-        n = parts.train_data[0].shape[0]
+        n = len(parts.train)
         self.steps_per_epoch = math.ceil(parts.dist.shard(torch.arange(n)).shape[0]
                                          / parts.recipe.model.train.batch_size)
         self._stop = stop if stop is not None else StopFlag()
@@ -85,7 +91,7 @@ class Trainer:
     def _stop_requested(self) -> bool:
         """A stop request on any rank stops every rank (the ranks agree at each check)."""
         d, stop = self.parts.dist, self._stop
-        if d.enabled and d.sum([float(stop.signum is not None)], self.parts.device)[0] > 0:
+        if d.any(stop.signum is not None, self.parts.device):
             stop.signum = stop.signum or signal.SIGTERM
         return stop.signum is not None
 
@@ -94,78 +100,67 @@ class Trainer:
         t0 = time.perf_counter()
         lr = p.optimizer.param_groups[0]["lr"]
         p.student.train()
-        order, gen = epoch_order(p.train_data[0].shape[0], tr.seed, epoch)
+        order, gen = epoch_order(len(p.train), tr.seed, epoch)
         order = p.dist.shard(order)
-        acc = Partial(epoch, 0, {}, 0, 0)
+        start = Partial(epoch, 0, {}, 0, 0)
         if partial is not None:
-            acc = Partial(epoch, partial["step"], dict(partial["sums"]), partial["correct"], partial["seen"])
+            start = Partial(epoch, partial["step"], dict(partial["sums"]), partial["correct"], partial["seen"])
             gen.set_state(partial["gen_state"])
         else:
             torch.manual_seed(epoch_seed(tr.seed, epoch, p.dist.rank))
             self._emit(lambda s: s.on_epoch_start(self, epoch))  # not on a mid-epoch resume
-        for step_i in range(acc.step, self.steps_per_epoch):
-            idx = order[step_i * tr.batch_size:(step_i + 1) * tr.batch_size]
-            self._step(epoch, step_i, idx, gen, acc)
+        tally = Tally(p.device, start)
+        batches = p.train.batches(order, tr.batch_size, start.step, self.steps_per_epoch, seed=tr.seed,
+                                  epoch=epoch)
+        for step_i, idx, xb, yb in batches:
+            self._step(epoch, step_i, idx, (xb, yb), gen, tally)
+            if (step_i + 1) % SYNC_EVERY == 0:
+                tally.check(self.saved_in)  # the only waits for the device inside an epoch
             self._emit(lambda s: s.on_step_end(self, epoch, step_i))
-            self._check_stop(epoch, step_i, gen, acc)
+            self._check_stop(epoch, step_i, gen, tally)
+        tally.check(self.saved_in)  # before the epoch's row, its validation and its checkpoint
         if p.scheduler_interval == "epoch":
             p.scheduler.step()
-        return self._row(epoch, lr, acc, t0)
+        return self._row(epoch, lr, tally.partial(self.steps_per_epoch), t0)
 
-    def _step(self, epoch: int, step_i: int, idx: torch.Tensor, gen: torch.Generator, acc: Partial) -> None:
+    def _step(self, epoch: int, step_i: int, idx: torch.Tensor, batch: tuple[torch.Tensor, torch.Tensor],
+              gen: torch.Generator, tally: Tally) -> None:
+        """One optimizer step; nothing in it waits for the device (the terms, counts and finiteness checks
+        accumulate in ``tally``)."""
         p, tr = self.parts, self.parts.recipe.model.train
         if self._trace:
             with open(f"{self._trace}.rank{p.dist.rank}", "a") as fh:
                 fh.write(" ".join(map(str, idx.tolist())) + "\n")
-        xtr, ytr = p.train_data
-        x = augment(xtr[idx], p.info, gen).to(p.device, non_blocking=True)
-        y = ytr[idx].to(p.device, non_blocking=True)
+        xb, yb = batch
+        # crop and flip move pixels only: on uint8 they give the bytes of the float path; k/255 on the device
+        x = to_float_images(augment(xb, p.info, gen).to(p.device, non_blocking=True))
+        y = yb.to(p.device, non_blocking=True)
         res = compute_loss(p.trained, p.teacher, p.method, p.module, p.attack, x, y, epoch=epoch,
                            epochs=self.epochs, cache=not tr.reference_passes)
-        values = {k: float(v.detach()) for k, v in res.terms.items()}
-        for k, v in values.items():
-            if not math.isfinite(v):
-                raise TrainingError(
-                    f"loss term {k!r} is {v} at epoch {epoch}, step {step_i + 1}",
-                    f"the last good checkpoint is {self.saved_in / 'last.safetensors'}; lower train.lr or "
-                    "the module's alpha")
+        terms = {k: v.detach() for k, v in res.terms.items()}
         p.optimizer.zero_grad(set_to_none=True)
-        p.acc.backward_and_step(res.loss, p.optimizer, before_step=lambda: self._check_gradients(epoch, step_i))
+        p.acc.backward_and_step(res.loss, p.optimizer, before_step=lambda: tally.add_gradients(
+            step_i, [(n, q.grad) for n, q in p.student.named_parameters()]))
         if p.scheduler_interval == "step":  # one-cycle, cyclic: the schedule moves with every step
             p.scheduler.step()
-        self.step_terms = values
+        self.step_terms = LazyTerms(terms)
         self.last_step = res.step  # the method's state hooks read its per-sample statistics
-        bs = y.shape[0]
-        for k, v in values.items():
-            acc.sums[k] = acc.sums.get(k, 0.0) + v * bs
-        acc.sums["loss"] = acc.sums.get("loss", 0.0) + sum(values.values()) * bs
         s_adv = res.step.cached_student("x_adv")  # the loss's own forward on x_adv: no extra pass
-        if s_adv is not None:
-            acc.correct += int((s_adv.detach().argmax(1) == y).sum())
-        acc.seen += bs
+        correct = (s_adv.detach().argmax(1) == y).sum() if s_adv is not None else None
+        tally.add_step(step_i, terms, correct, y.shape[0])
 
-    def _check_gradients(self, epoch: int, step_i: int) -> None:
-        """A non-finite gradient stops the run before the optimizer step writes it into the weights (one
-        device-side reduction per step; under fp16 the grad scaler skips such steps itself)."""
-        grads = [q.grad for q in self.parts.student.parameters() if q.grad is not None]
-        if grads and not bool(torch.stack([g.isfinite().all() for g in grads]).all()):
-            name = next(n for n, q in self.parts.student.named_parameters()
-                        if q.grad is not None and not bool(q.grad.isfinite().all()))
-            raise TrainingError(
-                f"the gradient of {name!r} is not finite at epoch {epoch}, step {step_i + 1}",
-                f"the last good checkpoint is {self.saved_in / 'last.safetensors'}; lower train.lr or the "
-                "module's alpha")
-
-    def _check_stop(self, epoch: int, step_i: int, gen: torch.Generator, acc: Partial) -> None:
+    def _check_stop(self, epoch: int, step_i: int, gen: torch.Generator, tally: Tally) -> None:
         d = self.parts.dist
         if d.enabled and self._stop_requested():
             # every rank stops together; mid-epoch sums and RNG are per rank, so a distributed run
             # restarts the interrupted epoch from its first step
+            tally.check(self.saved_in)
             self._emit(lambda s: s.on_interrupt(self, epoch - 1, None, None))
             self._interrupted(epoch, 0)
         if self._stop.signum is not None and step_i + 1 < self.steps_per_epoch:
-            acc.step = step_i + 1
+            tally.check(self.saved_in)  # nothing non-finite is saved
             state = gen.get_state()
+            acc = tally.partial(step_i + 1)
             self._emit(lambda s: s.on_interrupt(self, epoch - 1, acc, state))
             self._interrupted(epoch, step_i + 1)
 

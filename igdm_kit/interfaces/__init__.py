@@ -9,7 +9,7 @@ Inputs everywhere are images in [0, 1]; normalization is a layer inside the mode
 """
 
 from igdm_kit.interfaces.callbacks import Callback, CallbackContext, FitState, Order
-from igdm_kit.interfaces.data import DatasetInfo, DatasetPlugin
+from igdm_kit.interfaces.data import DatasetInfo, DatasetPlugin, ImageSource
 from igdm_kit.interfaces.evaluation import LP_NORMS, EvalAttack, EvalContext, Threat
 from igdm_kit.interfaces.launch import Job, LaunchContext, Launcher, StopRequest
 from igdm_kit.interfaces.models import ArchitectureBuilder, ModelFactory, TeacherLoader
@@ -34,8 +34,8 @@ from igdm_kit.interfaces.training import (
 
 __all__ = ["ArchitectureBuilder", "AttackOptions", "BatchReduction", "Callback", "CallbackContext", "DatasetInfo",
            "DatasetPlugin", "EpochStats", "EvalAttack", "EvalContext", "FitState", "Fraction", "GradientModule",
-           "InputName", "Job", "LP_NORMS", "LRSchedule", "LaunchContext", "Launcher", "Method", "ModelFactory",
-           "ModuleOptions", "NoOptions", "Options", "Order", "OptimizerFactory", "PathOption", "RecipePath",
-           "SampleTerm", "ScheduleEvent", "Shift", "ShiftContext", "ShiftedSet", "StepContext", "StopRequest",
-           "TeacherLoader", "TeacherTransform", "Threat", "ThreatVariant", "Tracker", "TrackerRun",
+           "ImageSource", "InputName", "Job", "LP_NORMS", "LRSchedule", "LaunchContext", "Launcher", "Method",
+           "ModelFactory", "ModuleOptions", "NoOptions", "Options", "Order", "OptimizerFactory", "PathOption",
+           "RecipePath", "SampleTerm", "ScheduleEvent", "Shift", "ShiftContext", "ShiftedSet", "StepContext",
+           "StopRequest", "TeacherLoader", "TeacherTransform", "Threat", "ThreatVariant", "Tracker", "TrackerRun",
            "TrainingAttack", "TrainingPlan", "parse_fraction"]

@@ -11,6 +11,7 @@ does): its state of an epoch is then in the training state saved at that epoch's
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from enum import IntEnum
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar, Protocol
@@ -55,8 +56,9 @@ class FitState(Protocol):
     optimizer: torch.optim.Optimizer
     #: one row per finished epoch (what ``metrics.jsonl`` holds)
     metrics: list[dict[str, Any]]
-    #: the loss terms of the last step
-    step_terms: dict[str, float]
+    #: the loss terms of the last step (a mapping read lazily: reading a value waits for the device, which
+    #: the training step itself never does; read it only when you use it)
+    step_terms: Mapping[str, float]
     epochs: int
     steps_per_epoch: int
 

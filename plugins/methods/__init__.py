@@ -8,6 +8,7 @@ def register_methods(register):
     from .adaad import AdaAD
     from .adaiad import AdaIAD
     from .akd import AKD
+    from .dgad import DGAD
     from .ard import ARD
     from .dgad import DGAD
     from .fair_ard import FairARD

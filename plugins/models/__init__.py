@@ -9,6 +9,7 @@ def register_models(register):
     from .preact_resnet import PreActResNet18
     from .resnet import ResNet18
     from .small_cnn import SmallCNN
+    from .timm_model import TimmModel
     from .wide_resnet import WRN28_10, WRN34_10, WideResNet
 
     register("small-cnn", SmallCNN)
@@ -18,3 +19,4 @@ def register_models(register):
     register("wrn-34-10", WRN34_10)
     register("wrn-28-10", WRN28_10)
     register("wideresnet", WideResNet)
+    register("timm", TimmModel)

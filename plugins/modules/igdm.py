@@ -38,6 +38,10 @@ class IGDM(GradientModule):
 
     def loss(self, ctx, reduction: str = "mean"):
         # With β = 1, x_plus aliases x_adv: S(x⁺) and T(x⁺) are the base method's own passes, reused.
+        # Precision: under train.amp = "bf16" every forward's logits come back as float32 (the accelerator's
+        # hook), so the differences of nearly equal logits and the KL are float32 arithmetic — subtracting in
+        # bf16 would lose the 8-bit mantissa to cancellation; what remains is the forwards' own rounding
+        # (about 1 % of Δ on trained models: benchmarks/bf16_igdm_error.py, recipes/bf16/README.md).
         return igdm_loss(ctx.student("x_plus"), ctx.student("x_minus"), ctx.teacher("x_plus"),
                          ctx.teacher("x_minus"), distance=self.options.distance, reduction=reduction)
 

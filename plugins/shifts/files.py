@@ -35,6 +35,36 @@ def _need(path: Path, what: str, hint: str) -> Path:
     return path
 
 
+def _read_npy(path: Path, *, labels: bool) -> np.ndarray:
+    """A published ``.npy`` file, checked as a whole before its data is touched: the header (bounded by
+    numpy's reader) must describe a plain array of integers — uint8 N×H×W×C images or 1-d labels — whose
+    bytes the file holds; it is then memory-mapped, never unpickled. Anything else is the one-line DataError.
+    """
+    what = f"{'labels' if labels else 'images'} file {str(path)!r}"
+    hint = "the file is damaged or not the published one; download it again"
+    try:
+        with open(path, "rb") as f:
+            version = np.lib.format.read_magic(f)
+            read = np.lib.format.read_array_header_1_0 if version == (1, 0) else \
+                np.lib.format.read_array_header_2_0
+            shape, _, dtype = read(f)  # numpy bounds the header's size
+            offset, size = f.tell(), path.stat().st_size
+    except Exception as exc:  # noqa: BLE001 — text, truncated or garbled headers raise several kinds
+        raise DataError(f"{what} is not a .npy array file ({type(exc).__name__})", hint) from None
+    ndim = 1 if labels else 4
+    if dtype.hasobject or dtype.kind not in ("iu" if labels else "u") or (not labels and dtype.itemsize != 1) \
+            or len(shape) != ndim:
+        expected = "1-d integer labels" if labels else "uint8 N×H×W×C images"
+        raise DataError(f"{what} holds a {len(shape)}-d {dtype} array, not {expected}", hint)
+    need = int(np.prod(shape, dtype=np.float64) * dtype.itemsize)  # float: a hostile shape overflows int64
+    if need > size - offset:
+        raise DataError(f"{what} claims {shape} ({need:,} bytes) but holds {size - offset:,} bytes", hint)
+    try:
+        return np.load(path, mmap_mode="r", allow_pickle=False)
+    except Exception as exc:  # noqa: BLE001
+        raise DataError(f"{what} cannot be read ({type(exc).__name__})", hint) from None
+
+
 def _images(arr: np.ndarray, ctx, what: str):
     """uint8 N×H×W×C (published .npy layout) → float [0, 1] N×C×H×W, checked against the model's shape."""
     import torch
@@ -93,8 +123,8 @@ class CorruptionFiles(Shift):
                 for c, p in files.items() for s in sorted(set(o.severities))]
 
     def _load(self, path: Path, labels_path: Path, severity: int, ctx):
-        data = np.load(path, mmap_mode="r")
-        labels = np.load(labels_path)
+        data = _read_npy(path, labels=False)
+        labels = _read_npy(labels_path, labels=True)
         if data.shape[0] % 5 or data.shape[0] != labels.shape[0]:
             raise DataError(f"{str(path)!r} has {data.shape[0]} images for {labels.shape[0]} labels",
                             "the published files hold 5 severity blocks of the test set each")
@@ -124,8 +154,8 @@ class CIFAR10_1(Shift):
                                                      "(datasets/) into that folder") for n in names)
 
         def load():
-            x = _images(np.load(data), ctx, repr(str(data)))
-            return x, _labels(np.load(labels), x.shape[0], ctx, repr(str(labels)))
+            x = _images(np.asarray(_read_npy(data, labels=False)), ctx, repr(str(data)))
+            return x, _labels(np.asarray(_read_npy(labels, labels=True)), x.shape[0], ctx, repr(str(labels)))
 
         return [ShiftedSet(key=f"cifar10.1-{v}", label=f"CIFAR-10.1 {v}", group="natural",
                            family=f"cifar10.1-{v}", load=load)]
