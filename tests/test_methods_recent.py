@@ -7,6 +7,7 @@ normalizations), never the plugin's code; student gradients against central diff
 from __future__ import annotations
 
 import math
+from typing import ClassVar
 
 import numpy as np
 import pytest
@@ -134,6 +135,7 @@ class WeightedKD(Method):
 
 class FixedAttack:
     needs_teacher_clean_logits = False
+    outputs = frozenset()
 
     def __init__(self, x_adv):
         self.x_adv = x_adv
@@ -368,14 +370,6 @@ def test_dgad_label_correction_is_a_copy_of_the_teacher_output():
     assert t.tolist() == [[0.0, 2.0, 1.0], [3.0, 1.0, 2.0]]
 
 
-def test_report_worst_relative_errors(capsys):
-    """Prints the worst relative errors seen above (run the file with -s to see them)."""
-    with capsys.disabled():
-        for family, err in sorted(WORST.items()):
-            print(f"\nworst relative error, {family}: {err:.2e}")
-    assert all(e < 1e-5 for e in WORST.values())
-
-
 def test_dgad_trains_on_digits_well_above_chance(tmp_path, write_recipe):
     """A short real run through the engine: even from a random teacher, DGAD's label correction (the true
     class's logit swapped to the top) gives the student the labels, so it learns (chance is 10%)."""
@@ -440,3 +434,246 @@ def test_a_recipe_pairing_a_weighting_method_with_a_scalar_module_is_refused(mon
         R.load(write_recipe(text.replace('"tp-scalar"', '"igdm"')))  # a per-sample module is fine
     finally:
         plugins.reset()
+
+
+# -- R6: the pgd attack's κ --------------------------------------------------------------------------------
+def test_pgd_kappa_counts_the_correctly_classified_iterates():
+    """Hand-worked: a student that always says class 0 is right at every iterate for y = 0 (κ = K) and at
+    none for y = 1 (κ = 0); one whose answer flips along the attack's path counts only the iterates before."""
+    from igdm_kit.factories import create_attack
+
+    student = nn.Sequential(nn.Flatten(), nn.Linear(D, C)).double()
+    with torch.no_grad():
+        student[1].weight.zero_()
+        student[1].bias.copy_(torch.tensor([5.0, 0.0, 0.0, 0.0], dtype=torch.float64))
+    x = torch.rand(4, *SHAPE, dtype=torch.float64)
+    y = torch.tensor([0, 1, 0, 2])
+    for clamp_start in (True, False):
+        attack = create_attack("pgd", student, options={"steps": 7, "clamp_start": clamp_start})
+        attack(x, y)
+        assert attack.side_outputs()["kappa"].tolist() == [7, 0, 7, 0]
+    assert "kappa" in attack.outputs
+
+
+def test_a_method_reading_kappa_needs_an_attack_that_reports_it(write_recipe):
+    from conftest import DIGITS_PGDAT
+
+    from igdm_kit import _recipe as R
+    from igdm_kit.errors import RecipeError
+
+    text = (DIGITS_PGDAT.replace('name = "pgd-at"', 'name = "fair-ard"')
+            + '[teacher]\ncheckpoint = "t.safetensors"\n')
+    assert R.load(write_recipe(text)).attack_name == "pgd"
+    with pytest.raises(RecipeError, match="per-sample kappa, which attack 'trades' does not report"):
+        R.load(write_recipe(text.replace("[attack]", '[attack]\nname = "trades"')))
+
+
+# -- R4/R5 and Fair-ARD ----------------------------------------------------------------------------------------
+class Parts:
+    """What MethodHooks reads of the run's parts: the real method, optimizer and (single-process) Dist."""
+
+    def __init__(self, method, num_samples, num_classes):
+        from igdm_kit._runtime.distributed import Dist
+
+        self.method, self.dist, self.device = method, Dist(), torch.device("cpu")
+        self.train = range(num_samples)  # only its length is read
+        self.info = type("Info", (), {"num_classes": num_classes})()
+        self.optimizer = torch.optim.SGD([nn.Parameter(torch.zeros(1))], lr=0.1)
+
+
+class Loop:
+    """The FitState the hooks are given: the last step and its terms."""
+
+    epochs = 3
+
+    def __init__(self) -> None:
+        self.last_step, self.step_terms = None, {}
+
+
+def kappa_step(y, kappa):
+    step = Step(linear(0), None, torch.zeros(len(y), *SHAPE, dtype=torch.float64), torch.tensor(y),
+                epoch=1, epochs=3)
+    step.set_attack_outputs({"kappa": torch.tensor(kappa)})
+    return step
+
+
+def test_fair_ard_class_weights_by_hand_over_two_steps_and_an_epoch_end():
+    """C = 3, N = 6 (N/C = 2). Steps: y = (0, 1, 2) with κ = (10, 4, 5), then (0, 1, 2) with κ = (8, 10, 7):
+    Σκ = (18, 14, 12), κ̄ = (9, 7, 6), w̃ = κ̄^−2 = (1/81, 1/49, 1/36) (+1e-5 inside), normalized
+    3·w̃/Σw̃ = (0.61186, 1.01145, 1.37669), clipped to [5/6, 5/2] → (0.83333, 1.01145, 1.37669)."""
+    from igdm_kit._training.method_state import MethodHooks
+
+    method = create_method("fair-ard")
+    hooks = MethodHooks(Parts(method, 6, 3))
+    loop = Loop()
+    hooks.on_fit_start(loop, 1, 0)
+    hooks.on_epoch_start(loop, 1)
+    assert method.weights is None  # the first epoch: every class weighs 1
+    for y, kappa in (([0, 1, 2], [10, 4, 5]), ([0, 1, 2], [8, 10, 7])):
+        loop.last_step = kappa_step(y, kappa)
+        hooks.on_step_end(loop, 1, 0)
+    raw = [(k / 2 + 1e-5) ** -2 for k in (18, 14, 12)]
+    want = [min(max(3 * r / sum(raw), 5 / 6), 5 / 2) for r in raw]
+    assert [round(w, 5) for w in want] == [0.83333, 1.01145, 1.37669]
+    hooks.on_epoch_end(loop, 1, {})
+    got = method.weights.tolist()
+    for g, w in zip(got, want, strict=True):
+        assert g == pytest.approx(w, rel=1e-12)
+        note("fair-ard class weights", g, w)
+    assert hooks.sums == {} and hooks.counts.tolist() == [0, 0, 0]  # the next epoch starts from zero
+
+
+def test_the_method_state_and_the_epochs_running_sums_survive_a_resume():
+    from igdm_kit._training.method_state import MethodHooks
+
+    method = create_method("fair-ard")
+    method.weights = torch.tensor([1.0, 2.0, 0.9], dtype=torch.float64)
+    hooks = MethodHooks(Parts(method, 6, 3))
+    loop = Loop()
+    loop.last_step = kappa_step([2, 0], [3, 9])
+    hooks.on_step_end(loop, 2, 0)
+    values, tensors = hooks.state_dict()
+
+    fresh = create_method("fair-ard")
+    resumed = MethodHooks(Parts(fresh, 6, 3))
+    resumed.load_state_dict(values, tensors)
+    resumed.on_fit_start(loop, 2, 1)  # mid-epoch: no on_epoch_start, the sums stay
+    assert torch.equal(fresh.weights, method.weights)
+    assert resumed.sums["kappa"].tolist() == [9.0, 0.0, 3.0] and resumed.counts.tolist() == [1.0, 0.0, 1.0]
+
+
+def np_log_softmax(row):
+    p = np_softmax(row)
+    return [math.log(v) for v in p]
+
+
+def fair_ard_oracle(Sx, Sa, Tx, y, w, alpha=1.0, tau=30.0) -> float:
+    """fair_ard.md, "Outer losses": α·τ²·(1/B)Σ w_{y_i}·(1/C)Σ_c p_c(log p_c − log q_c) + (1 − α)·(1/B)Σ w CE."""
+    n = len(y)
+    kd = 0.0
+    for i in range(n):
+        p, q = np_softmax(Tx[i] / tau), np_softmax(Sa[i] / tau)
+        kd += w[int(y[i])] * sum(p[c] * (math.log(p[c]) - math.log(q[c])) for c in range(C)) / C
+    ce = sum(-w[int(y[i])] * np_log_softmax(Sx[i])[int(y[i])] for i in range(n))
+    return alpha * tau * tau * kd / n + (1 - alpha) * ce / n
+
+
+@pytest.mark.parametrize("opts", [{}, {"alpha_ard": 0.6, "temperature": 4.0}])
+def test_fair_ard_loss_and_gradient_against_the_spec_formula(opts):
+    student, teacher = linear(0), linear(1, 3.0)
+    x, x_adv, y = data()
+    w = [0.9, 1.7, 5 / 6, 2.5]
+    method = create_method("fair-ard", **opts)
+    method.weights = torch.tensor(w, dtype=torch.float64)
+    total(method.loss(step_for(method, student, teacher, x, x_adv, y))).backward()
+    kw = {"alpha": opts.get("alpha_ard", 1.0), "tau": opts.get("temperature", 30.0)}
+    Tx = np_logits(teacher, x)
+    want = fair_ard_oracle(np_logits(student, x), np_logits(student, x_adv), Tx, y.numpy(), w, **kw)
+    got = total(method.loss(step_for(method, student, teacher, x, x_adv, y))).item()
+    assert got == pytest.approx(want, rel=1e-10)
+    note("fair-ard loss", got, want)
+    h = 1e-6
+    for index in [(0, 0), (1, 5), (3, 11)]:
+        values = []
+        for sign in (1, -1):
+            probe = linear(0)
+            with torch.no_grad():
+                probe[1].weight[index] += sign * h
+            values.append(fair_ard_oracle(np_logits(probe, x), np_logits(probe, x_adv), Tx, y.numpy(), w, **kw))
+        fd = (values[0] - values[1]) / (2 * h)
+        assert student[1].weight.grad[index].item() == pytest.approx(fd, rel=1e-6, abs=1e-9)
+        note("fair-ard gradient", student[1].weight.grad[index].item(), fd)
+
+
+def test_fair_ard_trains_on_digits_and_keeps_its_class_weights_in_the_training_state(tmp_path, write_recipe):
+    from conftest import DIGITS_PGDAT
+
+    from igdm_kit import _recipe as R
+    from igdm_kit._storage.checkpoint import save_model
+    from igdm_kit._training.engine import run
+    from igdm_kit.factories import create_model
+
+    torch.manual_seed(3)
+    teacher = tmp_path / "teacher.safetensors"
+    save_model(teacher, create_model("small-cnn", num_classes=10, in_channels=1, image_size=8, width=8),
+               {"model": "small-cnn", "model_options": {"width": 8}, "num_classes": 10, "in_channels": 1,
+                "image_size": 8, "mean": None, "std": None})
+    text = (DIGITS_PGDAT.replace('name = "pgd-at"', 'name = "fair-ard"\nalpha_ard = 0.5\ntemperature = 1.0')
+            .replace("epochs = 1", "epochs = 3").replace("width = 8", "width = 16")
+            .replace('name = "digits"', 'name = "digits"\ntrain_limit = 600')
+            + f'[teacher]\ncheckpoint = "{teacher}"\ncheck_accuracy = false\n')
+    result = run(R.load(write_recipe(text), ["train.lr=0.05", "attack.bn_mode=train"]), output_dir=tmp_path / "run")
+    assert result.metrics[-1]["test_clean_acc"] > 40.0, result.metrics[-1]
+    from safetensors.torch import load_file
+
+    saved = load_file(str(tmp_path / "run" / "train_state.safetensors"))
+    w = saved["extra.sub.method.m.class_weights"]
+    assert w.shape == (10,) and bool(((w >= 5 / 6 - 1e-12) & (w <= 5 / 2 + 1e-12)).all())
+    assert not torch.equal(w, torch.ones(10, dtype=w.dtype))  # updated at each epoch's end
+    assert saved["extra.sub.method.counts"].sum() == 0  # saved after the epoch's end reset the sums
+
+
+class Recorder(Method):
+    """A stateful third-party method: PGD-AT's loss, recording every hook the loop calls."""
+
+    stateful = True
+    attack_outputs = frozenset({"kappa"})
+    calls: ClassVar[list] = []
+
+    def loss(self, ctx):
+        return {"adv_ce": SampleTerm(torch.nn.functional.cross_entropy(ctx.student("x_adv"), ctx.y,
+                                                                       reduction="none"))}
+
+    def on_epoch_start(self, epoch):
+        self.calls.append(("start", epoch))
+
+    def step_statistics(self, ctx):
+        return {"kappa": ctx.attack_output("kappa"), "one": torch.ones(len(ctx.y))}
+
+    def on_step_end(self, epoch, step, terms):
+        self.calls.append(("step", epoch, step, sorted(terms)))
+
+    def on_epoch_end(self, epoch, stats, schedule):
+        self.calls.append(("end", epoch, schedule.decayed, int(stats.sums["one"].sum()), int(stats.counts.sum()),
+                           stats.num_samples, stats.num_classes, bool((stats.sums["kappa"] <= 2 * stats.counts).all())))
+
+
+def test_the_loop_calls_a_stateful_methods_hooks_and_says_when_the_lr_decays(tmp_path, write_recipe, monkeypatch):
+    import sys
+    import types
+    from importlib.metadata import EntryPoint
+
+    from conftest import DIGITS_PGDAT
+
+    from igdm_kit import _recipe as R
+    from igdm_kit._plugins import manager as plugins
+    from igdm_kit._training.engine import run
+    from igdm_kit.hookspecs import hookimpl
+
+    mod = types.ModuleType("recent_methods_recorder")
+    mod.register_methods = hookimpl(lambda register: register("tp-recorder", Recorder))
+    monkeypatch.setitem(sys.modules, mod.__name__, mod)
+    real = plugins.entry_points
+    monkeypatch.setattr(plugins, "entry_points", lambda group: list(real(group=group)) + [
+        EntryPoint(name="recorder", value=mod.__name__, group=group)])
+    plugins.reset()
+    Recorder.calls.clear()
+    try:
+        text = (DIGITS_PGDAT.replace('name = "pgd-at"', 'name = "tp-recorder"').replace("epochs = 1", "epochs = 3")
+                .replace("milestones = []", "milestones = [2]")
+                .replace('name = "digits"', 'name = "digits"\ntrain_limit = 128'))
+        run(R.load(write_recipe(text)), output_dir=tmp_path / "run")
+    finally:
+        plugins.reset()
+    steps = [("step", e, s, ["adv_ce"]) for e in (1, 2, 3) for s in (0, 1)]  # 128 images, batches of 64
+    ends = [("end", e, e == 2, 128, 128, 128, 10, True) for e in (1, 2, 3)]
+    assert Recorder.calls == [("start", 1), *steps[:2], ends[0], ("start", 2), *steps[2:4], ends[1],
+                              ("start", 3), *steps[4:], ends[2]]
+
+
+def test_report_worst_relative_errors(capsys):
+    """Prints the worst relative errors seen above (run the file with -s to see them)."""
+    with capsys.disabled():
+        for family, err in sorted(WORST.items()):
+            print(f"\nworst relative error, {family}: {err:.2e}")
+    assert all(e < 1e-5 for e in WORST.values())

@@ -57,6 +57,7 @@ METHOD = {
     "adaiad": ("adaad", {"x_adv", "x"}, {"x_adv"}),        # AdaAD + introspection
     "dgad": ("adaad", {"x", "x_adv"}, {"x", "x_adv"}),     # T(x) for MAP; KL(T̃(x) ‖ S(x)), KL(T̃(x_adv) ‖
                                                            # S(x_adv)) per sample; PCR on S(x), S(x_adv)
+    "fair-ard": ("pgd", {"x_adv"}, {"x"}),                 # w_{y_i}·KL_τ(T(x) ‖ S(x_adv)) / C; κ from the attack
     "mart": ("pgd", {"x_adv", "x"}, set()),                # (example plugin) BCE(S(x_adv)) + KL(S(x) ‖ …)
 }
 

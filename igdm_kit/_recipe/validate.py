@@ -177,6 +177,11 @@ def validate(raw: dict[str, Any], path: Path | None = None) -> Recipe:
     attack_name = model.attack.name or method_entry.component.attack_for(comps["method"])
     attack_entry, comps["attack"] = _component("attack", attack_name, model.attack.options(), "attack")
     needs.append((f"attack {attack_name!r}", attack_entry.component.uses_teacher()))
+    missing = sorted(method_entry.component.attack_outputs - attack_entry.component.outputs)
+    if missing:
+        raise RecipeError(f"attack.name: method {model.method.name!r} reads the attack's per-sample "
+                          f"{', '.join(missing)}, which attack {attack_name!r} does not report",
+                          "choose an attack that reports it (e.g. 'pgd' reports kappa)", path="attack.name")
     for who, needed in needs:
         if needed and model.teacher is None:
             raise RecipeError(f"teacher: {who} needs a teacher but the recipe has no [teacher] section",

@@ -20,10 +20,12 @@ def register_callbacks(register) -> None:
     )
     from igdm_kit._training.cost import Cost
     from igdm_kit._training.ema import EMA
+    from igdm_kit._training.method_state import MethodHooks
     from igdm_kit._training.tracking import Trackers
     from igdm_kit._training.validation import BestCheckpoint, BestEmaCheckpoint, Validation
 
-    for name, cls in (("finite-weights", FiniteWeights), ("cost", Cost), ("clean-accuracy", CleanAccuracy),
+    for name, cls in (("finite-weights", FiniteWeights), ("method-state", MethodHooks), ("cost", Cost),
+                      ("clean-accuracy", CleanAccuracy),
                       ("ema", EMA), ("validation", Validation), ("progress", ProgressBar), ("metrics-log", MetricsLog),
                       ("checkpoint", Checkpointer), ("best", BestCheckpoint), ("best-ema", BestEmaCheckpoint),
                       ("trackers", Trackers), ("log-line", LogLine)):

@@ -52,6 +52,8 @@ def compute_loss(student, teacher, method, module, attack, x: torch.Tensor, y: t
         kwargs["teacher_logits"] = step.teacher("x")
     x_adv = attack(x, y, **kwargs).detach()
     step.set_input("x_adv", x_adv)
+    if attack.outputs:
+        step.set_attack_outputs(attack.side_outputs())
     if active is not None:
         active.prepare(step)
 

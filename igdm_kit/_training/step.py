@@ -42,6 +42,7 @@ class Step:
         self._s_plus: torch.Tensor | None = None  # S(x⁺) under cache=False, by its own name
         self._t: dict[str, torch.Tensor] = {}
         self._t_version: dict[str, int] = {}  # each cached teacher tensor's version when it was cached
+        self._attack_outputs: dict[str, torch.Tensor] = {}
 
     # -- inputs -------------------------------------------------------------------------------------
     def set_input(self, name: str, value: torch.Tensor | None = None, *, alias_of: str | None = None) -> None:
@@ -125,6 +126,17 @@ class Step:
 
     def has_teacher(self) -> bool:
         return self._teacher_model is not None
+
+    def set_attack_outputs(self, outputs: dict[str, torch.Tensor]) -> None:
+        """Record the attack's per-sample side outputs of this step (``TrainingAttack.side_outputs``)."""
+        self._attack_outputs = dict(outputs)
+
+    def attack_output(self, name: str) -> torch.Tensor:
+        if name not in self._attack_outputs:
+            raise IgdmKitError(f"the step's attack reported no side output {name!r} "
+                               f"(reported: {sorted(self._attack_outputs) or 'none'})",
+                               "use an attack that lists it in its `outputs`")
+        return self._attack_outputs[name]
 
     def input_gradient(self, model: str, name: str, *, create_graph: bool = False) -> torch.Tensor:
         """∇ of the summed per-sample CE(f(x), y) w.r.t. a step input, for ``"student"`` or ``"teacher"``.

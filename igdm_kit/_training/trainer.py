@@ -50,6 +50,7 @@ class Trainer:
         #: the loss terms of the last step (subscribers read it in ``on_step_end``; read lazily: a step
         #: whose terms nobody reads does not wait for the device)
         self.step_terms: Mapping[str, float] = LazyTerms()
+        self.last_step = None  # the last step's ``Step`` (``StepContext``): a stateful method's statistics
         self.epochs = parts.recipe.model.train.epochs
         n = len(parts.train)
         self.steps_per_epoch = math.ceil(parts.dist.shard(torch.arange(n)).shape[0]
@@ -107,6 +108,7 @@ class Trainer:
             gen.set_state(partial["gen_state"])
         else:
             torch.manual_seed(epoch_seed(tr.seed, epoch, p.dist.rank))
+            self._emit(lambda s: s.on_epoch_start(self, epoch))  # not on a mid-epoch resume
         tally = Tally(p.device, start)
         batches = p.train.batches(order, tr.batch_size, start.step, self.steps_per_epoch, seed=tr.seed,
                                   epoch=epoch)
@@ -142,6 +144,7 @@ class Trainer:
         if p.scheduler_interval == "step":  # one-cycle, cyclic: the schedule moves with every step
             p.scheduler.step()
         self.step_terms = LazyTerms(terms)
+        self.last_step = res.step  # the method's state hooks read its per-sample statistics
         s_adv = res.step.cached_student("x_adv")  # the loss's own forward on x_adv: no extra pass
         correct = (s_adv.detach().argmax(1) == y).sum() if s_adv is not None else None
         tally.add_step(step_i, terms, correct, y.shape[0])

@@ -20,20 +20,22 @@ from igdm_kit.interfaces.tracking import Tracker, TrackerRun
 from igdm_kit.interfaces.training import (
                                           AttackOptions,
                                           BatchReduction,
+                                          EpochStats,
                                           GradientModule,
                                           InputName,
                                           Method,
                                           ModuleOptions,
                                           SampleTerm,
+                                          ScheduleEvent,
                                           StepContext,
                                           TeacherTransform,
                                           TrainingAttack,
 )
 
 __all__ = ["ArchitectureBuilder", "AttackOptions", "BatchReduction", "Callback", "CallbackContext", "DatasetInfo",
-           "DatasetPlugin", "EvalAttack", "EvalContext", "FitState", "Fraction", "GradientModule", "ImageSource",
-           "InputName", "Job", "LP_NORMS", "LRSchedule", "LaunchContext", "Launcher", "Method", "ModelFactory",
-           "ModuleOptions", "NoOptions", "Options", "Order", "OptimizerFactory", "PathOption", "RecipePath",
-           "SampleTerm", "Shift", "ShiftContext", "ShiftedSet", "StepContext", "StopRequest", "TeacherLoader",
-           "TeacherTransform", "Threat", "ThreatVariant", "Tracker", "TrackerRun", "TrainingAttack", "TrainingPlan",
-           "parse_fraction"]
+           "DatasetPlugin", "EpochStats", "EvalAttack", "EvalContext", "FitState", "Fraction", "GradientModule",
+           "ImageSource", "InputName", "Job", "LP_NORMS", "LRSchedule", "LaunchContext", "Launcher", "Method",
+           "ModelFactory", "ModuleOptions", "NoOptions", "Options", "Order", "OptimizerFactory", "PathOption",
+           "RecipePath", "SampleTerm", "ScheduleEvent", "Shift", "ShiftContext", "ShiftedSet", "StepContext",
+           "StopRequest", "TeacherLoader", "TeacherTransform", "Threat", "ThreatVariant", "Tracker", "TrackerRun",
+           "TrainingAttack", "TrainingPlan", "parse_fraction"]

@@ -111,6 +111,9 @@ class Callback:
     def on_fit_start(self, trainer: FitState, start_epoch: int, first_step: int) -> None:
         """Before the first step of this process (``first_step`` > 0 when resuming mid-epoch)."""
 
+    def on_epoch_start(self, trainer: FitState, epoch: int) -> None:
+        """Before the first step of ``epoch`` (not when a run resumes in the middle of it)."""
+
     def on_step_end(self, trainer: FitState, epoch: int, step: int) -> None:
         """After the optimizer step of 0-based ``step`` of ``epoch``."""
 

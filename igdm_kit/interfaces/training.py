@@ -4,6 +4,9 @@
 Per-sample terms (R3): a method's term may be a ``SampleTerm`` — a vector [B] with per-sample weights and a
 batch reduction — which the engine reduces; a method with ``weights_module = True`` weights the gradient
 module's per-sample loss (``GradientModule.loss_per_sample``) with ``Method.module_weights``.
+State (R4, R5, R6): a method keeps state (``state_dict``, saved for resume), is told when an epoch starts
+and ends and after each optimizer step, and gets per-class sums of per-sample statistics it names, among
+them an attack's per-sample side outputs (``TrainingAttack.outputs``, e.g. κ).
 Teacher outputs (R7): the step's cached teacher logits are read-only (an in-place change is an error, since
 a gradient module may reuse them); transform a copy with ``StepContext.teacher_transformed``.
 """
@@ -12,7 +15,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, ClassVar, Literal, Protocol
+from typing import TYPE_CHECKING, Any, ClassVar, Literal, Protocol
 
 from pydantic import Field
 
@@ -50,6 +53,31 @@ class SampleTerm:
     nominal_batch: int | None = None
 
 
+@dataclass(frozen=True)
+class ScheduleEvent:
+    """What the learning-rate schedule did over an epoch (``Method.on_epoch_end``): the lr the epoch trained
+    at and the lr of the next; ``decayed`` is True when a milestone fired (MTARD's η_w decays with it)."""
+
+    lr: float
+    next_lr: float
+
+    @property
+    def decayed(self) -> bool:
+        return self.next_lr < self.lr
+
+
+@dataclass(frozen=True)
+class EpochStats:
+    """An epoch's per-class statistics (R5), summed over every step and every rank: ``sums[name]`` [C] of the
+    per-sample values ``Method.step_statistics`` returned, grouped by label; ``counts`` [C] the samples seen
+    per class; N and C of the training split (Fair-ARD's κ̄_c = Σκ / (N/C))."""
+
+    sums: dict[str, torch.Tensor]
+    counts: torch.Tensor
+    num_samples: int
+    num_classes: int
+
+
 class StepContext(Protocol):
     """What a method or gradient module sees of one training step (implemented by ``igdm_kit._training.step.Step``).
 
@@ -81,6 +109,9 @@ class StepContext(Protocol):
         may reuse) stays as the teacher computed it."""
         ...
     def has_teacher(self) -> bool: ...
+    def attack_output(self, name: str) -> torch.Tensor:
+        """A per-sample side output [B] the step's attack reported (``TrainingAttack.outputs``), e.g. κ."""
+        ...
     def input_gradient(self, model: Literal["student", "teacher"], name: InputName, *,
                        create_graph: bool = False) -> torch.Tensor: ...
 
@@ -114,6 +145,36 @@ class Method:
         """Per-sample weights [B] of the gradient module's term (asked after ``loss``, only when
         ``weights_module``); the module's per-sample loss is multiplied by them before the batch mean."""
         raise NotImplementedError
+
+    # -- state (R4) and epoch statistics (R5): called by the training loop only, once per real optimizer
+    # step (never by a replay of the loss such as a gradient check or a benchmark); all do nothing by default.
+    #: Whether the training loop calls the hooks below and saves ``state_dict`` (False: never called).
+    stateful: ClassVar[bool] = False
+    #: names of the per-sample side outputs the method reads from its attack (``StepContext.attack_output``);
+    #: a recipe whose attack does not report them is refused.
+    attack_outputs: ClassVar[frozenset[str]] = frozenset()
+
+    def state_dict(self) -> dict[str, Any]:
+        """The method's state (tensors and JSON values), saved in the training state for ``--resume``."""
+        return {}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """What ``state_dict`` returned when the training state was saved."""
+
+    def on_epoch_start(self, epoch: int) -> None:
+        """Before the first step of ``epoch`` (1-based); not repeated when a run resumes mid-epoch."""
+
+    def step_statistics(self, ctx: StepContext) -> dict[str, torch.Tensor]:
+        """Per-sample values [B] of this step to sum per class over the epoch (``EpochStats``), read from
+        the step's cached forwards and attack outputs (no new pass)."""
+        return {}
+
+    def on_step_end(self, epoch: int, step: int, terms: dict[str, float]) -> None:
+        """After the optimizer step of 0-based ``step``; ``terms`` are the step's loss terms (averaged over
+        the ranks under torchrun, so state driven by them stays identical)."""
+
+    def on_epoch_end(self, epoch: int, stats: EpochStats, schedule: ScheduleEvent) -> None:
+        """After the epoch's last step, with its per-class statistics and what the lr schedule did."""
 
     @classmethod
     def attack_for(cls, options: Options) -> str:
@@ -224,6 +285,9 @@ class TrainingAttack:
     needs_teacher: ClassVar[bool] = False
     #: The attack needs the teacher's logits on the clean input, T(x), passed as ``teacher_logits=``.
     needs_teacher_clean_logits: ClassVar[bool] = False
+    #: Per-sample side outputs [B] the attack reports after each call (``side_outputs``), e.g. ``kappa``:
+    #: the number of iterates z_0 … z_{K−1} the attacked model classified correctly.
+    outputs: ClassVar[frozenset[str]] = frozenset()
     description: ClassVar[str] = ""
 
     options: AttackOptions
@@ -242,6 +306,10 @@ class TrainingAttack:
     def __call__(self, x: torch.Tensor, y: torch.Tensor, *,
                  teacher_logits: torch.Tensor | None = None) -> torch.Tensor:
         raise NotImplementedError
+
+    def side_outputs(self) -> dict[str, torch.Tensor]:
+        """The last call's per-sample side outputs, by the names in ``outputs``."""
+        return {}
 
 
 #: The threat models of evaluation: the norm of the perturbation ball.

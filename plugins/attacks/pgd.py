@@ -5,6 +5,10 @@ after every step) with igdm-kit's options and exact mode restoring. torchattacks
 x + U(−ε, ε) to [0, 1]; ``clamp_start = false`` takes the first step from the unclamped start, as the original
 ARD and IAD code do (spec, "Reference behaviours"; same random draw, so the two differ only where the
 start leaves [0, 1]).
+
+Side output ``kappa`` (Fair-ARD, NeurIPS 2023): κ_i = #{k < K : argmax S(z_k)_i = y_i}, the iterates
+z_0 … z_{K−1} classified correctly before each step (x_adv = z_K is not counted), from the attack's own
+forwards (no extra pass).
 """
 
 from __future__ import annotations
@@ -28,6 +32,7 @@ class PGDOptions(AttackOptions):
 class PGD(TrainingAttackMixin, torchattacks.PGD, TrainingAttack):
     description = "PGD on cross-entropy, uniform random start (Madry et al., 2018)"
     Options = PGDOptions
+    outputs = frozenset({"kappa"})
 
     def __init__(self, model: nn.Module, *, options: AttackOptions | None = None,
                  teacher: nn.Module | None = None) -> None:
@@ -35,8 +40,28 @@ class PGD(TrainingAttackMixin, torchattacks.PGD, TrainingAttack):
         super().__init__(model, eps=options.eps, alpha=options.step_size, steps=options.steps,
                          random_start=options.random_start)
         self._configure(options)
+        self._labels: torch.Tensor | None = None
+        self._kappa: torch.Tensor | None = None
+
+    def get_logits(self, inputs, labels=None, *args, **kwargs):
+        """The attacked model's logits at one iterate, counting its correct predictions (κ)."""
+        logits = super().get_logits(inputs, labels, *args, **kwargs)
+        if self._labels is not None:
+            self._kappa += (logits.detach().argmax(dim=1) == self._labels).long()
+        return logits
+
+    def side_outputs(self) -> dict[str, torch.Tensor]:
+        return {} if self._kappa is None else {"kappa": self._kappa}
 
     def forward(self, images: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        self._labels = labels.detach().to(images.device)
+        self._kappa = torch.zeros_like(self._labels, dtype=torch.long)
+        try:
+            return self._attack(images, labels)
+        finally:
+            self._labels = None
+
+    def _attack(self, images: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         o = self.options
         if o.clamp_start or not o.random_start:
             return super().forward(images, labels)

@@ -11,6 +11,7 @@ def register_methods(register):
     from .dgad import DGAD
     from .ard import ARD
     from .dgad import DGAD
+    from .fair_ard import FairARD
     from .iad import IAD
     from .pgd_at import PGDAT
     from .rslad import RSLAD
@@ -25,3 +26,4 @@ def register_methods(register):
     register("adaad", AdaAD)
     register("adaiad", AdaIAD)
     register("dgad", DGAD)
+    register("fair-ard", FairARD)
