@@ -97,6 +97,13 @@ class StopFlag:
     def requested(self) -> bool:
         return self.signum is not None
 
+    def agree(self, dist, device) -> bool:
+        """Whether a stop was requested on any rank of ``dist`` (a collective: every rank calls it at the same
+        point); a request another rank received is taken as SIGTERM here."""
+        if dist.any(self.signum is not None, device):
+            self.signum = self.signum or signal.SIGTERM
+        return self.signum is not None
+
     def check(self, what: str, hint: str) -> None:
         """Raise ``Interrupted`` ("SIGTERM: ``what``", ``hint``) if a stop was requested."""
         if self.signum is not None:

@@ -20,7 +20,6 @@ run folder (see ``igdm_kit._runtime.distributed``).
 
 from __future__ import annotations
 
-import signal
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -239,8 +238,7 @@ def agreed_stop_check(stop: StopFlag, d, device: torch.device, what: str, hint: 
     calls it at the same point). One process: the plain check."""
 
     def agree() -> None:
-        if d.any(stop.signum is not None, device):
-            stop.signum = stop.signum or signal.SIGTERM
+        stop.agree(d, device)
         stop.check(what, hint)
 
     return agree

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import math
 import os
-import signal
 import time
 from collections.abc import Callable, Mapping
 from pathlib import Path
@@ -90,10 +89,7 @@ class Trainer:
 
     def _stop_requested(self) -> bool:
         """A stop request on any rank stops every rank (the ranks agree at each check)."""
-        d, stop = self.parts.dist, self._stop
-        if d.any(stop.signum is not None, self.parts.device):
-            stop.signum = stop.signum or signal.SIGTERM
-        return stop.signum is not None
+        return self._stop.agree(self.parts.dist, self.parts.device)
 
     def _epoch(self, epoch: int, partial: dict[str, Any] | None) -> dict[str, Any]:
         p, tr = self.parts, self.parts.recipe.model.train
