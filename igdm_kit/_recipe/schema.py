@@ -125,6 +125,11 @@ class EmaSection(Section):
     buffers: bool = Field(True, description="average the BatchNorm statistics too (else copy them)")
 
 
+class SwaSection(Section):
+    start: int = Field(..., ge=1, description="the first epoch whose end weights join the equal average "
+                       "(PeerAiD: the first lr milestone; SAAD: 95 of 200)")
+
+
 class TrainSection(Section):
     epochs: int = Field(200, gt=0, le=100_000)
     batch_size: int = Field(128, gt=0, le=1_000_000)
@@ -152,6 +157,7 @@ class TrainSection(Section):
     schedule: ScheduleSection | None = None
     validation: ValidateSection | None = Field(None, alias="validate")  # `validate` is pydantic's
     ema: EmaSection | None = None
+    swa: SwaSection | None = None
     callbacks: list[Any] = Field(default_factory=list, description="training callbacks of plugins (names or "
                                  "tables with a name and options), besides the built-in ones")
 
@@ -171,7 +177,7 @@ class EvalSection(Section):
     batch_size: int = Field(256, gt=0, le=1_000_000)
     eps: Fraction | None = Field(None, ge=0, description="radius; default 8/255 at Linf, 0.5 at L2, 12 at L1")
     analysis: bool = Field(False, description="also report GD/GC against the teacher (needs a teacher)")
-    checkpoints: list[Literal["last", "best", "ema", "best_ema"]] = Field(
+    checkpoints: list[Literal["last", "best", "ema", "best_ema", "swa"]] = Field(
         default_factory=lambda: ["last"], min_length=1,
         description="which checkpoints the final evaluation judges (the first is the run's headline)")
     shifts: list[str | dict[str, Any]] = Field(

@@ -124,7 +124,8 @@ def _dump(options: BaseModel) -> dict[str, Any]:
 
 def _train(m: RecipeModel, c: dict[str, BaseModel]) -> dict[str, Any]:
     """``[train]`` resolved; its optional tables only when given (so recipes without them keep their digest)."""
-    out = m.train.model_dump(by_alias=True, exclude={"optimizer", "schedule", "validation", "ema", "callbacks"})
+    out = m.train.model_dump(by_alias=True, exclude={"optimizer", "schedule", "validation", "ema", "swa",
+                                                              "callbacks"})
     t = m.train
     if t.optimizer is not None:
         out["optimizer"] = {"name": t.optimizer.name, **_dump(c["optimizer"])}
@@ -135,6 +136,8 @@ def _train(m: RecipeModel, c: dict[str, BaseModel]) -> dict[str, Any]:
         out["validate"] = t.validation.model_dump()
     if t.ema is not None:
         out["ema"] = t.ema.model_dump()
+    if t.swa is not None:
+        out["swa"] = t.swa.model_dump()
     if t.callbacks:  # absent, the recipe keeps its digest
         out["callbacks"] = [{"name": s.name, **_dump(s.options)} for s in resolve_callbacks(t.callbacks)]
     return out
@@ -208,6 +211,9 @@ def _validate_optimization(model: RecipeModel, comps: dict[str, BaseModel]) -> N
     if t.ema is not None and t.ema.start > t.epochs:
         raise RecipeError(f"train.ema.start: epoch {t.ema.start} is after the last ({t.epochs})",
                           "start the average earlier", path="train.ema.start")
+    if t.swa is not None and t.swa.start > t.epochs:
+        raise RecipeError(f"train.swa.start: epoch {t.swa.start} is after the last ({t.epochs})",
+                          "start the average earlier", path="train.swa.start")
 
 
 def _validate_validation(model: RecipeModel, attack_options: BaseModel) -> list[EvalSpec]:
@@ -217,10 +223,11 @@ def _validate_validation(model: RecipeModel, attack_options: BaseModel) -> list[
 
     t, v = model.train, model.train.validation
     kept = {"last"} | ({"best"} if v else set()) | ({"ema"} if t.ema else set()) | \
-        ({"best_ema"} if v and t.ema else set())
+        ({"best_ema"} if v and t.ema else set()) | ({"swa"} if t.swa else set())
     for name in model.eval.checkpoints:
         if name not in kept:
-            need = {"best": "[train.validate]", "ema": "[train.ema]", "best_ema": "[train.validate] and [train.ema]"}
+            need = {"best": "[train.validate]", "ema": "[train.ema]", "best_ema": "[train.validate] and [train.ema]",
+                    "swa": "[train.swa]"}
             raise RecipeError(f"eval.checkpoints: {name!r} needs {need[name]}",
                               "add it, or judge the checkpoints the run keeps: " + ", ".join(sorted(kept)),
                               path="eval.checkpoints")

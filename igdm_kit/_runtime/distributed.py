@@ -79,6 +79,18 @@ class Dist:
         for b in module.buffers():
             dist.broadcast(b, src=0)
 
+    def mean_buffers(self, module: torch.nn.Module) -> None:
+        """Every floating-point buffer (BatchNorm statistics) averaged over the ranks, in place: statistics each
+        rank computed on its own shard become one set, the same on every rank."""
+        if not self.enabled:
+            return
+        import torch.distributed as dist
+
+        for b in module.buffers():
+            if b.is_floating_point():
+                dist.all_reduce(b)
+                b.div_(self.world)
+
     def barrier(self) -> None:
         if self.enabled:
             import torch.distributed as dist

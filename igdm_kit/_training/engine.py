@@ -44,6 +44,7 @@ from igdm_kit._storage.run_folder import (
     LAST,
     RESULTS,
     STATE,
+    SWA,
     Again,
     Mode,
     RunFolder,
@@ -258,7 +259,7 @@ def _train(folder: RunFolder, r: Recipe, mode: Mode, teacher_file: Path | None, 
                                                                    parts.test_data[1])]):
             log(line)
     stop.check(f"stopped before training started in {folder.path}", f"start it again with: {hint}")
-    subs, ema = _callbacks(folder, parts, log, progress)
+    subs, (ema, swa) = _callbacks(folder, parts, log, progress)
     start, partial, metrics = _starting_point(folder, parts, mode, log, subs)
     trainer = Trainer(parts, subs, saved_in=folder.path, resume_hint=hint, metrics=metrics, stop=stop)
     ok = False
@@ -270,10 +271,14 @@ def _train(folder: RunFolder, r: Recipe, mode: Mode, teacher_file: Path | None, 
                       "lower train.lr")
         if ema is not None and d.is_main:
             ema.save(folder / EMA, {**parts.checkpoint_meta(), "epoch": tr.epochs})
+        if swa is not None:
+            swa.finish(tr.epochs)  # every rank: the statistics are averaged across them
+            if d.is_main:
+                swa.save(folder / SWA, {**parts.checkpoint_meta(), "epoch": tr.epochs})
         what, again = (f"the final evaluation stopped; training is saved in {folder.path} (AutoAttack resumes "
                        "where it stopped)"), f"resume with: {hint}"
         # AutoAttack keeps its progress in the run folder, so an interrupted final evaluation resumes.
-        judged = judged_models(r, parts, folder, ema)
+        judged = judged_models(r, parts, folder, ema, swa)
         agree = agreed_stop_check(stop, d, parts.device, what, again)
         results = evaluate_checkpoints(r, parts, folder, judged, log=log, progress=progress,
                                        check=lambda: stop.check(what, again), agree=agree)
@@ -348,19 +353,21 @@ def _split_record(parts: Parts) -> dict[str, Any]:
 def _callbacks(folder: RunFolder, parts: Parts, log: Log, progress: Any):
     """The run's callbacks in their order (``interfaces.Order``; ties by name): the always-on ones every
     plugin registered (the host's own among them) and those ``[train] callbacks`` names; and the weight
-    average (or None), which the final evaluation judges too."""
+    averages (EMA, SWA; None where the recipe has none), which the final evaluation judges too."""
     from igdm_kit._plugins.manager import registry
     from igdm_kit._training.ema import EMA as Average
+    from igdm_kit._training.swa import SWA as EqualAverage
     from igdm_kit.factories import create_callback
 
     r = parts.recipe
     tr = r.model.train
     ema = Average(parts.student, lambda: build_student(r, parts.info), tr.ema) if tr.ema else None
+    swa = EqualAverage(parts, lambda: build_student(r, parts.info), tr.swa) if tr.swa else None
     ctx = RunContext(run_dir=folder.path, recipe=r.resolved(), is_main=parts.dist.is_main, log_line=log,
-                     folder=folder, parts=parts, progress=progress, ema=ema)
+                     folder=folder, parts=parts, progress=progress, ema=ema, swa=swa)
     chosen = [(e.component.order, e.name, create_callback(e.name, ctx)) for e in registry("callback")
               if e.component.always_on]
     chosen += [(registry("callback").get(s.name).order, s.key, create_callback(s.name, ctx, s.options))
                for s in r.callback_specs]
     chosen.sort(key=lambda c: (c[0], c[1]))
-    return [c for _, _, c in chosen if c is not None], ema
+    return [c for _, _, c in chosen if c is not None], (ema, swa)
