@@ -41,6 +41,7 @@ ATTACK = {
     "trades": dict(s_fwd=K + 1, t_fwd=0, t_clean=0, s_bwd=K, t_bwd=0),   # + S(x) target, no grad
     "rslad": dict(s_fwd=K, t_fwd=0, t_clean=1, s_bwd=K, t_bwd=0),        # KL(T(x) ‖ S(z_k)), T(x) once
     "adaad": dict(s_fwd=K, t_fwd=K, t_clean=0, s_bwd=K, t_bwd=K),        # KL(T(z_k) ‖ S(z_k))
+    "saad": dict(s_fwd=K, t_fwd=1, t_clean=0, s_bwd=K, t_bwd=1),         # ∇_x T_y(x) once; KL(T̃ ‖ S(z_k))
 }
 
 #: method → (attack, student inputs of the loss, teacher inputs of the loss), from the spec's loss table at
@@ -58,6 +59,7 @@ METHOD = {
     "dgad": ("adaad", {"x", "x_adv"}, {"x", "x_adv"}),     # T(x) for MAP; KL(T̃(x) ‖ S(x)), KL(T̃(x_adv) ‖
                                                            # S(x_adv)) per sample; PCR on S(x), S(x_adv)
     "fair-ard": ("pgd", {"x_adv"}, {"x"}),                 # w_{y_i}·KL_τ(T(x) ‖ S(x_adv)) / C; κ from the attack
+    "saad": ("saad", {"x_adv"}, {"x_adv"}),                # w_i·KL(T(x_adv) ‖ S(x_adv)), w from T(x_adv); β = 0
     "mart": ("pgd", {"x_adv", "x"}, set()),                # (example plugin) BCE(S(x_adv)) + KL(S(x) ‖ …)
 }
 

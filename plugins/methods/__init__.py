@@ -8,13 +8,13 @@ def register_methods(register):
     from .adaad import AdaAD
     from .adaiad import AdaIAD
     from .akd import AKD
-    from .dgad import DGAD
     from .ard import ARD
     from .dgad import DGAD
     from .fair_ard import FairARD
     from .iad import IAD
     from .pgd_at import PGDAT
     from .rslad import RSLAD
+    from .saad import SAAD
     from .trades import TRADES
 
     register("pgd-at", PGDAT)
@@ -27,3 +27,4 @@ def register_methods(register):
     register("adaiad", AdaIAD)
     register("dgad", DGAD)
     register("fair-ard", FairARD)
+    register("saad", SAAD)
