@@ -59,6 +59,8 @@ METHOD = {
     "dgad": ("adaad", {"x", "x_adv"}, {"x", "x_adv"}),     # T(x) for MAP; KL(T̃(x) ‖ S(x)), KL(T̃(x_adv) ‖
                                                            # S(x_adv)) per sample; PCR on S(x), S(x_adv)
     "fair-ard": ("pgd", {"x_adv"}, {"x"}),                 # w_{y_i}·KL_τ(T(x) ‖ S(x_adv)) / C; κ from the attack
+    "fair-iad": ("pgd", {"x_adv", "x"}, {"x", "x_adv"}),   # IAD's terms ×w_{y_i} (epoch 1 of 1: past the warm-up)
+    "fair-rslad": ("rslad", {"x", "x_adv"}, {"x"}),        # RSLAD's terms ÷C ×w_{y_i}; κ from the attack
     "saad": ("saad", {"x_adv"}, {"x_adv"}),                # w_i·KL(T(x_adv) ‖ S(x_adv)), w from T(x_adv); β = 0
     "mart": ("pgd", {"x_adv", "x"}, set()),                # (example plugin) BCE(S(x_adv)) + KL(S(x) ‖ …)
 }

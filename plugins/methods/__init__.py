@@ -11,6 +11,7 @@ def register_methods(register):
     from .ard import ARD
     from .dgad import DGAD
     from .fair_ard import FairARD
+    from .fair_variants import FairIAD, FairRSLAD
     from .iad import IAD
     from .pgd_at import PGDAT
     from .rslad import RSLAD
@@ -27,4 +28,6 @@ def register_methods(register):
     register("adaiad", AdaIAD)
     register("dgad", DGAD)
     register("fair-ard", FairARD)
+    register("fair-iad", FairIAD)
+    register("fair-rslad", FairRSLAD)
     register("saad", SAAD)
