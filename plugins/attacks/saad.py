@@ -27,7 +27,8 @@ class SAADOptions(KLAttackOptions):
 
 
 class SAAD(KLAttack):
-    description = "SAAD attack: max Σ KL(T̃ ‖ S(x+δ)), T̃ = T(x) + λ⟨∇T_y(x), δ⟩ on the true class (Lee et al., 2026)"
+    description = ("SAAD attack: max Σ KL(T_lin ‖ S(x+δ)), T_lin = T(x) + λ⟨∇T_y(x), δ⟩ on the true class "
+                   "(Lee et al., 2026)")
     needs_teacher = True
     Options = SAADOptions
 
