@@ -38,6 +38,9 @@ def test_pair_trains_on_digits(method, module, teacher_file):
     raw["method"] = {"name": method}
     raw["attack"] = {"steps": 2, "eps": 0.1, "step_size": 0.05}
     raw["teacher"] = {"checkpoint": str(teacher_file)}
+    roles = registry("method").get(method).teacher_roles  # the same file as every role's teacher (R1)
+    if roles:
+        raw["teachers"] = {role: {"checkpoint": str(teacher_file)} for role in roles}
     raw["data"]["train_limit"] = 64
     raw["train"].update(epochs=2)
     if module:
@@ -54,7 +57,8 @@ def test_pair_trains_on_digits(method, module, teacher_file):
     opt = torch.optim.SGD(student.parameters(), lr=0.05, momentum=0.9)
     student.train()
     for epoch, sl in ((1, slice(0, 32)), (2, slice(32, 64))):
-        res = compute_loss(student, teacher, meth, mod, attack, x[sl], y[sl], epoch=epoch, epochs=2)
+        res = compute_loss(student, teacher, meth, mod, attack, x[sl], y[sl], epoch=epoch, epochs=2,
+                           teachers={role: teacher for role in roles})
         assert math.isfinite(float(res.loss.detach())), res.terms
         if mod is not None:
             assert "module" in res.terms

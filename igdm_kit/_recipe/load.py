@@ -137,12 +137,21 @@ def resolve_paths(written: dict[str, Any], merged: dict[str, Any], base: Path) -
     for section, values in written.items():
         if not isinstance(values, dict) or not isinstance(merged.get(section), dict):
             continue
-        for key in _path_keys(section, merged):
-            value = values.get(key)
-            if isinstance(value, str) and value and not Path(value).expanduser().is_absolute():
-                merged[section][key] = str((base / value).resolve())
-            elif isinstance(value, str) and value.startswith("~"):
-                merged[section][key] = str(Path(value).expanduser())
+        if section == "teachers":  # a table of teacher sections, one per role: [teacher]'s path keys
+            for role, table in values.items():
+                if isinstance(table, dict) and isinstance(merged[section].get(role), dict):
+                    _absolute(table, merged[section][role], _path_keys("teacher", merged), base)
+            continue
+        _absolute(values, merged[section], _path_keys(section, merged), base)
+
+
+def _absolute(written: dict[str, Any], merged: dict[str, Any], keys: list[str], base: Path) -> None:
+    for key in keys:
+        value = written.get(key)
+        if isinstance(value, str) and value and not Path(value).expanduser().is_absolute():
+            merged[key] = str((base / value).resolve())
+        elif isinstance(value, str) and value.startswith("~"):
+            merged[key] = str(Path(value).expanduser())
 
 
 def _split_key(item: str) -> tuple[str, str]:

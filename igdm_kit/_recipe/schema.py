@@ -217,6 +217,9 @@ class RecipeModel(Section):
     data: DataSection
     student: StudentSection
     teacher: TeacherSection | None = None
+    teachers: dict[Annotated[str, Field(pattern=r"^[a-z][a-z0-9_-]{0,31}$")], TeacherSection] = Field(
+        default_factory=dict, description="more teachers by role ([teachers.clean]): each a checkpoint with its "
+                                          "own architecture, for methods that read several (R1: MTARD)")
     method: MethodSection
     module: ModuleSection | None = None
     attack: AttackSection = Field(default_factory=AttackSection)

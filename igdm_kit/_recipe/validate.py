@@ -71,6 +71,8 @@ class Recipe:
         out["student"] = {"model": m.student.model, **_dump(c["student"])}
         if m.teacher is not None:
             out["teacher"] = m.teacher.model_dump(exclude_none=True)
+        if m.teachers:  # absent, the recipe keeps its digest
+            out["teachers"] = {role: t.model_dump(exclude_none=True) for role, t in sorted(m.teachers.items())}
         out["method"] = {"name": m.method.name, **_dump(c["method"])}
         if m.module is not None:
             out["module"] = {"name": m.module.name, **_dump(c["module"])}
@@ -191,6 +193,7 @@ def validate(raw: dict[str, Any], path: Path | None = None) -> Recipe:
                               "add [teacher] with `checkpoint = ...` or `recipe = ...`", path="teacher")
     if model.teacher is not None:
         _validate_teacher(model.teacher)
+    _validate_roles(model, method_entry.component)
     _validate_optimization(model, comps)
     _validate_log(model, comps)
     val_specs = _validate_validation(model, comps["attack"])
@@ -326,20 +329,39 @@ def _validate_eval(model: RecipeModel, data_options: BaseModel) -> list[EvalSpec
     return resolve(ev.attacks, ev.threat, "eval.attacks")
 
 
-def _validate_teacher(t: TeacherSection) -> None:
+def _validate_roles(model: RecipeModel, method: Any) -> None:
+    """``[teachers.<role>]``: exactly the roles the method reads (R1), each a checkpoint."""
+    wanted, given = set(method.teacher_roles), set(model.teachers)
+    for role in sorted(wanted - given):
+        raise RecipeError(f"teachers.{role}: method {model.method.name!r} reads a {role!r} teacher and the recipe "
+                          "has none", f"add [teachers.{role}] with `checkpoint = ...`", path=f"teachers.{role}")
+    for role in sorted(given - wanted):
+        raise RecipeError(f"teachers.{role}: method {model.method.name!r} reads no {role!r} teacher",
+                          "remove the table" + (f", or name one of the roles it reads: {', '.join(sorted(wanted))}"
+                                                if wanted else " (the method reads only [teacher])"),
+                          path=f"teachers.{role}")
+    for role, t in sorted(model.teachers.items()):
+        if t.recipe is not None:
+            raise RecipeError(f"teachers.{role}.recipe: a teacher by role is read from a checkpoint",
+                              f"train it first and set teachers.{role}.checkpoint to its model.safetensors",
+                              path=f"teachers.{role}.recipe")
+        _validate_teacher(t, f"teachers.{role}")
+
+
+def _validate_teacher(t: TeacherSection, where: str = "teacher") -> None:
     if t.loader != "auto":
         from igdm_kit._plugins.manager import registry
 
         try:
             entry = registry("teacher_loader").entry(t.loader)
         except UnknownComponentError as exc:
-            raise RecipeError(f"teacher.loader: {exc.message}", exc.hint, path="teacher.loader") from None
+            raise RecipeError(f"{where}.loader: {exc.message}", exc.hint, path=f"{where}.loader") from None
         try:
             entry.options_model.model_validate(t.loader_options)
         except ValidationError as exc:
-            raise_validation(exc, "teacher.loader_options", entry.options_model)
+            raise_validation(exc, f"{where}.loader_options", entry.options_model)
     if t.model is not None:
-        _component("model", t.model, t.model_options, "teacher", "model")
+        _component("model", t.model, t.model_options, where, "model")
 
 
 def load(path: str | Path, overrides: list[str] | None = None) -> Recipe:

@@ -52,6 +52,17 @@ class Dist:
         dist.all_reduce(t)
         return t.tolist()
 
+    def mean(self, values: torch.Tensor) -> torch.Tensor:
+        """``values`` averaged over the ranks, on their device (no host sync; a collective: every rank calls
+        it at the same point); ``values`` themselves in one process."""
+        if not self.enabled:
+            return values
+        import torch.distributed as dist
+
+        out = values.detach().clone()
+        dist.all_reduce(out)
+        return out / self.world
+
     def any(self, flag: bool, device: torch.device) -> bool:
         """Whether ``flag`` holds on any rank (a collective: every rank must call it at the same point)."""
         if not self.enabled:

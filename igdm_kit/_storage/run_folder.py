@@ -221,10 +221,14 @@ class RunFolder:
     def _same_teacher(self, r: Recipe) -> bool:
         """A finished or resumed run is only reused with the teacher file it was made with (a teacher trained
         by a nested recipe is covered by the recipe digest instead)."""
-        t = r.model.teacher
+        t, manifest = r.model.teacher, self._manifest()
+        roles = manifest.get("teachers_sha256") or {}
+        for role, section in r.model.teachers.items():  # the teachers by role, each its own file
+            if role in roles and Path(section.checkpoint).is_file() and roles[role] != sha256_file(section.checkpoint):
+                return False
         if t is None or t.checkpoint is None or not Path(t.checkpoint).is_file():
             return True
-        recorded = self._manifest().get("teacher_sha256")
+        recorded = manifest.get("teacher_sha256")
         return recorded is None or recorded == sha256_file(t.checkpoint)
 
     # -- writing ------------------------------------------------------------------------------------------

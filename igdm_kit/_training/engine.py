@@ -316,7 +316,8 @@ def _starting_point(folder: RunFolder, parts: Parts, mode: Mode, log: Log, subs:
         if parts.dist.is_main:
             folder.start(parts.recipe, device=str(parts.device), world_size=parts.dist.world,
                          teacher_digest=parts.teacher_digest,
-                         extra={**_split_record(parts), "amp": parts.acc.options.amp})
+                         extra={**_split_record(parts), "amp": parts.acc.options.amp,
+                                **({"teachers_sha256": parts.teacher_digests} if parts.teacher_digests else {})})
         return 1, None, []
     _check_same_precision(folder, parts)
     meta = load_train_state(folder / STATE, model=parts.student, optimizer=parts.optimizer,

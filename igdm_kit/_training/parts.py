@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -17,7 +17,7 @@ from igdm_kit._runtime.distributed import Dist, wrap
 from igdm_kit._storage.run_folder import sha256_file
 from igdm_kit._training.loader import MemorySet, StreamSet
 from igdm_kit._training.optim import build_optimization
-from igdm_kit.errors import DataError
+from igdm_kit.errors import CheckpointError, DataError
 from igdm_kit.factories import create_attack, create_dataset, create_method, create_model, create_module, create_teacher
 from igdm_kit.interfaces import DatasetInfo
 
@@ -50,6 +50,9 @@ class Parts:
     val_data: tuple[torch.Tensor, torch.Tensor] | None = None
     #: which images of the training set it holds (indices before the split; for the manifest)
     val_indices: list[int] | None = None
+    #: the teachers by role (``[teachers.<role>]``, R1) and their files' sha256
+    teachers: dict[str, nn.Module] = field(default_factory=dict)
+    teacher_digests: dict[str, str] = field(default_factory=dict)
 
     def checkpoint_meta(self) -> dict[str, Any]:
         """The metadata every checkpoint of this run carries (``igdm_kit.load_model`` rebuilds from it)."""
@@ -183,6 +186,28 @@ def load_teacher(r: Recipe, info: DatasetInfo, device: torch.device, path: Path 
     return teacher, sha256_file(path)
 
 
+def load_roles(r: Recipe, info: DatasetInfo, device: torch.device, train, log: Callable[[str], None]
+               ) -> dict[str, tuple[nn.Module, str]]:
+    """The teachers by role (``[teachers.<role>]``): each loaded as ``[teacher]`` is, in eval mode with frozen
+    parameters, checked against the data (classes, accuracy on a sample), with its file's sha256."""
+    from igdm_kit._training.teacher_check import check_accuracy, check_classes, sample_indices
+
+    out = {}
+    for role, t in sorted(r.model.teachers.items()):
+        path, where = Path(t.checkpoint), f"teachers.{role}"
+        if not path.is_file():
+            raise CheckpointError(f"{where}.checkpoint: {str(path)!r} does not exist",
+                                  "give the path of the teacher's weights (relative to the recipe file)")
+        check_classes(r, info, path, log, where)
+        model = create_teacher(path, loader=t.loader, loader_options=t.loader_options, model=t.model,
+                               model_options=t.model_options, num_classes=info.num_classes,
+                               in_channels=info.in_channels, image_size=info.image_size, mean=t.mean, std=t.std,
+                               device=device)
+        check_accuracy(r, model, path, *train.take(sample_indices(len(train))), device, log, where)
+        out[role] = (model, sha256_file(path))
+    return out
+
+
 def build_training(r: Recipe, student: nn.Module, teacher: nn.Module | None):
     """The method, the gradient module (or None) and the inner attack against ``student``."""
     method = create_method(r.model.method.name, r.components["method"])
@@ -211,6 +236,7 @@ def build_parts(r: Recipe, *, device: torch.device, acc: Accelerator, dist: Dist
     if teacher is not None:
         check_accuracy(r, teacher, Path(teacher_file), *train.take(sample_indices(len(train))), device, log)
     teacher = acc.prepare(teacher)
+    roles = load_roles(r, info, device, train, log)
     method, module, attack = build_training(r, student, teacher)
     attack = acc.wrap_attack(attack)  # mixed precision: the attack-gradient guard (igdm_kit._runtime.accel)
     # The outer loss runs through DDP (gradient all-reduce); the attack keeps the bare module: it needs
@@ -219,4 +245,6 @@ def build_parts(r: Recipe, *, device: torch.device, acc: Accelerator, dist: Dist
     steps = math.ceil(dist.shard(torch.arange(len(train))).shape[0] / tr.batch_size)
     opt, sched, interval = build_optimization(r, student.parameters(), steps)
     return Parts(r, info, train, test, student, trained, teacher, digest, method, module, attack, opt,
-                 sched, acc, device, dist, interval, split.get("data"), split.get("indices"))
+                 sched, acc, device, dist, interval, split.get("data"), split.get("indices"),
+                 {role: acc.prepare(m) for role, (m, _) in roles.items()},
+                 {role: d for role, (_, d) in roles.items()})

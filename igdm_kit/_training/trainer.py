@@ -132,6 +132,7 @@ class Trainer:
         x = to_float_images(augment(xb, p.info, gen).to(p.device, non_blocking=True))
         y = yb.to(p.device, non_blocking=True)
         res = compute_loss(p.trained, p.teacher, p.method, p.module, p.attack, x, y, epoch=epoch,
+                           teachers=p.teachers, mean_over_ranks=p.dist.mean,
                            epochs=self.epochs, cache=not tr.reference_passes)
         terms = {k: v.detach() for k, v in res.terms.items()}
         p.optimizer.zero_grad(set_to_none=True)

@@ -13,6 +13,7 @@ def register_methods(register):
     from .fair_ard import FairARD
     from .fair_variants import FairIAD, FairRSLAD
     from .iad import IAD
+    from .mtard import BMTARD, MTARD
     from .pgd_at import PGDAT
     from .rslad import RSLAD
     from .saad import SAAD
@@ -31,3 +32,5 @@ def register_methods(register):
     register("fair-iad", FairIAD)
     register("fair-rslad", FairRSLAD)
     register("saad", SAAD)
+    register("mtard", MTARD)
+    register("b-mtard", BMTARD)

@@ -1,0 +1,223 @@
+"""MTARD and B-MTARD (``mtard.md``) and the teachers by role they need (R1).
+
+Oracles: numpy float64 from the spec's formulas — the element-wise-mean KL of each teacher, the weights'
+recurrence over several steps and an lr decay written out by hand, B-MTARD's temperatures; the student's
+parameter gradients by central differences (the weights held at their value, as the official code's floats);
+the recipe's roles checked; a digits run with two teachers, SIGKILL + ``--resume`` bit-identical.
+"""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+from conftest import DIGITS_PGDAT
+from safetensors.torch import load_file
+from test_methods import data, linear, np_logits
+from test_resume import _same, _start, _wait_for
+
+import igdm_kit
+from igdm_kit import _recipe as R
+from igdm_kit._training.step import Step
+from igdm_kit.errors import RecipeError
+from igdm_kit.factories import create_method
+from igdm_kit.interfaces import ScheduleEvent
+
+
+def softmax_rows(z):
+    e = np.exp(z - z.max(axis=1, keepdims=True))
+    return e / e.sum(axis=1, keepdims=True)
+
+
+def klm(t, s, offset=0.0):
+    """(1/(B·C))·Σ p (log(p + offset) − log q) — mtard.md's KLm."""
+    p, q = softmax_rows(t), softmax_rows(s)
+    return float(np.mean(p * (np.log(p + offset) - np.log(q))))
+
+
+def make_step(method, student, teacher, clean, x, x_adv, y):
+    step = Step(student, teacher, x, y, epoch=1, epochs=10, teacher_inputs=method.teacher_inputs(1, 10),
+                teachers={"clean": clean}, role_inputs=method.role_inputs(1, 10))
+    step.set_input("x_adv", x_adv)
+    return step
+
+
+def values(S, T, Tc, x, x_adv, scale=1.0, offset=0.0, tau=(1.0, 1.0)):
+    return (scale * klm(np_logits(T, x_adv) / tau[0], np_logits(S, x_adv), offset),
+            scale * klm(np_logits(Tc, x) / tau[1], np_logits(S, x), offset))
+
+
+@pytest.mark.parametrize("opts", [{}, {"scale": 10.0, "log_offset": 1e-5, "weight_lr": 0.2}])
+def test_mtard_weights_over_steps_and_a_decay_by_hand_and_the_loss_and_gradient(opts):
+    student, teacher, clean = linear(0), linear(1, scale=3.0), linear(2, scale=2.0)
+    method = create_method("mtard", **opts)
+    s, off, eta = opts.get("scale", 1.0), opts.get("log_offset", 0.0), opts.get("weight_lr", 0.025)
+    w_nat, l0 = 0.5, None
+    for k in range(4):
+        if k == 3:  # the lr decayed at the end of the epoch: so does η_w
+            method.on_epoch_end(1, None, ScheduleEvent(lr=0.1, next_lr=0.01))
+            eta *= 0.1
+        x, x_adv, y = data(seed=k)
+        l_adv, l_nat = values(student, teacher, clean, x, x_adv, s, off)
+        l0 = l0 or (l_adv, l_nat)  # the first step's values, never refreshed
+        a, n = l_adv / l0[0], l_nat / l0[1]
+        w_nat = w_nat - eta * (w_nat - n / (a + n))
+        terms = method.loss(make_step(method, student, teacher, clean, x, x_adv, y))
+        loss = terms["adv_kl"] + terms["nat_kl"]
+        assert loss.item() == pytest.approx((1 - w_nat) * l_adv + w_nat * l_nat, rel=1e-10)
+        student.zero_grad()
+        loss.backward()
+        method.on_step_end(1, k, {})
+        assert method.w_nat.item() == pytest.approx(w_nat, rel=1e-12)
+    assert k == 3 and abs(w_nat - 0.5) > 1e-4  # the weights moved
+    h, grad = 1e-6, student[1].weight.grad.numpy()
+    for index in [(0, 0), (2, 7), (3, 11)]:
+        f = []
+        for sign in (1, -1):
+            probe = linear(0)
+            with torch.no_grad():
+                probe[1].weight[index] += sign * h
+            pa, pn = values(probe, teacher, clean, x, x_adv, s, off)
+            f.append((1 - w_nat) * pa + w_nat * pn)
+        assert grad[index] == pytest.approx((f[0] - f[1]) / (2 * h), rel=1e-6, abs=1e-10)
+
+
+def test_b_mtard_temperatures_and_loss_by_hand():
+    student, teacher, clean = linear(0), linear(1, scale=3.0), linear(2, scale=0.5)
+    method = create_method("b-mtard", temperature_lr=0.4)
+    tau, w_nat, l0, eta_t = [1.0, 1.0], 0.5, None, 0.4
+    for k in range(4):
+        x, x_adv, y = data(seed=k)
+        l_adv, l_nat = values(student, teacher, clean, x, x_adv, tau=tau)
+        l0 = l0 or (l_adv, l_nat)
+        a, n = l_adv / l0[0], l_nat / l0[1]
+        w_nat = w_nat - 0.025 * (w_nat - n / (a + n))
+        terms = method.loss(make_step(method, student, teacher, clean, x, x_adv, y))
+        assert (terms["adv_kl"] + terms["nat_kl"]).item() == pytest.approx((1 - w_nat) * l_adv + w_nat * l_nat,
+                                                                           rel=1e-10)
+        p_adv, p_nat = softmax_rows(np_logits(teacher, x_adv) / tau[0]), softmax_rows(np_logits(clean, x) / tau[1])
+        e_adv, e_nat = np.mean(p_adv * np.log(p_adv + 1e-5)), np.mean(p_nat * np.log(p_nat + 1e-5))
+        tau = [min(max(tau[0] - eta_t * np.sign(e_adv / e_nat - 1), 1.0), 10.0),
+               min(max(tau[1] - eta_t * np.sign(e_nat / e_adv - 1), 1.0), 10.0)]
+        method.on_step_end(1, k, {})
+        assert method.tau.tolist() == pytest.approx(tau, rel=1e-12)
+    assert tau != [1.0, 1.0]  # a teacher was softened
+
+
+def test_the_clean_teacher_is_evaluated_once_per_step_and_its_logits_are_read_only():
+    student, teacher, clean = linear(0), linear(1), linear(2)
+    calls = []
+    clean.register_forward_hook(lambda m, i, o: calls.append(i[0].shape[0]))
+    method = create_method("mtard")
+    x, x_adv, y = data()
+    step = make_step(method, student, teacher, clean, x, x_adv, y)
+    method.loss(step)
+    method.loss(step)
+    assert calls == [x.shape[0]]  # T_nat(x) once, cached
+    step.teacher("x", role="clean").mul_(2)
+    with pytest.raises(Exception, match=r"T_clean\(x\) were changed in place"):
+        step.check_teacher_unchanged()
+    with pytest.raises(RuntimeError, match="no 'robust' teacher"):
+        step.teacher("x", role="robust")
+
+
+MTARD_RECIPE = DIGITS_PGDAT.replace('name = "pgd-at"', 'name = "mtard"').replace(
+    "steps = 2", 'steps = 2\nstart = "gaussian"').replace("epochs = 1", "epochs = 3\nthreads = 1") + """
+[teacher]
+checkpoint = "{robust}"
+[teachers.clean]
+checkpoint = "{clean}"
+"""
+
+
+@pytest.fixture(scope="module")
+def teachers(tmp_path_factory):
+    """A robust (PGD-AT) and a clean (no attack: ε = 0) digits teacher, trained once."""
+    from igdm_kit._training.engine import run
+
+    base = tmp_path_factory.mktemp("teachers")
+    out = {}
+    for name, text in (("robust", DIGITS_PGDAT.replace("epochs = 1", "epochs = 4")),
+                       ("clean", DIGITS_PGDAT.replace("epochs = 1", "epochs = 4").replace("eps = 0.1", "eps = 0"))):
+        (base / f"{name}.toml").write_text(text)
+        out[name] = run(R.load(base / f"{name}.toml"), output_dir=base / name).output_dir / "model.safetensors"
+    return out
+
+
+def test_the_recipe_names_exactly_the_roles_the_method_reads(teachers, write_recipe):
+    text = MTARD_RECIPE.format(**teachers)
+    assert R.load(write_recipe(text)).resolved()["teachers"]["clean"]["checkpoint"] == str(teachers["clean"])
+    with pytest.raises(RecipeError, match=r"teachers.clean: method 'mtard' reads a 'clean' teacher and the "
+                                          r"recipe has none"):
+        R.load(write_recipe(text.split("[teachers.clean]")[0]))
+    with pytest.raises(RecipeError, match=r"teachers.extra: method 'mtard' reads no 'extra' teacher"):
+        R.load(write_recipe(text + f'[teachers.extra]\ncheckpoint = "{teachers["clean"]}"\n'))
+    with pytest.raises(RecipeError, match=r"teachers.clean.recipe: a teacher by role is read from a checkpoint"):
+        R.load(write_recipe(text.replace(f'[teachers.clean]\ncheckpoint = "{teachers["clean"]}"',
+                                         '[teachers.clean]\nrecipe = "t.toml"')))
+    with pytest.raises(RecipeError, match=r"teachers.clean: method 'ard' reads no 'clean' teacher"):
+        R.load(write_recipe(text.replace('name = "mtard"', 'name = "ard"')))
+
+
+@pytest.mark.slow
+def test_mtard_trains_on_digits_and_sigkill_resume_is_bit_identical(teachers, tmp_path):
+    from igdm_kit._training.engine import run
+
+    recipe = tmp_path / "r.toml"
+    recipe.write_text(MTARD_RECIPE.format(**teachers))
+    reference = run(R.load(recipe), output_dir=tmp_path / "ref").output_dir
+    results = json.loads((reference / "results.json").read_text())
+    assert results["metrics"]["clean"]["accuracy"] > 30  # chance is 10 %
+    manifest = json.loads((reference / "manifest.json").read_text())
+    assert set(manifest["teachers_sha256"]) == {"clean"}
+    out = tmp_path / "run"
+    proc = _start(recipe, out)
+    _wait_for(lambda: (out / "metrics.jsonl").exists() and (out / "metrics.jsonl").read_text().count("\n") >= 1,
+              proc)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    res = subprocess.run([sys.executable, "-m", "igdm_kit", "run", str(recipe), "--output", str(out), "--resume"],
+                         capture_output=True, text=True, timeout=600, check=False)
+    assert res.returncode == 0, res.stderr[-2000:]
+    _same(load_file(str(out / "model.safetensors")), load_file(str(reference / "model.safetensors")))
+    state = load_file(str(out / "train_state.safetensors"))
+    assert any(k.endswith("m.w_nat") for k in state)  # the weights travel with the training state
+
+
+def test_the_cifar_resnet_reads_a_state_dict_of_the_published_layout(tmp_path):
+    """ResNet-20 (n = 3) in the parameter names of chenyaofo's CifarResNet, which MTARD's clean ResNet-56
+    file uses — the key list built here from the layout (stem, 3 stages of n blocks, option-B shortcuts at the
+    first block of stages 2 and 3, fc) — loads strictly, under DataParallel's ``module.`` prefix too."""
+    from igdm_kit.factories import create_teacher
+
+    def bn(prefix, c):
+        return {f"{prefix}.weight": (c,), f"{prefix}.bias": (c,), f"{prefix}.running_mean": (c,),
+                f"{prefix}.running_var": (c,), f"{prefix}.num_batches_tracked": ()}
+
+    shapes = {"conv1.weight": (16, 3, 3, 3), **bn("bn1", 16), "fc.weight": (10, 64), "fc.bias": (10,)}
+    cin = 16
+    for stage, cout in ((1, 16), (2, 32), (3, 64)):
+        for i in range(3):
+            p = f"layer{stage}.{i}"
+            shapes.update({f"{p}.conv1.weight": (cout, cin if i == 0 else cout, 3, 3), **bn(f"{p}.bn1", cout),
+                           f"{p}.conv2.weight": (cout, cout, 3, 3), **bn(f"{p}.bn2", cout)})
+            if i == 0 and cin != cout:
+                shapes.update({f"{p}.downsample.0.weight": (cout, cin, 1, 1), **bn(f"{p}.downsample.1", cout)})
+        cin = cout
+    g = torch.Generator().manual_seed(0)
+    state = {f"module.{k}": (torch.tensor(5) if k.endswith("tracked") else torch.rand(s, generator=g) + 0.5)
+             for k, s in shapes.items()}
+    torch.save(state, tmp_path / "resnet20.pth")
+    model = create_teacher(tmp_path / "resnet20.pth", loader="state-dict", model="cifar-resnet",
+                           model_options={"depth": 20})
+    loaded = {k.split("net.", 1)[-1]: v for k, v in model.state_dict().items()}
+    assert {k for k in loaded if not k.startswith(("mean", "std"))} >= set(shapes)
+    for k in shapes:
+        assert torch.equal(loaded[k], state[f"module.{k}"]), k
+    resnet56 = igdm_kit.create_model("resnet56")  # 0.86 M parameters with option-B shortcuts (chenyaofo's table)
+    assert sum(p.numel() for p in resnet56.parameters()) == 855_770
