@@ -221,3 +221,39 @@ def test_the_cifar_resnet_reads_a_state_dict_of_the_published_layout(tmp_path):
         assert torch.equal(loaded[k], state[f"module.{k}"]), k
     resnet56 = igdm_kit.create_model("resnet56")  # 0.86 M parameters with option-B shortcuts (chenyaofo's table)
     assert sum(p.numel() for p in resnet56.parameters()) == 855_770
+
+
+@pytest.mark.slow
+def test_two_ranks_keep_the_same_mtard_state(teachers, tmp_path):
+    """Under a two-rank torchrun each rank sees its own shard, so its own term values; the weights follow
+    their mean over the ranks (``StepContext.mean_over_ranks``), and every rank holds the same state."""
+    import os
+
+    recipe = tmp_path / "r.toml"
+    recipe.write_text(MTARD_RECIPE.format(**teachers).replace("epochs = 3", "epochs = 2"))
+    trace = tmp_path / "state"
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m", "igdm_kit",
+           "run", str(recipe), "--output", str(tmp_path / "run")]
+    res = subprocess.run(cmd, capture_output=True, text=True, timeout=600, check=False,
+                         env={**os.environ, "OMP_NUM_THREADS": "1", "IGDM_KIT_TRACE_STATE": str(trace)})
+    assert res.returncode == 0, res.stderr[-3000:]
+    ranks = [[json.loads(line) for line in (tmp_path / f"state.rank{r}").read_text().splitlines()] for r in (0, 1)]
+    assert [e["epoch"] for e in ranks[0]] == [1, 2] and ranks[0] == ranks[1]
+    assert ranks[0][-1]["state"]["w_nat"] != 0.5
+
+
+def test_pgd_gaussian_start_is_x_plus_a_thousandth_of_noise_unclamped():
+    """MTARD's attack (R6c): the first iterate is x + 0.001·N(0, I) with the attack's own draw, left outside
+    [0, 1] where x is saturated; the result is back in the ball and the box."""
+    from igdm_kit.factories import create_attack
+
+    student = linear(0)
+    x, _, y = data()
+    x[:, :, 0] = 1.0
+    seen = []
+    student.register_forward_pre_hook(lambda m, a: seen.append(a[0].detach().clone()) if a[0].requires_grad else None)
+    torch.manual_seed(4)
+    x_adv = create_attack("pgd", student, options={"steps": 3, "start": "gaussian", "eps": 0.05})(x, y)
+    torch.manual_seed(4)
+    assert torch.equal(seen[0], x + 0.001 * torch.randn_like(x)) and seen[0].max() > 1
+    assert (x_adv - x).abs().max() <= 0.05 + 1e-12 and 0 <= x_adv.min() and x_adv.max() <= 1
