@@ -62,6 +62,7 @@ METHOD = {
     "fair-iad": ("pgd", {"x_adv", "x"}, {"x", "x_adv"}),   # IAD's terms ×w_{y_i} (epoch 1 of 1: past the warm-up)
     "fair-rslad": ("rslad", {"x", "x_adv"}, {"x"}),        # RSLAD's terms ÷C ×w_{y_i}; κ from the attack
     "saad": ("saad", {"x_adv"}, {"x_adv"}),
+    "absld": ("rslad", {"x", "x_adv"}, {"x"}),            # RSLAD's terms on copies of T(x) ÷ τ[y]; the attack's too
     "mtard": ("pgd", {"x_adv", "x"}, {"x_adv"}),           # w_adv·KLm(T(x_adv) ‖ S(x_adv)) + w_nat·KLm(T_nat(x) ‖ S(x))
     "b-mtard": ("pgd", {"x_adv", "x"}, {"x_adv"}),         # the same, each teacher's logits ÷ its temperature                # w_i·KL(T(x_adv) ‖ S(x_adv)), w from T(x_adv); β = 0
     "mart": ("pgd", {"x_adv", "x"}, set()),                # (example plugin) BCE(S(x_adv)) + KL(S(x) ‖ …)

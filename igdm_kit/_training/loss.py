@@ -52,8 +52,9 @@ def compute_loss(student, teacher, method, module, attack, x: torch.Tensor, y: t
                 mean_over_ranks=mean_over_ranks)
 
     kwargs = {}
-    if attack.needs_teacher_clean_logits:
-        kwargs["teacher_logits"] = step.teacher("x")
+    if attack.needs_teacher_clean_logits:  # T(x), or the target the method supplies (R6b)
+        target = method.attack_target(step)
+        kwargs["teacher_logits"] = step.teacher("x") if target is None else target.detach()
     x_adv = attack(x, y, **kwargs).detach()
     step.set_input("x_adv", x_adv)
     if attack.outputs:

@@ -204,6 +204,12 @@ class Method:
         """Step inputs the loss will ask the teacher for at this epoch (batched into one forward)."""
         return set()
 
+    def attack_target(self, ctx: StepContext) -> torch.Tensor | None:
+        """The logits an attack that takes T(x) (``needs_teacher_clean_logits``, e.g. ``rslad``) maximizes
+        against, when the method supplies its own (R6b: ABSLD's temperature-scaled T(x)); None (the default):
+        the teacher's T(x), shared with the loss. Asked before the attack, when only x is defined."""
+        return None
+
     def role_inputs(self, epoch: int, epochs: int) -> dict[str, set[str]]:
         """Step inputs each teacher of ``teacher_roles`` will be asked for (one batched forward per role)."""
         return {}

@@ -6,6 +6,7 @@ from igdm_kit.hookspecs import hookimpl
 @hookimpl
 def register_methods(register):
     from .adaad import AdaAD
+    from .absld import ABSLD
     from .adaiad import AdaIAD
     from .akd import AKD
     from .ard import ARD
@@ -34,3 +35,4 @@ def register_methods(register):
     register("saad", SAAD)
     register("mtard", MTARD)
     register("b-mtard", BMTARD)
+    register("absld", ABSLD)
