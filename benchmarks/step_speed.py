@@ -131,7 +131,8 @@ class Runner:
         self.student.train()
         self.opt.zero_grad(set_to_none=True)
         res = compute_loss(self.student, self.teacher, self.method, self.module, self.attack, x, y,
-                           epoch=1, epochs=1, cache=self.variant.cache)
+                           epoch=1, epochs=1, cache=self.variant.cache,
+                           teachers={role: self.teacher for role in self.method.teacher_roles})  # R1: the same model
         self.acc.backward_and_step(res.loss, self.opt)
 
     def timed_step(self) -> None:
