@@ -63,6 +63,7 @@ METHOD = {
     "fair-rslad": ("rslad", {"x", "x_adv"}, {"x"}),        # RSLAD's terms ÷C ×w_{y_i}; κ from the attack
     "saad": ("saad", {"x_adv"}, {"x_adv"}),
     "absld": ("rslad", {"x", "x_adv"}, {"x"}),            # RSLAD's terms on copies of T(x) ÷ τ[y]; the attack's too
+    "peeraid": ("rslad", {"x_adv", "x"}, set()),          # no teacher: the attack's target and L_peer are the peer's
     "mtard": ("pgd", {"x_adv", "x"}, {"x_adv"}),           # w_adv·KLm(T(x_adv) ‖ S(x_adv)) + w_nat·KLm(T_nat(x) ‖ S(x))
     "b-mtard": ("pgd", {"x_adv", "x"}, {"x_adv"}),         # the same, each teacher's logits ÷ its temperature                # w_i·KL(T(x_adv) ‖ S(x_adv)), w from T(x_adv); β = 0
     "mart": ("pgd", {"x_adv", "x"}, set()),                # (example plugin) BCE(S(x_adv)) + KL(S(x) ‖ …)
@@ -81,11 +82,13 @@ EXTRA = {"direct": dict(s_fwd=1, s_bwd=2, t_fwd=1, t_bwd=1)}
 #: method → the inputs of each teacher by role (R1): one more batched forward per role (counted here as the
 #: teacher's: the tests give every role the same teacher model)
 ROLES = {"mtard": {"clean": {"x"}}, "b-mtard": {"clean": {"x"}}}
+#: methods whose attack target is their own (R6b: PeerAiD's peer, not T(x))
+OWN_TARGET = {"peeraid"}
 
 
 def minimum(method: str, module: str | None) -> dict[str, dict[str, int]]:
     attack, m_s, m_t = METHOD[method]
-    a = ATTACK[attack]
+    a = {**ATTACK[attack], **({"t_clean": 0} if method in OWN_TARGET else {})}
     mod_s, mod_t = MODULE[module]
     extra = EXTRA.get(module, {})
     loss_s = m_s | mod_s
@@ -136,7 +139,8 @@ def one_step(method_name, module_name, student, teacher, x, y, *, cache: bool, s
     torch.manual_seed(seed)  # the attack's random start
     with count_passes(student=student, teacher=teacher) as counter:
         res = compute_loss(student, teacher, method, module, attack, x, y, epoch=1, epochs=1, cache=cache,
-                           teachers={role: teacher for role in method.teacher_roles})
+                           teachers={role: teacher for role in method.teacher_roles},
+                           peer=small_cnn(7) if method.needs_peer else None)
         res.loss.backward()
     return res, counter.snapshot()
 

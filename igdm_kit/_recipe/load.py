@@ -104,7 +104,8 @@ def load_raw(path: str | Path, _depth: int = 0) -> dict[str, Any]:
 
 
 #: section → (component kind, the key naming the component) for the sections whose options are a component's
-_COMPONENT_KIND = {"data": ("dataset", "name"), "student": ("model", "model"), "method": ("method", "name"),
+_COMPONENT_KIND = {"data": ("dataset", "name"), "student": ("model", "model"), "peer": ("model", "model"),
+                   "method": ("method", "name"),
                    "module": ("module", "name"), "attack": ("attack", "name")}
 
 

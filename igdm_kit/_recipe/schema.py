@@ -58,6 +58,14 @@ class StudentSection(ComponentSection):
     model: str
 
 
+class PeerSection(ComponentSection):
+    """``[peer]``: the architecture of a peer trained from scratch beside the student (R2: PeerAiD), with its
+    own optimizer and schedule built from the student's ``[train]`` settings; its other keys are the model's
+    options."""
+
+    model: str
+
+
 class TeacherSection(Section):
     checkpoint: PathOption | None = Field(None, description="teacher weights on disk (relative to the recipe file)")
     loader: str = Field("auto", description="teacher loader; auto: igdm-kit for .safetensors, else state-dict")
@@ -220,6 +228,7 @@ class RecipeModel(Section):
     teachers: dict[Annotated[str, Field(pattern=r"^[a-z][a-z0-9_-]{0,31}$")], TeacherSection] = Field(
         default_factory=dict, description="more teachers by role ([teachers.clean]): each a checkpoint with its "
                                           "own architecture, for methods that read several (R1: MTARD)")
+    peer: PeerSection | None = None
     method: MethodSection
     module: ModuleSection | None = None
     attack: AttackSection = Field(default_factory=AttackSection)

@@ -71,6 +71,8 @@ class Recipe:
         out["student"] = {"model": m.student.model, **_dump(c["student"])}
         if m.teacher is not None:
             out["teacher"] = m.teacher.model_dump(exclude_none=True)
+        if m.peer is not None:
+            out["peer"] = {"model": m.peer.model, **_dump(c["peer"])}
         if m.teachers:  # absent, the recipe keeps its digest
             out["teachers"] = {role: t.model_dump(exclude_none=True) for role, t in sorted(m.teachers.items())}
         out["method"] = {"name": m.method.name, **_dump(c["method"])}
@@ -181,7 +183,10 @@ def validate(raw: dict[str, Any], path: Path | None = None) -> Recipe:
                               path="module.name")
     attack_name = model.attack.name or method_entry.component.attack_for(comps["method"])
     attack_entry, comps["attack"] = _component("attack", attack_name, model.attack.options(), "attack")
-    needs.append((f"attack {attack_name!r}", attack_entry.component.uses_teacher()))
+    attack_cls, method_cls = attack_entry.component, method_entry.component
+    needs.append((f"attack {attack_name!r}", attack_cls.needs_teacher or (
+        attack_cls.needs_teacher_clean_logits and not method_cls.supplies_attack_target)))
+    _validate_peer(model, method_cls, comps)
     missing = sorted(method_entry.component.attack_outputs - attack_entry.component.outputs)
     if missing:
         raise RecipeError(f"attack.name: method {model.method.name!r} reads the attack's per-sample "
@@ -327,6 +332,18 @@ def _validate_eval(model: RecipeModel, data_options: BaseModel) -> list[EvalSpec
         resolve_shifts(ev.shifts, "eval.shifts")
         resolve(ev.shift_attacks, ev.threat, "eval.shift_attacks")
     return resolve(ev.attacks, ev.threat, "eval.attacks")
+
+
+def _validate_peer(model: RecipeModel, method: Any, comps: dict[str, BaseModel]) -> None:
+    """``[peer]`` exactly when the method trains one (R2), its architecture a registered model."""
+    if method.needs_peer and model.peer is None:
+        raise RecipeError(f"peer: method {model.method.name!r} trains a peer and the recipe has no [peer] section",
+                          "add [peer] with `model = ...` (PeerAiD: the student's architecture)", path="peer")
+    if model.peer is not None and not method.needs_peer:
+        raise RecipeError(f"peer: method {model.method.name!r} trains no peer", "remove the [peer] section",
+                          path="peer")
+    if model.peer is not None:
+        _, comps["peer"] = _component("model", model.peer.model, model.peer.options(), "peer", "model")
 
 
 def _validate_roles(model: RecipeModel, method: Any) -> None:

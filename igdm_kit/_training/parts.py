@@ -23,6 +23,16 @@ from igdm_kit.interfaces import DatasetInfo
 
 
 @dataclass
+class PeerParts:
+    """The peer of R2: its module, the module as the loss runs it, its optimizer and its schedule."""
+
+    model: nn.Module
+    trained: nn.Module
+    optimizer: torch.optim.Optimizer
+    scheduler: Any
+
+
+@dataclass
 class Parts:
     """The models, data and components of one run, ready for the trainer."""
 
@@ -53,6 +63,9 @@ class Parts:
     #: the teachers by role (``[teachers.<role>]``, R1) and their files' sha256
     teachers: dict[str, nn.Module] = field(default_factory=dict)
     teacher_digests: dict[str, str] = field(default_factory=dict)
+    #: the peer a method trains beside the student (R2), as the loss runs it (DDP under torchrun), its bare
+    #: module, optimizer and schedule; None without ``[peer]``
+    peer: PeerParts | None = None
 
     def checkpoint_meta(self) -> dict[str, Any]:
         """The metadata every checkpoint of this run carries (``igdm_kit.load_model`` rebuilds from it)."""
@@ -244,7 +257,21 @@ def build_parts(r: Recipe, *, device: torch.device, acc: Accelerator, dist: Dist
     trained = wrap(dist, student, device)
     steps = math.ceil(dist.shard(torch.arange(len(train))).shape[0] / tr.batch_size)
     opt, sched, interval = build_optimization(r, student.parameters(), steps)
+    peer = build_peer(r, info, acc, dist, device, steps)
     return Parts(r, info, train, test, student, trained, teacher, digest, method, module, attack, opt,
                  sched, acc, device, dist, interval, split.get("data"), split.get("indices"),
                  {role: acc.prepare(m) for role, (m, _) in roles.items()},
-                 {role: d for role, (_, d) in roles.items()})
+                 {role: d for role, (_, d) in roles.items()}, peer)
+
+
+def build_peer(r: Recipe, info: DatasetInfo, acc: Accelerator, dist: Dist, device: torch.device,
+               steps: int) -> PeerParts | None:
+    """``[peer]`` (R2): built after the student (so the student's weights are those of a run without it),
+    from scratch, with its own optimizer and schedule of the student's settings."""
+    if r.model.peer is None:
+        return None
+    model = acc.prepare(create_model(r.model.peer.model, num_classes=info.num_classes, in_channels=info.in_channels,
+                                     image_size=info.image_size, mean=info.mean, std=info.std,
+                                     **r.components["peer"].model_dump()).to(device))
+    opt, sched, _ = build_optimization(r, model.parameters(), steps)
+    return PeerParts(model, wrap(dist, model, device), opt, sched)

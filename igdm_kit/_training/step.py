@@ -62,7 +62,8 @@ class Step:
     def __init__(self, student: nn.Module, teacher: nn.Module | None, x: torch.Tensor, y: torch.Tensor,
                  *, epoch: int, epochs: int, teacher_inputs: Iterable[str] = (), cache: bool = True,
                  teachers: dict[str, nn.Module] | None = None, role_inputs: dict[str, Iterable[str]] | None = None,
-                 mean_over_ranks: Callable[[torch.Tensor], torch.Tensor] | None = None) -> None:
+                 mean_over_ranks: Callable[[torch.Tensor], torch.Tensor] | None = None,
+                 peer: nn.Module | None = None) -> None:
         self._student_model, self._teacher_model = student, teacher
         self.x, self.y, self.epoch, self.epochs = x, y, epoch, epochs
         self.cache = cache
@@ -78,6 +79,7 @@ class Step:
         for role, model in (teachers or {}).items():
             self._teachers[role] = _TeacherCache(model, (role_inputs or {}).get(role, ()), f"T_{role}")
         self._mean = mean_over_ranks or (lambda v: v)
+        self._peer, self._p = peer, {}
         self._attack_outputs: dict[str, torch.Tensor] = {}
 
     # -- inputs -------------------------------------------------------------------------------------
@@ -127,6 +129,28 @@ class Step:
             raise RuntimeError("this step has no teacher; the method or module needs one" if role is None else
                                f"this step has no {role!r} teacher; the method must list it in teacher_roles")
         return self._teachers[role].get(self, self._canonical(name))
+
+    def peer(self, name: str) -> torch.Tensor:
+        """Peer logits (train mode, with gradients) on a step input (R2), once per step."""
+        if self._peer is None:
+            raise RuntimeError("this step has no peer; the method must set needs_peer")
+        key = self._canonical(name)
+        if key not in self._p or not self.cache:
+            self._p[key] = self._peer(self.input(key))
+        return self._p[key]
+
+    def peer_eval(self, name: str) -> torch.Tensor:
+        """Peer logits in eval mode without gradients; the peer's modes are restored."""
+        if self._peer is None:
+            raise RuntimeError("this step has no peer; the method must set needs_peer")
+        modes = [(m, m.training) for m in self._peer.modules()]
+        self._peer.eval()
+        try:
+            with torch.no_grad():
+                return self._peer(self.input(name))
+        finally:
+            for m, mode in modes:
+                m.training = mode
 
     def mean_over_ranks(self, values: torch.Tensor) -> torch.Tensor:
         """``values`` averaged over the torchrun ranks (on the device; themselves in one process)."""

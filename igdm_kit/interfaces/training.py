@@ -110,6 +110,12 @@ class StepContext(Protocol):
     def teacher(self, name: InputName, role: str | None = None) -> torch.Tensor:
         """T(name) of the recipe's ``[teacher]``, or of the teacher of ``role`` (``[teachers.<role>]``)."""
         ...
+    def peer(self, name: InputName) -> torch.Tensor:
+        """P(name) of the peer (R2): train mode, with gradient (the loss trains it), cached per input."""
+        ...
+    def peer_eval(self, name: InputName) -> torch.Tensor:
+        """P(name) in eval mode without gradient (its BatchNorm statistics untouched), e.g. an attack's target."""
+        ...
     def mean_over_ranks(self, values: torch.Tensor) -> torch.Tensor:
         """``values`` (detached, any shape) averaged over the torchrun ranks, on the device (no host sync);
         themselves in a single process. For state that must stay the same on every rank (MTARD's weights)."""
@@ -146,6 +152,12 @@ class Method:
     needs_teacher: ClassVar[bool] = False
     #: Whether the method weights each sample of the gradient module's term (``module_weights``).
     weights_module: ClassVar[bool] = False
+    #: Whether the method trains a peer (R2, PeerAiD): a model of ``[peer]``'s architecture trained from scratch
+    #: beside the student with its own optimizer and schedule (the student's settings), read through
+    #: ``StepContext.peer`` (train mode, with gradient) and ``peer_eval``; one backward reaches both models.
+    needs_peer: ClassVar[bool] = False
+    #: Whether ``attack_target`` supplies the target of an attack that takes T(x), so that attack needs no teacher.
+    supplies_attack_target: ClassVar[bool] = False
     #: Teachers by role the method reads besides ``[teacher]`` (R1), e.g. ``frozenset({"clean"})``: a recipe
     #: gives each as ``[teachers.<role>]``, and no other.
     teacher_roles: ClassVar[frozenset[str]] = frozenset()

@@ -15,6 +15,7 @@ def register_methods(register):
     from .fair_variants import FairIAD, FairRSLAD
     from .iad import IAD
     from .mtard import BMTARD, MTARD
+    from .peeraid import PeerAiD
     from .pgd_at import PGDAT
     from .rslad import RSLAD
     from .saad import SAAD
@@ -36,3 +37,4 @@ def register_methods(register):
     register("mtard", MTARD)
     register("b-mtard", BMTARD)
     register("absld", ABSLD)
+    register("peeraid", PeerAiD)
