@@ -103,6 +103,10 @@ class Recipe:
         body["data"] = {k: v for k, v in body["data"].items() if k != "workers"}  # the same batches for any
         if "teacher" in body:  # whether to refuse a teacher, not what is trained
             body["teacher"] = {k: v for k, v in body["teacher"].items() if k not in TEACHER_CHECKS}
+        if "teachers" in body:  # the same for each teacher by role, its file by name
+            body["teachers"] = {role: {k: (Path(v).name if k in path_fields(TeacherSection) and isinstance(v, str)
+                                           else v) for k, v in t.items() if k not in TEACHER_CHECKS}
+                                for role, t in body["teachers"].items()}
         # where the data and the teacher lie is not what they are: a moved clone keeps its runs
         paths = {section: path_fields(type(options)) for section, options in self.components.items()}
         paths["teacher"] = path_fields(TeacherSection)

@@ -18,7 +18,7 @@ from typing import Literal
 import torch
 import torch.nn.functional as F
 import torchattacks
-from pydantic import Field
+from pydantic import Field, model_serializer
 from torch import nn
 
 from igdm_kit.interfaces import AttackOptions, TrainingAttack
@@ -32,6 +32,17 @@ class PGDOptions(AttackOptions):
     start: Literal["uniform", "gaussian"] = Field(
         "uniform", description="random start: x + U(−ε, ε) (Madry et al.), or x + 0.001·N(0, I), unclamped "
                                "(MTARD, B-MTARD)")
+
+    @model_serializer(mode="wrap")
+    def _without_default_start(self, handler):
+        # a recipe written before `start` existed keeps its digest (its runs stay recognised as finished)
+        out = handler(self)
+        if out.get("start") == "uniform":
+            del out["start"]
+        return out
+
+    def effective_defaults(self) -> dict[str, tuple[str, str]]:
+        return {"start": ("uniform", "the default; MTARD's recipes set gaussian")} if self.start == "uniform" else {}
 
 
 class PGD(TrainingAttackMixin, torchattacks.PGD, TrainingAttack):
