@@ -17,7 +17,7 @@ from typing import Any
 
 from pydantic import BaseModel, ValidationError
 
-from igdm_kit._plugins.describe import path_fields
+from igdm_kit._plugins.describe import added_later_fields, path_fields
 from igdm_kit._plugins.manager import always_on, registry
 from igdm_kit._recipe.errors import raise_validation
 from igdm_kit._recipe.load import apply_overrides, load_raw
@@ -103,6 +103,11 @@ class Recipe:
         body["data"] = {k: v for k, v in body["data"].items() if k != "workers"}  # the same batches for any
         if "teacher" in body:  # whether to refuse a teacher, not what is trained
             body["teacher"] = {k: v for k, v in body["teacher"].items() if k not in TEACHER_CHECKS}
+        # an option added after a recipe was written, at its default: the recipe keeps its digest
+        for section, options in self.components.items():
+            later = added_later_fields(type(options))
+            if later and isinstance(body.get(section), dict):
+                body[section] = {k: v for k, v in body[section].items() if k not in later or v != later[k]}
         # where the data and the teacher lie is not what they are: a moved clone keeps its runs
         paths = {section: path_fields(type(options)) for section, options in self.components.items()}
         paths["teacher"] = path_fields(TeacherSection)

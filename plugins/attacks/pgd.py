@@ -13,7 +13,7 @@ forwards (no extra pass).
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Annotated, Literal
 
 import torch
 import torch.nn.functional as F
@@ -21,7 +21,7 @@ import torchattacks
 from pydantic import Field
 from torch import nn
 
-from igdm_kit.interfaces import AttackOptions, TrainingAttack
+from igdm_kit.interfaces import AddedLater, AttackOptions, TrainingAttack
 
 from .base import TrainingAttackMixin, maximize
 
@@ -29,7 +29,7 @@ from .base import TrainingAttackMixin, maximize
 class PGDOptions(AttackOptions):
     clamp_start: bool = Field(True, description="clamp the uniform start x + U(−ε, ε) to [0, 1] before the "
                                                 "first step (torchattacks); false: as the original ARD/IAD")
-    start: Literal["uniform", "gaussian"] = Field(
+    start: Annotated[Literal["uniform", "gaussian"], AddedLater()] = Field(
         "uniform", description="random start: x + U(−ε, ε) (Madry et al.), or x + 0.001·N(0, I), unclamped "
                                "(MTARD, B-MTARD)")
 
