@@ -115,6 +115,10 @@ class Recipe:
             if section in body:
                 body[section] = {k: (Path(v).name if k in keys and isinstance(v, str) else v)
                                  for k, v in body[section].items()}
+        if "teachers" in body:  # each role as [teacher]: its checks and where its files lie are not hashed
+            body["teachers"] = {role: {k: (Path(v).name if k in paths["teacher"] and isinstance(v, str) else v)
+                                       for k, v in t.items() if k not in TEACHER_CHECKS}
+                                for role, t in body["teachers"].items()}
         return hashlib.sha256(json.dumps(body, sort_keys=True, default=str).encode()).hexdigest()
 
     def digest(self) -> str:
@@ -352,7 +356,7 @@ def _validate_peer(model: RecipeModel, method: Any, comps: dict[str, BaseModel])
 
 
 def _validate_roles(model: RecipeModel, method: Any) -> None:
-    """``[teachers.<role>]``: exactly the roles the method reads (R1), each a checkpoint."""
+    """``[teachers.<role>]``: exactly the roles the method reads (R1), each a checkpoint or a recipe."""
     wanted, given = set(method.teacher_roles), set(model.teachers)
     for role in sorted(wanted - given):
         raise RecipeError(f"teachers.{role}: method {model.method.name!r} reads a {role!r} teacher and the recipe "
@@ -363,10 +367,6 @@ def _validate_roles(model: RecipeModel, method: Any) -> None:
                                                 if wanted else " (the method reads only [teacher])"),
                           path=f"teachers.{role}")
     for role, t in sorted(model.teachers.items()):
-        if t.recipe is not None:
-            raise RecipeError(f"teachers.{role}.recipe: a teacher by role is read from a checkpoint",
-                              f"train it first and set teachers.{role}.checkpoint to its model.safetensors",
-                              path=f"teachers.{role}.recipe")
         _validate_teacher(t, f"teachers.{role}")
 
 
