@@ -107,6 +107,16 @@ def test_the_temperatures_move_by_the_classes_error_by_hand(decayed):
     assert method.state_dict()["rate"] == 10.0
 
 
+def test_equal_class_errors_leave_the_temperatures_as_they_were():
+    """g = 0 for every class (all classes' CE sums equal): the official τ − r·g/max|g| divides 0 by 0 and gives
+    NaN temperatures (absld.md, quirks); igdm-kit keeps that row's temperatures, the other row still moves."""
+    method = create_method("absld")
+    stats = EpochStats(sums={"ce_adv": torch.tensor([5.0, 5, 5, 5]), "ce_nat": torch.tensor([3.0, 3, 3, 7])},
+                       counts=torch.ones(C), num_samples=4, num_classes=C)
+    method.on_epoch_end(1, stats, ScheduleEvent(lr=0.1, next_lr=0.1))
+    np.testing.assert_allclose(method.tau.numpy(), [[1.0] * 4, [1 + 0.1 / 3] * 3 + [0.9]], rtol=1e-12)
+
+
 def test_absld_trains_on_digits_and_keeps_its_temperatures(tmp_path, write_recipe, cli):
     from safetensors.torch import load_file
 

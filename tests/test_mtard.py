@@ -157,11 +157,52 @@ def test_the_recipe_names_exactly_the_roles_the_method_reads(teachers, write_rec
         R.load(write_recipe(text.split("[teachers.clean]")[0]))
     with pytest.raises(RecipeError, match=r"teachers.extra: method 'mtard' reads no 'extra' teacher"):
         R.load(write_recipe(text + f'[teachers.extra]\ncheckpoint = "{teachers["clean"]}"\n'))
-    with pytest.raises(RecipeError, match=r"teachers.clean.recipe: a teacher by role is read from a checkpoint"):
-        R.load(write_recipe(text.replace(f'[teachers.clean]\ncheckpoint = "{teachers["clean"]}"',
-                                         '[teachers.clean]\nrecipe = "t.toml"')))
     with pytest.raises(RecipeError, match=r"teachers.clean: method 'ard' reads no 'clean' teacher"):
         R.load(write_recipe(text.replace('name = "mtard"', 'name = "ard"')))
+
+
+def test_a_role_teacher_trained_by_its_recipe_first_then_reused(tmp_path, write_recipe):
+    """``[teachers.clean] recipe = ...``: the clean teacher's recipe is trained into its own run folder before the
+    student (as ``[teacher] recipe``), reused by the next student; MTARD then learns digits well above chance."""
+    from igdm_kit._training.engine import run
+
+    def teacher_recipe(name: str, eps: float):
+        text = (DIGITS_PGDAT.replace('name = "t"', f'name = "{name}"').replace("epochs = 1", "epochs = 5")
+                .replace("width = 8", "width = 16").replace("eps = 0.1", f"eps = {eps}")
+                .replace("[train]\n", "[train]\nlr = 0.05\n", 1) + f'[output]\ndir = "{tmp_path / name}"\n')
+        (tmp_path / f"{name}.toml").write_text(text)
+        return tmp_path / f"{name}.toml"
+
+    robust, clean = teacher_recipe("robust", 0.1), teacher_recipe("clean", 0.0)
+    text = (MTARD_RECIPE.replace("epochs = 3", "epochs = 6").replace("width = 8", "width = 16")
+            .split("[teacher]")[0] + f'[teacher]\nrecipe = "{robust}"\n[teachers.clean]\nrecipe = "{clean}"\n')
+    result = run(R.load(write_recipe(text), ["train.lr=0.05"]), output_dir=tmp_path / "run")
+    assert (tmp_path / "clean" / "results.json").exists() and (tmp_path / "robust" / "results.json").exists()
+    assert result.metrics[-1]["test_clean_acc"] > 60.0, result.metrics[-1]
+    manifest = json.loads((tmp_path / "run" / "manifest.json").read_text())
+    from igdm_kit._storage.run_folder import sha256_file
+
+    assert manifest["teachers_sha256"]["clean"] == sha256_file(tmp_path / "clean" / "model.safetensors")
+    lines: list[str] = []
+    run(R.load(write_recipe(text), ["train.lr=0.05", "train.epochs=1"]), output_dir=tmp_path / "run2",
+        log=lines.append)
+    assert any("reusing finished run" in line and str(tmp_path / "clean") in line for line in lines), lines
+
+
+def test_a_role_teachers_files_count_by_name_and_its_checks_not_at_all(teachers, write_recipe, tmp_path):
+    """As for [teacher]: a moved clone keeps its runs, and whether to refuse a teacher is not what is trained."""
+    import shutil
+
+    text = MTARD_RECIPE.format(**teachers)
+    moved = tmp_path / "elsewhere"
+    moved.mkdir()
+    shutil.copy(teachers["clean"], moved / "model.safetensors")
+    digest = R.load(write_recipe(text)).digest()
+    assert R.load(write_recipe(text.replace(str(teachers["clean"]), str(moved / "model.safetensors")))
+                  ).digest() == digest
+    assert R.load(write_recipe(text + "check_accuracy = false\n")).digest() == digest
+    assert R.load(write_recipe(text.replace("[teachers.clean]", "[teachers.clean]\nloader = \"state-dict\"\n"
+                                            "model = \"small-cnn\""))).digest() != digest
 
 
 @pytest.mark.slow

@@ -22,7 +22,7 @@ def missing_files(r) -> list[str]:
     if t is not None and t.checkpoint is not None and not Path(t.checkpoint).exists():
         out.append(f"the teacher file {t.checkpoint} does not exist yet; `run` needs it")
     for role, section in sorted(r.model.teachers.items()):
-        if not Path(section.checkpoint).exists():
+        if section.checkpoint is not None and not Path(section.checkpoint).exists():
             out.append(f"the {role!r} teacher's file {section.checkpoint} does not exist yet; `run` needs it")
     try:
         create_dataset(r.model.data.name, r.components["data"]).check()

@@ -226,8 +226,9 @@ class RecipeModel(Section):
     student: StudentSection
     teacher: TeacherSection | None = None
     teachers: dict[Annotated[str, Field(pattern=r"^[a-z][a-z0-9_-]{0,31}$")], TeacherSection] = Field(
-        default_factory=dict, description="more teachers by role ([teachers.clean]): each a checkpoint with its "
-                                          "own architecture, for methods that read several (R1: MTARD)")
+        default_factory=dict, description="more teachers by role ([teachers.clean]): each a checkpoint or a "
+                                          "recipe, with its own architecture, for methods that read several "
+                                          "(R1: MTARD)")
     peer: PeerSection | None = None
     method: MethodSection
     module: ModuleSection | None = None

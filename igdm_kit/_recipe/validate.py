@@ -17,7 +17,7 @@ from typing import Any
 
 from pydantic import BaseModel, ValidationError
 
-from igdm_kit._plugins.describe import path_fields
+from igdm_kit._plugins.describe import added_later_fields, path_fields
 from igdm_kit._plugins.manager import always_on, registry
 from igdm_kit._recipe.errors import raise_validation
 from igdm_kit._recipe.load import apply_overrides, load_raw
@@ -103,10 +103,11 @@ class Recipe:
         body["data"] = {k: v for k, v in body["data"].items() if k != "workers"}  # the same batches for any
         if "teacher" in body:  # whether to refuse a teacher, not what is trained
             body["teacher"] = {k: v for k, v in body["teacher"].items() if k not in TEACHER_CHECKS}
-        if "teachers" in body:  # the same for each teacher by role, its file by name
-            body["teachers"] = {role: {k: (Path(v).name if k in path_fields(TeacherSection) and isinstance(v, str)
-                                           else v) for k, v in t.items() if k not in TEACHER_CHECKS}
-                                for role, t in body["teachers"].items()}
+        # an option added after a recipe was written, at its default: the recipe keeps its digest
+        for section, options in self.components.items():
+            later = added_later_fields(type(options))
+            if later and isinstance(body.get(section), dict):
+                body[section] = {k: v for k, v in body[section].items() if k not in later or v != later[k]}
         # where the data and the teacher lie is not what they are: a moved clone keeps its runs
         paths = {section: path_fields(type(options)) for section, options in self.components.items()}
         paths["teacher"] = path_fields(TeacherSection)
@@ -114,6 +115,10 @@ class Recipe:
             if section in body:
                 body[section] = {k: (Path(v).name if k in keys and isinstance(v, str) else v)
                                  for k, v in body[section].items()}
+        if "teachers" in body:  # each role as [teacher]: its checks and where its files lie are not hashed
+            body["teachers"] = {role: {k: (Path(v).name if k in paths["teacher"] and isinstance(v, str) else v)
+                                       for k, v in t.items() if k not in TEACHER_CHECKS}
+                                for role, t in body["teachers"].items()}
         return hashlib.sha256(json.dumps(body, sort_keys=True, default=str).encode()).hexdigest()
 
     def digest(self) -> str:
@@ -351,7 +356,7 @@ def _validate_peer(model: RecipeModel, method: Any, comps: dict[str, BaseModel])
 
 
 def _validate_roles(model: RecipeModel, method: Any) -> None:
-    """``[teachers.<role>]``: exactly the roles the method reads (R1), each a checkpoint."""
+    """``[teachers.<role>]``: exactly the roles the method reads (R1), each a checkpoint or a recipe."""
     wanted, given = set(method.teacher_roles), set(model.teachers)
     for role in sorted(wanted - given):
         raise RecipeError(f"teachers.{role}: method {model.method.name!r} reads a {role!r} teacher and the recipe "
@@ -362,10 +367,6 @@ def _validate_roles(model: RecipeModel, method: Any) -> None:
                                                 if wanted else " (the method reads only [teacher])"),
                           path=f"teachers.{role}")
     for role, t in sorted(model.teachers.items()):
-        if t.recipe is not None:
-            raise RecipeError(f"teachers.{role}.recipe: a teacher by role is read from a checkpoint",
-                              f"train it first and set teachers.{role}.checkpoint to its model.safetensors",
-                              path=f"teachers.{role}.recipe")
         _validate_teacher(t, f"teachers.{role}")
 
 

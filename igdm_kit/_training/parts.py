@@ -199,15 +199,21 @@ def load_teacher(r: Recipe, info: DatasetInfo, device: torch.device, path: Path 
     return teacher, sha256_file(path)
 
 
-def load_roles(r: Recipe, info: DatasetInfo, device: torch.device, train, log: Callable[[str], None]
-               ) -> dict[str, tuple[nn.Module, str]]:
+def load_roles(r: Recipe, info: DatasetInfo, device: torch.device, train, log: Callable[[str], None],
+               files: dict[str, Path] | None = None) -> dict[str, tuple[nn.Module, str]]:
     """The teachers by role (``[teachers.<role>]``): each loaded as ``[teacher]`` is, in eval mode with frozen
-    parameters, checked against the data (classes, accuracy on a sample), with its file's sha256."""
+    parameters, checked against the data (classes, accuracy on a sample), with its file's sha256. ``files``:
+    each role's file (its checkpoint, or the model its recipe trained: ``engine.prepare_role_teachers``)."""
     from igdm_kit._training.teacher_check import check_accuracy, check_classes, sample_indices
 
     out = {}
     for role, t in sorted(r.model.teachers.items()):
-        path, where = Path(t.checkpoint), f"teachers.{role}"
+        where = f"teachers.{role}"
+        given = files[role] if files and role in files else t.checkpoint
+        if given is None:  # a role's recipe: engine.prepare_role_teachers trains it and hands its file
+            raise CheckpointError(f"{where}.recipe: the teacher it trains was not prepared",
+                                  "run the recipe with igdm-kit run (it trains the teacher first)")
+        path = Path(given)
         if not path.is_file():
             raise CheckpointError(f"{where}.checkpoint: {str(path)!r} does not exist",
                                   "give the path of the teacher's weights (relative to the recipe file)")
@@ -230,7 +236,8 @@ def build_training(r: Recipe, student: nn.Module, teacher: nn.Module | None):
 
 
 def build_parts(r: Recipe, *, device: torch.device, acc: Accelerator, dist: Dist,
-                teacher_file: Path | None, log: Callable[[str], None] = lambda s: None) -> Parts:
+                teacher_file: Path | None, log: Callable[[str], None] = lambda s: None,
+                role_files: dict[str, Path] | None = None) -> Parts:
     """Data, student, teacher, components, optimizer and schedule — in a fixed order after seeding, so the
     same recipe always starts from the same weights (on every rank). The teacher is checked against the
     training data before anything trains (``teacher_check``: its classes, its accuracy on a sample)."""
@@ -249,7 +256,7 @@ def build_parts(r: Recipe, *, device: torch.device, acc: Accelerator, dist: Dist
     if teacher is not None:
         check_accuracy(r, teacher, Path(teacher_file), *train.take(sample_indices(len(train))), device, log)
     teacher = acc.prepare(teacher)
-    roles = load_roles(r, info, device, train, log)
+    roles = load_roles(r, info, device, train, log, role_files)
     method, module, attack = build_training(r, student, teacher)
     attack = acc.wrap_attack(attack)  # mixed precision: the attack-gradient guard (igdm_kit._runtime.accel)
     # The outer loss runs through DDP (gradient all-reduce); the attack keeps the bare module: it needs

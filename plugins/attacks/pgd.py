@@ -13,15 +13,15 @@ forwards (no extra pass).
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Annotated, Literal
 
 import torch
 import torch.nn.functional as F
 import torchattacks
-from pydantic import Field, model_serializer
+from pydantic import Field
 from torch import nn
 
-from igdm_kit.interfaces import AttackOptions, TrainingAttack
+from igdm_kit.interfaces import AddedLater, AttackOptions, TrainingAttack
 
 from .base import TrainingAttackMixin, maximize
 
@@ -29,20 +29,9 @@ from .base import TrainingAttackMixin, maximize
 class PGDOptions(AttackOptions):
     clamp_start: bool = Field(True, description="clamp the uniform start x + U(−ε, ε) to [0, 1] before the "
                                                 "first step (torchattacks); false: as the original ARD/IAD")
-    start: Literal["uniform", "gaussian"] = Field(
+    start: Annotated[Literal["uniform", "gaussian"], AddedLater()] = Field(
         "uniform", description="random start: x + U(−ε, ε) (Madry et al.), or x + 0.001·N(0, I), unclamped "
                                "(MTARD, B-MTARD)")
-
-    @model_serializer(mode="wrap")
-    def _without_default_start(self, handler):
-        # a recipe written before `start` existed keeps its digest (its runs stay recognised as finished)
-        out = handler(self)
-        if out.get("start") == "uniform":
-            del out["start"]
-        return out
-
-    def effective_defaults(self) -> dict[str, tuple[str, str]]:
-        return {"start": ("uniform", "the default; MTARD's recipes set gaussian")} if self.start == "uniform" else {}
 
 
 class PGD(TrainingAttackMixin, torchattacks.PGD, TrainingAttack):

@@ -9,7 +9,8 @@ is untouched) and, with KLm the element-wise mean KL (÷ B·C),
 
 x_adv from ``rslad`` with t^adv as its target (``attack_target``). Over an epoch the student's per-sample CE
 of the same forwards is summed per class (A^adv, A^nat); at its end, after r ×0.1 if the lr decays,
-τ^k ← clip(τ^k − r·g/max_c|g_c|, 0.5, 5), g = A^k − mean_c A^k: the hardest class's soft labels sharpen by r.
+τ^k ← clip(τ^k − r·g/max_c|g_c|, 0.5, 5), g = A^k − mean_c A^k: the hardest class's soft labels sharpen by r
+(a row whose classes' errors are all equal stays, where the official code's 0/0 gives NaN).
 τ = 1 and r = 0.1 at the start; s = 1 (CIFAR-10's script; ×10 is RSLAD's CIFAR-100 convention).
 """
 
@@ -84,7 +85,10 @@ class ABSLD(Method):
         tau = torch.ones(2, stats.num_classes, dtype=torch.float64) if self.tau is None else self.tau
         g = torch.stack([stats.sums["ce_adv"], stats.sums["ce_nat"]]).to(torch.float64)
         g = g - g.mean(dim=1, keepdim=True)
-        self.tau = (tau - self.rate * g / g.abs().amax(dim=1, keepdim=True)).clamp(*o.temperature_range)
+        top = g.abs().amax(dim=1, keepdim=True)
+        # every class's error equal (g = 0): the row stays (the official 0/0 gives NaN temperatures)
+        step = torch.where(top > 0, g / top.clamp(min=torch.finfo(g.dtype).tiny), torch.zeros_like(g))
+        self.tau = (tau - self.rate * step).clamp(*o.temperature_range)
 
     def state_dict(self):
         return {"rate": self.rate, **({"tau": self.tau} if self.tau is not None else {})}
