@@ -27,11 +27,9 @@ from conftest import RECIPES
 
 from igdm_kit import _recipe as R
 from igdm_kit._plugins.manager import registry
-from igdm_kit._recipe.validate import importable
 from igdm_kit._training.engine import build_student, build_training
 from igdm_kit._training.loss import compute_loss
 from igdm_kit.factories import create_dataset, create_method, create_model
-from igdm_kit.errors import RecipeError
 from igdm_kit.interfaces import DatasetInfo
 
 ALL_FILES = sorted(RECIPES.rglob("*.toml"))
@@ -59,12 +57,7 @@ def test_there_are_recipes_to_test():
 
 @pytest.mark.parametrize("path", LEAVES, ids=rel)
 def test_recipe_validates(path):
-    try:
-        r = load(path)  # schema, component names and every component's options; raises RecipeError otherwise
-    except RecipeError as exc:  # a teacher only RobustBench's own zoo defines: the error names the extra
-        if "install igdm-kit[robustbench]" in str(exc) and not importable("robustbench"):
-            pytest.skip("the teacher needs pip install 'igdm-kit[robustbench]'")
-        raise
+    r = load(path)  # schema, component names and every component's options; raises RecipeError otherwise
     desc = r.model.description
     assert desc and desc.strip() and "\n" not in desc, "every recipe has a one-line description"
 

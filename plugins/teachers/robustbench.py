@@ -12,6 +12,7 @@ Chen2021LTD_WRN34_10 (LTD)      cifar10   WideResNet-34-10, ReLU, TRADES layout 
 Chen2021LTD_WRN34_10 (LTD)      cifar100  same, plus the unused ``sub_block1`` group          none
 Wang2023Better_WRN-28-10 (BDM)  both      DMWideResNet-28-10, Swish (SiLU), DeepMind layout   CIFAR mean/std
 Cui2023Decoupled_WRN-28-10      both      DMWideResNet-28-10, Swish (SiLU), DeepMind layout   CIFAR mean/std
+Gowal2021Improving (SAAD)       cifar10   DMWideResNet-28-10, Swish (SiLU), DeepMind layout   CIFAR mean/std
 ==============================  ========  =================================================  ============
 
 CIFAR mean/std are DeepMind's constants (CIFAR-10: mean (0.4914, 0.4822, 0.4465), std (0.2471, 0.2435,
@@ -74,6 +75,9 @@ ZOO: dict[tuple[str, str], ZooEntry] = {
     ("Wang2023Better_WRN-28-10", "cifar100"): ZooEntry("wrn-28-10", _DM, CIFAR100_MEAN, CIFAR100_STD),
     ("Cui2023Decoupled_WRN-28-10", "cifar10"): ZooEntry("wrn-28-10", _DM, CIFAR10_MEAN, CIFAR10_STD),
     ("Cui2023Decoupled_WRN-28-10", "cifar100"): ZooEntry("wrn-28-10", _DM, CIFAR100_MEAN, CIFAR100_STD),
+    # SAAD's teacher: RobustBench 1.1.1's model_zoo/cifar10.py builds it as DMWideResNet(depth 28, width 10,
+    # activation_fn=Swish, CIFAR-10 mean/std); its Swish is x·sigmoid(x), the function nn.SiLU computes
+    ("Gowal2021Improving_28_10_ddpm_100m", "cifar10"): ZooEntry("wrn-28-10", _DM, CIFAR10_MEAN, CIFAR10_STD),
 }
 NUM_CLASSES = {"cifar10": 10, "cifar100": 100}
 
