@@ -298,3 +298,15 @@ def test_pgd_gaussian_start_is_x_plus_a_thousandth_of_noise_unclamped():
     torch.manual_seed(4)
     assert torch.equal(seen[0], x + 0.001 * torch.randn_like(x)) and seen[0].max() > 1
     assert (x_adv - x).abs().max() <= 0.05 + 1e-12 and 0 <= x_adv.min() and x_adv.max() <= 1
+
+
+def test_b_mtard_trains_on_digits_and_reports_the_worst_class(teachers, tmp_path):
+    from igdm_kit._training.engine import run
+
+    recipe = tmp_path / "r.toml"
+    recipe.write_text(MTARD_RECIPE.format(**teachers).replace('name = "mtard"', 'name = "b-mtard"'))
+    out = run(R.load(recipe), output_dir=tmp_path / "run").output_dir
+    results = json.loads((out / "results.json").read_text())
+    assert results["metrics"]["clean"]["accuracy"] > 30 and "clean" in results["worst_class"]
+    tau = next(v for k, v in load_file(str(out / "train_state.safetensors")).items() if k.endswith("m.tau"))
+    assert tau.shape == (2,) and not torch.all(tau == 1)  # the temperatures moved
