@@ -23,7 +23,7 @@ from torch import nn
 
 from igdm_kit.interfaces import AddedLater, AttackOptions, TrainingAttack
 
-from .base import TrainingAttackMixin, maximize
+from .base import CountsKappa, TrainingAttackMixin, maximize
 
 
 class PGDOptions(AttackOptions):
@@ -34,10 +34,9 @@ class PGDOptions(AttackOptions):
                                "(MTARD, B-MTARD)")
 
 
-class PGD(TrainingAttackMixin, torchattacks.PGD, TrainingAttack):
+class PGD(CountsKappa, TrainingAttackMixin, torchattacks.PGD, TrainingAttack):
     description = "PGD on cross-entropy, uniform random start (Madry et al., 2018)"
     Options = PGDOptions
-    outputs = frozenset({"kappa"})
 
     def __init__(self, model: nn.Module, *, options: AttackOptions | None = None,
                  teacher: nn.Module | None = None) -> None:
@@ -45,26 +44,9 @@ class PGD(TrainingAttackMixin, torchattacks.PGD, TrainingAttack):
         super().__init__(model, eps=options.eps, alpha=options.step_size, steps=options.steps,
                          random_start=options.random_start)
         self._configure(options)
-        self._labels: torch.Tensor | None = None
-        self._kappa: torch.Tensor | None = None
-
-    def get_logits(self, inputs, labels=None, *args, **kwargs):
-        """The attacked model's logits at one iterate, counting its correct predictions (κ)."""
-        logits = super().get_logits(inputs, labels, *args, **kwargs)
-        if self._labels is not None:
-            self._kappa += (logits.detach().argmax(dim=1) == self._labels).long()
-        return logits
-
-    def side_outputs(self) -> dict[str, torch.Tensor]:
-        return {} if self._kappa is None else {"kappa": self._kappa}
 
     def forward(self, images: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-        self._labels = labels.detach().to(images.device)
-        self._kappa = torch.zeros_like(self._labels, dtype=torch.long)
-        try:
-            return self._attack(images, labels)
-        finally:
-            self._labels = None
+        return self.counting(images, labels, lambda: self._attack(images, labels))
 
     def _attack(self, images: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         o = self.options
