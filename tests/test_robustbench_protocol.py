@@ -1,0 +1,126 @@
+"""RobustBench's ImageNet test set (issue 23): its published list of 5,000 validation images applied to a fake
+validation folder, and its ``Res256Crop224`` preprocessing matched by the ``imagenet`` dataset's test images.
+
+Oracles: RobustBench's own files (the list, ``imagenet_class_to_id_map.json`` for the labels) and its own
+``robustbench.data.PREPROCESSINGS`` transform (torchvision's Resize(256) + CenterCrop(224) + ToTensor).
+"""
+
+from __future__ import annotations
+
+import io
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+import igdm_kit
+from igdm_kit.errors import DataError, IgdmKitError
+
+
+def _robustbench_dir() -> Path:
+    from igdm_kit_plugins.teachers.robustbench import package_zoo
+
+    if package_zoo("imagenet", "Linf") is None:
+        pytest.skip("the robustbench extra is not installed (pip install 'igdm-kit[robustbench]')")
+    import robustbench
+
+    return Path(robustbench.__file__).parent
+
+
+def _jpeg(w: int, h: int, seed: int) -> bytes:
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.fromarray(np.random.default_rng(seed).integers(0, 256, (h, w, 3), dtype=np.uint8)).save(buf, "JPEG")
+    return buf.getvalue()
+
+
+def test_robustbench_list_picks_its_5000_images_in_order(tmp_path):
+    helper = _robustbench_dir() / "helper_files"
+    entries = (helper / "imagenet_test_image_ids.txt").read_text().split()
+    class_ids = json.loads((helper / "imagenet_class_to_id_map.json").read_text())
+    assert len(entries) == 5000 and len(class_ids) == 1000
+    data = _jpeg(8, 8, 0)
+    for wnid in class_ids:
+        (tmp_path / "train" / wnid).mkdir(parents=True)
+        (tmp_path / "train" / wnid / "a.JPEG").write_bytes(data)
+    for entry in entries + ["n01440764/ILSVRC2012_val_99999999.JPEG"]:  # plus one image not on the list
+        (tmp_path / "val" / entry).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / "val" / entry).write_bytes(data)
+    ds = igdm_kit.create_dataset("imagenet", root=str(tmp_path), image_size=8, test_list="robustbench")
+    paths, labels = ds.files("test")
+    assert [f"{p.parent.name}/{p.name}" for p in paths] == entries
+    assert labels == [class_ids[e.split("/")[0]] for e in entries]  # RobustBench's own class indices
+    everything, _ = igdm_kit.create_dataset("imagenet", root=str(tmp_path), image_size=8).files("test")
+    assert len(everything) == 5001
+
+    (tmp_path / "val" / entries[17]).unlink()
+    with pytest.raises(DataError) as err:
+        ds.files("test")
+    assert entries[17] in str(err.value) and "\n" not in str(err.value)
+
+
+def test_listed_test_images_are_robustbenchs_res256crop224(tmp_path):
+    from PIL import Image
+
+    _robustbench_dir()
+    from robustbench.data import PREPROCESSINGS
+
+    sizes = [(300, 260), (260, 400), (256, 256)]  # landscape, portrait, square
+    listed = []
+    for i, (w, h) in enumerate(sizes):
+        wnid = f"n0000000{i}"
+        (tmp_path / "train" / wnid).mkdir(parents=True)
+        (tmp_path / "train" / wnid / "a.JPEG").write_bytes(_jpeg(8, 8, i))
+        (tmp_path / "val" / wnid).mkdir(parents=True)
+        (tmp_path / "val" / wnid / f"v{i}.JPEG").write_bytes(_jpeg(w, h, 10 + i))
+        listed.append(f"{wnid}/v{i}.JPEG")
+    (tmp_path / "val" / "n00000000" / "extra.JPEG").write_bytes(_jpeg(300, 300, 99))
+    order = [listed[2], listed[0], listed[1]]
+    (tmp_path / "list.txt").write_text("\n".join(order) + "\n")
+    ds = igdm_kit.create_dataset("imagenet", root=str(tmp_path), test_list=str(tmp_path / "list.txt"))
+    x, y = ds.load("test")
+    assert x.shape == (3, 3, 224, 224) and y.tolist() == [2, 0, 1]
+    for i, entry in enumerate(order):
+        with Image.open(tmp_path / "val" / entry) as img:
+            expected = PREPROCESSINGS["Res256Crop224"](img.convert("RGB"))
+        torch.testing.assert_close(x[i].float() / 255, expected, rtol=0, atol=0)
+
+
+def test_bad_test_lists_are_one_line(tmp_path):
+    (tmp_path / "train" / "n01").mkdir(parents=True)
+    (tmp_path / "train" / "n01" / "a.JPEG").write_bytes(_jpeg(8, 8, 0))
+    (tmp_path / "val" / "n01").mkdir(parents=True)
+    (tmp_path / "val" / "n01" / "b.JPEG").write_bytes(_jpeg(8, 8, 1))
+    for text, words in [(None, "does not exist"), ("n01/b.JPEG\nb.JPEG\n", "not <wnid>/<file name>"),
+                        ("\n", "is empty"), ("n01/c.JPEG\n", "'n01/c.JPEG' of the test_list is not in")]:
+        if text is not None:
+            (tmp_path / "l.txt").write_text(text)
+        with pytest.raises(DataError) as err:
+            igdm_kit.create_dataset("imagenet", root=str(tmp_path), image_size=8,
+                                    test_list=str(tmp_path / ("l.txt" if text is not None else "none.txt"))
+                                    ).files("test")
+        assert words in str(err.value) and "\n" not in str(err.value)
+    with pytest.raises(IgdmKitError):
+        igdm_kit.create_dataset("imagenet", root=str(tmp_path), test_list="")
+
+
+def test_a_flat_kaggle_val_folder_is_matched_by_name_and_wnid(tmp_path):
+    for wnid in ("n01", "n02"):
+        (tmp_path / "train" / wnid).mkdir(parents=True)
+        (tmp_path / "train" / wnid / "a.JPEG").write_bytes(_jpeg(8, 8, 0))
+    (tmp_path / "val").mkdir()
+    for i in range(3):
+        (tmp_path / "val" / f"v{i}.JPEG").write_bytes(_jpeg(8, 8, i))
+    (tmp_path / "LOC_val_solution.csv").write_text("ImageId,PredictionString\nv0,n02 1 2 3 4\nv1,n01 1 2 3 4\n"
+                                                   "v2,n02 1 2 3 4\n")
+    (tmp_path / "l.txt").write_text("n02/v2.JPEG\nn01/v1.JPEG\n")
+    ds = igdm_kit.create_dataset("imagenet", root=str(tmp_path), image_size=8, test_list=str(tmp_path / "l.txt"))
+    paths, labels = ds.files("test")
+    assert [p.name for p in paths] == ["v2.JPEG", "v1.JPEG"] and labels == [1, 0]
+    (tmp_path / "l.txt").write_text("n01/v2.JPEG\n")
+    with pytest.raises(DataError, match="labelled another class") as err:
+        ds.files("test")
+    assert "\n" not in str(err.value)
