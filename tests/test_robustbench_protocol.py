@@ -124,3 +124,14 @@ def test_a_flat_kaggle_val_folder_is_matched_by_name_and_wnid(tmp_path):
     with pytest.raises(DataError, match="labelled another class") as err:
         ds.files("test")
     assert "\n" not in str(err.value)
+
+
+@pytest.mark.parametrize("name", ["resnet18_ard", "resnet18_ard_igdm", "mobilenetv3_ard", "mobilenetv3_ard_igdm",
+                                  "convnext_t_ard", "convnext_t_ard_igdm"])
+def test_imagenet_recipes_pass_recipe_check(cli, name):
+    from conftest import RECIPES
+
+    pytest.importorskip("timm")
+    res = cli("recipe", "check", str(RECIPES / "imagenet" / f"{name}.toml"))
+    assert res.code == 0, res.err
+    assert res.out.startswith("ok ") and f"imagenet/{name}.toml" in res.out
