@@ -135,3 +135,53 @@ def test_imagenet_recipes_pass_recipe_check(cli, name):
     res = cli("recipe", "check", str(RECIPES / "imagenet" / f"{name}.toml"))
     assert res.code == 0, res.err
     assert res.out.startswith("ok ") and f"imagenet/{name}.toml" in res.out
+
+
+def test_eval_of_a_robustbench_imagenet_model_follows_its_protocol(cli, tmp_path):
+    """``igdm-kit eval --loader robustbench --name Salman2020Do_R18 --dataset imagenet --data-opt test_list=...
+    --eps 4/255``: the listed images only, Res256Crop224, ε = 4/255; the clean accuracy is the one RobustBench's
+    own model gives on its own preprocessing of the same files."""
+    from PIL import Image
+
+    helper = _robustbench_dir() / "helper_files"
+    from robustbench.data import PREPROCESSINGS
+
+    from igdm_kit_plugins.teachers.robustbench import package_zoo
+
+    class_ids = json.loads((helper / "imagenet_class_to_id_map.json").read_text())
+    for wnid in class_ids:
+        (tmp_path / "d" / "train" / wnid).mkdir(parents=True)
+        (tmp_path / "d" / "train" / wnid / "a.JPEG").write_bytes(_jpeg(8, 8, 0))
+    torch.manual_seed(0)
+    source = package_zoo("imagenet", "Linf")["Salman2020Do_R18"]["model"]().eval()
+    with torch.no_grad():  # logits that depend on the image (random BatchNorm statistics)
+        for m in source.modules():
+            if isinstance(m, torch.nn.BatchNorm2d):
+                m.running_mean.normal_(0, 0.1)
+                m.running_var.uniform_(0.5, 1.5)
+    torch.save({"state_dict": source.model.state_dict()}, tmp_path / "Salman2020Do_R18.pt")
+    # RobustBench's model on its own preprocessing picks each image's class; 4 images are filed under it,
+    # 2 under another class: the protocol's clean accuracy is then 4 of 6.
+    wnids = sorted(class_ids, key=class_ids.get)
+    listed = []
+    for i in range(6):
+        data = _jpeg(260 + 7 * i, 300 - 5 * i, i)
+        with torch.no_grad():
+            guess = int(source(PREPROCESSINGS["Res256Crop224"](Image.open(io.BytesIO(data)).convert("RGB"))[None])
+                        .argmax())
+        wnid = wnids[guess if i < 4 else (guess + 1) % 1000]
+        (tmp_path / "d" / "val" / wnid).mkdir(parents=True, exist_ok=True)
+        (tmp_path / "d" / "val" / wnid / f"v{i}.JPEG").write_bytes(data)
+        listed.append(f"{wnid}/v{i}.JPEG")
+    (tmp_path / "d" / "val" / wnids[0]).mkdir(parents=True, exist_ok=True)
+    (tmp_path / "d" / "val" / wnids[0] / "unlisted.JPEG").write_bytes(_jpeg(300, 300, 9))
+    (tmp_path / "list.txt").write_text("\n".join(listed) + "\n")
+    res = cli("eval", "--model", str(tmp_path / "Salman2020Do_R18.pt"), "--loader", "robustbench", "--name",
+              "Salman2020Do_R18", "--dataset", "imagenet", "--data-opt", f"root='{tmp_path / 'd'}'",
+              "--data-opt", f"test_list='{tmp_path / 'list.txt'}'", "--eps", "4/255", "--attacks", "clean",
+              "--no-progress", "--json")
+    assert res.code == 0, res.err
+    out = json.loads(res.out)["results"]
+    assert out["eps"] == pytest.approx(4 / 255, abs=1e-12)
+    clean = out["metrics"]["clean"]
+    assert clean["total"] == 6 and clean["correct"] == 4
