@@ -14,7 +14,7 @@ Wang2023Better_WRN-28-10 (BDM)  both      DMWideResNet-28-10, Swish (SiLU), Deep
 Cui2023Decoupled_WRN-28-10      both      DMWideResNet-28-10, Swish (SiLU), DeepMind layout   CIFAR mean/std
 Salman2020Do_R18                imagenet  torchvision ResNet-18 (as timm ``resnet18``)        ImageNet
 Salman2020Do_R50                imagenet  torchvision ResNet-50 (as timm ``resnet50``)        ImageNet
-Salman2020Do_50_2               imagenet  torchvision Wide-ResNet-50-2 (timm ``wide_resnet50_2``) ImageNet
+Salman2020Do_50_2               imagenet  Wide-ResNet-50-2 (timm ``wide_resnet50_2``)        ImageNet
 Engstrom2019Robustness          imagenet  torchvision ResNet-50 (as timm ``resnet50``)        ImageNet
 Wong2020Fast                    imagenet  torchvision ResNet-50 (as timm ``resnet50``)        ImageNet
 ==============================  ========  =================================================  ============
