@@ -12,7 +12,8 @@
      all its processes, workers included (the sum of their PSS: shared pages counted once), and step
      images/s — so the loader's headroom over the step is a number.
 2. On a CIFAR-sized set held in memory (fake CIFAR-100 files, 3×32×32, ``--cifar`` training images, with
-   ``cache_dir``) it runs 1 and 2 ranks (torchrun, gloo, CPU) and prints the peak memory of each.
+   ``cache_dir``) it runs 1 and 2 ranks (torchrun, gloo, CPU) and prints the peak memory of each, in all and of
+   the data file alone (the memory-mapped cache every rank shares).
 
 Memory is read from ``/proc`` (Linux), every 0.1 s, over the process tree of the run.
 """
@@ -74,30 +75,42 @@ def write_folder(root: Path, n: int, size: int, classes: int = 100, seed: int = 
     return root
 
 
-def pss_tree(pid: int) -> int:
-    """Sum of PSS (bytes) over ``pid`` and its descendants."""
-    total, stack = 0, [pid]
+def pss_tree(pid: int, under: Path | None = None) -> tuple[int, int]:
+    """(PSS in bytes summed over ``pid`` and its descendants, the part of it in mappings of files under
+    ``under``): PSS splits a shared page between the processes mapping it, so a file every rank maps counts
+    once per machine."""
+    total, data, stack = 0, 0, [pid]
+    prefix = str(under.resolve()) if under is not None else None
     while stack:
         p = stack.pop()
         try:
-            for line in Path(f"/proc/{p}/smaps_rollup").read_text().splitlines():
-                if line.startswith("Pss:"):
-                    total += int(line.split()[1]) * 1024
+            mapped = None
+            for line in Path(f"/proc/{p}/smaps").read_text().splitlines():
+                head = line.split(maxsplit=5)
+                if len(head) >= 5 and "-" in head[0] and ":" in head[3]:  # a mapping's header line
+                    mapped = head[5] if len(head) == 6 else ""
+                elif line.startswith("Pss:"):
+                    kb = int(line.split()[1]) * 1024
+                    total += kb
+                    if prefix and mapped and mapped.startswith(prefix):
+                        data += kb
             for task in Path(f"/proc/{p}/task").iterdir():
                 stack += [int(c) for c in (task / "children").read_text().split()]
         except (FileNotFoundError, ProcessLookupError, PermissionError):
             continue
-    return total
+    return total, data
 
 
-def run_measured(cmd: list[str], env: dict) -> tuple[int, str, str]:
-    """Run ``cmd``; (peak PSS of its process tree, stdout, stderr)."""
+def run_measured(cmd: list[str], env: dict, under: Path | None = None) -> tuple[int, int, str, str]:
+    """Run ``cmd``; (peak PSS of its process tree, peak PSS of its mappings of files under ``under``, stdout,
+    stderr)."""
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
-    peak = [0]
+    peak = [0, 0]
 
     def sample() -> None:
         while proc.poll() is None:
-            peak[0] = max(peak[0], pss_tree(proc.pid))
+            total, data = pss_tree(proc.pid, under)
+            peak[0], peak[1] = max(peak[0], total), max(peak[1], data)
             time.sleep(0.1)
 
     t = threading.Thread(target=sample, daemon=True)
@@ -106,7 +119,7 @@ def run_measured(cmd: list[str], env: dict) -> tuple[int, str, str]:
     t.join()
     if proc.returncode != 0:
         raise SystemExit(f"{' '.join(cmd)} failed:\n{err[-3000:]}")
-    return peak[0], out, err
+    return peak[0], peak[1], out, err
 
 
 def loader_speed(root: Path, size: int, workers: int, batch: int, batches: int) -> float:
@@ -136,8 +149,8 @@ def folder_runs(a, base: Path, env: dict) -> None:
             f"image_size = {a.image_size}\nstream = true\nworkers = {a.workers}\n"
             f"train_limit = {a.steps * a.batch}")))
         out = base / f"run-{n}"
-        peak, _, _ = run_measured([sys.executable, "-m", "igdm_kit", "run", str(recipe), "--output", str(out),
-                                   "--overwrite"], env)
+        peak, _, _, _ = run_measured([sys.executable, "-m", "igdm_kit", "run", str(recipe), "--output", str(out),
+                                      "--overwrite"], env)
         import json
 
         seconds = json.loads((out / "metrics.jsonl").read_text().splitlines()[0])["seconds"]
@@ -168,12 +181,16 @@ def rank_runs(a, base: Path, env: dict) -> None:
     # the whole set is mapped (and read once, its checksum); the run trains --steps steps of it
     recipe.write_text(RECIPE.format(data="cifar100", root=root, batch=a.batch, extra=(
         f'cache_dir = "{base / "cache"}"\ntrain_limit = {a.steps * a.batch}')))
+    peaks = {}
     for ranks in (1, 2):
         cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={ranks}",
                "-m", "igdm_kit", "run", str(recipe), "--output", str(base / f"cifar-{ranks}"), "--overwrite"]
-        peak, _, _ = run_measured(cmd, env)
-        print(f"CIFAR-sized set ({a.cifar:,} train images, cache_dir), {ranks} rank(s): peak {peak / 2**20:,.0f} MiB "
-              f"(all processes)")
+        peaks[ranks] = run_measured(cmd, env, under=base / "cache")[:2]
+        total, data = peaks[ranks]
+        print(f"CIFAR-sized set ({a.cifar:,} train images, cache_dir), {ranks} rank(s): peak {total / 2**20:,.0f} "
+              f"MiB (all processes), of which the data file {data / 2**20:,.0f} MiB")
+    print(f"2 ranks / 1 rank: {peaks[2][0] / peaks[1][0]:.2f}× in all, {peaks[2][1] / max(1, peaks[1][1]):.2f}× "
+          "for the data (the rest is each process's own torch and model)")
 
 
 def main() -> None:

@@ -66,8 +66,9 @@ def sentence(summary: dict, seconds: float, threads: str) -> str:
     tests = next((v.get("rows", {}) for v in summary.get("versus_first", [])
                   if v.get("variant") == b["variant"]), {})
     parts, moved, significant = [], [], []
+    worst_class = [(k, label) for k, label in summary.get("columns", []) if k.startswith("worst-class:")]
     for key, label in summary.get("columns", []):
-        if key in a and key in b:
+        if key in a and key in b and not key.startswith("worst-class:"):
             images = round((b[key] - a[key]) * n / 100)
             p = tests.get(key, {}).get("p_value")
             p_text = f", p = {_p(p)}" if p is not None else ""
@@ -75,8 +76,12 @@ def sentence(summary: dict, seconds: float, threads: str) -> str:
             moved.append(abs(images))
             if tests.get(key, {}).get("significant"):
                 significant.append(label)
-    halves = [(hi - lo) / 2 for r in (a, b) for lo, hi in (r.get("ci95") or {}).values()]
+    halves = [(hi - lo) / 2 for r in (a, b) for k, (lo, hi) in (r.get("ci95") or {}).items()
+              if not k.startswith("worst-class:")]
     align = [f"{g.upper()} {a[g]:.3f} → {b[g]:.3f}" for g in ("gc", "gd") if g in a and g in b]
+    # a worst class is a different subset of images (maybe another class) in each run: no image count, no test
+    align += [f"the worst case's worst class {a[k]:.2f} → {b[k]:.2f} % (over that class's images, not tested)"
+              for k, _ in worst_class if k in a and k in b]
     cpus = os.cpu_count() or 1
     text = (f"That run took {_fmt_time(seconds)} on a {cpus}-CPU machine ({threads} torch thread"
             f"{'s' if threads != '1' else ''}): the teacher, two students, and AutoAttack on all {n} test "

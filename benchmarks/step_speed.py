@@ -117,7 +117,10 @@ class Runner:
         attack = create_attack(self.method.attack_name, self.student, teacher=self.teacher,
                                options={"steps": args.attack_steps})
         self.attack = self.acc.wrap_attack(attack)
-        self.opt = torch.optim.SGD(self.student.parameters(), lr=0.01, momentum=0.9, weight_decay=5e-4)
+        # a method that trains a peer (R2, PeerAiD): a copy of the student's architecture, with its own SGD
+        self.peer = self.acc.prepare(copy.deepcopy(student0)) if self.method.needs_peer else None
+        params = [*self.student.parameters(), *(self.peer.parameters() if self.peer is not None else [])]
+        self.opt = torch.optim.SGD(params, lr=0.01, momentum=0.9, weight_decay=5e-4)
         self.x, self.y = self.acc.place_data(*data)
         self.batch = args.batch_size
         self.gen = torch.Generator().manual_seed(0)
@@ -129,9 +132,13 @@ class Runner:
         x = augment(self.x[idx], self.info, self.gen).to(self.device, non_blocking=True)
         y = self.y[idx].to(self.device, non_blocking=True)
         self.student.train()
+        if self.peer is not None:
+            self.peer.train()
         self.opt.zero_grad(set_to_none=True)
         res = compute_loss(self.student, self.teacher, self.method, self.module, self.attack, x, y,
-                           epoch=1, epochs=1, cache=self.variant.cache)
+                           epoch=1, epochs=1, cache=self.variant.cache,
+                           teachers={role: self.teacher for role in self.method.teacher_roles},  # R1: the same model
+                           peer=self.peer)
         self.acc.backward_and_step(res.loss, self.opt)
 
     def timed_step(self) -> None:

@@ -43,8 +43,22 @@ def logits_of(model, z):
         return model(z).double().cpu().numpy()
 
 
+def saad_target(t, x, z, y, lam: float = 1.0) -> np.ndarray:
+    """SAAD's linearized teacher (saad.md): T(x) with the true-class logit moved by λ·⟨∇_x T_y(x), z − x⟩
+    (the teacher's input gradient by torch's autograd in float64, the rest by hand)."""
+    xg = x.detach().clone().requires_grad_(True)
+    (g,) = torch.autograd.grad(t(xg).gather(1, y[:, None]).sum(), xg)
+    g = g.reshape(len(x), -1).cpu().numpy()
+    out = logits_of(t, x)
+    delta = (z - x).reshape(len(x), -1).detach().cpu().numpy()
+    for i, label in enumerate(y.cpu().numpy()):
+        out[i, label] += lam * float(g[i] @ delta[i])
+    return out
+
+
 #: The loss each attack maximizes (spec, "Inner maximization"), from logits only.
 OWN_LOSS = {
+    "saad": lambda s, t, x, z, y: np_kl(saad_target(t, x, z, y), logits_of(s, z)),
     "pgd": lambda s, t, x, z, y: np_ce(logits_of(s, z), y.cpu().numpy()),
     "trades": lambda s, t, x, z, y: np_kl(logits_of(s, x), logits_of(s, z)),
     "rslad": lambda s, t, x, z, y: np_kl(logits_of(t, x), logits_of(s, z)),
@@ -56,7 +70,8 @@ def own_loss_gradient(name, W, b, A, c, x, z, y):
     """∂L/∂z of the batchmean loss for linear S(z) = W z + b, T(z) = A z + c, by hand (rows = samples).
 
     CE: Wᵀ(q − onehot(y))/B; KL(p ‖ q(S z)) with p fixed: Wᵀ(q − p)/B; AdaAD's KL(p(T z) ‖ q(S z)) also
-    differentiates the target: Aᵀ(p ⊙ (d − Σ p d))/B with d = log p − log q.
+    differentiates the target: Aᵀ(p ⊙ (d − Σ p d))/B with d = log p − log q; SAAD's target moves only in its
+    true-class logit, along A[y]: A[y]·p_y(d_y − Σ p d)/B.
     """
     grads = np.zeros_like(z)
     for i in range(len(z)):
@@ -71,6 +86,12 @@ def own_loss_gradient(name, W, b, A, c, x, z, y):
             p = np_softmax(A @ z[i] + c)
             d = np.log(p) - np.log(q)
             g = A.T @ (p * (d - (p * d).sum())) + W.T @ (q - p)
+        elif name == "saad":  # only T̃'s true-class logit moves with z, along A[y] (= ∇_x T_y)
+            t = A @ x[i] + c
+            t[y[i]] += A[y[i]] @ (z[i] - x[i])
+            p = np_softmax(t)
+            d = np.log(p) - np.log(q)
+            g = A[y[i]] * (p[y[i]] * (d[y[i]] - (p * d).sum())) + W.T @ (q - p)
         else:
             raise AssertionError(name)
         grads[i] = g / len(z)
@@ -164,7 +185,7 @@ def test_modes_during_attack_and_restored_after(name, before, bn_mode):
     assert seen["student"] and set(seen["student"]) == {attacking_mode}  # S(x) of TRADES included
     assert set(seen["student_bn"]) == {attacking_mode}
     assert set(seen["teacher"]) <= {False}  # the teacher is only ever evaluated in eval mode
-    if name in ("rslad", "adaad"):
+    if name in ("rslad", "adaad", "saad"):
         assert seen["teacher"], "this attack evaluates the teacher"
 
 

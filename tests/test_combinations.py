@@ -38,6 +38,12 @@ def test_pair_trains_on_digits(method, module, teacher_file):
     raw["method"] = {"name": method}
     raw["attack"] = {"steps": 2, "eps": 0.1, "step_size": 0.05}
     raw["teacher"] = {"checkpoint": str(teacher_file)}
+    roles = registry("method").get(method).teacher_roles  # the same file as every role's teacher (R1)
+    if roles:
+        raw["teachers"] = {role: {"checkpoint": str(teacher_file)} for role in roles}
+    needs_peer = registry("method").get(method).needs_peer
+    if needs_peer:
+        raw["peer"] = {"model": "small-cnn", "width": 4}
     raw["data"]["train_limit"] = 64
     raw["train"].update(epochs=2)
     if module:
@@ -54,7 +60,10 @@ def test_pair_trains_on_digits(method, module, teacher_file):
     opt = torch.optim.SGD(student.parameters(), lr=0.05, momentum=0.9)
     student.train()
     for epoch, sl in ((1, slice(0, 32)), (2, slice(32, 64))):
-        res = compute_loss(student, teacher, meth, mod, attack, x[sl], y[sl], epoch=epoch, epochs=2)
+        res = compute_loss(student, teacher, meth, mod, attack, x[sl], y[sl], epoch=epoch, epochs=2,
+                           teachers={role: teacher for role in roles},
+                           peer=create_model("small-cnn", width=4, num_classes=10, in_channels=1, image_size=8)
+                           if needs_peer else None)
         assert math.isfinite(float(res.loss.detach())), res.terms
         if mod is not None:
             assert "module" in res.terms

@@ -20,7 +20,7 @@ from conftest import DIGITS_PGDAT
 from igdm_kit import _recipe as R
 from igdm_kit._plugins import manager as plugins
 from igdm_kit.hookspecs import hookimpl
-from igdm_kit.interfaces import GradientModule, Method, StepContext, TrainingAttack
+from igdm_kit.interfaces import GradientModule, Method, SampleTerm, StepContext, TrainingAttack
 
 CONTRACT = {n for n in vars(StepContext) if not n.startswith("_")} | set(StepContext.__annotations__)
 SEEN: dict[str, list] = {"delta": [], "reads": []}
@@ -96,10 +96,53 @@ class DiffL2(GradientModule):
         return (d_s - d_t).pow(2).mean() + 0.5 * (1 - F.cosine_similarity(g_s, g_t, dim=1)).mean()
 
 
+class TwoTeachers(Method):
+    """#24's third-party method: a robust teacher at x_adv and a second one (role "second") at x, each sample
+    weighted by its class's weight, the weights from the epoch's per-class loss at its end (epoch-end state)."""
+
+    needs_teacher = True
+    stateful = True
+    teacher_roles = frozenset({"second"})
+
+    def __init__(self, options) -> None:
+        super().__init__(options)
+        self.class_weights: torch.Tensor | None = None
+        self._per_sample: torch.Tensor | None = None
+
+    def teacher_inputs(self, epoch, epochs):
+        return {"x_adv"}
+
+    def role_inputs(self, epoch, epochs):
+        return {"second": {"x"}}
+
+    def loss(self, ctx):
+        ctx = Audited(ctx)
+        kd = F.kl_div(F.log_softmax(ctx.student("x_adv"), 1), F.log_softmax(ctx.teacher("x_adv"), 1),
+                      reduction="none", log_target=True).sum(1)
+        nat = F.kl_div(F.log_softmax(ctx.student("x"), 1), F.log_softmax(ctx.teacher("x", role="second"), 1),
+                       reduction="none", log_target=True).sum(1)
+        w = None if self.class_weights is None else self.class_weights.to(kd.dtype)[ctx.y]
+        self._per_sample = kd.detach()
+        return {"kd": SampleTerm(kd, w), "nat": SampleTerm(0.5 * nat, w)}
+
+    def step_statistics(self, ctx):
+        return {"kd": self._per_sample}
+
+    def on_epoch_end(self, epoch, stats, schedule):
+        mean = stats.sums["kd"] / stats.counts.clamp_min(1)
+        self.class_weights = (mean / mean.mean()).clamp(0.5, 2.0)
+
+    def state_dict(self):
+        return {} if self.class_weights is None else {"class_weights": self.class_weights}
+
+    def load_state_dict(self, state):
+        self.class_weights = state.get("class_weights")
+
+
 @pytest.fixture
 def third_party(monkeypatch):
     mod = types.ModuleType("third_party_plugin_mod")
-    mod.register_methods = hookimpl(lambda register: register("tp-kd", KD))
+    mod.register_methods = hookimpl(lambda register: [register("tp-kd", KD), register("tp-two", TwoTeachers)])
     mod.register_modules = hookimpl(lambda register: register("tp-diff-l2", DiffL2))
     mod.register_attacks = hookimpl(lambda register: register("tp-onestep", OneStepKL))
     monkeypatch.setitem(sys.modules, mod.__name__, mod)
@@ -145,6 +188,24 @@ def test_third_party_components_train_in_the_engine(third_party, teacher_file, t
     assert len(SEEN["delta"]) == 4 and all(d <= 0.1 + 1e-6 for d in SEEN["delta"])
     assert {"student", "teacher", "input", "set_input", "input_gradient", "y"} <= set(SEEN["reads"])
     assert (tmp_path / "run" / "model.safetensors").is_file()
+
+
+def test_a_third_party_method_with_two_teachers_sample_weights_and_epoch_state(third_party, teacher_file,
+                                                                                tmp_path, write_recipe):
+    from igdm_kit._training.engine import run
+
+    text = (DIGITS_PGDAT.replace('name = "pgd-at"', 'name = "tp-two"').replace("epochs = 1", "epochs = 3")
+            .replace('name = "digits"', 'name = "digits"\ntrain_limit = 128')
+            + f'[teacher]\ncheckpoint = "{teacher_file}"\ncheck_accuracy = false\n'
+            + f'[teachers.second]\ncheckpoint = "{teacher_file}"\ncheck_accuracy = false\n')
+    rows = run(R.load(write_recipe(text)), output_dir=tmp_path / "run").metrics
+    assert [m["epoch"] for m in rows] == [1, 2, 3] and all({"kd", "nat"} <= m.keys() for m in rows)
+    assert "teacher" in SEEN["reads"] and "y" in SEEN["reads"]
+    from safetensors.torch import load_file
+
+    weights = next(v for k, v in load_file(str(tmp_path / "run" / "train_state.safetensors")).items()
+                   if k.endswith("m.class_weights"))
+    assert weights.shape == (10,) and not torch.all(weights == 1)  # set at an epoch's end, kept for resume
 
 
 def test_a_teacher_attack_needs_a_teacher_in_the_recipe(third_party, write_recipe):

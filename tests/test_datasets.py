@@ -122,6 +122,25 @@ def write_image_folder(root: Path) -> None:
     (root / "train" / ".hidden").mkdir()
 
 
+def write_webdataset(root: Path) -> None:
+    """Two train shards and one test shard of PNG + .cls samples, written with Python's tarfile."""
+    import io
+    import tarfile
+
+    from PIL import Image
+
+    root.mkdir(parents=True, exist_ok=True)
+    for name, n in (("train-0.tar", 3), ("train-1.tar", 2), ("test-0.tar", 2)):
+        with tarfile.open(root / name, "w") as tar:
+            for i in range(n):
+                buf = io.BytesIO()
+                Image.fromarray(RNG.integers(0, 256, size=(24, 20, 3), dtype=np.uint8)).save(buf, format="PNG")
+                for suffix, data in (("png", buf.getvalue()), ("cls", str(i % 3).encode())):
+                    info = tarfile.TarInfo(f"{name[:-4]}_{i:03d}.{suffix}")
+                    info.size = len(data)
+                    tar.addfile(info, io.BytesIO(data))
+
+
 FAKE = {
     "cifar10": lambda root: (write_cifar10(root), {"root": str(root)})[1],
     "cifar100": lambda root: (write_cifar100(root), {"root": str(root)})[1],
@@ -132,6 +151,9 @@ FAKE = {
     "synthetic": lambda root: {"train_size": 6, "test_size": 4},  # generated, no files
     "mnist": lambda root: (write_mnist(root / "MNIST" / "raw"), {"root": str(root), "source": "files"})[1],
     "imagenet": lambda root: (write_imagenet(root), {"root": str(root), "image_size": 16})[1],
+    "webdataset": lambda root: (write_webdataset(root), {"root": str(root), "train": ["train-*.tar"],
+                                                         "test": ["test-*.tar"], "num_classes": 3,
+                                                         "image_size": 16})[1],
 }
 
 

@@ -78,3 +78,23 @@ def test_repeated_attack_options_all_count(tmp_path, write_recipe, cli):
     assert both.code == 0 and listed.code == 0, both.err
     got = json.loads(both.out)["results"]
     assert set(got["metrics"]) == {"clean", "fgsm"} == set(json.loads(listed.out)["results"]["metrics"])
+
+
+def test_report_tables_the_worst_class_with_its_own_interval(tmp_path, write_recipe, cli):
+    """``igdm-kit report --metrics all``: each attack's worst-class accuracy is a column, and a single run's
+    interval is the worst class's Wilson interval over that class's images (results.json's), not the whole
+    test set's."""
+    import csv
+    import io
+
+    assert cli("run", write_recipe(TINY.replace('attacks = ["clean"]', 'attacks = ["clean", "fgsm"]')),
+               "--output", tmp_path / "run").code == 0
+    r = json.loads((tmp_path / "run" / "results.json").read_text())
+    rep = cli("report", tmp_path / "run", "--metrics", "all", "--format", "csv")
+    assert rep.code == 0, rep.err
+    rows = {row["metric"]: row for row in csv.DictReader(io.StringIO(rep.out)) if row["kind"] == "value"}
+    for key in ("clean", "fgsm", "worst"):
+        found, worst = rows[f"worst-class:{key}"], r["worst_class"][key]
+        assert float(found["mean"]) == pytest.approx(worst["accuracy"])
+        assert [float(found["ci_low"]), float(found["ci_high"])] == pytest.approx(worst["ci95"])
+    assert "worst class" in cli("report", tmp_path / "run", "--metrics", "all").out

@@ -218,7 +218,7 @@ def test_report_on_the_quickstart_reproduces_its_table(quickstart, cli):
     assert rep.code == 0, rep.err
     lines = list(csv.DictReader(io.StringIO(rep.out)))
     value = {(r["col"], r["metric"]): float(r["mean"]) for r in lines if r["kind"] == "value"}
-    for key in ("clean", "fgsm", "pgd20", "worst", "gd", "gc"):
+    for key in ("clean", "fgsm", "pgd20", "worst", "gd", "gc", "worst-class:worst"):
         assert value[("base", key)] == pytest.approx(first[key])  # alpha=0: ARD alone
         assert value[("+igdm", key)] == pytest.approx(second[key])
     change = {r["metric"]: r for r in lines if r["kind"] == "change"}

@@ -41,6 +41,7 @@ ATTACK = {
     "trades": dict(s_fwd=K + 1, t_fwd=0, t_clean=0, s_bwd=K, t_bwd=0),   # + S(x) target, no grad
     "rslad": dict(s_fwd=K, t_fwd=0, t_clean=1, s_bwd=K, t_bwd=0),        # KL(T(x) ‖ S(z_k)), T(x) once
     "adaad": dict(s_fwd=K, t_fwd=K, t_clean=0, s_bwd=K, t_bwd=K),        # KL(T(z_k) ‖ S(z_k))
+    "saad": dict(s_fwd=K, t_fwd=1, t_clean=0, s_bwd=K, t_bwd=1),         # ∇_x T_y(x) once; KL(T̃ ‖ S(z_k))
 }
 
 #: method → (attack, student inputs of the loss, teacher inputs of the loss), from the spec's loss table at
@@ -58,6 +59,13 @@ METHOD = {
     "dgad": ("adaad", {"x", "x_adv"}, {"x", "x_adv"}),     # T(x) for MAP; KL(T̃(x) ‖ S(x)), KL(T̃(x_adv) ‖
                                                            # S(x_adv)) per sample; PCR on S(x), S(x_adv)
     "fair-ard": ("pgd", {"x_adv"}, {"x"}),                 # w_{y_i}·KL_τ(T(x) ‖ S(x_adv)) / C; κ from the attack
+    "fair-iad": ("pgd", {"x_adv", "x"}, {"x", "x_adv"}),   # IAD's terms ×w_{y_i} (epoch 1 of 1: past the warm-up)
+    "fair-rslad": ("rslad", {"x", "x_adv"}, {"x"}),        # RSLAD's terms ÷C ×w_{y_i}; κ from the attack
+    "saad": ("saad", {"x_adv"}, {"x_adv"}),
+    "absld": ("rslad", {"x", "x_adv"}, {"x"}),            # RSLAD's terms on copies of T(x) ÷ τ[y]; the attack's too
+    "peeraid": ("rslad", {"x_adv", "x"}, set()),          # no teacher: the attack's target and L_peer are the peer's
+    "mtard": ("pgd", {"x_adv", "x"}, {"x_adv"}),           # w_adv·KLm(T(x_adv) ‖ S(x_adv)) + w_nat·KLm(T_nat(x) ‖ S(x))
+    "b-mtard": ("pgd", {"x_adv", "x"}, {"x_adv"}),         # the same, each teacher's logits ÷ its temperature                # w_i·KL(T(x_adv) ‖ S(x_adv)), w from T(x_adv); β = 0
     "mart": ("pgd", {"x_adv", "x"}, set()),                # (example plugin) BCE(S(x_adv)) + KL(S(x) ‖ …)
 }
 
@@ -71,18 +79,25 @@ MODULE = {
     "direct": (set(), set()),                              # D(∇_x S, ∇_x T) at x, see EXTRA
 }
 EXTRA = {"direct": dict(s_fwd=1, s_bwd=2, t_fwd=1, t_bwd=1)}
+#: method → the inputs of each teacher by role (R1): one more batched forward per role (counted here as the
+#: teacher's: the tests give every role the same teacher model)
+ROLES = {"mtard": {"clean": {"x"}}, "b-mtard": {"clean": {"x"}}}
+#: methods whose attack target is their own (R6b: PeerAiD's peer, not T(x))
+OWN_TARGET = {"peeraid"}
 
 
 def minimum(method: str, module: str | None) -> dict[str, dict[str, int]]:
     attack, m_s, m_t = METHOD[method]
-    a = ATTACK[attack]
+    a = {**ATTACK[attack], **({"t_clean": 0} if method in OWN_TARGET else {})}
     mod_s, mod_t = MODULE[module]
     extra = EXTRA.get(module, {})
     loss_s = m_s | mod_s
     # T(x) the attack already computed is shared with the loss; the rest is one batched call
     batched = (m_t | mod_t) - ({"x"} if a["t_clean"] else set())
-    t_fwd = a["t_fwd"] + a["t_clean"] + (1 if batched else 0) + extra.get("t_fwd", 0)
-    t_images = B * (a["t_fwd"] + a["t_clean"] + len(batched) + extra.get("t_fwd", 0))
+    roles = ROLES.get(method, {})
+    t_fwd = a["t_fwd"] + a["t_clean"] + (1 if batched else 0) + extra.get("t_fwd", 0) + len(roles)
+    t_images = B * (a["t_fwd"] + a["t_clean"] + len(batched) + extra.get("t_fwd", 0)
+                    + sum(len(v) for v in roles.values()))
     out = {"student": {"forwards": a["s_fwd"] + len(loss_s) + extra.get("s_fwd", 0),
                        "backwards": a["s_bwd"] + len(loss_s) + extra.get("s_bwd", 0)}}
     out["student"]["images"] = B * out["student"]["forwards"]
@@ -123,7 +138,9 @@ def one_step(method_name, module_name, student, teacher, x, y, *, cache: bool, s
     method, module, attack = build(method_name, module_name, student, teacher)
     torch.manual_seed(seed)  # the attack's random start
     with count_passes(student=student, teacher=teacher) as counter:
-        res = compute_loss(student, teacher, method, module, attack, x, y, epoch=1, epochs=1, cache=cache)
+        res = compute_loss(student, teacher, method, module, attack, x, y, epoch=1, epochs=1, cache=cache,
+                           teachers={role: teacher for role in method.teacher_roles},
+                           peer=small_cnn(7) if method.needs_peer else None)
         res.loss.backward()
     return res, counter.snapshot()
 

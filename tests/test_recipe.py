@@ -123,3 +123,22 @@ def test_base_files_say_they_are_bases(tmp_path):
 def test_show_lists_unset_keys_as_comments(write_recipe):
     text = R.to_toml(R.load(write_recipe(DIGITS_PGDAT + "\n[module]\nname = 'trades-reg'\n")).resolved())
     assert "# ramp_epochs = (not set)" in text and "# limit = (not set)" in text
+
+
+#: digests of recipes as igdm-kit computed them before pgd's `start` option existed (main @ efa7c91); their
+#: finished runs (teachers reused by many students, sweeps) must keep being found
+DIGESTS_BEFORE_PGD_START = {
+    "quickstart_teacher.toml": "37a5aa1c983f82c59372ad2a0dbbff8d5e45c2d0e0a6dbfe9a8cb7b069e5c521",
+}
+
+
+def test_an_option_added_later_leaves_the_digest_at_its_default(write_recipe):
+    """#24: pgd gained `start` (uniform | gaussian); at "uniform" it is left out of the digest (AddedLater),
+    so every pgd recipe written before keeps its digest; "gaussian" is another recipe."""
+    recipes = Path(__file__).parent.parent / "recipes"
+    r = R.load(recipes / "quickstart_teacher.toml")
+    assert r.digest() == DIGESTS_BEFORE_PGD_START["quickstart_teacher.toml"]
+    assert r.resolved()["attack"]["start"] == "uniform"  # still written to the run's recipe.toml
+    explicit = R.load(recipes / "quickstart_teacher.toml", ["attack.start=uniform"])
+    gaussian = R.load(recipes / "quickstart_teacher.toml", ["attack.start=gaussian"])
+    assert explicit.digest() == r.digest() != gaussian.digest()

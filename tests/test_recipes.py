@@ -330,7 +330,9 @@ def test_family_first_steps_on_stand_in_data(path):
     # the first epoch (IGDM's ramp at its smallest) and the last (T(α) = α; IAD's introspection on)
     for epoch in (1, tr.epochs):
         student.train()
-        res = compute_loss(student, teacher, method, module, attack, x, y, epoch=epoch, epochs=tr.epochs)
+        res = compute_loss(student, teacher, method, module, attack, x, y, epoch=epoch, epochs=tr.epochs,
+                           teachers={role: teacher for role in method.teacher_roles},
+                           peer=create_model("small-cnn", width=8, **shape) if method.needs_peer else None)
         assert torch.isfinite(res.loss), (epoch, {k: float(v) for k, v in res.terms.items()})
         assert (res.x_adv - x).abs().max() <= r.components["attack"].eps + 1e-6
         has_module = module is not None and module.options.alpha > 0

@@ -13,7 +13,7 @@ SET_HELP = "override a recipe key, e.g. --set train.epochs=5 (repeatable)"
 
 
 def missing_files(r) -> list[str]:
-    """What `run` will miss: the teacher file, the dataset's files (the dataset plugin's ``check``)."""
+    """What `run` will miss: the teachers' files, the dataset's files (the dataset plugin's ``check``)."""
     from igdm_kit.errors import DataError
     from igdm_kit.factories import create_dataset
 
@@ -21,6 +21,9 @@ def missing_files(r) -> list[str]:
     t = r.model.teacher
     if t is not None and t.checkpoint is not None and not Path(t.checkpoint).exists():
         out.append(f"the teacher file {t.checkpoint} does not exist yet; `run` needs it")
+    for role, section in sorted(r.model.teachers.items()):
+        if section.checkpoint is not None and not Path(section.checkpoint).exists():
+            out.append(f"the {role!r} teacher's file {section.checkpoint} does not exist yet; `run` needs it")
     try:
         create_dataset(r.model.data.name, r.components["data"]).check()
     except DataError as exc:

@@ -161,7 +161,8 @@ def print_correlation(summary: dict) -> None:
 
 
 def _caption(n_rows: int) -> str:
-    text = "accuracy (95% Wilson interval); worst = the worst case per image over every attack"
+    text = ("accuracy (95% Wilson interval); worst = the worst case per image over every attack; worst cls = "
+            "its worst class (robust fairness; the class may differ between variants, its change is not tested)")
     if n_rows == 2:
         return text + "; change: second − first in points, McNemar's exact test on the same images, " \
                       "n.s. = not significant (p ≥ 0.05)"

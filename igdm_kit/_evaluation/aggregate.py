@@ -41,11 +41,22 @@ def run_values(results: dict[str, Any]) -> dict[str, float]:
     rows = report.rows() if WORST in results else report.attacks
     order = {k: i for i, k in enumerate([*report.over, WORST])}  # the evaluation's order (the file sorts keys)
     values = {k: rows[k].accuracy for k in sorted(rows, key=lambda k: order.get(k, len(order)))}
+    for k, found in (results.get("worst_class") or {}).items():  # robust fairness: each attack's worst class
+        if isinstance(found, dict) and isinstance(found.get("accuracy"), (int, float)):
+            values[worst_class_key(k)] = float(found["accuracy"])
     for g in ALIGNMENT:
         v = (results.get("alignment") or {}).get(g)
         if isinstance(v, (int, float)):
             values[g] = float(v)
     return values
+
+
+#: the metric key of an attack's worst-class accuracy (robust fairness: Fair-ARD, ABSLD report it)
+WORST_CLASS = "worst-class:"
+
+
+def worst_class_key(key: str) -> str:
+    return WORST_CLASS + key
 
 
 def spreads(runs: list[SeedRun]) -> dict[str, Spread]:

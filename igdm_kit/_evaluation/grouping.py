@@ -19,7 +19,7 @@ import json
 from dataclasses import dataclass, field
 from typing import Any
 
-from igdm_kit._evaluation.aggregate import ALIGNMENT, compare_cells, spreads
+from igdm_kit._evaluation.aggregate import ALIGNMENT, WORST_CLASS, compare_cells, spreads
 from igdm_kit._evaluation.collect import Run
 from igdm_kit._evaluation.report import EvalReport
 from igdm_kit._evaluation.stats import Spread, t_interval
@@ -134,6 +134,9 @@ class Cell:
         s = self.stats[key]
         if s.ci95 is not None:
             return list(s.ci95)
+        if key.startswith(WORST_CLASS):  # the worst class's Wilson interval, over its own images
+            found = (self.runs[0].results.get("worst_class") or {}).get(key[len(WORST_CLASS):]) or {}
+            return list(found["ci95"]) if "ci95" in found else None
         acc = EvalReport.from_json(self.runs[0].results).rows().get(key)
         return list(acc.ci95) if acc is not None and key not in ALIGNMENT else None
 
@@ -241,6 +244,8 @@ def header(runs: list[Run], key: str) -> str:
     """A metric's column header: the attack's own label (``PGD-20``), else ``worst``/``GD ↓``/``GC ↑``."""
     if key in OTHER_HEADERS:
         return OTHER_HEADERS[key]
+    if key.startswith(WORST_CLASS):
+        return header(runs, key[len(WORST_CLASS):]) + " worst class"
     acc = EvalReport.from_json(runs[0].results).attacks.get(key)
     return acc.label if acc is not None and acc.label else key
 

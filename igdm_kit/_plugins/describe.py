@@ -15,7 +15,7 @@ from typing import Any
 from pydantic import BaseModel
 from pydantic.fields import FieldInfo
 
-from igdm_kit.interfaces import RecipePath, parse_fraction
+from igdm_kit.interfaces import AddedLater, RecipePath, parse_fraction
 
 _NAMES = {bool: "true/false", int: "integer", float: "number", str: "text", dict: "table"}
 _BOUNDS = (("ge", "≥"), ("gt", ">"), ("le", "≤"), ("lt", "<"))
@@ -43,6 +43,12 @@ def _is_fraction(field: FieldInfo) -> bool:
 def is_path(field: FieldInfo) -> bool:
     """Whether a field is a ``PathOption`` (also inside ``PathOption | None``)."""
     return any(isinstance(m, RecipePath) for m in _metadata(field))
+
+
+def added_later_fields(model: type[BaseModel]) -> dict[str, Any]:
+    """A model's ``AddedLater`` fields and their defaults (left out of a recipe's digest at the default)."""
+    return {name: f.default for name, f in model.model_fields.items()
+            if any(isinstance(m, AddedLater) for m in _metadata(f))}
 
 
 def path_fields(model: type[BaseModel]) -> list[str]:

@@ -104,7 +104,8 @@ def load_raw(path: str | Path, _depth: int = 0) -> dict[str, Any]:
 
 
 #: section → (component kind, the key naming the component) for the sections whose options are a component's
-_COMPONENT_KIND = {"data": ("dataset", "name"), "student": ("model", "model"), "method": ("method", "name"),
+_COMPONENT_KIND = {"data": ("dataset", "name"), "student": ("model", "model"), "peer": ("model", "model"),
+                   "method": ("method", "name"),
                    "module": ("module", "name"), "attack": ("attack", "name")}
 
 
@@ -137,12 +138,21 @@ def resolve_paths(written: dict[str, Any], merged: dict[str, Any], base: Path) -
     for section, values in written.items():
         if not isinstance(values, dict) or not isinstance(merged.get(section), dict):
             continue
-        for key in _path_keys(section, merged):
-            value = values.get(key)
-            if isinstance(value, str) and value and not Path(value).expanduser().is_absolute():
-                merged[section][key] = str((base / value).resolve())
-            elif isinstance(value, str) and value.startswith("~"):
-                merged[section][key] = str(Path(value).expanduser())
+        if section == "teachers":  # a table of teacher sections, one per role: [teacher]'s path keys
+            for role, table in values.items():
+                if isinstance(table, dict) and isinstance(merged[section].get(role), dict):
+                    _absolute(table, merged[section][role], _path_keys("teacher", merged), base)
+            continue
+        _absolute(values, merged[section], _path_keys(section, merged), base)
+
+
+def _absolute(written: dict[str, Any], merged: dict[str, Any], keys: list[str], base: Path) -> None:
+    for key in keys:
+        value = written.get(key)
+        if isinstance(value, str) and value and not Path(value).expanduser().is_absolute():
+            merged[key] = str((base / value).resolve())
+        elif isinstance(value, str) and value.startswith("~"):
+            merged[key] = str(Path(value).expanduser())
 
 
 def _split_key(item: str) -> tuple[str, str]:

@@ -58,6 +58,14 @@ class StudentSection(ComponentSection):
     model: str
 
 
+class PeerSection(ComponentSection):
+    """``[peer]``: the architecture of a peer trained from scratch beside the student (R2: PeerAiD), with its
+    own optimizer and schedule built from the student's ``[train]`` settings; its other keys are the model's
+    options."""
+
+    model: str
+
+
 class TeacherSection(Section):
     checkpoint: PathOption | None = Field(None, description="teacher weights on disk (relative to the recipe file)")
     loader: str = Field("auto", description="teacher loader; auto: igdm-kit for .safetensors, else state-dict")
@@ -125,6 +133,11 @@ class EmaSection(Section):
     buffers: bool = Field(True, description="average the BatchNorm statistics too (else copy them)")
 
 
+class SwaSection(Section):
+    start: int = Field(..., ge=1, description="the first epoch whose end weights join the equal average "
+                       "(PeerAiD: the first lr milestone; SAAD: 95 of 200)")
+
+
 class TrainSection(Section):
     epochs: int = Field(200, gt=0, le=100_000)
     batch_size: int = Field(128, gt=0, le=1_000_000)
@@ -152,6 +165,7 @@ class TrainSection(Section):
     schedule: ScheduleSection | None = None
     validation: ValidateSection | None = Field(None, alias="validate")  # `validate` is pydantic's
     ema: EmaSection | None = None
+    swa: SwaSection | None = None
     callbacks: list[Any] = Field(default_factory=list, description="training callbacks of plugins (names or "
                                  "tables with a name and options), besides the built-in ones")
 
@@ -171,7 +185,7 @@ class EvalSection(Section):
     batch_size: int = Field(256, gt=0, le=1_000_000)
     eps: Fraction | None = Field(None, ge=0, description="radius; default 8/255 at Linf, 0.5 at L2, 12 at L1")
     analysis: bool = Field(False, description="also report GD/GC against the teacher (needs a teacher)")
-    checkpoints: list[Literal["last", "best", "ema", "best_ema"]] = Field(
+    checkpoints: list[Literal["last", "best", "ema", "best_ema", "swa"]] = Field(
         default_factory=lambda: ["last"], min_length=1,
         description="which checkpoints the final evaluation judges (the first is the run's headline)")
     shifts: list[str | dict[str, Any]] = Field(
@@ -211,6 +225,11 @@ class RecipeModel(Section):
     data: DataSection
     student: StudentSection
     teacher: TeacherSection | None = None
+    teachers: dict[Annotated[str, Field(pattern=r"^[a-z][a-z0-9_-]{0,31}$")], TeacherSection] = Field(
+        default_factory=dict, description="more teachers by role ([teachers.clean]): each a checkpoint or a "
+                                          "recipe, with its own architecture, for methods that read several "
+                                          "(R1: MTARD)")
+    peer: PeerSection | None = None
     method: MethodSection
     module: ModuleSection | None = None
     attack: AttackSection = Field(default_factory=AttackSection)

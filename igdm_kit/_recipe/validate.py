@@ -17,7 +17,7 @@ from typing import Any
 
 from pydantic import BaseModel, ValidationError
 
-from igdm_kit._plugins.describe import path_fields
+from igdm_kit._plugins.describe import added_later_fields, path_fields
 from igdm_kit._plugins.manager import always_on, registry
 from igdm_kit._recipe.errors import raise_validation
 from igdm_kit._recipe.load import apply_overrides, load_raw
@@ -71,6 +71,10 @@ class Recipe:
         out["student"] = {"model": m.student.model, **_dump(c["student"])}
         if m.teacher is not None:
             out["teacher"] = m.teacher.model_dump(exclude_none=True)
+        if m.peer is not None:
+            out["peer"] = {"model": m.peer.model, **_dump(c["peer"])}
+        if m.teachers:  # absent, the recipe keeps its digest
+            out["teachers"] = {role: t.model_dump(exclude_none=True) for role, t in sorted(m.teachers.items())}
         out["method"] = {"name": m.method.name, **_dump(c["method"])}
         if m.module is not None:
             out["module"] = {"name": m.module.name, **_dump(c["module"])}
@@ -99,6 +103,11 @@ class Recipe:
         body["data"] = {k: v for k, v in body["data"].items() if k != "workers"}  # the same batches for any
         if "teacher" in body:  # whether to refuse a teacher, not what is trained
             body["teacher"] = {k: v for k, v in body["teacher"].items() if k not in TEACHER_CHECKS}
+        # an option added after a recipe was written, at its default: the recipe keeps its digest
+        for section, options in self.components.items():
+            later = added_later_fields(type(options))
+            if later and isinstance(body.get(section), dict):
+                body[section] = {k: v for k, v in body[section].items() if k not in later or v != later[k]}
         # where the data and the teacher lie is not what they are: a moved clone keeps its runs
         paths = {section: path_fields(type(options)) for section, options in self.components.items()}
         paths["teacher"] = path_fields(TeacherSection)
@@ -106,6 +115,10 @@ class Recipe:
             if section in body:
                 body[section] = {k: (Path(v).name if k in keys and isinstance(v, str) else v)
                                  for k, v in body[section].items()}
+        if "teachers" in body:  # each role as [teacher]: its checks and where its files lie are not hashed
+            body["teachers"] = {role: {k: (Path(v).name if k in paths["teacher"] and isinstance(v, str) else v)
+                                       for k, v in t.items() if k not in TEACHER_CHECKS}
+                                for role, t in body["teachers"].items()}
         return hashlib.sha256(json.dumps(body, sort_keys=True, default=str).encode()).hexdigest()
 
     def digest(self) -> str:
@@ -124,7 +137,8 @@ def _dump(options: BaseModel) -> dict[str, Any]:
 
 def _train(m: RecipeModel, c: dict[str, BaseModel]) -> dict[str, Any]:
     """``[train]`` resolved; its optional tables only when given (so recipes without them keep their digest)."""
-    out = m.train.model_dump(by_alias=True, exclude={"optimizer", "schedule", "validation", "ema", "callbacks"})
+    out = m.train.model_dump(by_alias=True, exclude={"optimizer", "schedule", "validation", "ema", "swa",
+                                                              "callbacks"})
     t = m.train
     if t.optimizer is not None:
         out["optimizer"] = {"name": t.optimizer.name, **_dump(c["optimizer"])}
@@ -135,6 +149,8 @@ def _train(m: RecipeModel, c: dict[str, BaseModel]) -> dict[str, Any]:
         out["validate"] = t.validation.model_dump()
     if t.ema is not None:
         out["ema"] = t.ema.model_dump()
+    if t.swa is not None:
+        out["swa"] = t.swa.model_dump()
     if t.callbacks:  # absent, the recipe keeps its digest
         out["callbacks"] = [{"name": s.name, **_dump(s.options)} for s in resolve_callbacks(t.callbacks)]
     return out
@@ -176,7 +192,10 @@ def validate(raw: dict[str, Any], path: Path | None = None) -> Recipe:
                               path="module.name")
     attack_name = model.attack.name or method_entry.component.attack_for(comps["method"])
     attack_entry, comps["attack"] = _component("attack", attack_name, model.attack.options(), "attack")
-    needs.append((f"attack {attack_name!r}", attack_entry.component.uses_teacher()))
+    attack_cls, method_cls = attack_entry.component, method_entry.component
+    needs.append((f"attack {attack_name!r}", attack_cls.needs_teacher or (
+        attack_cls.needs_teacher_clean_logits and not method_cls.supplies_attack_target)))
+    _validate_peer(model, method_cls, comps)
     missing = sorted(method_entry.component.attack_outputs - attack_entry.component.outputs)
     if missing:
         raise RecipeError(f"attack.name: method {model.method.name!r} reads the attack's per-sample "
@@ -188,6 +207,7 @@ def validate(raw: dict[str, Any], path: Path | None = None) -> Recipe:
                               "add [teacher] with `checkpoint = ...` or `recipe = ...`", path="teacher")
     if model.teacher is not None:
         _validate_teacher(model.teacher)
+    _validate_roles(model, method_entry.component)
     _validate_optimization(model, comps)
     _validate_log(model, comps)
     val_specs = _validate_validation(model, comps["attack"])
@@ -208,6 +228,9 @@ def _validate_optimization(model: RecipeModel, comps: dict[str, BaseModel]) -> N
     if t.ema is not None and t.ema.start > t.epochs:
         raise RecipeError(f"train.ema.start: epoch {t.ema.start} is after the last ({t.epochs})",
                           "start the average earlier", path="train.ema.start")
+    if t.swa is not None and t.swa.start > t.epochs:
+        raise RecipeError(f"train.swa.start: epoch {t.swa.start} is after the last ({t.epochs})",
+                          "start the average earlier", path="train.swa.start")
 
 
 def _validate_validation(model: RecipeModel, attack_options: BaseModel) -> list[EvalSpec]:
@@ -217,10 +240,11 @@ def _validate_validation(model: RecipeModel, attack_options: BaseModel) -> list[
 
     t, v = model.train, model.train.validation
     kept = {"last"} | ({"best"} if v else set()) | ({"ema"} if t.ema else set()) | \
-        ({"best_ema"} if v and t.ema else set())
+        ({"best_ema"} if v and t.ema else set()) | ({"swa"} if t.swa else set())
     for name in model.eval.checkpoints:
         if name not in kept:
-            need = {"best": "[train.validate]", "ema": "[train.ema]", "best_ema": "[train.validate] and [train.ema]"}
+            need = {"best": "[train.validate]", "ema": "[train.ema]", "best_ema": "[train.validate] and [train.ema]",
+                    "swa": "[train.swa]"}
             raise RecipeError(f"eval.checkpoints: {name!r} needs {need[name]}",
                               "add it, or judge the checkpoints the run keeps: " + ", ".join(sorted(kept)),
                               path="eval.checkpoints")
@@ -319,20 +343,47 @@ def _validate_eval(model: RecipeModel, data_options: BaseModel) -> list[EvalSpec
     return resolve(ev.attacks, ev.threat, "eval.attacks")
 
 
-def _validate_teacher(t: TeacherSection) -> None:
+def _validate_peer(model: RecipeModel, method: Any, comps: dict[str, BaseModel]) -> None:
+    """``[peer]`` exactly when the method trains one (R2), its architecture a registered model."""
+    if method.needs_peer and model.peer is None:
+        raise RecipeError(f"peer: method {model.method.name!r} trains a peer and the recipe has no [peer] section",
+                          "add [peer] with `model = ...` (PeerAiD: the student's architecture)", path="peer")
+    if model.peer is not None and not method.needs_peer:
+        raise RecipeError(f"peer: method {model.method.name!r} trains no peer", "remove the [peer] section",
+                          path="peer")
+    if model.peer is not None:
+        _, comps["peer"] = _component("model", model.peer.model, model.peer.options(), "peer", "model")
+
+
+def _validate_roles(model: RecipeModel, method: Any) -> None:
+    """``[teachers.<role>]``: exactly the roles the method reads (R1), each a checkpoint or a recipe."""
+    wanted, given = set(method.teacher_roles), set(model.teachers)
+    for role in sorted(wanted - given):
+        raise RecipeError(f"teachers.{role}: method {model.method.name!r} reads a {role!r} teacher and the recipe "
+                          "has none", f"add [teachers.{role}] with `checkpoint = ...`", path=f"teachers.{role}")
+    for role in sorted(given - wanted):
+        raise RecipeError(f"teachers.{role}: method {model.method.name!r} reads no {role!r} teacher",
+                          "remove the table" + (f", or name one of the roles it reads: {', '.join(sorted(wanted))}"
+                                                if wanted else " (the method reads only [teacher])"),
+                          path=f"teachers.{role}")
+    for role, t in sorted(model.teachers.items()):
+        _validate_teacher(t, f"teachers.{role}")
+
+
+def _validate_teacher(t: TeacherSection, where: str = "teacher") -> None:
     if t.loader != "auto":
         from igdm_kit._plugins.manager import registry
 
         try:
             entry = registry("teacher_loader").entry(t.loader)
         except UnknownComponentError as exc:
-            raise RecipeError(f"teacher.loader: {exc.message}", exc.hint, path="teacher.loader") from None
+            raise RecipeError(f"{where}.loader: {exc.message}", exc.hint, path=f"{where}.loader") from None
         try:
             entry.options_model.model_validate(t.loader_options)
         except ValidationError as exc:
-            raise_validation(exc, "teacher.loader_options", entry.options_model)
+            raise_validation(exc, f"{where}.loader_options", entry.options_model)
     if t.model is not None:
-        _component("model", t.model, t.model_options, "teacher", "model")
+        _component("model", t.model, t.model_options, where, "model")
 
 
 def load(path: str | Path, overrides: list[str] | None = None) -> Recipe:

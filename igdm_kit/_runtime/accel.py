@@ -318,18 +318,22 @@ class Accelerator:
 
     # -- optimizer step ----------------------------------------------------------------------------------
     def backward_and_step(self, loss: torch.Tensor, optimizer: torch.optim.Optimizer,
-                          before_step: Callable[[], None] | None = None) -> None:
+                          before_step: Callable[[], None] | None = None,
+                          also: tuple[torch.optim.Optimizer, ...] = ()) -> None:
         """``loss.backward(); optimizer.step()``, through the GradScaler under fp16 (it skips the step
         when the scaled gradients overflow and adapts the scale). ``before_step`` runs between the two
-        without a scaler (the trainer's check of the gradients)."""
+        without a scaler (the trainer's check of the gradients); ``also``: more optimizers the one backward
+        feeds (a trained peer's), stepped after ``optimizer``, under one scale update."""
         if self.scaler is None:
             loss.backward()
             if before_step is not None:
                 before_step()
-            optimizer.step()
+            for opt in (optimizer, *also):
+                opt.step()
             return
         self.scaler.scale(loss).backward()
-        self.scaler.step(optimizer)
+        for opt in (optimizer, *also):
+            self.scaler.step(opt)
         self.scaler.update()
 
     # -- data --------------------------------------------------------------------------------------------

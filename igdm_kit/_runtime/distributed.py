@@ -52,6 +52,17 @@ class Dist:
         dist.all_reduce(t)
         return t.tolist()
 
+    def mean(self, values: torch.Tensor) -> torch.Tensor:
+        """``values`` averaged over the ranks, on their device (no host sync; a collective: every rank calls
+        it at the same point); ``values`` themselves in one process."""
+        if not self.enabled:
+            return values
+        import torch.distributed as dist
+
+        out = values.detach().clone()
+        dist.all_reduce(out)
+        return out / self.world
+
     def any(self, flag: bool, device: torch.device) -> bool:
         """Whether ``flag`` holds on any rank (a collective: every rank must call it at the same point)."""
         if not self.enabled:
@@ -78,6 +89,18 @@ class Dist:
 
         for b in module.buffers():
             dist.broadcast(b, src=0)
+
+    def mean_buffers(self, module: torch.nn.Module) -> None:
+        """Every floating-point buffer (BatchNorm statistics) averaged over the ranks, in place: statistics each
+        rank computed on its own shard become one set, the same on every rank."""
+        if not self.enabled:
+            return
+        import torch.distributed as dist
+
+        for b in module.buffers():
+            if b.is_floating_point():
+                dist.all_reduce(b)
+                b.div_(self.world)
 
     def barrier(self) -> None:
         if self.enabled:

@@ -9,6 +9,7 @@
     last.safetensors         the latest model (a self-describing checkpoint)
     best.safetensors         with [train.validate]: the epoch best on the validation split (best_ema: of the average)
     ema.safetensors          with [train.ema]: the average of the student's weights when training ended
+    swa.safetensors          with [train.swa]: the equal average of its epochs' weights, BatchNorm recomputed
     log.jsonl                every tracker record (tensorboard/, wandb/, mlruns/ with those trackers)
     trackers.json            the trackers' run ids, what they hold and the folders they created
     train_state.safetensors  optimizer, scheduler, RNG and epoch, for --resume
@@ -63,7 +64,7 @@ MANIFEST, RECIPE_FILE, METRICS = "manifest.json", "recipe.toml", "metrics.jsonl"
 LAST, STATE, FINAL, RESULTS = "last.safetensors", "train_state.safetensors", "model.safetensors", "results.json"
 AA_STATE, CHECKPOINTS, LOCK = "autoattack.state", "checkpoints", ".igdm-kit.lock"
 FLAGS, TRACKER_LOG = "eval_flags.safetensors", "log.jsonl"
-BEST, EMA, BEST_EMA = "best.safetensors", "ema.safetensors", "best_ema.safetensors"
+BEST, EMA, BEST_EMA, SWA = "best.safetensors", "ema.safetensors", "best_ema.safetensors", "swa.safetensors"
 #: The manifest's marker: what makes a folder an igdm-kit run folder.
 RUN_FORMAT = "igdm-kit/run/1"
 #: Every file igdm-kit writes at the top of a run folder (the lock aside; each resumable attack of the final
@@ -220,10 +221,14 @@ class RunFolder:
     def _same_teacher(self, r: Recipe) -> bool:
         """A finished or resumed run is only reused with the teacher file it was made with (a teacher trained
         by a nested recipe is covered by the recipe digest instead)."""
-        t = r.model.teacher
+        t, manifest = r.model.teacher, self._manifest()
+        roles = manifest.get("teachers_sha256") or {}
+        for role, section in r.model.teachers.items():  # the teachers by role, each its own file
+            if role in roles and Path(section.checkpoint).is_file() and roles[role] != sha256_file(section.checkpoint):
+                return False
         if t is None or t.checkpoint is None or not Path(t.checkpoint).is_file():
             return True
-        recorded = self._manifest().get("teacher_sha256")
+        recorded = manifest.get("teacher_sha256")
         return recorded is None or recorded == sha256_file(t.checkpoint)
 
     # -- writing ------------------------------------------------------------------------------------------

@@ -26,9 +26,24 @@ def save_train_state(path: str | os.PathLike, *, model, optimizer, scheduler, ep
     by ``load_train_state`` as ``meta["extra"]`` and ``meta["extra_tensors"]`` (e.g. a partial epoch)."""
     from safetensors.torch import save_file
 
-    tensors: dict[str, torch.Tensor] = {}
-    for k, v in model.state_dict().items():
-        tensors[f"model.{k}"] = v.detach().cpu().contiguous().clone()
+    tensors, meta = model_state(model, optimizer, scheduler)
+    for k, v in (extra_tensors or {}).items():
+        tensors[f"extra.{k}"] = v.detach().cpu().contiguous().clone()
+    tensors["rng.cpu"] = torch.get_rng_state()
+    n_cuda = 0
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        for i, s in enumerate(torch.cuda.get_rng_state_all()):
+            tensors[f"rng.cuda.{i}"] = s
+            n_cuda += 1
+    meta.update(epoch=epoch, cuda_rng=n_cuda, extra=extra or {})
+    return atomic_write(path, lambda tmp: save_file(tensors, tmp, metadata={"train_state": json.dumps(meta)}))
+
+
+def model_state(model, optimizer, scheduler) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """(tensors, JSON values) of a model, its optimizer and its schedule: the weights as ``model.<name>``, the
+    optimizer's tensors as ``optim.<param>.<name>``, the rest (param groups, other values, the scheduler) as
+    JSON (``restore_model_state`` reads them back)."""
+    tensors = {f"model.{k}": v.detach().cpu().contiguous().clone() for k, v in model.state_dict().items()}
     opt = optimizer.state_dict()
     opt_state_keys: dict[str, list[str]] = {}
     opt_values: dict[str, dict[str, Any]] = {}
@@ -40,18 +55,20 @@ def save_train_state(path: str | os.PathLike, *, model, optimizer, scheduler, ep
                 opt_state_keys[str(pid)].append(name)
             else:
                 opt_values.setdefault(str(pid), {})[name] = to_json(val)
-    for k, v in (extra_tensors or {}).items():
-        tensors[f"extra.{k}"] = v.detach().cpu().contiguous().clone()
-    tensors["rng.cpu"] = torch.get_rng_state()
-    n_cuda = 0
-    if torch.cuda.is_available() and torch.cuda.is_initialized():
-        for i, s in enumerate(torch.cuda.get_rng_state_all()):
-            tensors[f"rng.cuda.{i}"] = s
-            n_cuda += 1
-    meta = {"epoch": epoch, "param_groups": to_json(opt["param_groups"]), "optim_keys": opt_state_keys,
-            "optim_values": opt_values, "scheduler_state": to_json(scheduler.state_dict()), "cuda_rng": n_cuda,
-            "extra": extra or {}}
-    return atomic_write(path, lambda tmp: save_file(tensors, tmp, metadata={"train_state": json.dumps(meta)}))
+    return tensors, {"param_groups": to_json(opt["param_groups"]), "optim_keys": opt_state_keys,
+                     "optim_values": opt_values, "scheduler_state": to_json(scheduler.state_dict())}
+
+
+def restore_model_state(tensors: dict[str, torch.Tensor], meta: dict[str, Any], model, optimizer, scheduler) -> None:
+    """What ``model_state`` returned, back into ``model``, ``optimizer`` and ``scheduler`` in place."""
+    device = next(model.parameters()).device
+    model.load_state_dict({k[6:]: v for k, v in tensors.items() if k.startswith("model.")})
+    state = {int(pid): {n: tensors[f"optim.{pid}.{n}"].to(device) for n in names}
+             for pid, names in meta["optim_keys"].items()}
+    for pid, values in meta.get("optim_values", {}).items():
+        state.setdefault(int(pid), {}).update({n: from_json(v) for n, v in values.items()})
+    optimizer.load_state_dict({"state": state, "param_groups": from_json(meta["param_groups"])})
+    scheduler.load_state_dict(from_json(meta["scheduler_state"]))
 
 
 def load_train_state(path: str | os.PathLike, *, model, optimizer, scheduler) -> dict[str, Any]:
@@ -68,16 +85,11 @@ def load_train_state(path: str | os.PathLike, *, model, optimizer, scheduler) ->
     except Exception as exc:  # noqa: BLE001
         raise CheckpointError(f"training state {str(path)!r} is unreadable ({type(exc).__name__})",
                               "start again with --overwrite") from None
-    device = next(model.parameters()).device
-    model.load_state_dict({k[6:]: v for k, v in tensors.items() if k.startswith("model.")})
-    state = {int(pid): {n: tensors[f"optim.{pid}.{n}"].to(device) for n in names}
-             for pid, names in meta["optim_keys"].items()}
-    for pid, values in meta.get("optim_values", {}).items():
-        state.setdefault(int(pid), {}).update({n: from_json(v) for n, v in values.items()})
-    optimizer.load_state_dict({"state": state, "param_groups": from_json(meta["param_groups"])})
     if "scheduler_state" in meta:
-        scheduler.load_state_dict(from_json(meta["scheduler_state"]))
+        restore_model_state(tensors, meta, model, optimizer, scheduler)
     else:  # written before schedules were components: a MultiStepLR with string milestone keys
+        restore_model_state(tensors, {**meta, "scheduler_state": to_json(scheduler.state_dict())}, model,
+                            optimizer, scheduler)
         sched = dict(meta["scheduler"])
         sched["milestones"] = Counter({int(k): v for k, v in sched["milestones"].items()})
         scheduler.load_state_dict(sched)

@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from igdm_kit import _recipe as recipe_mod
+from igdm_kit._evaluation.aggregate import worst_class_key
 from igdm_kit._evaluation.report import EvalReport
 from igdm_kit._recipe import Recipe
 from igdm_kit._runtime.signals import StopFlag
@@ -248,9 +249,11 @@ def summarize(path: str | Path, base: Path, variants: list[Variant], rows: list[
 
 
 def columns(v: Variant) -> list[list[str]]:
-    """[result key, short header] of the table: the recipe's evaluation attacks, then the worst case."""
+    """[result key, short header] of the table: the recipe's evaluation attacks, then the worst case, then the
+    worst class of the last (robust fairness: the class the model does worst on)."""
     cols = [[s.key, s.short] for s in v.recipe.eval_specs]
-    return cols + [["worst", "worst"]] if len(cols) > 1 else cols
+    cols = cols + [["worst", "worst"]] if len(cols) > 1 else cols
+    return [*cols, [worst_class_key(cols[-1][0]), "worst cls"]]
 
 
 def versus_first(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -283,6 +286,9 @@ def row_of(v: Variant, result) -> dict[str, Any]:
         row["ci95"][key] = list(a.ci95)
     if "worst" in res:
         row["worst_over"] = list(report.over)  # the attacks this variant's worst case covers
+    for key, found in (res.get("worst_class") or {}).items():
+        row[worst_class_key(key)] = found["accuracy"]
+        row["ci95"][worst_class_key(key)] = list(found["ci95"])
     for key in ("gd", "gc"):
         if key in (result.results.get("alignment") or {}):
             row[key] = result.results["alignment"][key]

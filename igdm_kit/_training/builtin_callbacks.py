@@ -21,12 +21,14 @@ def register_callbacks(register) -> None:
     from igdm_kit._training.cost import Cost
     from igdm_kit._training.ema import EMA
     from igdm_kit._training.method_state import MethodHooks
+    from igdm_kit._training.peer import PeerState
+    from igdm_kit._training.swa import SWA
     from igdm_kit._training.tracking import Trackers
     from igdm_kit._training.validation import BestCheckpoint, BestEmaCheckpoint, Validation
 
-    for name, cls in (("finite-weights", FiniteWeights), ("method-state", MethodHooks), ("cost", Cost),
+    for name, cls in (("finite-weights", FiniteWeights), ("method-state", MethodHooks), ("peer", PeerState), ("cost", Cost),
                       ("clean-accuracy", CleanAccuracy),
-                      ("ema", EMA), ("validation", Validation), ("progress", ProgressBar), ("metrics-log", MetricsLog),
+                      ("ema", EMA), ("swa", SWA), ("validation", Validation), ("progress", ProgressBar), ("metrics-log", MetricsLog),
                       ("checkpoint", Checkpointer), ("best", BestCheckpoint), ("best-ema", BestEmaCheckpoint),
                       ("trackers", Trackers), ("log-line", LogLine)):
         register(name, cls)

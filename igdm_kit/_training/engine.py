@@ -44,6 +44,7 @@ from igdm_kit._storage.run_folder import (
     LAST,
     RESULTS,
     STATE,
+    SWA,
     Again,
     Mode,
     RunFolder,
@@ -117,7 +118,8 @@ def run(r: Recipe, *, output_dir: str | Path | None = None, resume: bool = False
             if mode in ("reuse", "finished"):
                 return _reused(folder, r, log, mode)
             teacher_file = prepare_teacher(r, resume=resume, log=log, stop=stop, hint=hint)
-            result = _train(folder, r, mode, teacher_file, d, device, acc, log=log, progress=progress,
+            roles = prepare_role_teachers(r, resume=resume, log=log, stop=stop, hint=hint)
+            result = _train(folder, r, mode, teacher_file, d, device, acc, log=log, progress=progress, roles=roles,
                             stop=stop, hint=hint)
         stop.check(f"the run had just finished in {folder.path}", f"see its results with: {hint}")
     return result
@@ -199,20 +201,49 @@ def prepare_teacher(r: Recipe, *, resume: bool = False, log: Log = _quiet, stop:
         chain.append(load_recipe(t.recipe))
         t = chain[-1].model.teacher
     teacher_file = Path(t.checkpoint) if t is not None else None
-    d = distributed.from_env()
     with stop if stop is not None else StopFlag() as flag:
         for sub in reversed(chain):
-            folder = RunFolder(sub.default_output_dir())
-            device, acc = _accelerator(sub, d, log)
-            again = Again(hint or resume_command(sub, folder.path),
-                          command("run", sub.path, overrides=sub.overrides) + " --overwrite")
-            with _opened(folder, sub, d, resume=resume, overwrite=False, reuse_finished=True, log=log,
-                         what="teacher run folder", again=again, wait=_waiter(folder, log, flag)) as mode:
-                result = _reused(folder, sub, log) if mode in ("reuse", "finished") else \
-                    _train(folder, sub, mode, teacher_file, d, device, acc, log=log, progress=None, stop=flag,
-                           hint=hint or resume_command(sub, folder.path))
-            teacher_file = result.output_dir / FINAL
+            teacher_file = _teacher_run(sub, teacher_file, resume=resume, log=log, stop=flag, hint=hint)
     return teacher_file
+
+
+def prepare_role_teachers(r: Recipe, *, resume: bool = False, log: Log = _quiet, stop: StopFlag | None = None,
+                          hint: str | None = None, _depth: int = 0) -> dict[str, Path]:
+    """The file of each ``[teachers.<role>]`` teacher (R1): its ``checkpoint``, or the model its ``recipe``
+    trains — trained or reused as ``prepare_teacher`` does, that recipe's own teachers first."""
+    files: dict[str, Path] = {}
+    for role, t in sorted(r.model.teachers.items()):
+        if t.recipe is None:
+            files[role] = Path(t.checkpoint)
+            continue
+        if _depth >= MAX_TEACHER_DEPTH:
+            raise RecipeError(f"teacher recipes nest deeper than {MAX_TEACHER_DEPTH}",
+                              f"check for a cycle of teachers.{role}.recipe", path=f"teachers.{role}.recipe")
+        log(f"teacher {role}: recipe {t.recipe}")
+        sub = load_recipe(t.recipe)
+        with stop if stop is not None else StopFlag() as flag:
+            main = prepare_teacher(sub, resume=resume, log=log, stop=flag, hint=hint)
+            roles = prepare_role_teachers(sub, resume=resume, log=log, stop=flag, hint=hint, _depth=_depth + 1)
+            files[role] = _teacher_run(sub, main, resume=resume, log=log, stop=flag, hint=hint, roles=roles)
+    return files
+
+
+def _teacher_run(sub: Recipe, teacher_file: Path | None, *, resume: bool, log: Log, stop: StopFlag,
+                 hint: str | None, roles: dict[str, Path] | None = None) -> Path:
+    """Train a teacher recipe into its own run folder, locked (or reuse its finished run); its model's file."""
+    if roles is None:
+        roles = prepare_role_teachers(sub, resume=resume, log=log, stop=stop, hint=hint)
+    d = distributed.from_env()
+    folder = RunFolder(sub.default_output_dir())
+    device, acc = _accelerator(sub, d, log)
+    again = Again(hint or resume_command(sub, folder.path),
+                  command("run", sub.path, overrides=sub.overrides) + " --overwrite")
+    with _opened(folder, sub, d, resume=resume, overwrite=False, reuse_finished=True, log=log,
+                 what="teacher run folder", again=again, wait=_waiter(folder, log, stop)) as mode:
+        result = _reused(folder, sub, log) if mode in ("reuse", "finished") else \
+            _train(folder, sub, mode, teacher_file, d, device, acc, log=log, progress=None, stop=stop,
+                   hint=hint or resume_command(sub, folder.path), roles=roles)
+    return result.output_dir / FINAL
 
 
 def _waiter(folder: RunFolder, log: Log, stop: StopFlag, poll_s: float = 0.5) -> Callable[[dict], None]:
@@ -245,20 +276,21 @@ def agreed_stop_check(stop: StopFlag, d, device: torch.device, what: str, hint: 
 
 
 def _train(folder: RunFolder, r: Recipe, mode: Mode, teacher_file: Path | None, d, device: torch.device,
-           acc: Accelerator, *, log: Log, progress: Any, stop: StopFlag, hint: str) -> RunResult:
+           acc: Accelerator, *, log: Log, progress: Any, stop: StopFlag, hint: str,
+           roles: dict[str, Path] | None = None) -> RunResult:
     """Build, train (from scratch or the saved state) and evaluate one recipe into ``folder``; ``stop`` is
-    checked in every phase, ``hint`` is the command that resumes."""
+    checked in every phase, ``hint`` is the command that resumes; ``roles``: the file of each teacher by role."""
     tr = r.model.train
     threads.configure(tr.threads)  # --threads / IGDM_KIT_THREADS, the recipe's, or the default
     if d.is_main:
         folder.ensure_writable()
-    parts = build_parts(r, device=device, acc=acc, dist=d, teacher_file=teacher_file, log=log)
+    parts = build_parts(r, device=device, acc=acc, dist=d, teacher_file=teacher_file, log=log, role_files=roles)
     if mode != "resume":  # what the dataset decided (e.g. flips) and what a limit cut change results: said
         for line in filter(None, [dataset_line(r), *absent_classes(r, parts.info, parts.train.labels,
                                                                    parts.test_data[1])]):
             log(line)
     stop.check(f"stopped before training started in {folder.path}", f"start it again with: {hint}")
-    subs, ema = _callbacks(folder, parts, log, progress)
+    subs, (ema, swa) = _callbacks(folder, parts, log, progress)
     start, partial, metrics = _starting_point(folder, parts, mode, log, subs)
     trainer = Trainer(parts, subs, saved_in=folder.path, resume_hint=hint, metrics=metrics, stop=stop)
     ok = False
@@ -270,10 +302,14 @@ def _train(folder: RunFolder, r: Recipe, mode: Mode, teacher_file: Path | None, 
                       "lower train.lr")
         if ema is not None and d.is_main:
             ema.save(folder / EMA, {**parts.checkpoint_meta(), "epoch": tr.epochs})
+        if swa is not None:
+            swa.finish(tr.epochs)  # every rank: the statistics are averaged across them
+            if d.is_main:
+                swa.save(folder / SWA, {**parts.checkpoint_meta(), "epoch": tr.epochs})
         what, again = (f"the final evaluation stopped; training is saved in {folder.path} (AutoAttack resumes "
                        "where it stopped)"), f"resume with: {hint}"
         # AutoAttack keeps its progress in the run folder, so an interrupted final evaluation resumes.
-        judged = judged_models(r, parts, folder, ema)
+        judged = judged_models(r, parts, folder, ema, swa)
         agree = agreed_stop_check(stop, d, parts.device, what, again)
         results = evaluate_checkpoints(r, parts, folder, judged, log=log, progress=progress,
                                        check=lambda: stop.check(what, again), agree=agree)
@@ -311,7 +347,8 @@ def _starting_point(folder: RunFolder, parts: Parts, mode: Mode, log: Log, subs:
         if parts.dist.is_main:
             folder.start(parts.recipe, device=str(parts.device), world_size=parts.dist.world,
                          teacher_digest=parts.teacher_digest,
-                         extra={**_split_record(parts), "amp": parts.acc.options.amp})
+                         extra={**_split_record(parts), "amp": parts.acc.options.amp,
+                                **({"teachers_sha256": parts.teacher_digests} if parts.teacher_digests else {})})
         return 1, None, []
     _check_same_precision(folder, parts)
     meta = load_train_state(folder / STATE, model=parts.student, optimizer=parts.optimizer,
@@ -348,19 +385,21 @@ def _split_record(parts: Parts) -> dict[str, Any]:
 def _callbacks(folder: RunFolder, parts: Parts, log: Log, progress: Any):
     """The run's callbacks in their order (``interfaces.Order``; ties by name): the always-on ones every
     plugin registered (the host's own among them) and those ``[train] callbacks`` names; and the weight
-    average (or None), which the final evaluation judges too."""
+    averages (EMA, SWA; None where the recipe has none), which the final evaluation judges too."""
     from igdm_kit._plugins.manager import registry
     from igdm_kit._training.ema import EMA as Average
+    from igdm_kit._training.swa import SWA as EqualAverage
     from igdm_kit.factories import create_callback
 
     r = parts.recipe
     tr = r.model.train
     ema = Average(parts.student, lambda: build_student(r, parts.info), tr.ema) if tr.ema else None
+    swa = EqualAverage(parts, lambda: build_student(r, parts.info), tr.swa) if tr.swa else None
     ctx = RunContext(run_dir=folder.path, recipe=r.resolved(), is_main=parts.dist.is_main, log_line=log,
-                     folder=folder, parts=parts, progress=progress, ema=ema)
+                     folder=folder, parts=parts, progress=progress, ema=ema, swa=swa)
     chosen = [(e.component.order, e.name, create_callback(e.name, ctx)) for e in registry("callback")
               if e.component.always_on]
     chosen += [(registry("callback").get(s.name).order, s.key, create_callback(s.name, ctx, s.options))
                for s in r.callback_specs]
     chosen.sort(key=lambda c: (c[0], c[1]))
-    return [c for _, _, c in chosen if c is not None], ema
+    return [c for _, _, c in chosen if c is not None], (ema, swa)

@@ -55,11 +55,12 @@ class RunContext:
     recipe: dict[str, Any]
     is_main: bool
     log_line: Callable[[str], None]
-    #: host-only: the run folder, the training parts, the Rich progress (or None), the weight average
+    #: host-only: the run folder, the training parts, the Rich progress (or None), the weight averages
     folder: RunFolder
     parts: Parts
     progress: Any = None
     ema: Any = None
+    swa: Any = None
 
     def log(self, message: str) -> None:
         self.log_line(message)

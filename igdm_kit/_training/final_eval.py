@@ -136,8 +136,8 @@ def _merge_shards(report, dist, device, n_total: int):
     return report.with_counts({k: int(c) for k, c in zip(rows, counts, strict=True)}, n_total, per_class)
 
 
-def judged_models(r: Recipe, parts, folder, ema) -> list[tuple[str, Any, int | None]]:
-    """(name, model, epoch) of each ``[eval] checkpoints`` entry: ``last`` and ``ema`` from memory, ``best``
+def judged_models(r: Recipe, parts, folder, ema, swa=None) -> list[tuple[str, Any, int | None]]:
+    """(name, model, epoch) of each ``[eval] checkpoints`` entry: ``last``, ``ema`` and ``swa`` from memory, ``best``
     and ``best_ema`` read back from their files (into the student's architecture, on its device). The first
     is the headline: ``results.json``'s top level and ``model.safetensors``."""
     from safetensors.torch import load_file
@@ -155,6 +155,8 @@ def judged_models(r: Recipe, parts, folder, ema) -> list[tuple[str, Any, int | N
             out.append((name, parts.student, epochs))
         elif name == "ema":
             out.append((name, ema.averaged.module, epochs))
+        elif name == "swa":
+            out.append((name, swa.averaged.module, epochs))
         else:
             path = folder / (BEST if name == "best" else BEST_EMA)
             if not path.is_file():

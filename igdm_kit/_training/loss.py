@@ -37,19 +37,25 @@ def module_weight(module, epoch: int, epochs: int) -> float:
 
 
 def compute_loss(student, teacher, method, module, attack, x: torch.Tensor, y: torch.Tensor, *,
-                 epoch: int, epochs: int, cache: bool = True) -> StepResult:
-    """Run the attack and return the total loss and its terms (not yet backpropagated)."""
+                 epoch: int, epochs: int, cache: bool = True, teachers: dict | None = None,
+                 mean_over_ranks=None, peer=None) -> StepResult:
+    """Run the attack and return the total loss and its terms (not yet backpropagated). ``teachers``: the
+    teachers by role the method reads (R1); ``mean_over_ranks``: the all-reduce a method's
+    ``StepContext.mean_over_ranks`` uses under torchrun; ``peer``: the model a method with ``needs_peer`` trains
+    beside the student (R2)."""
     weight = module_weight(module, epoch, epochs)
     active = module if weight > 0 else None  # a zero-weight module is not computed at all
     teacher_inputs = set(method.teacher_inputs(epoch, epochs))
     if active is not None:
         teacher_inputs |= set(active.teacher_inputs())
-    step = Step(student, teacher, x, y, epoch=epoch, epochs=epochs,
-                teacher_inputs=sorted(teacher_inputs), cache=cache)
+    step = Step(student, teacher, x, y, epoch=epoch, epochs=epochs, teacher_inputs=sorted(teacher_inputs),
+                cache=cache, teachers=teachers, role_inputs=method.role_inputs(epoch, epochs),
+                mean_over_ranks=mean_over_ranks, peer=peer)
 
     kwargs = {}
-    if attack.needs_teacher_clean_logits:
-        kwargs["teacher_logits"] = step.teacher("x")
+    if attack.needs_teacher_clean_logits:  # T(x), or the target the method supplies (R6b)
+        target = method.attack_target(step)
+        kwargs["teacher_logits"] = step.teacher("x") if target is None else target.detach()
     x_adv = attack(x, y, **kwargs).detach()
     step.set_input("x_adv", x_adv)
     if attack.outputs:

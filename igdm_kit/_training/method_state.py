@@ -11,6 +11,8 @@ training loop's real optimizer steps reach it: a replay of the loss (a gradient 
 
 from __future__ import annotations
 
+import json
+import os
 from collections.abc import Mapping
 from typing import Any
 
@@ -71,6 +73,16 @@ class MethodHooks(Subscriber):
         next_lr = self._current_lr()
         self.method.on_epoch_end(epoch, stats, ScheduleEvent(lr=self.lr, next_lr=next_lr))
         self._reset()  # the state saved at this epoch's end holds no sums of it
+        self._trace(epoch)
+
+    def _trace(self, epoch: int) -> None:
+        """Tests: every rank's method state at each epoch's end, one JSON line a rank (``IGDM_KIT_TRACE_STATE``),
+        to show that state driven by rank-averaged values stays the same on every rank."""
+        path = os.environ.get("IGDM_KIT_TRACE_STATE")
+        if path:
+            state = {k: v.tolist() if isinstance(v, torch.Tensor) else v for k, v in self.method.state_dict().items()}
+            with open(f"{path}.rank{self.parts.dist.rank}", "a") as fh:
+                fh.write(json.dumps({"epoch": epoch, "state": state}) + "\n")
 
     # -- state ----------------------------------------------------------------------------------------------
     def state_dict(self) -> tuple[dict[str, Any], dict[str, Any]]:

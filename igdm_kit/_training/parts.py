@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -17,9 +17,19 @@ from igdm_kit._runtime.distributed import Dist, wrap
 from igdm_kit._storage.run_folder import sha256_file
 from igdm_kit._training.loader import MemorySet, StreamSet
 from igdm_kit._training.optim import build_optimization
-from igdm_kit.errors import DataError
+from igdm_kit.errors import CheckpointError, DataError
 from igdm_kit.factories import create_attack, create_dataset, create_method, create_model, create_module, create_teacher
 from igdm_kit.interfaces import DatasetInfo
+
+
+@dataclass
+class PeerParts:
+    """The peer of R2: its module, the module as the loss runs it, its optimizer and its schedule."""
+
+    model: nn.Module
+    trained: nn.Module
+    optimizer: torch.optim.Optimizer
+    scheduler: Any
 
 
 @dataclass
@@ -50,6 +60,12 @@ class Parts:
     val_data: tuple[torch.Tensor, torch.Tensor] | None = None
     #: which images of the training set it holds (indices before the split; for the manifest)
     val_indices: list[int] | None = None
+    #: the teachers by role (``[teachers.<role>]``, R1) and their files' sha256
+    teachers: dict[str, nn.Module] = field(default_factory=dict)
+    teacher_digests: dict[str, str] = field(default_factory=dict)
+    #: the peer a method trains beside the student (R2), as the loss runs it (DDP under torchrun), its bare
+    #: module, optimizer and schedule; None without ``[peer]``
+    peer: PeerParts | None = None
 
     def checkpoint_meta(self) -> dict[str, Any]:
         """The metadata every checkpoint of this run carries (``igdm_kit.load_model`` rebuilds from it)."""
@@ -183,6 +199,34 @@ def load_teacher(r: Recipe, info: DatasetInfo, device: torch.device, path: Path 
     return teacher, sha256_file(path)
 
 
+def load_roles(r: Recipe, info: DatasetInfo, device: torch.device, train, log: Callable[[str], None],
+               files: dict[str, Path] | None = None) -> dict[str, tuple[nn.Module, str]]:
+    """The teachers by role (``[teachers.<role>]``): each loaded as ``[teacher]`` is, in eval mode with frozen
+    parameters, checked against the data (classes, accuracy on a sample), with its file's sha256. ``files``:
+    each role's file (its checkpoint, or the model its recipe trained: ``engine.prepare_role_teachers``)."""
+    from igdm_kit._training.teacher_check import check_accuracy, check_classes, sample_indices
+
+    out = {}
+    for role, t in sorted(r.model.teachers.items()):
+        where = f"teachers.{role}"
+        given = files[role] if files and role in files else t.checkpoint
+        if given is None:  # a role's recipe: engine.prepare_role_teachers trains it and hands its file
+            raise CheckpointError(f"{where}.recipe: the teacher it trains was not prepared",
+                                  "run the recipe with igdm-kit run (it trains the teacher first)")
+        path = Path(given)
+        if not path.is_file():
+            raise CheckpointError(f"{where}.checkpoint: {str(path)!r} does not exist",
+                                  "give the path of the teacher's weights (relative to the recipe file)")
+        check_classes(r, info, path, log, where)
+        model = create_teacher(path, loader=t.loader, loader_options=t.loader_options, model=t.model,
+                               model_options=t.model_options, num_classes=info.num_classes,
+                               in_channels=info.in_channels, image_size=info.image_size, mean=t.mean, std=t.std,
+                               device=device)
+        check_accuracy(r, model, path, *train.take(sample_indices(len(train))), device, log, where)
+        out[role] = (model, sha256_file(path))
+    return out
+
+
 def build_training(r: Recipe, student: nn.Module, teacher: nn.Module | None):
     """The method, the gradient module (or None) and the inner attack against ``student``."""
     method = create_method(r.model.method.name, r.components["method"])
@@ -192,7 +236,8 @@ def build_training(r: Recipe, student: nn.Module, teacher: nn.Module | None):
 
 
 def build_parts(r: Recipe, *, device: torch.device, acc: Accelerator, dist: Dist,
-                teacher_file: Path | None, log: Callable[[str], None] = lambda s: None) -> Parts:
+                teacher_file: Path | None, log: Callable[[str], None] = lambda s: None,
+                role_files: dict[str, Path] | None = None) -> Parts:
     """Data, student, teacher, components, optimizer and schedule — in a fixed order after seeding, so the
     same recipe always starts from the same weights (on every rank). The teacher is checked against the
     training data before anything trains (``teacher_check``: its classes, its accuracy on a sample)."""
@@ -211,6 +256,7 @@ def build_parts(r: Recipe, *, device: torch.device, acc: Accelerator, dist: Dist
     if teacher is not None:
         check_accuracy(r, teacher, Path(teacher_file), *train.take(sample_indices(len(train))), device, log)
     teacher = acc.prepare(teacher)
+    roles = load_roles(r, info, device, train, log, role_files)
     method, module, attack = build_training(r, student, teacher)
     attack = acc.wrap_attack(attack)  # mixed precision: the attack-gradient guard (igdm_kit._runtime.accel)
     # The outer loss runs through DDP (gradient all-reduce); the attack keeps the bare module: it needs
@@ -218,5 +264,21 @@ def build_parts(r: Recipe, *, device: torch.device, acc: Accelerator, dist: Dist
     trained = wrap(dist, student, device)
     steps = math.ceil(dist.shard(torch.arange(len(train))).shape[0] / tr.batch_size)
     opt, sched, interval = build_optimization(r, student.parameters(), steps)
+    peer = build_peer(r, info, acc, dist, device, steps)
     return Parts(r, info, train, test, student, trained, teacher, digest, method, module, attack, opt,
-                 sched, acc, device, dist, interval, split.get("data"), split.get("indices"))
+                 sched, acc, device, dist, interval, split.get("data"), split.get("indices"),
+                 {role: acc.prepare(m) for role, (m, _) in roles.items()},
+                 {role: d for role, (_, d) in roles.items()}, peer)
+
+
+def build_peer(r: Recipe, info: DatasetInfo, acc: Accelerator, dist: Dist, device: torch.device,
+               steps: int) -> PeerParts | None:
+    """``[peer]`` (R2): built after the student (so the student's weights are those of a run without it),
+    from scratch, with its own optimizer and schedule of the student's settings."""
+    if r.model.peer is None:
+        return None
+    model = acc.prepare(create_model(r.model.peer.model, num_classes=info.num_classes, in_channels=info.in_channels,
+                                     image_size=info.image_size, mean=info.mean, std=info.std,
+                                     **r.components["peer"].model_dump()).to(device))
+    opt, sched, _ = build_optimization(r, model.parameters(), steps)
+    return PeerParts(model, wrap(dist, model, device), opt, sched)

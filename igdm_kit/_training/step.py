@@ -27,9 +27,43 @@ from torch import nn
 from igdm_kit.errors import IgdmKitError
 
 
+class _TeacherCache:
+    """One teacher's logits of this step: its declared inputs in one batched forward, read-only (R7)."""
+
+    def __init__(self, model: nn.Module, declared: Iterable[str], label: str) -> None:
+        self.model, self.declared, self.label = model, list(dict.fromkeys(declared)), label
+        self.t: dict[str, torch.Tensor] = {}
+        self.version: dict[str, int] = {}  # each cached tensor's version when it was cached
+
+    def get(self, step: Step, key: str) -> torch.Tensor:
+        if step.cache and key in self.t:
+            self.check(key)
+            return self.t[key]
+        if not step.cache:
+            with torch.no_grad():
+                return self.model(step.input(key))
+        pending = [key] + [step._canonical(n) for n in self.declared]
+        pending = [k for k in dict.fromkeys(pending) if k not in self.t and step.has_input(k)]
+        with torch.no_grad():
+            out = self.model(torch.cat([step.input(k) for k in pending]))
+        for k, chunk in zip(pending, out.split([step.input(k).shape[0] for k in pending]), strict=True):
+            self.t[k], self.version[k] = chunk, chunk._version
+        return self.t[key]
+
+    def check(self, key: str) -> None:
+        if self.t[key]._version != self.version[key]:
+            raise IgdmKitError(
+                f"the cached teacher logits {self.label}({key}) were changed in place during the step",
+                "they are shared with the gradient module: transform a copy "
+                "(StepContext.teacher_transformed, or out-of-place operations)")
+
+
 class Step:
     def __init__(self, student: nn.Module, teacher: nn.Module | None, x: torch.Tensor, y: torch.Tensor,
-                 *, epoch: int, epochs: int, teacher_inputs: Iterable[str] = (), cache: bool = True) -> None:
+                 *, epoch: int, epochs: int, teacher_inputs: Iterable[str] = (), cache: bool = True,
+                 teachers: dict[str, nn.Module] | None = None, role_inputs: dict[str, Iterable[str]] | None = None,
+                 mean_over_ranks: Callable[[torch.Tensor], torch.Tensor] | None = None,
+                 peer: nn.Module | None = None) -> None:
         self._student_model, self._teacher_model = student, teacher
         self.x, self.y, self.epoch, self.epochs = x, y, epoch, epochs
         self.cache = cache
@@ -37,11 +71,15 @@ class Step:
         self.reference = not cache
         self._inputs: dict[str, torch.Tensor] = {"x": x}
         self._alias: dict[str, str] = {}
-        self._declared_teacher = list(dict.fromkeys(teacher_inputs))
         self._s: dict[str, torch.Tensor] = {}
         self._s_plus: torch.Tensor | None = None  # S(x⁺) under cache=False, by its own name
-        self._t: dict[str, torch.Tensor] = {}
-        self._t_version: dict[str, int] = {}  # each cached teacher tensor's version when it was cached
+        self._teachers: dict[str | None, _TeacherCache] = {}
+        if teacher is not None:
+            self._teachers[None] = _TeacherCache(teacher, teacher_inputs, "T")
+        for role, model in (teachers or {}).items():
+            self._teachers[role] = _TeacherCache(model, (role_inputs or {}).get(role, ()), f"T_{role}")
+        self._mean = mean_over_ranks or (lambda v: v)
+        self._peer, self._p = peer, {}
         self._attack_outputs: dict[str, torch.Tensor] = {}
 
     # -- inputs -------------------------------------------------------------------------------------
@@ -84,48 +122,53 @@ class Step:
         """The student logits this step already computed on ``name``, if any (never a new forward)."""
         return self._s.get(self._canonical(name))
 
-    def teacher(self, name: str) -> torch.Tensor:
-        """Teacher logits (eval mode, no gradients) on a step input; declared inputs are batched."""
-        if self._teacher_model is None:
-            raise RuntimeError("this step has no teacher; the method or module needs one")
+    def teacher(self, name: str, role: str | None = None) -> torch.Tensor:
+        """Teacher logits (eval mode, no gradients) on a step input — of ``[teacher]``, or of the teacher of
+        ``role`` — each teacher's declared inputs batched into one forward."""
+        if role not in self._teachers:
+            raise RuntimeError("this step has no teacher; the method or module needs one" if role is None else
+                               f"this step has no {role!r} teacher; the method must list it in teacher_roles")
+        return self._teachers[role].get(self, self._canonical(name))
+
+    def peer(self, name: str) -> torch.Tensor:
+        """Peer logits (train mode, with gradients) on a step input (R2), once per step."""
+        if self._peer is None:
+            raise RuntimeError("this step has no peer; the method must set needs_peer")
         key = self._canonical(name)
-        if self.cache and key in self._t:
-            self._check_unchanged(key)
-            return self._t[key]
-        if not self.cache:
+        if key not in self._p or not self.cache:
+            self._p[key] = self._peer(self.input(key))
+        return self._p[key]
+
+    def peer_eval(self, name: str) -> torch.Tensor:
+        """Peer logits in eval mode without gradients; the peer's modes are restored."""
+        if self._peer is None:
+            raise RuntimeError("this step has no peer; the method must set needs_peer")
+        modes = [(m, m.training) for m in self._peer.modules()]
+        self._peer.eval()
+        try:
             with torch.no_grad():
-                return self._teacher_model(self.input(key))
-        pending = [key] + [self._canonical(n) for n in self._declared_teacher]
-        pending = [k for k in dict.fromkeys(pending) if k not in self._t and k in self._inputs]
-        with torch.no_grad():
-            out = self._teacher_model(torch.cat([self._inputs[k] for k in pending]))
-        for k, chunk in zip(pending, out.split([self._inputs[k].shape[0] for k in pending]), strict=True):
-            self._remember(k, chunk)
-        return self._t[key]
+                return self._peer(self.input(name))
+        finally:
+            for m, mode in modes:
+                m.training = mode
+
+    def mean_over_ranks(self, values: torch.Tensor) -> torch.Tensor:
+        """``values`` averaged over the torchrun ranks (on the device; themselves in one process)."""
+        return self._mean(values.detach())
 
     def teacher_transformed(self, name: str, transform: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
                             ) -> torch.Tensor:
         """``transform(copy of T(name), y)``: a teacher-output transform that leaves the cache untouched."""
         return transform(self.teacher(name).clone(), self.y)
 
-    def _remember(self, key: str, logits: torch.Tensor) -> None:
-        self._t[key] = logits
-        self._t_version[key] = logits._version
-
-    def _check_unchanged(self, key: str) -> None:
-        if self._t[key]._version != self._t_version[key]:
-            raise IgdmKitError(
-                f"the cached teacher logits T({key}) were changed in place during the step",
-                "they are shared with the gradient module: transform a copy "
-                "(StepContext.teacher_transformed, or out-of-place operations)")
-
     def check_teacher_unchanged(self) -> None:
         """Raise if a cached teacher tensor was modified in place (called after the method's loss)."""
-        for key in self._t:
-            self._check_unchanged(key)
+        for cache in self._teachers.values():
+            for key in cache.t:
+                cache.check(key)
 
     def has_teacher(self) -> bool:
-        return self._teacher_model is not None
+        return None in self._teachers
 
     def set_attack_outputs(self, outputs: dict[str, torch.Tensor]) -> None:
         """Record the attack's per-sample side outputs of this step (``TrainingAttack.side_outputs``)."""
@@ -157,4 +200,6 @@ class Step:
     def set_teacher_logits(self, name: str, logits: torch.Tensor) -> None:
         """Record teacher logits computed elsewhere (e.g. T(x) the attack needed), to share them."""
         if self.cache:
-            self._remember(self._canonical(name), logits.detach())
+            key, cache = self._canonical(name), self._teachers[None]
+            cache.t[key] = logits.detach()
+            cache.version[key] = cache.t[key]._version

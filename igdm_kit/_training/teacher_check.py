@@ -65,10 +65,12 @@ def _listed(names: Sequence[str], limit: int = 12) -> str:
     return shown + (f", … ({len(names)} classes)" if len(names) > limit else "")
 
 
-def check_classes(r: Recipe, info: DatasetInfo, path: Path, log: Callable[[str], None]) -> None:
+def check_classes(r: Recipe, info: DatasetInfo, path: Path, log: Callable[[str], None],
+                  where: str = "teacher") -> None:
     """Refuse (or, with ``check_classes = false``, warn about) a teacher whose recorded classes are not the
-    data's; say which dataset the teacher was trained on when it is another."""
-    t = r.model.teacher
+    data's; say which dataset the teacher was trained on when it is another. ``where``: ``teacher`` or
+    ``teachers.<role>``, the recipe table of the teacher."""
+    t = _section(r, where)
     names, dataset = teacher_classes(path)
     student = r.model.data.name
     if dataset is not None and dataset != student:
@@ -78,11 +80,15 @@ def check_classes(r: Recipe, info: DatasetInfo, path: Path, log: Callable[[str],
     what = (f"teacher {str(path)!r} predicts the classes [{_listed(names)}]"
             + (f" of {dataset}" if dataset else "") + f", but the data ({student}) has [{_listed(info.class_names)}]")
     if t is not None and not t.check_classes:
-        log(f"warning: {what} (teacher.check_classes = false: training anyway)")
+        log(f"warning: {what} ({where}.check_classes = false: training anyway)")
         return
     raise CheckpointError(what, "a teacher's outputs are its classes in its order: give the data the teacher's "
                           "classes (e.g. class folders named as they are), or train a teacher on this data; "
-                          "if the names differ but mean the same, set teacher.check_classes = false")
+                          f"if the names differ but mean the same, set {where}.check_classes = false")
+
+
+def _section(r: Recipe, where: str):
+    return r.model.teacher if where == "teacher" else r.model.teachers[where.split(".", 1)[1]]
 
 
 def sample_indices(size: int, n: int = SAMPLE) -> torch.Tensor:
@@ -121,7 +127,7 @@ def verdict(correct: int, n: int, chance: float) -> str:
 
 
 def check_accuracy(r: Recipe, teacher: torch.nn.Module, path: Path, x: torch.Tensor, y: torch.Tensor,
-                   device: torch.device, log: Callable[[str], None]) -> dict[str, Any]:
+                   device: torch.device, log: Callable[[str], None], where: str = "teacher") -> dict[str, Any]:
     """The teacher's accuracy on a sample of the training images: a refusal at chance (unless
     ``check_accuracy = false``), a warning near it; the numbers, for the log."""
     from igdm_kit._evaluation.stats import wilson
@@ -131,13 +137,13 @@ def check_accuracy(r: Recipe, teacher: torch.nn.Module, path: Path, x: torch.Ten
     found = (f"teacher {str(path)!r} classifies {100.0 * correct / n:.1f}% ({lo:.1f}–{hi:.1f}) of {n:,} training "
              f"images correctly; chance is {chance:.1f}% (the largest class)")
     result = verdict(correct, n, chance)
-    if result == "refuse" and r.model.teacher.check_accuracy:
+    if result == "refuse" and _section(r, where).check_accuracy:
         raise CheckpointError(f"{found}: no better than chance",
                               "its classes are not the data's, or it is untrained: check the class order and "
-                              "the teacher file; set teacher.check_accuracy = false to train with it anyway")
+                              f"the teacher file; set {where}.check_accuracy = false to train with it anyway")
     if result != "ok":
         log(f"warning: {found}: {'no better than' if result == 'refuse' else 'near'} chance"
-            + (" (teacher.check_accuracy = false: training anyway)" if result == "refuse" else
+            + (f" ({where}.check_accuracy = false: training anyway)" if result == "refuse" else
                "; are its classes the data's?"))
     else:
         log(f"teacher: {100.0 * correct / n:.1f}% correct on {n:,} training images (chance {chance:.1f}%)")

@@ -23,7 +23,7 @@ from typing import Any
 
 from igdm_kit._evaluation.report import EvalReport
 from igdm_kit._plugins.manager import always_on
-from igdm_kit._storage.run_folder import BEST, BEST_EMA, EMA, FINAL, LAST, MANIFEST, STATE, RunFolder
+from igdm_kit._storage.run_folder import BEST, BEST_EMA, EMA, FINAL, LAST, MANIFEST, STATE, SWA, RunFolder
 from igdm_kit._storage.tracker_record import TrackerRecord
 from igdm_kit._storage.train_state import read_train_state_meta
 from igdm_kit._training.events import Subscriber
@@ -60,7 +60,7 @@ def judged_files(folder: RunFolder, recipe) -> dict[str, Path]:
     ``model.safetensors`` holds the headline (the first named); the last epoch is ``last.safetensors`` else."""
     judged = recipe.model.eval.checkpoints
     return {n: folder / f for n, f in (("last", FINAL if judged[0] == "last" else LAST), ("best", BEST),
-                                       ("ema", EMA), ("best_ema", BEST_EMA)) if n in judged}
+                                       ("ema", EMA), ("best_ema", BEST_EMA), ("swa", SWA)) if n in judged}
 
 
 @dataclass

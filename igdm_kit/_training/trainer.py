@@ -96,6 +96,8 @@ class Trainer:
         t0 = time.perf_counter()
         lr = p.optimizer.param_groups[0]["lr"]
         p.student.train()
+        if p.peer is not None:
+            p.peer.model.train()
         order, gen = epoch_order(len(p.train), tr.seed, epoch)
         order = p.dist.shard(order)
         start = Partial(epoch, 0, {}, 0, 0)
@@ -116,7 +118,7 @@ class Trainer:
             self._check_stop(epoch, step_i, gen, tally)
         tally.check(self.saved_in)  # before the epoch's row, its validation and its checkpoint
         if p.scheduler_interval == "epoch":
-            p.scheduler.step()
+            self._schedule_step()
         return self._row(epoch, lr, tally.partial(self.steps_per_epoch), t0)
 
     def _step(self, epoch: int, step_i: int, idx: torch.Tensor, batch: tuple[torch.Tensor, torch.Tensor],
@@ -132,18 +134,36 @@ class Trainer:
         x = to_float_images(augment(xb, p.info, gen).to(p.device, non_blocking=True))
         y = yb.to(p.device, non_blocking=True)
         res = compute_loss(p.trained, p.teacher, p.method, p.module, p.attack, x, y, epoch=epoch,
+                           teachers=p.teachers, mean_over_ranks=p.dist.mean,
+                           peer=None if p.peer is None else p.peer.trained,
                            epochs=self.epochs, cache=not tr.reference_passes)
         terms = {k: v.detach() for k, v in res.terms.items()}
         p.optimizer.zero_grad(set_to_none=True)
+        peer = () if p.peer is None else (p.peer.optimizer,)
+        for opt in peer:
+            opt.zero_grad(set_to_none=True)
         p.acc.backward_and_step(res.loss, p.optimizer, before_step=lambda: tally.add_gradients(
-            step_i, [(n, q.grad) for n, q in p.student.named_parameters()]))
+            step_i, self._gradients()), also=peer)
         if p.scheduler_interval == "step":  # one-cycle, cyclic: the schedule moves with every step
-            p.scheduler.step()
+            self._schedule_step()
         self.step_terms = LazyTerms(terms)
         self.last_step = res.step  # the method's state hooks read its per-sample statistics
         s_adv = res.step.cached_student("x_adv")  # the loss's own forward on x_adv: no extra pass
         correct = (s_adv.detach().argmax(1) == y).sum() if s_adv is not None else None
         tally.add_step(step_i, terms, correct, y.shape[0])
+
+    def _gradients(self) -> list[tuple[str, torch.Tensor | None]]:
+        """The gradients the finiteness check reads: the student's, and a trained peer's (R2)."""
+        p = self.parts
+        out = [(n, q.grad) for n, q in p.student.named_parameters()]
+        if p.peer is not None:
+            out += [(f"peer.{n}", q.grad) for n, q in p.peer.model.named_parameters()]
+        return out
+
+    def _schedule_step(self) -> None:
+        self.parts.scheduler.step()
+        if self.parts.peer is not None:
+            self.parts.peer.scheduler.step()
 
     def _check_stop(self, epoch: int, step_i: int, gen: torch.Generator, tally: Tally) -> None:
         d = self.parts.dist

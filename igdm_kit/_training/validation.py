@@ -51,10 +51,11 @@ class Validation(Subscriber):
 
     @classmethod
     def build(cls, options, ctx) -> Validation | None:
-        p, ema = ctx.parts, ctx.ema
+        p, ema, swa = ctx.parts, ctx.ema, ctx.swa
         if p.recipe.model.train.validation is None:
             return None
-        models = [("", lambda: p.student)] + ([("ema_", lambda: ema.model)] if ema is not None else [])
+        models = [("", lambda: p.student)] + ([("ema_", lambda: ema.model)] if ema is not None else []) + \
+            ([("swa_", lambda: swa.model)] if swa is not None else [])
         return cls(p.recipe.val_specs, p.recipe.model.train.validation, p.val_data, models)
 
     def __init__(self, specs: list[EvalSpec], settings: Any, data: tuple[torch.Tensor, torch.Tensor],

@@ -14,7 +14,8 @@ from igdm_kit.interfaces.evaluation import LP_NORMS, EvalAttack, EvalContext, Th
 from igdm_kit.interfaces.launch import Job, LaunchContext, Launcher, StopRequest
 from igdm_kit.interfaces.models import ArchitectureBuilder, ModelFactory, TeacherLoader
 from igdm_kit.interfaces.optim import LRSchedule, OptimizerFactory, TrainingPlan
-from igdm_kit.interfaces.options import Fraction, NoOptions, Options, PathOption, RecipePath, parse_fraction
+from igdm_kit.interfaces.options import (AddedLater, Fraction, NoOptions, Options, PathOption, RecipePath,
+                                         parse_fraction)
 from igdm_kit.interfaces.shifts import Shift, ShiftContext, ShiftedSet, ThreatVariant
 from igdm_kit.interfaces.tracking import Tracker, TrackerRun
 from igdm_kit.interfaces.training import (
@@ -32,9 +33,9 @@ from igdm_kit.interfaces.training import (
                                           TrainingAttack,
 )
 
-__all__ = ["ArchitectureBuilder", "AttackOptions", "BatchReduction", "Callback", "CallbackContext", "DatasetInfo",
-           "DatasetPlugin", "EpochStats", "EvalAttack", "EvalContext", "FitState", "Fraction", "GradientModule",
-           "ImageSource", "InputName", "Job", "LP_NORMS", "LRSchedule", "LaunchContext", "Launcher", "Method",
+__all__ = ["AddedLater", "ArchitectureBuilder", "AttackOptions", "BatchReduction", "Callback", "CallbackContext",
+           "DatasetInfo", "DatasetPlugin", "EpochStats", "EvalAttack", "EvalContext", "FitState", "Fraction",
+           "GradientModule", "ImageSource", "InputName", "Job", "LP_NORMS", "LRSchedule", "LaunchContext", "Launcher", "Method",
            "ModelFactory", "ModuleOptions", "NoOptions", "Options", "Order", "OptimizerFactory", "PathOption",
            "RecipePath", "SampleTerm", "ScheduleEvent", "Shift", "ShiftContext", "ShiftedSet", "StepContext",
            "StopRequest", "TeacherLoader", "TeacherTransform", "Threat", "ThreatVariant", "Tracker", "TrackerRun",

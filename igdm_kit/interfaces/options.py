@@ -41,6 +41,15 @@ class RecipePath:
 PathOption = Annotated[str, RecipePath()]
 
 
+class AddedLater:
+    """Marks an option added to a component after recipes using it were written (``Annotated[T,
+    AddedLater()]``): while it holds its default it is left out of a recipe's digest, so the finished runs of
+    those recipes keep their digest (reused, resumed, found by sweeps) instead of being taken for others."""
+
+    def __repr__(self) -> str:
+        return "AddedLater()"
+
+
 class Options(BaseModel):
     """Base of every component's options: unknown keys are errors, values are validated on assignment, and
     no number may be ``inf`` or ``nan``."""

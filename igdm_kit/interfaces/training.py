@@ -9,6 +9,10 @@ and ends and after each optimizer step, and gets per-class sums of per-sample st
 them an attack's per-sample side outputs (``TrainingAttack.outputs``, e.g. κ).
 Teacher outputs (R7): the step's cached teacher logits are read-only (an in-place change is an error, since
 a gradient module may reuse them); transform a copy with ``StepContext.teacher_transformed``.
+Teachers by role (R1): besides the recipe's ``[teacher]``, a method may read teachers it names in
+``teacher_roles`` (``[teachers.<role>]``, each its own architecture), each evaluated in one batched forward
+over the inputs ``role_inputs`` declares: ``StepContext.teacher(name, role)``. A method whose state follows
+this step's own values reads them averaged over the torchrun ranks with ``StepContext.mean_over_ranks``.
 """
 
 from __future__ import annotations
@@ -103,7 +107,19 @@ class StepContext(Protocol):
     def set_input(self, name: InputName, value: torch.Tensor | None = None, *,
                   alias_of: InputName | None = None) -> None: ...
     def student(self, name: InputName) -> torch.Tensor: ...
-    def teacher(self, name: InputName) -> torch.Tensor: ...
+    def teacher(self, name: InputName, role: str | None = None) -> torch.Tensor:
+        """T(name) of the recipe's ``[teacher]``, or of the teacher of ``role`` (``[teachers.<role>]``)."""
+        ...
+    def peer(self, name: InputName) -> torch.Tensor:
+        """P(name) of the peer (R2): train mode, with gradient (the loss trains it), cached per input."""
+        ...
+    def peer_eval(self, name: InputName) -> torch.Tensor:
+        """P(name) in eval mode without gradient (its BatchNorm statistics untouched), e.g. an attack's target."""
+        ...
+    def mean_over_ranks(self, values: torch.Tensor) -> torch.Tensor:
+        """``values`` (detached, any shape) averaged over the torchrun ranks, on the device (no host sync);
+        themselves in a single process. For state that must stay the same on every rank (MTARD's weights)."""
+        ...
     def teacher_transformed(self, name: InputName, transform: TeacherTransform) -> torch.Tensor:
         """``transform`` applied to a *copy* of the cached T(name) and y: the cache (which a gradient module
         may reuse) stays as the teacher computed it."""
@@ -136,6 +152,15 @@ class Method:
     needs_teacher: ClassVar[bool] = False
     #: Whether the method weights each sample of the gradient module's term (``module_weights``).
     weights_module: ClassVar[bool] = False
+    #: Whether the method trains a peer (R2, PeerAiD): a model of ``[peer]``'s architecture trained from scratch
+    #: beside the student with its own optimizer and schedule (the student's settings), read through
+    #: ``StepContext.peer`` (train mode, with gradient) and ``peer_eval``; one backward reaches both models.
+    needs_peer: ClassVar[bool] = False
+    #: Whether ``attack_target`` supplies the target of an attack that takes T(x), so that attack needs no teacher.
+    supplies_attack_target: ClassVar[bool] = False
+    #: Teachers by role the method reads besides ``[teacher]`` (R1), e.g. ``frozenset({"clean"})``: a recipe
+    #: gives each as ``[teachers.<role>]``, and no other.
+    teacher_roles: ClassVar[frozenset[str]] = frozenset()
     description: ClassVar[str] = ""
 
     def __init__(self, options: Options) -> None:
@@ -190,6 +215,16 @@ class Method:
     def teacher_inputs(self, epoch: int, epochs: int) -> set[str]:
         """Step inputs the loss will ask the teacher for at this epoch (batched into one forward)."""
         return set()
+
+    def attack_target(self, ctx: StepContext) -> torch.Tensor | None:
+        """The logits an attack that takes T(x) (``needs_teacher_clean_logits``, e.g. ``rslad``) maximizes
+        against, when the method supplies its own (R6b: ABSLD's temperature-scaled T(x)); None (the default):
+        the teacher's T(x), shared with the loss. Asked before the attack, when only x is defined."""
+        return None
+
+    def role_inputs(self, epoch: int, epochs: int) -> dict[str, set[str]]:
+        """Step inputs each teacher of ``teacher_roles`` will be asked for (one batched forward per role)."""
+        return {}
 
     def loss(self, ctx: StepContext) -> dict[str, torch.Tensor]:
         raise NotImplementedError

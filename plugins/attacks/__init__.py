@@ -8,9 +8,11 @@ def register_attacks(register):
     from .adaad import AdaAD
     from .pgd import PGD
     from .rslad import RSLAD
+    from .saad import SAAD
     from .trades import TRADES
 
     register("pgd", PGD)
     register("trades", TRADES)
     register("rslad", RSLAD)
     register("adaad", AdaAD)
+    register("saad", SAAD)

@@ -106,6 +106,34 @@ def maximize(loss: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, star
     return project(z.detach(), x, options.eps)
 
 
+class CountsKappa:
+    """Side output ``kappa`` (Fair-ARD, NeurIPS 2023) for an attack whose every ``get_logits`` call is one
+    iterate: κ_i = #{k < K : argmax S(z_k)_i = y_i}, z_0 … z_{K−1} judged before each step (x_adv = z_K is not
+    counted), from the attack's own forwards (no extra pass). Listed before the torchattacks class."""
+
+    outputs: ClassVar[frozenset[str]] = frozenset({"kappa"})
+    _labels: torch.Tensor | None = None
+    _kappa: torch.Tensor | None = None
+
+    def get_logits(self, inputs, labels=None, *args, **kwargs):
+        logits = super().get_logits(inputs, labels, *args, **kwargs)
+        if self._labels is not None:
+            self._kappa += (logits.detach().argmax(dim=1) == self._labels).long()
+        return logits
+
+    def side_outputs(self) -> dict[str, torch.Tensor]:
+        return {} if self._kappa is None else {"kappa": self._kappa}
+
+    def counting(self, images: torch.Tensor, labels: torch.Tensor | None, attack: Callable[[], torch.Tensor]):
+        """``attack()`` with κ counted against ``labels`` (none without labels)."""
+        self._labels = None if labels is None else labels.detach().to(images.device)
+        self._kappa = None if labels is None else torch.zeros_like(self._labels, dtype=torch.long)
+        try:
+            return attack()
+        finally:
+            self._labels = None
+
+
 class KLAttack(TrainingAttackMixin, Attack, TrainingAttack):
     """A training attack that maximizes a KL objective from x + 0.001·N(0, I); subclasses give
     ``objective(x, y, **kwargs)``, which returns L as a function of z (in the attack's model mode)."""

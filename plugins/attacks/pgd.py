@@ -4,7 +4,7 @@ This is torchattacks' own ``PGD`` (which uses ``torch.autograd.grad`` and clamps
 after every step) with igdm-kit's options and exact mode restoring. torchattacks clamps the start
 x + U(−ε, ε) to [0, 1]; ``clamp_start = false`` takes the first step from the unclamped start, as the original
 ARD and IAD code do (spec, "Reference behaviours"; same random draw, so the two differ only where the
-start leaves [0, 1]).
+start leaves [0, 1]). ``start = "gaussian"`` starts from x + 0.001·N(0, I), unclamped (MTARD's PGD-CE, R6c).
 
 Side output ``kappa`` (Fair-ARD, NeurIPS 2023): κ_i = #{k < K : argmax S(z_k)_i = y_i}, the iterates
 z_0 … z_{K−1} classified correctly before each step (x_adv = z_K is not counted), from the attack's own
@@ -13,13 +13,15 @@ forwards (no extra pass).
 
 from __future__ import annotations
 
+from typing import Annotated, Literal
+
 import torch
 import torch.nn.functional as F
 import torchattacks
 from pydantic import Field
 from torch import nn
 
-from igdm_kit.interfaces import AttackOptions, TrainingAttack
+from igdm_kit.interfaces import AddedLater, AttackOptions, TrainingAttack
 
 from .base import TrainingAttackMixin, maximize
 
@@ -27,6 +29,9 @@ from .base import TrainingAttackMixin, maximize
 class PGDOptions(AttackOptions):
     clamp_start: bool = Field(True, description="clamp the uniform start x + U(−ε, ε) to [0, 1] before the "
                                                 "first step (torchattacks); false: as the original ARD/IAD")
+    start: Annotated[Literal["uniform", "gaussian"], AddedLater()] = Field(
+        "uniform", description="random start: x + U(−ε, ε) (Madry et al.), or x + 0.001·N(0, I), unclamped "
+                               "(MTARD, B-MTARD)")
 
 
 class PGD(TrainingAttackMixin, torchattacks.PGD, TrainingAttack):
@@ -63,8 +68,12 @@ class PGD(TrainingAttackMixin, torchattacks.PGD, TrainingAttack):
 
     def _attack(self, images: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         o = self.options
-        if o.clamp_start or not o.random_start:
+        gaussian = o.random_start and o.start == "gaussian"
+        if (o.clamp_start and not gaussian) or not o.random_start:
             return super().forward(images, labels)
         x, y = images.clone().detach().to(self.device), labels.clone().detach().to(self.device)
-        start = x + torch.empty_like(x).uniform_(-o.eps, o.eps)  # torchattacks' draw, not clamped
+        if gaussian:
+            start = x + 0.001 * torch.randn_like(x)  # MTARD's start, not clamped
+        else:
+            start = x + torch.empty_like(x).uniform_(-o.eps, o.eps)  # torchattacks' draw, not clamped
         return maximize(lambda z: F.cross_entropy(self.get_logits(z), y), x, start, o)

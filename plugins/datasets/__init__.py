@@ -13,6 +13,7 @@ def register_datasets(register):
     from .svhn import SVHN
     from .synthetic import Synthetic
     from .tiny_imagenet import TinyImageNet
+    from .webdataset import WebDataset
 
     register("digits", Digits)
     register("cifar10", CIFAR10)
@@ -22,4 +23,5 @@ def register_datasets(register):
     register("tiny-imagenet", TinyImageNet)
     register("image-folder", ImageFolder)
     register("imagenet", ImageNet)
+    register("webdataset", WebDataset)
     register("synthetic", Synthetic)

@@ -10,6 +10,7 @@ none for SVHN) is also only declared here; the engine applies it.
 from __future__ import annotations
 
 import contextlib
+import io
 import os
 import shutil
 from collections.abc import Callable, Iterator, Sequence
@@ -144,18 +145,19 @@ def read_images(paths: Sequence[Path], *, size: int, grayscale: bool = False,
 
 
 def decode_image(path: Path, *, size: int, grayscale: bool = False, resize: bool = False,
-                 transform: Callable[[Any], Any] | None = None) -> np.ndarray:
+                 transform: Callable[[Any], Any] | None = None, data: bytes | None = None) -> np.ndarray:
     """One image file as a uint8 (C, size, size) array: converted to RGB (or grey); with ``resize`` the
     shorter side scaled to ``size`` (bilinear) and the centre cropped (or, given, ``transform`` applied to the
     PIL image: it returns one of size×size), without it an image of another size is a DataError. The file's
     pixel count (and, resized, its aspect ratio) is judged from its header before anything is decoded, and
     whatever a decoder raises on a damaged or hostile file (truncated, not an image,
-    a decompression bomb, an oversized text chunk, ...) is the one-line DataError naming it."""
+    a decompression bomb, an oversized text chunk, ...) is the one-line DataError naming it. ``data``: the
+    file's bytes, read from elsewhere (a member of a tar shard); ``path`` then only names it in errors."""
     from PIL import Image
 
     path = Path(path)
     try:
-        with Image.open(path) as img:  # reads the header only
+        with Image.open(path if data is None else io.BytesIO(data)) as img:  # reads the header only
             _check_header(path, img.size, size=size, resize=resize)
             img = img.convert("L" if grayscale else "RGB")  # decodes
             if transform is not None:

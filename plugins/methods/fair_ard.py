@@ -13,8 +13,8 @@ an epoch; at its end
     L = α·τ²·(1/B) Σ_i w_{y_i}·(1/C) Σ_c KL_c(T(x_i)/τ ‖ S(x_adv,i)/τ) + (1 − α)·(1/B) Σ_i w_{y_i} CE(S(x_i), y_i)
 
 (per-sample ``nn.KLDivLoss()`` = mean over the C classes; α = 1, τ = 30). Run with the attack the official
-code uses: ``pgd`` with ``bn_mode = "train"``, ``clamp_start = false`` (its recipes set them). Only the
-Fair-ARD base is implemented (Fair-IAD, -RSLAD and -MTARD are not yet).
+code uses: ``pgd`` with ``bn_mode = "train"``, ``clamp_start = false`` (its recipes set them). Fair-IAD and
+Fair-RSLAD are ``fair_variants.py``; Fair-MTARD is not implemented.
 """
 
 from __future__ import annotations

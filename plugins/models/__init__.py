@@ -5,6 +5,7 @@ from igdm_kit.hookspecs import hookimpl
 
 @hookimpl
 def register_models(register):
+    from .cifar_resnet import CifarResNet, ResNet56
     from .mobilenet_v2 import MobileNetV2
     from .preact_resnet import PreActResNet18
     from .resnet import ResNet18
@@ -19,4 +20,6 @@ def register_models(register):
     register("wrn-34-10", WRN34_10)
     register("wrn-28-10", WRN28_10)
     register("wideresnet", WideResNet)
+    register("cifar-resnet", CifarResNet)
+    register("resnet56", ResNet56)
     register("timm", TimmModel)

@@ -12,6 +12,7 @@ Chen2021LTD_WRN34_10 (LTD)      cifar10   WideResNet-34-10, ReLU, TRADES layout 
 Chen2021LTD_WRN34_10 (LTD)      cifar100  same, plus the unused ``sub_block1`` group          none
 Wang2023Better_WRN-28-10 (BDM)  both      DMWideResNet-28-10, Swish (SiLU), DeepMind layout   CIFAR mean/std
 Cui2023Decoupled_WRN-28-10      both      DMWideResNet-28-10, Swish (SiLU), DeepMind layout   CIFAR mean/std
+Gowal2021Improving (SAAD)       cifar10   DMWideResNet-28-10, Swish (SiLU), DeepMind layout   CIFAR mean/std
 Salman2020Do_R18                imagenet  torchvision ResNet-18 (as timm ``resnet18``)        ImageNet
 Salman2020Do_R50                imagenet  torchvision ResNet-50 (as timm ``resnet50``)        ImageNet
 Salman2020Do_50_2               imagenet  Wide-ResNet-50-2 (timm ``wide_resnet50_2``)        ImageNet
@@ -27,7 +28,7 @@ They need the ``timm`` extra, not the ``robustbench`` one. Their files hold the 
 dict (RobustBench adds the ``model.`` of its wrapper itself); every other ImageNet zoo model (ConvNeXt,
 Swin, ViT with ConvStem, ...) is built by the package, and when it is ``normalize_model``'s wrapper its
 normalization becomes igdm-kit's layer in front of the network, so the file's keys read the same way.
-``PREPROCESSING`` (and the package's ``preprocessing`` entry) names the test-time transform RobustBench
+``ZooEntry.preprocessing`` (and the package's ``preprocessing`` entry) names the test-time transform RobustBench
 evaluates the model with (``Res256Crop224``, ``Crop288``, ``BicubicRes256Crop224``, ...).
 
 CIFAR mean/std are DeepMind's constants (CIFAR-10: mean (0.4914, 0.4822, 0.4465), std (0.2471, 0.2435,
@@ -92,6 +93,9 @@ ZOO: dict[tuple[str, str], ZooEntry] = {
     ("Wang2023Better_WRN-28-10", "cifar100"): ZooEntry("wrn-28-10", _DM, CIFAR100_MEAN, CIFAR100_STD),
     ("Cui2023Decoupled_WRN-28-10", "cifar10"): ZooEntry("wrn-28-10", _DM, CIFAR10_MEAN, CIFAR10_STD),
     ("Cui2023Decoupled_WRN-28-10", "cifar100"): ZooEntry("wrn-28-10", _DM, CIFAR100_MEAN, CIFAR100_STD),
+    # SAAD's teacher: RobustBench 1.1.1's model_zoo/cifar10.py builds it as DMWideResNet(depth 28, width 10,
+    # activation_fn=Swish, CIFAR-10 mean/std); its Swish is x·sigmoid(x), the function nn.SiLU computes
+    ("Gowal2021Improving_28_10_ddpm_100m", "cifar10"): ZooEntry("wrn-28-10", _DM, CIFAR10_MEAN, CIFAR10_STD),
 }
 
 
