@@ -276,7 +276,8 @@ def test_analysis_sweeps_are_the_appendix_grids():
 # -- (2) the first training steps of each family, on stand-in data --------------------------------------------
 
 #: shape of the paper's datasets, so no file is read: (classes, channels, side)
-SHAPES = {"cifar10": (10, 3, 32), "cifar100": (100, 3, 32), "svhn": (10, 3, 32), "tiny-imagenet": (200, 3, 64)}
+SHAPES = {"cifar10": (10, 3, 32), "cifar100": (100, 3, 32), "svhn": (10, 3, 32), "tiny-imagenet": (200, 3, 64),
+          "imagenet": (1000, 3, 224)}
 #: students cheap enough to step on CPU as they are
 SMALL_STUDENTS = {"small-cnn"}
 

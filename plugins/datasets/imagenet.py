@@ -13,6 +13,13 @@ images instead (and the batched crop/flip of ``crop_padding``/``hflip`` applies)
 side resized to ``image_size / test_crop`` (256 for 224), the centre ``image_size`` square cropped; the
 split is held in memory as uint8 (7.5 GB at 224: set ``cache_dir`` to share one copy per machine, or
 ``test_limit``). An empty class folder, a missing split or an unreadable image is a one-line ``DataError``.
+
+``test_list = "robustbench"`` evaluates on RobustBench's ImageNet test set instead (Croce et al., 2021): the
+5,000 validation images of its published list (``robustbench/helper_files/imagenet_test_image_ids.txt``,
+read from the installed ``robustbench`` extra), in the list's order; with ``image_size = 224`` and
+``test_crop = 0.875`` each is its ``Res256Crop224`` (``Resize(256)``, ``CenterCrop(224)``), the protocol of its
+leaderboard (with ε = 4/255 and AutoAttack standard). A path instead names a list file of the same format
+(``<wnid>/<file name>`` a line). A listed image missing from ``val/`` is one line naming it.
 """
 
 from __future__ import annotations
@@ -44,6 +51,10 @@ class ImageNetOptions(ImageOptions):
                                            "ImageNet recipe), or the test images' centre crop")
     test_crop: float = Field(0.875, gt=0, le=1, description="test images: the centre crop's share of the "
                                                             "resized shorter side (0.875: 224 of 256)")
+    test_list: str | None = Field(
+        None, min_length=1, description="evaluate on the validation images of a list: \"robustbench\" (its 5,000, "
+                                        "from the robustbench extra) or the path of a file of <wnid>/<file name> "
+                                        "lines (absolute, or from the working directory); default: all of val/")
 
 
 class ImageNet(DatasetPlugin):
@@ -80,8 +91,12 @@ class ImageNet(DatasetPlugin):
         val = self._folder("val")
         kaggle = Path(self.options.root) / KAGGLE_LABELS
         if kaggle.is_file() and not any(p.is_dir() for p in val.iterdir()):
-            return _kaggle_val(val, kaggle, index)
-        return self._class_folders(val, index, every_class=False)
+            paths, labels = _kaggle_val(val, kaggle, index)
+        else:
+            paths, labels = self._class_folders(val, index, every_class=False)
+        if self.options.test_list is None:
+            return paths, labels
+        return select_listed(paths, labels, read_test_list(self.options.test_list), val, index)
 
     @staticmethod
     def _class_folders(folder: Path, index: dict[str, int], *, every_class: bool) -> tuple[list[Path], list[int]]:
@@ -223,3 +238,49 @@ def _kaggle_val(val: Path, labels_file: Path, index: dict[str, int]) -> tuple[li
     order = sorted(range(len(paths)), key=lambda i: paths[i].name)  # the file names' order, as sorted folders
     return [paths[i] for i in order], [labels[i] for i in order]
 
+
+
+ROBUSTBENCH_LIST = "helper_files/imagenet_test_image_ids.txt"
+
+
+def read_test_list(which) -> list[str]:
+    """The ``<wnid>/<file name>`` entries of RobustBench's list (``"robustbench"``) or of a list file."""
+    if str(which) == "robustbench":
+        import importlib.util
+
+        spec = importlib.util.find_spec("robustbench")
+        file = Path(spec.origin).parent / ROBUSTBENCH_LIST if spec and spec.origin else None
+        if file is None or not file.is_file():
+            raise DataError("test_list = \"robustbench\" needs RobustBench's list of its 5,000 ImageNet test "
+                            f"images ({ROBUSTBENCH_LIST}), which is not installed",
+                            "pip install 'igdm-kit[robustbench]', or give the list file's path")
+    else:
+        file = Path(which)
+        if not file.is_file():
+            raise DataError(f"ImageNet test_list {str(file)!r} does not exist",
+                            "give a file of <wnid>/<file name> lines, or \"robustbench\"")
+    entries = [line.strip() for line in file.read_text().splitlines() if line.strip()]
+    bad = next((e for e in entries if e.count("/") != 1), None)
+    if bad is not None or not entries:
+        raise DataError(f"ImageNet test_list {str(file)!r} has a line {bad!r} that is not <wnid>/<file name>"
+                        if bad else f"ImageNet test_list {str(file)!r} is empty",
+                        "one validation image a line, e.g. n01440764/ILSVRC2012_val_00000293.JPEG")
+    return entries
+
+
+def select_listed(paths: list[Path], labels: list[int], entries: list[str], val: Path, index: dict[str, int]):
+    """The listed images in the list's order, matched by ``<wnid>/<name>`` (class folders) or by name (a flat
+    ``val/``, whose wnids come from the labels file and must be the list's)."""
+    by_entry = {f"{p.parent.name}/{p.name}": (p, y) for p, y in zip(paths, labels)}
+    by_name = {p.name: (p, y) for p, y in zip(paths, labels)}
+    chosen = []
+    for entry in entries:
+        hit = by_entry.get(entry) or (by_name.get(entry.split("/")[1]) if paths[0].parent == val else None)
+        if hit is None:
+            raise DataError(f"ImageNet test image {entry!r} of the test_list is not in {str(val)!r}",
+                            "the validation set is incomplete: extract all of ILSVRC2012's val images")
+        if hit[1] != index.get(entry.split("/")[0]):
+            raise DataError(f"ImageNet test image {entry!r} of the test_list is labelled another class in "
+                            f"{str(val)!r}", "the list and the validation labels disagree: check both files")
+        chosen.append(hit)
+    return [p for p, _ in chosen], [y for _, y in chosen]

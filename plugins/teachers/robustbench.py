@@ -13,7 +13,23 @@ Chen2021LTD_WRN34_10 (LTD)      cifar100  same, plus the unused ``sub_block1`` g
 Wang2023Better_WRN-28-10 (BDM)  both      DMWideResNet-28-10, Swish (SiLU), DeepMind layout   CIFAR mean/std
 Cui2023Decoupled_WRN-28-10      both      DMWideResNet-28-10, Swish (SiLU), DeepMind layout   CIFAR mean/std
 Gowal2021Improving (SAAD)       cifar10   DMWideResNet-28-10, Swish (SiLU), DeepMind layout   CIFAR mean/std
+Salman2020Do_R18                imagenet  torchvision ResNet-18 (as timm ``resnet18``)        ImageNet
+Salman2020Do_R50                imagenet  torchvision ResNet-50 (as timm ``resnet50``)        ImageNet
+Salman2020Do_50_2               imagenet  Wide-ResNet-50-2 (timm ``wide_resnet50_2``)        ImageNet
+Engstrom2019Robustness          imagenet  torchvision ResNet-50 (as timm ``resnet50``)        ImageNet
+Wong2020Fast                    imagenet  torchvision ResNet-50 (as timm ``resnet50``)        ImageNet
 ==============================  ========  =================================================  ============
+
+The ImageNet rows are RobustBench's ``model_zoo/imagenet.py`` (robustbench 1.1.1, L∞):
+``normalize_model(torchvision.models.<arch>(), mu, sigma)`` with ImageNet's mean (0.485, 0.456, 0.406) and
+std (0.229, 0.224, 0.225); timm's ResNets have torchvision's layer names and arithmetic, so the same file
+gives the same logits (``tests/test_robustbench_imagenet.py`` checks it against RobustBench's own code).
+They need the ``timm`` extra, not the ``robustbench`` one. Their files hold the torchvision network's state
+dict (RobustBench adds the ``model.`` of its wrapper itself); every other ImageNet zoo model (ConvNeXt,
+Swin, ViT with ConvStem, ...) is built by the package, and when it is ``normalize_model``'s wrapper its
+normalization becomes igdm-kit's layer in front of the network, so the file's keys read the same way.
+``ZooEntry.preprocessing`` (and the package's ``preprocessing`` entry) names the test-time transform RobustBench
+evaluates the model with (``Res256Crop224``, ``Crop288``, ``BicubicRes256Crop224``, ...).
 
 CIFAR mean/std are DeepMind's constants (CIFAR-10: mean (0.4914, 0.4822, 0.4465), std (0.2471, 0.2435,
 0.2616); CIFAR-100: mean (0.5071, 0.4865, 0.4409), std (0.2673, 0.2564, 0.2762)), from RobustBench's
@@ -53,8 +69,9 @@ from .weights import find_state_dict, fit, read_weights
 
 CIFAR10_MEAN, CIFAR10_STD = (0.4914, 0.4822, 0.4465), (0.2471, 0.2435, 0.2616)
 CIFAR100_MEAN, CIFAR100_STD = (0.5071, 0.4865, 0.4409), (0.2673, 0.2564, 0.2762)
+IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 
-Dataset = Literal["cifar10", "cifar100"]
+Dataset = Literal["cifar10", "cifar100", "imagenet"]
 Threat = Literal["Linf", "L2", "corruptions"]
 
 
@@ -64,6 +81,7 @@ class ZooEntry:
     model_options: dict = field(default_factory=dict)
     mean: tuple[float, ...] | None = None
     std: tuple[float, ...] | None = None
+    preprocessing: str | None = None  # RobustBench's test-time transform (ImageNet); None: the images as they are
 
 
 _DM = {"activation": "silu", "layout": "deepmind"}
@@ -79,7 +97,21 @@ ZOO: dict[tuple[str, str], ZooEntry] = {
     # activation_fn=Swish, CIFAR-10 mean/std); its Swish is x·sigmoid(x), the function nn.SiLU computes
     ("Gowal2021Improving_28_10_ddpm_100m", "cifar10"): ZooEntry("wrn-28-10", _DM, CIFAR10_MEAN, CIFAR10_STD),
 }
-NUM_CLASSES = {"cifar10": 10, "cifar100": 100}
+
+
+def _torchvision_like(arch: str, preprocessing: str = "Res256Crop224") -> ZooEntry:
+    return ZooEntry("timm", {"arch": arch}, IMAGENET_MEAN, IMAGENET_STD, preprocessing)
+
+
+ZOO.update({
+    ("Salman2020Do_R18", "imagenet"): _torchvision_like("resnet18"),
+    ("Salman2020Do_R50", "imagenet"): _torchvision_like("resnet50"),
+    ("Salman2020Do_50_2", "imagenet"): _torchvision_like("wide_resnet50_2"),
+    ("Engstrom2019Robustness", "imagenet"): _torchvision_like("resnet50"),
+    ("Wong2020Fast", "imagenet"): _torchvision_like("resnet50", "Crop288"),
+})
+NUM_CLASSES = {"cifar10": 10, "cifar100": 100, "imagenet": 1000}
+IMAGE_SIZE = {"cifar10": 32, "cifar100": 32, "imagenet": 224}
 
 
 def package_zoo(dataset: str, threat: str) -> dict | None:
@@ -167,28 +199,86 @@ class RobustBenchLoader:
     def load(cls, options: Options, *, path: str, build=None):
         if (options.name, options.dataset) not in ZOO or options.threat_model != "Linf":
             return cls._from_package(options, path)
-        from igdm_kit.factories import create_model
-
-        entry = ZOO[(options.name, options.dataset)]
         file = resolve_path(path, options.name, options.dataset)
-        model = create_model(entry.model, num_classes=NUM_CLASSES[options.dataset], in_channels=3,
-                             image_size=32, mean=entry.mean, std=entry.std, **entry.model_options)
         state = find_state_dict(read_weights(file), file)
-        return fit(model, state, file, arch=f"{options.name} ({entry.model}, {options.dataset})",
-                   adopt_normalization=True,
-                   hint=f"is this the {options.name} checkpoint for {options.dataset}? check the name and "
-                        "dataset options")
+        model = _build_entry(ZOO[(options.name, options.dataset)], options.dataset)
+        try:
+            return fit(model, state, file, arch=f"{options.name} ({ZOO[(options.name, options.dataset)].model}, "
+                       f"{options.dataset})", adopt_normalization=True,
+                       hint=f"is this the {options.name} checkpoint for {options.dataset}? check the name and "
+                            "dataset options")
+        except CheckpointError as err:
+            raise _with_fitting_names(err, state, options) from None
 
     @classmethod
     def _from_package(cls, options: Options, path: str):
         """Any zoo model: RobustBench's architecture, the file's weights read without running code."""
-        from igdm_kit.nn import Classifier
-
         entry = package_zoo(options.dataset, options.threat_model)[options.name]
         file = resolve_path(path, options.name, options.dataset, options.threat_model)
-        model = Classifier(entry["model"]())  # its normalization, if any, is inside RobustBench's model
+        model = _unwrap(entry["model"]())  # its normalization, if any, is inside RobustBench's model
         state = find_state_dict(read_weights(file), file)
-        return fit(model, state, file, arch=f"RobustBench's {options.name} ({options.dataset}, "
-                   f"{options.threat_model})",
-                   hint=f"is this the {options.name} checkpoint for {options.dataset}? check the name and "
-                        "dataset options")
+        try:
+            return fit(model, state, file, arch=f"RobustBench's {options.name} ({options.dataset}, "
+                       f"{options.threat_model})",
+                       hint=f"is this the {options.name} checkpoint for {options.dataset}? check the name and "
+                            "dataset options")
+        except CheckpointError as err:
+            raise _with_fitting_names(err, state, options) from None
+
+
+def _build_entry(entry: ZooEntry, dataset: str):
+    from igdm_kit.factories import create_model
+
+    return create_model(entry.model, num_classes=NUM_CLASSES[dataset], in_channels=3,
+                        image_size=IMAGE_SIZE[dataset], mean=entry.mean, std=entry.std, **entry.model_options)
+
+
+def _unwrap(net):
+    """RobustBench's ``normalize_model`` wrapper (``Sequential(normalize=ImageNormalizer, model=net)``) as an
+    igdm-kit ``Classifier`` whose ``Normalize`` holds the same mean/std; any other network as it is (its
+    normalization, if any, stays inside it). The file's keys are the inner network's, as RobustBench reads
+    them (it strips ``module.``/``model.`` and adds ``model.`` back for the wrapper)."""
+    from igdm_kit.nn import Classifier
+
+    children = dict(net.named_children())
+    buffers = dict(children["normalize"].named_buffers()) if "normalize" in children else {}
+    if list(children) == ["normalize", "model"] and {"mean", "std"} <= buffers.keys():
+        return Classifier(children["model"], buffers["mean"].reshape(-1).tolist(),
+                          buffers["std"].reshape(-1).tolist())
+    return Classifier(net)
+
+
+def fitting_names(state: dict, dataset: str) -> list[str]:
+    """The built-in table's names for ``dataset`` whose architecture takes exactly ``state``'s keys and shapes
+    (built on the meta device: no memory, no weights)."""
+    import torch
+
+    found, seen = [], {}
+    want = {k.removeprefix("model."): tuple(v.shape) for k, v in state.items()
+            if k not in {"mean", "std", "mu", "sigma"} and not k.endswith("num_batches_tracked")}
+    for (name, ds), entry in ZOO.items():
+        if ds != dataset:
+            continue
+        key = (entry.model, tuple(sorted(entry.model_options.items())))
+        if key not in seen:
+            try:
+                with torch.device("meta"):
+                    built = _build_entry(entry, dataset)
+            except Exception:  # noqa: BLE001 - e.g. timm absent: that row cannot be compared
+                seen[key] = None
+            else:
+                seen[key] = {k[len("net."):]: tuple(v.shape) for k, v in built.state_dict().items()
+                             if k.startswith("net.") and not k.endswith("num_batches_tracked")}
+        shapes = seen[key]
+        if shapes is not None and want == shapes:
+            found.append(name)
+    return found
+
+
+def _with_fitting_names(err: CheckpointError, state: dict, options) -> CheckpointError:
+    """The mismatch error, its hint naming the zoo names the file would fit (or saying none does)."""
+    names = [n for n in fitting_names(state, options.dataset) if n != options.name]
+    hint = (f"the file fits {', '.join(names)}: set teacher.loader_options.name to the one it is" if names else
+            f"no {options.dataset} model of the built-in table fits the file either; is it the {options.name} "
+            f"checkpoint for {options.dataset}?")
+    return CheckpointError(err.message, hint)
