@@ -154,6 +154,13 @@ def create_teacher(path: str | Path, *, loader: str = "auto", loader_options: di
     return teacher
 
 
+def teacher_protocol(loader: str, loader_options: dict[str, Any] | None = None):
+    """The benchmark protocol (``interfaces.EvalProtocol``) the published numbers of the models ``loader``
+    loads with these options were measured by (``TeacherLoader.protocol``), or None."""
+    options = validate_options("teacher_loader", loader, loader_options, where="teacher.loader_options")
+    return registry("teacher_loader").get(loader).protocol(options)
+
+
 def check_teacher_fits(teacher, path: str | Path, *, num_classes: int, in_channels: int, image_size: int,
                        device: Any = "cpu") -> None:
     """Whatever loader made it, a teacher must take the dataset's images and give one logit per class: one

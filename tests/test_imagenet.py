@@ -83,6 +83,45 @@ def test_the_test_images_are_resized_to_256_and_centre_cropped(tmp_path):
             assert torch.equal(x[i], ref(img.convert("RGB"))), path
 
 
+#: each test_transform and its torchvision oracle (RobustBench's PREPROCESSINGS are these, at 224/256/288)
+TORCHVISION_TESTS = {
+    "resize-crop": lambda t, size: [t.Resize(18, interpolation=t.InterpolationMode.BILINEAR), t.CenterCrop(size)],
+    "bicubic-resize-crop": lambda t, size: [t.Resize(18, interpolation=t.InterpolationMode.BICUBIC),
+                                            t.CenterCrop(size)],
+    "resize": lambda t, size: [t.Resize((size, size))],
+    "crop": lambda t, size: [t.CenterCrop(size)],
+}
+
+
+@pytest.mark.parametrize("kind", sorted(TORCHVISION_TESTS))
+@pytest.mark.parametrize("dataset", ["imagenet", "webdataset"])
+def test_each_test_transform_is_torchvisions(tmp_path, kind, dataset):
+    """``test_transform`` (RobustBench's Res256Crop224, BicubicRes256Crop224, Res224, Crop288): byte for byte
+    torchvision's pipeline on portrait, landscape, square images, and — for ``crop`` — ones smaller than the
+    crop on one side or both (torchvision pads them with black)."""
+    from PIL import Image
+    from torchvision import transforms
+
+    write_imagenet(tmp_path)
+    small = tmp_path / "val" / WNIDS[0] / "ILSVRC2012_val_00000099.JPEG"
+    Image.fromarray(np.random.default_rng(1).integers(0, 256, (13, 27, 3), dtype=np.uint8)).save(small)
+    files = sorted((tmp_path / "val").rglob("*.JPEG"), key=lambda p: (p.parent.name, p.name))
+    if dataset == "webdataset":  # the same files as a tar shard, in the same order
+        from test_webdataset import write_tar
+
+        members = [m for i, f in enumerate(files) for m in ((f"s{i:03d}.jpg", f.read_bytes()), (f"s{i:03d}.cls", b"0"))]
+        write_tar(tmp_path / "test-000.tar", members)
+        ds = igdm_kit.create_dataset("webdataset", root=str(tmp_path), train=["test-000.tar"], test=["test-000.tar"],
+                                     num_classes=2, image_size=16, test_transform=kind)
+    else:
+        ds = igdm_kit.create_dataset("imagenet", root=str(tmp_path), image_size=16, test_transform=kind)
+    x, _ = ds.load("test")
+    ref = transforms.Compose([*TORCHVISION_TESTS[kind](transforms, 16), transforms.PILToTensor()])
+    for i, path in enumerate(files):
+        with Image.open(path) as img:
+            assert torch.equal(x[i], ref(img.convert("RGB"))), (kind, path)
+
+
 def test_a_training_image_is_torchvisions_random_resized_crop_and_flip(tmp_path):
     from PIL import Image
     from torchvision import transforms

@@ -14,7 +14,7 @@ from igdm_kit.hookspecs import hookimpl
 from igdm_kit.interfaces import Method, NoOptions
 
 
-class Dummy:
+class Dummy(Method):
     Options = NoOptions
 
 
@@ -44,6 +44,20 @@ def test_component_without_options_is_refused():
         Registry("model").add("bad", object, "p")
     with pytest.raises(PluginError, match="names are"):
         Registry("model").add("Bad Name", Dummy, "p")
+
+
+def test_a_component_that_does_not_derive_from_its_contract_is_refused_in_one_line():
+    """A class contract's defaults (e.g. ``TeacherLoader.protocol``) are part of it: the host reads them as
+    attributes, never by probing; a typing.Protocol contract (``ModelFactory``) is structural."""
+    class Loader:
+        Options = NoOptions
+
+    with pytest.raises(PluginError) as exc:
+        Registry("teacher_loader").add("mine", Loader, "their-plugin")
+    assert exc.value.message == ("plugin 'their-plugin' registered teacher_loader 'mine', which is not an "
+                                 "igdm_kit.interfaces.TeacherLoader")
+    assert "derive the class from igdm_kit.interfaces.TeacherLoader" in exc.value.hint
+    Registry("model").add("mine", Loader, "their-plugin")  # ModelFactory is a Protocol
 
 
 def test_builtins_arrive_through_the_hooks():

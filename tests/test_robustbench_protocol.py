@@ -185,3 +185,102 @@ def test_eval_of_a_robustbench_imagenet_model_follows_its_protocol(cli, tmp_path
     assert out["eps"] == pytest.approx(4 / 255, abs=1e-12)
     clean = out["metrics"]["clean"]
     assert clean["total"] == 6 and clean["correct"] == 4
+    err = " ".join(res.err.split())  # as one line, whatever the console's width
+    assert "warning: not RobustBench's ImageNet L∞ protocol (Res256Crop224): --data-opt test_list=" in err
+    assert "(the protocol's is 'robustbench'); the attacks leave out autoattack, the one its leaderboard " \
+           "reports — the number is not comparable with its leaderboard" in err
+    protocol = json.loads(res.out)["results"]["protocol"]
+    assert protocol["followed"] is False and len(protocol["departures"]) == 2
+    assert protocol["supplied"] == ["image_size=224", "test_crop=0.875", "test_transform='resize-crop'"]
+    assert protocol["departures"][1] == "the attacks leave out autoattack, the one its leaderboard reports"
+
+
+# -- the protocol eval follows (EvalProtocol from TeacherLoader.protocol) --------------------------------------
+
+def _protocol(name: str, dataset: str, threat: str = "Linf"):
+    from igdm_kit.factories import teacher_protocol
+
+    return teacher_protocol("robustbench", {"name": name, "dataset": dataset, "threat_model": threat})
+
+
+def test_each_leaderboards_protocol_from_the_built_in_table():
+    """RobustBench's ``eval.py``: CIFAR at 8/255 (L2: 0.5) on the whole test split as it is; ImageNet at 4/255
+    on its list, each model by its zoo entry's preprocessing (``Wong2020Fast``: ``Crop288``)."""
+    cifar = _protocol("Chen2021LTD_WRN34_10", "cifar10")
+    assert (cifar.threat, cifar.eps, cifar.eps_text, cifar.data_options, cifar.attack, cifar.caveat) == \
+        ("Linf", 8 / 255, "8/255", {}, "autoattack", None)
+    salman = _protocol("Salman2020Do_R50", "imagenet")
+    assert salman.name == "RobustBench's ImageNet L∞ protocol (Res256Crop224)" and salman.eps == 4 / 255
+    assert salman.data_options == {"test_list": "robustbench", "image_size": 224, "test_crop": 0.875,
+                                   "test_transform": "resize-crop"}
+    wong = _protocol("Wong2020Fast", "imagenet")
+    assert wong.data_options == {"test_list": "robustbench", "image_size": 288, "test_transform": "crop"}
+
+
+def test_the_packages_models_get_their_own_preprocessing():
+    _robustbench_dir()
+    assert _protocol("Liu2023Comprehensive_Swin-L", "imagenet").data_options["test_transform"] == \
+        "bicubic-resize-crop"
+    assert _protocol("Mo2022When_ViT-B", "imagenet").data_options == {"test_list": "robustbench",
+                                                                      "image_size": 224, "test_transform": "resize"}
+    xcit = _protocol("Debenedetti2022Light_XCiT-S12", "imagenet")  # its preprocessing is timm's configuration
+    assert "timm's configuration" in xcit.caveat and xcit.data_options["test_transform"] == "resize-crop"
+    assert _protocol("Standard_R50", "imagenet", "corruptions") is None  # no ε, no Lp protocol
+
+
+def test_what_the_user_left_unset_is_the_protocols_and_what_they_set_wins_with_a_warning():
+    from igdm_kit._evaluation.protocol import follow
+
+    salman = _protocol("Salman2020Do_R50", "imagenet")
+    kept = follow(salman, threat="Linf", radius=None, data_options={"root": "/d"}, limit=None,
+                  attack_keys=["clean", "autoattack"])
+    assert kept.radius == 4 / 255 and kept.departures == []
+    assert kept.data_options == {"root": "/d", "test_list": "robustbench", "image_size": 224, "test_crop": 0.875,
+                                 "test_transform": "resize-crop"}
+    assert kept.supplied == ["ε = 4/255", "test_list='robustbench'", "image_size=224", "test_crop=0.875",
+                             "test_transform='resize-crop'"]
+    assert kept.to_json()["followed"] is True
+    same = follow(salman, threat="Linf", radius=4 / 255, data_options={"image_size": 224}, limit=None,
+                  attack_keys=["autoattack"])
+    assert same.departures == [] and "ε = 4/255" not in same.supplied and "image_size=224" not in same.supplied
+    other = follow(salman, threat="L2", radius=8 / 255, data_options={"test_transform": "crop"}, limit=100,
+                   attack_keys=["pgd20"])
+    assert other.radius == 8 / 255 and other.data_options["test_transform"] == "crop"  # the user's choice wins
+    assert other.departures == [
+        "--threat L2 (the protocol's is Linf)", "ε = 8/255 (the protocol's is 4/255)",
+        "--data-opt test_transform='crop' (the protocol's is 'resize-crop')",
+        "--limit 100 (the protocol evaluates every one of its test images)",
+        "the attacks leave out autoattack, the one its leaderboard reports"]
+    assert other.to_json()["followed"] is False
+
+
+def test_eval_of_a_robustbench_imagenet_model_takes_its_protocol_unless_told_otherwise(cli, tmp_path):
+    """No --eps, no test_list: ε = 4/255 and RobustBench's 5,000 listed images (said on stderr). A validation
+    folder without them is then the one-line error naming the first missing image — or, without the
+    robustbench extra, naming the extra that holds the list."""
+    timm = pytest.importorskip("timm", reason="pip install 'igdm-kit[timm]'")
+    for i in range(1000):
+        (tmp_path / "d" / "train" / f"n{i:08d}").mkdir(parents=True)
+    (tmp_path / "d" / "train" / "n00000000" / "a.JPEG").write_bytes(_jpeg(8, 8, 0))
+    (tmp_path / "d" / "val" / "n00000000").mkdir(parents=True)
+    (tmp_path / "d" / "val" / "n00000000" / "v.JPEG").write_bytes(_jpeg(300, 300, 1))
+    torch.save(timm.create_model("resnet18", num_classes=1000).state_dict(), tmp_path / "Salman2020Do_R18.pt")
+    res = cli("eval", "--model", str(tmp_path / "Salman2020Do_R18.pt"), "--loader", "robustbench", "--name",
+              "Salman2020Do_R18", "--dataset", "imagenet", "--data-opt", f"root='{tmp_path / 'd'}'",
+              "--attacks", "clean,autoattack", "--no-progress")
+    assert res.code == 1
+    assert ("RobustBench's ImageNet L∞ protocol (Res256Crop224): ε = 4/255, test_list='robustbench', "
+            "image_size=224, test_crop=0.875, test_transform='resize-crop' (unset here, so the protocol's; its "
+            "leaderboard reports autoattack)") in " ".join(res.err.split())
+    assert "warning" not in res.err
+    error = next(line for line in res.err.splitlines() if line.startswith("error:"))
+    if package_installed():
+        assert "of the test_list is not in" in error and "ILSVRC2012_val_" in error
+    else:
+        assert "needs RobustBench's list of its 5,000 ImageNet test images" in error
+
+
+def package_installed() -> bool:
+    from igdm_kit_plugins.teachers.robustbench import package_zoo
+
+    return package_zoo("imagenet", "Linf") is not None

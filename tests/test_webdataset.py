@@ -26,7 +26,7 @@ from igdm_kit import _recipe as R
 from igdm_kit._training.batches import epoch_order
 from igdm_kit._training.engine import run
 from igdm_kit._training.loader import StreamSet
-from igdm_kit.errors import DataError, RecipeError
+from igdm_kit.errors import DataError, IgdmKitError, RecipeError
 
 
 def png(rng, size: int = 8) -> bytes:
@@ -186,6 +186,12 @@ def test_a_label_outside_the_classes_stops_the_run_in_one_line(tmp_path, write_r
     out = subprocess.run([sys.executable, "-m", "igdm_kit", "run", str(path), "--output", str(tmp_path / "o")],
                          check=False, capture_output=True, text=True, timeout=300)
     assert out.returncode == 1 and "labels outside 0..2" in out.stderr and "Traceback" not in out.stderr
+
+
+def test_imagenets_test_list_is_not_a_webdataset_option(twins):
+    """It selects files of a val/ folder; shards have none, so it would be ignored: refused instead."""
+    with pytest.raises(IgdmKitError, match=r"^data\.test_list: "):
+        shard_dataset(twins, test_list="robustbench")
 
 
 def test_class_names_come_from_their_file(twins, tmp_path):

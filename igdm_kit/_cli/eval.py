@@ -141,6 +141,10 @@ def run_eval(src, items: list[Any], *, threat: str, radius: float | None, datase
     from igdm_kit.attacks import resolve_device
 
     specs = resolve(items, threat, "--attacks")  # bad attacks fail before any model is loaded
+    followed = follow_protocol(sources.protocol(src, dataset), threat=threat, radius=radius,
+                               data_options=data_options or {}, limit=limit, attack_keys=[s.key for s in specs])
+    if followed is not None:
+        radius, data_options = followed.radius, followed.data_options
     configure()  # --threads / IGDM_KIT_THREADS, else the default
     dev = resolve_device(device)
     net, meta, ds_name, options = sources.load(src, dataset, dev, data_options)
@@ -165,7 +169,28 @@ def run_eval(src, items: list[Any], *, threat: str, radius: float | None, datase
     if save_flags is not None:
         write_flags(save_flags, result, x, y, {"checkpoint": str(src.path), "dataset": ds_name})
         err_console.print(escape(f"flags: {save_flags}"), style="dim", highlight=False)
-    return {"checkpoint": str(src.path), "dataset": ds_name, **result.to_json()}
+    extra = {} if followed is None else {"protocol": followed.to_json()}
+    return {"checkpoint": str(src.path), "dataset": ds_name, **result.to_json(), **extra}
+
+
+def follow_protocol(protocol, **given):
+    """The protocol of the model's benchmark (None: none) applied to the command's settings, and said: what it
+    supplied (dim), what departs from it and what it cannot reproduce (warnings: not the leaderboard's number)."""
+    if protocol is None:
+        return None
+    from igdm_kit._evaluation.protocol import follow
+
+    followed = follow(protocol, **given)
+    if followed.supplied:
+        err_console.print(escape(f"{protocol.name}: {', '.join(followed.supplied)} (unset here, so the "
+                                 f"protocol's; its leaderboard reports {protocol.attack})"),
+                          style="dim", highlight=False)
+    if followed.departures:
+        err_console.print(f"[yellow]warning:[/] {escape(f'not {protocol.name}: ' + '; '.join(followed.departures))}"
+                          " — the number is not comparable with its leaderboard", highlight=False)
+    if protocol.caveat:
+        err_console.print(f"[yellow]warning:[/] {escape(protocol.caveat)}", highlight=False)
+    return followed
 
 
 def limit_warning(ds_name: str, options: dict[str, Any], y) -> None:

@@ -71,6 +71,27 @@ def check_fits(checkpoint: Path, meta: dict[str, Any], name: str, info) -> None:
                                "pass the --dataset the model was trained on")
 
 
+def _loader(source: Source, dataset: str) -> tuple[str, dict[str, Any]]:
+    """The teacher loader that reads a foreign file, and its options from the command line."""
+    loader = source.loader if source.loader != "auto" else "state-dict"
+    if loader != "robustbench":
+        return loader, {}
+    if source.name is None:
+        raise IgdmKitError("a RobustBench checkpoint needs its model name", "pass --name, e.g. "
+                           "--name Chen2021LTD_WRN34_10")
+    return loader, {"name": source.name, "dataset": dataset}
+
+
+def protocol(source: Source, dataset: str | None):
+    """The benchmark protocol a foreign file's loader names for it (``TeacherLoader.protocol``); None for an
+    igdm-kit checkpoint, whose run recorded how it was evaluated."""
+    from igdm_kit.factories import teacher_protocol
+
+    if source.is_native() or dataset is None:
+        return None
+    return teacher_protocol(*_loader(source, dataset))
+
+
 def load(source: Source, dataset: str | None, device: Any, data_options: dict[str, Any] | None = None):
     """(model in eval mode on ``device``, checkpoint metadata ({} for foreign files), dataset name, its
     options). Foreign files need ``dataset`` (their classes and image size come from it); ``data_options``
@@ -88,13 +109,7 @@ def load(source: Source, dataset: str | None, device: Any, data_options: dict[st
                            "pass --dataset NAME (e.g. cifar10)")
     options = dict(data_options or {})
     info = open_dataset(dataset, options).info()
-    loader = source.loader if source.loader != "auto" else "state-dict"
-    loader_options: dict[str, Any] = {}
-    if loader == "robustbench":
-        if source.name is None:
-            raise IgdmKitError("a RobustBench checkpoint needs its model name", "pass --name, e.g. "
-                               "--name Chen2021LTD_WRN34_10")
-        loader_options = {"name": source.name, "dataset": dataset}
+    loader, loader_options = _loader(source, dataset)
     model = create_teacher(source.path, loader=loader, loader_options=loader_options, model=source.arch,
                            model_options=source.arch_options, num_classes=info.num_classes,
                            in_channels=info.in_channels, image_size=info.image_size, device=device)

@@ -10,10 +10,12 @@ from __future__ import annotations
 import re
 from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 from pydantic import BaseModel
 
+from igdm_kit import interfaces
+from igdm_kit._plugins.kinds import BY_NAME
 from igdm_kit._plugins.kinds import NAMES as KINDS
 from igdm_kit.errors import PluginError, UnknownComponentError
 
@@ -57,6 +59,15 @@ class Registry:
             raise PluginError(
                 f"plugin {plugin!r} registered {self.kind} {name!r} without an Options pydantic model",
                 "give the component a nested `Options` class (igdm_kit.interfaces.Options)",
+            )
+        contract = getattr(interfaces, BY_NAME[self.kind].contract)  # a contract by its recorded name
+        structural = Protocol in contract.__mro__  # a typing.Protocol: any class with its members
+        if not structural and not (isinstance(component, type) and issubclass(component, contract)):
+            raise PluginError(
+                f"plugin {plugin!r} registered {self.kind} {name!r}, which is not an "
+                f"igdm_kit.interfaces.{contract.__name__}",
+                f"derive the class from igdm_kit.interfaces.{contract.__name__} (its defaults are part of the "
+                "contract)",
             )
         if name in self._entries:
             other = self._entries[name].plugin

@@ -10,7 +10,7 @@ Inputs everywhere are images in [0, 1]; normalization is a layer inside the mode
 
 from igdm_kit.interfaces.callbacks import Callback, CallbackContext, FitState, Order
 from igdm_kit.interfaces.data import DatasetInfo, DatasetPlugin, ImageSource
-from igdm_kit.interfaces.evaluation import LP_NORMS, EvalAttack, EvalContext, Threat
+from igdm_kit.interfaces.evaluation import LP_NORMS, EvalAttack, EvalContext, EvalProtocol, Threat
 from igdm_kit.interfaces.launch import Job, LaunchContext, Launcher, StopRequest
 from igdm_kit.interfaces.models import ArchitectureBuilder, ModelFactory, TeacherLoader
 from igdm_kit.interfaces.optim import LRSchedule, OptimizerFactory, TrainingPlan
@@ -34,7 +34,7 @@ from igdm_kit.interfaces.training import (
 )
 
 __all__ = ["AddedLater", "ArchitectureBuilder", "AttackOptions", "BatchReduction", "Callback", "CallbackContext",
-           "DatasetInfo", "DatasetPlugin", "EpochStats", "EvalAttack", "EvalContext", "FitState", "Fraction",
+           "DatasetInfo", "DatasetPlugin", "EpochStats", "EvalAttack", "EvalContext", "EvalProtocol", "FitState", "Fraction",
            "GradientModule", "ImageSource", "InputName", "Job", "LP_NORMS", "LRSchedule", "LaunchContext", "Launcher", "Method",
            "ModelFactory", "ModuleOptions", "NoOptions", "Options", "Order", "OptimizerFactory", "PathOption",
            "RecipePath", "SampleTerm", "ScheduleEvent", "Shift", "ShiftContext", "ShiftedSet", "StepContext",

@@ -1,10 +1,10 @@
-"""Evaluation contracts: a threat model (``Threat``) and an evaluation attack (``EvalAttack``) with the
-context it runs in (``EvalContext``).
+"""Evaluation contracts: a threat model (``Threat``), an evaluation attack (``EvalAttack``) with the
+context it runs in (``EvalContext``), and a benchmark's evaluation protocol (``EvalProtocol``).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, ClassVar, Protocol
 
 from igdm_kit.interfaces.options import NoOptions, Options
@@ -28,6 +28,25 @@ class Threat:
 
     norm: str = "Linf"
     eps: float = 8 / 255
+
+
+@dataclass(frozen=True)
+class EvalProtocol:
+    """How a benchmark evaluates a model, so that a number is comparable with its leaderboard: what a
+    ``TeacherLoader.protocol`` returns for the models it loads (e.g. RobustBench's ImageNet L∞ protocol: its
+    5,000 test images, its preprocessing, ε = 4/255, AutoAttack standard). ``igdm-kit eval`` fills every
+    setting the user left unset from it, says so, and warns of each one the user set otherwise.
+
+    ``data_options`` are dataset options (as ``--data-opt`` sets them); ``caveat`` says what of the
+    protocol cannot be reproduced (the number then differs from the leaderboard's however it is run)."""
+
+    name: str
+    threat: str
+    eps: float
+    eps_text: str
+    data_options: dict[str, Any] = field(default_factory=dict)
+    attack: str = "autoattack"
+    caveat: str | None = None
 
 
 class EvalContext(Protocol):

@@ -4,8 +4,9 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any, ClassVar, Protocol
 
+from igdm_kit.interfaces.evaluation import EvalProtocol
 from igdm_kit.interfaces.options import Options
 
 if TYPE_CHECKING:  # pragma: no cover - typing only
@@ -41,14 +42,22 @@ class ArchitectureBuilder(Protocol):
     def __call__(self) -> nn.Module: ...
 
 
-class TeacherLoader(Protocol):
-    """A registered teacher loader: turns a file on disk into an ``nn.Module`` in eval mode.
+class TeacherLoader:
+    """A registered teacher loader (subclass it): turns a file on disk into an ``nn.Module`` in eval mode.
 
     ``load(options, path=, build=)`` where ``build`` is an ``ArchitectureBuilder`` (for loaders that only
     carry weights); returns the model, an ``igdm_kit.nn.Classifier`` (normalization inside).
+    ``protocol(options)``: the benchmark protocol the loaded model's published numbers were measured by
+    (``igdm-kit eval`` follows it unless told otherwise), or None.
     """
 
-    Options: type[Options]
+    Options: ClassVar[type[Options]]
+    description: ClassVar[str] = ""
 
     @classmethod
-    def load(cls, options: Any, *, path: str, build: ArchitectureBuilder) -> nn.Module: ...
+    def load(cls, options: Any, *, path: str, build: ArchitectureBuilder) -> nn.Module:
+        raise NotImplementedError
+
+    @classmethod
+    def protocol(cls, options: Any) -> EvalProtocol | None:
+        return None

@@ -27,14 +27,14 @@ from __future__ import annotations
 import csv
 import math
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
 import numpy as np
 import torch
 from pydantic import Field
 
 from igdm_kit.errors import DataError
-from igdm_kit.interfaces import DatasetInfo, DatasetPlugin, ImageSource
+from igdm_kit.interfaces import AddedLater, DatasetInfo, DatasetPlugin, ImageSource
 
 from .cache import cached_split
 from .common import ImageOptions, PathTable, class_folders, decode_image, list_images, make_info
@@ -44,13 +44,23 @@ RATIO = (3 / 4, 4 / 3)
 KAGGLE_LABELS = "LOC_val_solution.csv"
 
 
-class ImageNetOptions(ImageOptions):
+class ResizedImageOptions(ImageOptions):
+    """Images of any size, resized: the options ``imagenet`` shares with ``webdataset``."""
+
     image_size: int = Field(224, ge=8, le=1024, description="side of the square images the model sees")
     train_augment: Literal["random-resized-crop", "center"] = Field(
         "random-resized-crop", description="per training image: a random resized crop and flip (the standard "
                                            "ImageNet recipe), or the test images' centre crop")
     test_crop: float = Field(0.875, gt=0, le=1, description="test images: the centre crop's share of the "
                                                             "resized shorter side (0.875: 224 of 256)")
+    test_transform: Annotated[Literal["resize-crop", "bicubic-resize-crop", "resize", "crop"], AddedLater()] = Field(
+        "resize-crop", description="test images: resize the shorter side to image_size / test_crop and crop the "
+                                   "centre (bilinear; RobustBench's Res256Crop224), the same bicubic "
+                                   "(BicubicRes256Crop224), resize to image_size × image_size (Res224), or crop "
+                                   "the centre without resizing (Crop288)")
+
+
+class ImageNetOptions(ResizedImageOptions):
     test_list: str | None = Field(
         None, min_length=1, description="evaluate on the validation images of a list: \"robustbench\" (its 5,000, "
                                         "from the robustbench extra) or the path of a file of <wnid>/<file name> "
@@ -121,7 +131,9 @@ class ImageNet(DatasetPlugin):
         paths, labels = self.files(split)
         o = self.options
         key = {"image_size": o.image_size, "test_crop": o.test_crop}
-        crop = center_transform(o.image_size, o.test_crop)
+        if o.test_transform != "resize-crop":  # the default's key as it was: caches written before stay valid
+            key["test_transform"] = o.test_transform
+        crop = test_transform(o.image_size, o.test_crop, o.test_transform)
         return cached_split(o.cache_dir, "imagenet", split, key, paths, lambda: (
             _decode_all(paths, o.image_size, crop), np.asarray(labels, dtype=np.int64)))
 
@@ -130,15 +142,18 @@ class ImageNet(DatasetPlugin):
             return None  # the test split is held (see the module's docstring)
         paths, labels = self.files("train")
         o = self.options
-        return ImageNetSource(paths, labels, o.image_size, o.test_crop, o.train_augment == "random-resized-crop")
+        return ImageNetSource(paths, labels, o.image_size, o.test_crop, o.train_augment == "random-resized-crop",
+                              o.test_transform)
 
 
 class ImageNetSource(ImageSource):
     """Training images decoded one at a time; with ``augments`` each one randomly resized-cropped and flipped
     from the generator the host gives it."""
 
-    def __init__(self, paths: list[Path], labels: list[int], size: int, test_crop: float, augments: bool) -> None:
+    def __init__(self, paths: list[Path], labels: list[int], size: int, test_crop: float, augments: bool,
+                 test_kind: str = "resize-crop") -> None:
         self.paths, self.size, self.test_crop, self.augments = PathTable(paths), size, test_crop, augments
+        self.test_kind = test_kind
         self.labels = torch.as_tensor(labels, dtype=torch.long)
 
     def __len__(self) -> int:
@@ -146,29 +161,57 @@ class ImageNetSource(ImageSource):
 
     def read(self, index: int, generator: torch.Generator | None = None) -> torch.Tensor:
         if generator is None or not self.augments:
-            transform = center_transform(self.size, self.test_crop)
+            transform = test_transform(self.size, self.test_crop, self.test_kind)
         else:
             transform = random_transform(self.size, generator)
         image = decode_image(self.paths[index], size=self.size, resize=True, transform=transform)
         return torch.from_numpy(np.ascontiguousarray(image))
 
 
-def center_transform(size: int, crop: float):
-    """torchvision's ``Resize(round(size / crop))`` (bilinear; the longer side truncated as it does) and
-    ``CenterCrop(size)`` (its offsets rounded as it does): the pipeline ImageNet models are judged with."""
-    def apply(img):
-        from PIL import Image
+def test_transform(size: int, crop: float, kind: str = "resize-crop"):
+    """The test images' transform, each torchvision's on PIL images (which calls PIL as here; written out so
+    the dataset needs no torchvision): ``resize-crop`` and ``bicubic-resize-crop`` are ``Resize(round(size /
+    crop))`` (bilinear or bicubic; the longer side truncated as it does) and ``CenterCrop(size)`` (its
+    offsets rounded as it does), the pipeline ImageNet models are judged with; ``resize`` is ``Resize((size,
+    size))``; ``crop`` is ``CenterCrop(size)`` alone, an image smaller than ``size`` padded with black as
+    torchvision pads it."""
+    from PIL import Image
 
+    if kind == "resize":
+        return lambda img: img.resize((size, size), Image.BILINEAR)
+    if kind == "crop":
+        return lambda img: _center_crop(img, size)
+    method = Image.BICUBIC if kind == "bicubic-resize-crop" else Image.BILINEAR
+
+    def apply(img):
         w, h = img.size
         short = max(size, round(size / crop))
         if w <= h:
             nw, nh = short, int(short * h / w)
         else:
             nw, nh = int(short * w / h), short
-        img = img.resize((nw, nh), Image.BILINEAR)
-        top, left = int(round((nh - size) / 2.0)), int(round((nw - size) / 2.0))
-        return img.crop((left, top, left + size, top + size))
+        return _center_crop(img.resize((nw, nh), method), size)
     return apply
+
+
+def center_transform(size: int, crop: float):
+    """``test_transform``'s default: resize the shorter side to ``size / crop`` (bilinear), crop the centre."""
+    return test_transform(size, crop)
+
+
+def _center_crop(img, size: int):
+    """torchvision's ``CenterCrop(size)`` of a PIL image: first padded with black to at least size × size
+    (left/top getting the smaller half), then the centre cut out with its offsets rounded."""
+    from PIL import Image
+
+    w, h = img.size
+    if w < size or h < size:
+        pw, ph = max(size, w), max(size, h)
+        padded = Image.new(img.mode, (pw, ph))
+        padded.paste(img, ((size - w) // 2 if size > w else 0, (size - h) // 2 if size > h else 0))
+        img, (w, h) = padded, (pw, ph)
+    top, left = int(round((h - size) / 2.0)), int(round((w - size) / 2.0))
+    return img.crop((left, top, left + size, top + size))
 
 
 def random_transform(size: int, g: torch.Generator):

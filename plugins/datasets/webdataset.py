@@ -34,7 +34,7 @@ from igdm_kit.interfaces import DatasetInfo, DatasetPlugin, ImageSource, PathOpt
 
 from .cache import cached_split
 from .common import decode_image, make_info
-from .imagenet import ImageNetOptions, center_transform, random_transform
+from .imagenet import ResizedImageOptions, random_transform, test_transform
 
 IMAGE_KEYS = ("jpg", "jpeg", "png", "webp", "ppm", "bmp")
 INSTALL = "pip install 'igdm-kit[webdataset]'"
@@ -58,7 +58,7 @@ def expand(pattern: str, root: str) -> list[Path]:
     return out
 
 
-class WebDatasetOptions(ImageNetOptions):
+class WebDatasetOptions(ResizedImageOptions):
     root: PathOption = Field("data", description="folder the shard patterns are relative to (in a recipe: "
                                                  "relative to the recipe file)")
     train: list[str] = Field(..., min_length=1, description="training shards: globs or brace patterns, "
@@ -130,6 +130,8 @@ class WebDataset(DatasetPlugin):
         shards = self.shards(split)
         o = self.options
         key = {"image_size": o.image_size, "test_crop": o.test_crop, "label_key": o.label_key}
+        if o.test_transform != "resize-crop":  # the default's key as it was: caches written before stay valid
+            key["test_transform"] = o.test_transform
         return cached_split(o.cache_dir, "webdataset", split, key, shards, lambda: self._decode_all(shards))
 
     def _decode_all(self, shards: list[Path]) -> tuple[np.ndarray, np.ndarray]:
@@ -151,8 +153,8 @@ class ShardSource(ImageSource):
     ``os.pread`` (no shared file position, so forked workers may share the descriptors)."""
 
     def __init__(self, shards: list[Path], options: WebDatasetOptions, *, augments: bool) -> None:
-        self.shards, self.size, self.test_crop, self.augments = [str(s) for s in shards], options.image_size, \
-            options.test_crop, augments
+        self.shards, self.size, self.augments = [str(s) for s in shards], options.image_size, augments
+        self.test_crop, self.test_kind = options.test_crop, options.test_transform
         self.keys: list[str] = []
         where, labels = [], []
         for number, shard in enumerate(self.shards):
@@ -188,7 +190,7 @@ class ShardSource(ImageSource):
 
     def read(self, index: int, generator: torch.Generator | None = None) -> torch.Tensor:
         if generator is None or not self.augments:
-            transform = center_transform(self.size, self.test_crop)
+            transform = test_transform(self.size, self.test_crop, self.test_kind)
         else:
             transform = random_transform(self.size, generator)
         name = Path(f"{self.shards[int(self.where[index][0])]}:{self.keys[index]}")

@@ -6,10 +6,10 @@ anything is built.
 
 from __future__ import annotations
 
-from igdm_kit.interfaces import NoOptions
+from igdm_kit.interfaces import NoOptions, TeacherLoader
 
 
-class NativeCheckpoint:
+class NativeCheckpoint(TeacherLoader):
     description = "an igdm-kit checkpoint (.safetensors with metadata); the architecture comes from the file"
     Options = NoOptions
 

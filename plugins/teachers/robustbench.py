@@ -63,8 +63,9 @@ from typing import Literal
 from pydantic import Field, ValidationInfo, field_validator
 
 from igdm_kit.errors import CheckpointError
-from igdm_kit.interfaces import Options
+from igdm_kit.interfaces import Options, TeacherLoader
 
+from .robustbench_protocol import robustbench_protocol
 from .weights import find_state_dict, fit, read_weights
 
 CIFAR10_MEAN, CIFAR10_STD = (0.4914, 0.4822, 0.4465), (0.2471, 0.2435, 0.2616)
@@ -177,7 +178,7 @@ def resolve_path(path: str | Path, name: str, dataset: str, threat: str = "Linf"
     return path
 
 
-class RobustBenchLoader:
+class RobustBenchLoader(TeacherLoader):
     description = "a RobustBench checkpoint on disk (LTD, BDM-AT, IKL-AT teachers): architecture by name"
 
     class Options(Options):
@@ -209,6 +210,15 @@ class RobustBenchLoader:
                             "dataset options")
         except CheckpointError as err:
             raise _with_fitting_names(err, state, options) from None
+
+    @classmethod
+    def protocol(cls, options: Options):
+        """RobustBench's protocol for this model's leaderboard (``robustbench_protocol``)."""
+        if (options.name, options.dataset) in ZOO and options.threat_model == "Linf":
+            preprocessing = ZOO[(options.name, options.dataset)].preprocessing
+        else:
+            preprocessing = package_zoo(options.dataset, options.threat_model)[options.name].get("preprocessing")
+        return robustbench_protocol(options.name, options.dataset, options.threat_model, preprocessing)
 
     @classmethod
     def _from_package(cls, options: Options, path: str):

@@ -13,12 +13,12 @@ from __future__ import annotations
 
 from pydantic import Field
 
-from igdm_kit.interfaces import Options
+from igdm_kit.interfaces import Options, TeacherLoader
 
 from .weights import build_model, describe, find_state_dict, fit, read_weights
 
 
-class StateDictLoader:
+class StateDictLoader(TeacherLoader):
     description = "plain PyTorch weights (.pt/.pth/.safetensors) for the architecture the recipe names"
 
     class Options(Options):
