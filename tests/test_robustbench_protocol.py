@@ -107,6 +107,22 @@ def test_bad_test_lists_are_one_line(tmp_path):
         igdm_kit.create_dataset("imagenet", root=str(tmp_path), test_list="")
 
 
+def test_a_recipes_test_list_file_is_relative_to_the_recipe_and_robustbench_is_a_name(tmp_path, monkeypatch):
+    """As every path a recipe writes; ``--set`` ones are the working directory's; "robustbench" is no file."""
+    from igdm_kit import _recipe
+
+    base = (Path(__file__).parent.parent / "recipes" / "imagenet" / "_imagenet.toml").resolve()
+    (tmp_path / "r").mkdir()
+    (tmp_path / "r" / "child.toml").write_text(
+        f'extends = "{base}"\n[data]\ntest_list = "lists/mine.txt"\n[student]\nmodel = "timm"\n'
+        'options = { arch = "resnet18" }\n[method]\nname = "ard"\n')
+    monkeypatch.chdir(tmp_path)
+    assert _recipe.load_raw(tmp_path / "r" / "child.toml")["data"]["test_list"] == \
+        str(tmp_path / "r" / "lists" / "mine.txt")
+    (tmp_path / "r" / "child.toml").write_text(f'extends = "{base}"\n')
+    assert _recipe.load_raw(tmp_path / "r" / "child.toml")["data"]["test_list"] == "robustbench"
+
+
 def test_a_flat_kaggle_val_folder_is_matched_by_name_and_wnid(tmp_path):
     for wnid in ("n01", "n02"):
         (tmp_path / "train" / wnid).mkdir(parents=True)

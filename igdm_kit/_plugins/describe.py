@@ -56,6 +56,12 @@ def path_fields(model: type[BaseModel]) -> list[str]:
     return [name for name, f in model.model_fields.items() if is_path(f)]
 
 
+def path_keywords(model: type[BaseModel]) -> dict[str, tuple[str, ...]]:
+    """A model's ``PathOption`` fields, each with the values that are no path (``RecipePath.keywords``)."""
+    return {name: tuple(k for m in _metadata(f) if isinstance(m, RecipePath) for k in m.keywords)
+            for name, f in model.model_fields.items() if is_path(f)}
+
+
 def type_text(annotation: Any, field: FieldInfo | None = None) -> str:
     """``float`` → "number", ``Literal["a", "b"]`` → '"a" or "b"', ``list[int]`` → "list of integer"."""
     annotation, _ = _without_none(annotation)

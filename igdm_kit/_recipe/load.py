@@ -109,27 +109,28 @@ _COMPONENT_KIND = {"data": ("dataset", "name"), "student": ("model", "model"), "
                    "module": ("module", "name"), "attack": ("attack", "name")}
 
 
-def _path_keys(section: str, merged: dict[str, Any]) -> list[str]:
-    """The keys of a section that hold paths: ``PathOption`` fields of the schema or of the component."""
-    from igdm_kit._plugins.describe import path_fields
+def _path_keys(section: str, merged: dict[str, Any]) -> dict[str, tuple[str, ...]]:
+    """The keys of a section that hold paths: ``PathOption`` fields of the schema or of the component, each
+    with its keywords (values that are no path)."""
+    from igdm_kit._plugins.describe import path_keywords
     from igdm_kit._recipe.schema import RecipeModel
 
     if section in _COMPONENT_KIND:
         kind, ident = _COMPONENT_KIND[section]
         name = merged.get(section, {}).get(ident) if isinstance(merged.get(section), dict) else None
         if not isinstance(name, str):
-            return []
+            return {}
         from igdm_kit._plugins.manager import registry
         from igdm_kit.errors import UnknownComponentError
 
         try:
-            return path_fields(registry(kind).entry(name).options_model)
+            return path_keywords(registry(kind).entry(name).options_model)
         except UnknownComponentError:
-            return []  # validation names the unknown component
+            return {}  # validation names the unknown component
     field = RecipeModel.model_fields.get(section)
     sub = next((a for a in (field.annotation, *typing.get_args(field.annotation))
                 if isinstance(a, type) and issubclass(a, BaseModel)), None) if field else None
-    return path_fields(sub) if sub else []
+    return path_keywords(sub) if sub else {}
 
 
 def resolve_paths(written: dict[str, Any], merged: dict[str, Any], base: Path) -> None:
@@ -146,9 +147,11 @@ def resolve_paths(written: dict[str, Any], merged: dict[str, Any], base: Path) -
         _absolute(values, merged[section], _path_keys(section, merged), base)
 
 
-def _absolute(written: dict[str, Any], merged: dict[str, Any], keys: list[str], base: Path) -> None:
-    for key in keys:
+def _absolute(written: dict[str, Any], merged: dict[str, Any], keys: dict[str, tuple[str, ...]], base: Path) -> None:
+    for key, keywords in keys.items():
         value = written.get(key)
+        if value in keywords:
+            continue
         if isinstance(value, str) and value and not Path(value).expanduser().is_absolute():
             merged[key] = str((base / value).resolve())
         elif isinstance(value, str) and value.startswith("~"):

@@ -31,10 +31,14 @@ class RecipePath:
     """Marks an option as a file or folder path (``PathOption``). Written in a recipe file, a relative path is
     relative to that file, and the component receives it absolute; given with ``--set`` on the command line,
     relative to the working directory; a default stays as the component wrote it (working directory).
-    Only its last part counts towards a recipe's digest, so a moved clone keeps its runs."""
+    Only its last part counts towards a recipe's digest, so a moved clone keeps its runs. ``keywords``: values
+    that name something other than a file (``"robustbench"``), passed as they are."""
+
+    def __init__(self, keywords: tuple[str, ...] = ()) -> None:
+        self.keywords = tuple(keywords)
 
     def __repr__(self) -> str:
-        return "RecipePath()"
+        return f"RecipePath(keywords={self.keywords!r})" if self.keywords else "RecipePath()"
 
 
 #: A ``str`` option that holds a path (resolved as ``RecipePath`` says).

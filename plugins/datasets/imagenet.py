@@ -34,7 +34,7 @@ import torch
 from pydantic import Field
 
 from igdm_kit.errors import DataError
-from igdm_kit.interfaces import AddedLater, DatasetInfo, DatasetPlugin, ImageSource
+from igdm_kit.interfaces import AddedLater, DatasetInfo, DatasetPlugin, ImageSource, RecipePath
 
 from .cache import cached_split
 from .common import ImageOptions, PathTable, class_folders, decode_image, list_images, make_info
@@ -61,10 +61,10 @@ class ResizedImageOptions(ImageOptions):
 
 
 class ImageNetOptions(ResizedImageOptions):
-    test_list: str | None = Field(
+    test_list: Annotated[str, RecipePath(keywords=("robustbench",))] | None = Field(
         None, min_length=1, description="evaluate on the validation images of a list: \"robustbench\" (its 5,000, "
                                         "from the robustbench extra) or the path of a file of <wnid>/<file name> "
-                                        "lines (absolute, or from the working directory); default: all of val/")
+                                        "lines (relative to the recipe file); default: all of val/")
 
 
 class ImageNet(DatasetPlugin):
