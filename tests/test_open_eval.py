@@ -316,3 +316,16 @@ def test_eval_judges_plain_weights_and_refuses_a_file_that_fits_no_architecture(
     assert wrong.code == 1 and "does not fit" in wrong.err and "Traceback" not in wrong.err
     none = cli("eval", "--model", plain, "--dataset", "digits", "--no-progress")
     assert none.code == 1 and "needs the architecture" in none.err
+
+
+def test_the_loader_options_on_the_command_line_come_from_its_options(cli, tmp_path):
+    """``--name`` is the loader's ``name`` option: refused in one line by a loader without one (it was ignored),
+    asked for by one that needs it; the host reads the loader's ``Options``, never its name."""
+    torch.save({"w": torch.zeros(1)}, tmp_path / "w.pt")
+    res = cli("eval", "--model", str(tmp_path / "w.pt"), "--loader", "state-dict", "--arch", "small-cnn",
+              "--name", "Chen2021LTD_WRN34_10", "--dataset", "digits", "--attacks", "clean")
+    assert res.code == 1 and res.err.splitlines()[0] == ("error: --name 'Chen2021LTD_WRN34_10' is not an option of "
+                                                         "the 'state-dict' loader")
+    res = cli("eval", "--model", str(tmp_path / "w.pt"), "--loader", "robustbench", "--dataset", "cifar10",
+              "--attacks", "clean")
+    assert res.code == 1 and res.err.splitlines()[0] == "error: the 'robustbench' loader needs the model's name"

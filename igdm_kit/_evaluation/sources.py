@@ -72,14 +72,22 @@ def check_fits(checkpoint: Path, meta: dict[str, Any], name: str, info) -> None:
 
 
 def _loader(source: Source, dataset: str) -> tuple[str, dict[str, Any]]:
-    """The teacher loader that reads a foreign file, and its options from the command line."""
+    """The teacher loader that reads a foreign file, and its options from the command line, read off its
+    ``Options``: ``--name`` is its ``name`` option, and the dataset fills its ``dataset`` option if it has one."""
+    from igdm_kit._plugins.manager import registry
+
     loader = source.loader if source.loader != "auto" else "state-dict"
-    if loader != "robustbench":
-        return loader, {}
-    if source.name is None:
-        raise IgdmKitError("a RobustBench checkpoint needs its model name", "pass --name, e.g. "
+    fields = registry("teacher_loader").entry(loader).options_model.model_fields
+    options: dict[str, Any] = {"dataset": dataset} if "dataset" in fields else {}
+    if source.name is not None:
+        if "name" not in fields:
+            raise IgdmKitError(f"--name {source.name!r} is not an option of the {loader!r} loader",
+                               "drop it: it names the model for loaders that take a name (--loader robustbench)")
+        options["name"] = source.name
+    elif "name" in fields and fields["name"].is_required():
+        raise IgdmKitError(f"the {loader!r} loader needs the model's name", "pass --name, e.g. "
                            "--name Chen2021LTD_WRN34_10")
-    return loader, {"name": source.name, "dataset": dataset}
+    return loader, options
 
 
 def protocol(source: Source, dataset: str | None):
