@@ -14,13 +14,13 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 from safetensors.torch import load_file
+from test_resume import _same, _start, _wait_for
 
 import igdm_kit
 from igdm_kit import _recipe as R
@@ -122,21 +122,15 @@ def test_load_model_rebuilds_the_student_from_its_checkpoint_alone(setup):
 def test_sigkill_then_resume_is_bit_identical(setup, tmp_path):
     recipe, ref = setup
     out = tmp_path / "run"
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    proc = subprocess.Popen([sys.executable, "-m", "igdm_kit", "run", str(recipe), "--output", str(out)],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=env)
+    proc = _start(recipe, out)
     metrics = out / "metrics.jsonl"
-    t0 = time.time()
-    while not (metrics.exists() and metrics.read_text().count("\n") >= 1):
-        assert proc.poll() is None, proc.stderr.read()[-2000:]
-        assert time.time() - t0 < 300
-        time.sleep(0.02)
+    _wait_for(lambda: metrics.exists() and metrics.read_text().count("\n") >= 1, proc)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     assert not (out / "results.json").exists()
     res = subprocess.run([sys.executable, "-m", "igdm_kit", "run", str(recipe), "--output", str(out), "--resume"],
-                         capture_output=True, text=True, timeout=600, env=env)
+                         capture_output=True, text=True, timeout=600, check=False,
+                         env={**os.environ, "OMP_NUM_THREADS": "1"})
     assert res.returncode == 0, res.stderr[-2000:]
-    a, b = load_file(str(out / "model.safetensors")), load_file(str(ref / "model.safetensors"))
-    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    _same(load_file(str(out / "model.safetensors")), load_file(str(ref / "model.safetensors")))
     assert [json.loads(line)["epoch"] for line in metrics.read_text().splitlines()] == [1, 2]
