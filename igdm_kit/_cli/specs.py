@@ -10,7 +10,7 @@ import tomllib
 from fractions import Fraction
 from typing import Any
 
-from igdm_kit._recipe.specs import DEFAULT_ATTACKS
+from igdm_kit._recipe.specs import DEFAULT_ATTACKS, eps_text  # noqa: F401 - eps_text: the commands' import
 from igdm_kit.errors import IgdmKitError
 
 
@@ -54,12 +54,6 @@ def parse_cli_spec(text: str, flag: str = "--attack",
 def parse_cli_shift(text: str) -> dict[str, Any]:
     """``corruptions:severities=[1,3],corruptions=["fog"]`` → a table (``parse_cli_spec``)."""
     return parse_cli_spec(text, flag="--shift", example="--shift corruptions:severities=[1,3,5]")
-
-
-def eps_text(eps: float) -> str:
-    """8/255 for radii on the 1/255 grid, else the number itself."""
-    k = eps * 255
-    return f"{round(k)}/255" if eps and abs(k - round(k)) < 1e-6 else f"{eps:g}"
 
 
 def parse_eps(text: str, norm: str = "Linf") -> float:

@@ -11,6 +11,7 @@ import math
 from dataclasses import dataclass, field
 from typing import Any
 
+from igdm_kit._recipe.specs import eps_text
 from igdm_kit.interfaces import EvalProtocol
 
 
@@ -31,11 +32,6 @@ class Followed:
                 "supplied": self.supplied, "departures": self.departures, "caveat": self.protocol.caveat}
 
 
-def _radius_text(eps: float) -> str:
-    k = eps * 255
-    return f"{round(k)}/255" if eps and abs(k - round(k)) < 1e-6 else f"{eps:g}"
-
-
 def follow(protocol: EvalProtocol, *, threat: str, radius: float | None, data_options: dict[str, Any],
            limit: int | None, attack_keys: list[str]) -> Followed:
     """The radius and dataset options to evaluate with: the user's where given, else the protocol's."""
@@ -45,7 +41,7 @@ def follow(protocol: EvalProtocol, *, threat: str, radius: float | None, data_op
     if radius is None:
         out.supplied.append(f"ε = {protocol.eps_text}")
     elif not math.isclose(radius, protocol.eps, rel_tol=1e-9, abs_tol=1e-12):
-        out.departures.append(f"ε = {_radius_text(radius)} (the protocol's is {protocol.eps_text})")
+        out.departures.append(f"ε = {eps_text(radius)} (the protocol's is {protocol.eps_text})")
     for key, value in protocol.data_options.items():
         if key not in out.data_options:
             out.data_options[key] = value

@@ -94,6 +94,12 @@ def resolve(items: list[Any], norm: str, where: str = "eval.attacks") -> list[Ev
     return specs
 
 
+def eps_text(eps: float) -> str:
+    """8/255 for radii on the 1/255 grid, else the number itself."""
+    k = eps * 255
+    return f"{round(k)}/255" if eps and abs(k - round(k)) < 1e-6 else f"{eps:g}"
+
+
 def check_eps(eps: float, norm: str, where: str = "eval.eps", dims: int | None = None) -> None:
     """Refuse radii no one means: negative or non-finite, an L∞ ε above 1 (pixels lie in [0, 1]), or an Lp
     ε larger than the whole image cube's diameter (``dims`` = C·H·W, when known)."""
