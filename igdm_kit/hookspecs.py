@@ -81,8 +81,9 @@ def register_datasets(register: Register) -> None:
 
 @hookspec
 def register_teacher_loaders(register: Register) -> None:
-    """Register teacher loaders (``interfaces.TeacherLoader``: ``Options`` + ``load``), used by
-    ``igdm_kit.create_teacher``.
+    """Register teacher loaders, subclasses of ``interfaces.TeacherLoader`` (``Options`` + ``load``, and
+    ``protocol`` if their models' published numbers follow a benchmark's protocol), used by
+    ``igdm_kit.create_teacher`` and ``igdm-kit eval``.
 
     Called when the teacher-loader registry is first built. Returns nothing.
     """
