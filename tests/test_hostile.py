@@ -19,6 +19,7 @@ from safetensors.torch import load_file, save_file
 from igdm_kit._plugins import manager as plugins
 from igdm_kit._storage.checkpoint import META_KEY, save_model
 from igdm_kit.factories import create_model
+from igdm_kit.interfaces import NoOptions, TeacherLoader
 
 DIGITS_META = {"model": "small-cnn", "model_options": {"width": 4}, "num_classes": 10, "in_channels": 1,
                "image_size": 8, "mean": None, "std": None, "dataset": {"name": "digits", "options": {}},
@@ -104,10 +105,10 @@ def test_a_teacher_of_another_dataset_is_refused_before_training(tmp_path, write
     assert not (tmp_path / "run").exists()
 
 
-class CifarTeacher:
+class CifarTeacher(TeacherLoader):
     """A teacher loader that, like a zoo of CIFAR checkpoints, ignores the dataset it is asked for."""
 
-    from igdm_kit.interfaces import NoOptions as Options
+    Options = NoOptions
 
     classes = 10
 

@@ -103,8 +103,9 @@ def test_each_test_transform_is_torchvisions(tmp_path, kind, dataset):
     from torchvision import transforms
 
     write_imagenet(tmp_path)
-    small = tmp_path / "val" / WNIDS[0] / "ILSVRC2012_val_00000099.JPEG"
-    Image.fromarray(np.random.default_rng(1).integers(0, 256, (13, 27, 3), dtype=np.uint8)).save(small)
+    for n, (h, w) in enumerate([(13, 27), (9, 11)]):  # smaller than the crop on one side, on both
+        small = tmp_path / "val" / WNIDS[0] / f"ILSVRC2012_val_0000009{n}.JPEG"
+        Image.fromarray(np.random.default_rng(n).integers(0, 256, (h, w, 3), dtype=np.uint8)).save(small)
     files = sorted((tmp_path / "val").rglob("*.JPEG"), key=lambda p: (p.parent.name, p.name))
     if dataset == "webdataset":  # the same files as a tar shard, in the same order
         from test_webdataset import write_tar

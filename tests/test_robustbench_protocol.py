@@ -123,6 +123,26 @@ def test_a_recipes_test_list_file_is_relative_to_the_recipe_and_robustbench_is_a
     assert _recipe.load_raw(tmp_path / "r" / "child.toml")["data"]["test_list"] == "robustbench"
 
 
+def test_a_cached_test_split_is_the_lists_images_in_its_order_and_all_is_every_image(tmp_path):
+    """The cache file of a list is its own (its order too: the files' fingerprint is sorted); "all" is val/."""
+    for wnid in ("n01", "n02"):
+        (tmp_path / "train" / wnid).mkdir(parents=True)
+        (tmp_path / "train" / wnid / "a.JPEG").write_bytes(_jpeg(8, 8, 0))
+        (tmp_path / "val" / wnid).mkdir(parents=True)
+    for i, wnid in enumerate(("n01", "n02", "n02")):
+        (tmp_path / "val" / wnid / f"v{i}.JPEG").write_bytes(_jpeg(8, 8, i))
+    (tmp_path / "a.txt").write_text("n01/v0.JPEG\nn02/v1.JPEG\n")
+    (tmp_path / "b.txt").write_text("n02/v1.JPEG\nn01/v0.JPEG\n")
+
+    def labels(test_list):
+        return igdm_kit.create_dataset("imagenet", root=str(tmp_path), image_size=8, test_list=test_list,
+                                       cache_dir=str(tmp_path / "cache")).load("test")[1].tolist()
+    assert labels(str(tmp_path / "a.txt")) == [0, 1]
+    assert labels(str(tmp_path / "b.txt")) == [1, 0]
+    assert labels("all") == [0, 1, 1] and labels(None) == [0, 1, 1]
+    assert labels(str(tmp_path / "a.txt")) == [0, 1]
+
+
 def test_a_flat_kaggle_val_folder_is_matched_by_name_and_wnid(tmp_path):
     for wnid in ("n01", "n02"):
         (tmp_path / "train" / wnid).mkdir(parents=True)
@@ -154,9 +174,9 @@ def test_imagenet_recipes_pass_recipe_check(cli, name):
 
 
 def test_eval_of_a_robustbench_imagenet_model_follows_its_protocol(cli, tmp_path):
-    """``igdm-kit eval --loader robustbench --name Salman2020Do_R18 --dataset imagenet --data-opt test_list=...
-    --eps 4/255``: the listed images only, Res256Crop224, ε = 4/255; the clean accuracy is the one RobustBench's
-    own model gives on its own preprocessing of the same files."""
+    """``igdm-kit eval --loader robustbench --name Salman2020Do_R18 --dataset imagenet --data-opt test_list=...``:
+    the listed images only, Res256Crop224, ε = 4/255 (the protocol's, no --eps given); the clean accuracy is the
+    one RobustBench's own model gives on its own preprocessing of the same files."""
     from PIL import Image
 
     helper = _robustbench_dir() / "helper_files"
@@ -194,8 +214,7 @@ def test_eval_of_a_robustbench_imagenet_model_follows_its_protocol(cli, tmp_path
     (tmp_path / "list.txt").write_text("\n".join(listed) + "\n")
     res = cli("eval", "--model", str(tmp_path / "Salman2020Do_R18.pt"), "--loader", "robustbench", "--name",
               "Salman2020Do_R18", "--dataset", "imagenet", "--data-opt", f"root='{tmp_path / 'd'}'",
-              "--data-opt", f"test_list='{tmp_path / 'list.txt'}'", "--eps", "4/255", "--attacks", "clean",
-              "--no-progress", "--json")
+              "--data-opt", f"test_list='{tmp_path / 'list.txt'}'", "--attacks", "clean", "--no-progress", "--json")
     assert res.code == 0, res.err
     out = json.loads(res.out)["results"]
     assert out["eps"] == pytest.approx(4 / 255, abs=1e-12)
@@ -207,8 +226,19 @@ def test_eval_of_a_robustbench_imagenet_model_follows_its_protocol(cli, tmp_path
            "reports — the number is not comparable with its leaderboard" in err
     protocol = json.loads(res.out)["results"]["protocol"]
     assert protocol["followed"] is False and len(protocol["departures"]) == 2
-    assert protocol["supplied"] == ["image_size=224", "test_crop=0.875", "test_transform='resize-crop'"]
+    # no --eps: the protocol's 4/255 is what the evaluation ran at
+    assert protocol["supplied"] == ["ε = 4/255", "image_size=224", "test_crop=0.875", "test_transform='resize-crop'"]
     assert protocol["departures"][1] == "the attacks leave out autoattack, the one its leaderboard reports"
+    # --shifts follows it too: its ε (the larger L∞ shift is 1.5 × 4/255), the list, the preprocessing
+    res = cli("eval", "--model", str(tmp_path / "Salman2020Do_R18.pt"), "--loader", "robustbench", "--name",
+              "Salman2020Do_R18", "--dataset", "imagenet", "--data-opt", f"root='{tmp_path / 'd'}'",
+              "--data-opt", f"test_list='{tmp_path / 'list.txt'}'", "--attacks", "clean",
+              "--shift", 'threats:include=["linf"],attack="clean"', "--no-progress", "--json")
+    assert res.code == 0, res.err
+    shifted = json.loads(res.out)["results"]
+    assert shifted["eps"] == pytest.approx(4 / 255, abs=1e-12) and shifted["n"] == 6
+    assert list(shifted["rows"]) == ["Linf-6/255-clean"] and shifted["test"]["clean"]["correct"] == 4
+    assert shifted["protocol"]["supplied"][0] == "ε = 4/255"
 
 
 # -- the protocol eval follows (EvalProtocol from TeacherLoader.protocol) --------------------------------------
@@ -263,11 +293,17 @@ def test_what_the_user_left_unset_is_the_protocols_and_what_they_set_wins_with_a
                    attack_keys=["pgd20"])
     assert other.radius == 8 / 255 and other.data_options["test_transform"] == "crop"  # the user's choice wins
     assert other.departures == [
-        "--threat L2 (the protocol's is Linf)", "ε = 8/255 (the protocol's is 4/255)",
+        "--threat L2 (the protocol's is Linf)",  # its ε is then not compared: the threat says it all
         "--data-opt test_transform='crop' (the protocol's is 'resize-crop')",
         "--limit 100 (the protocol evaluates every one of its test images)",
         "the attacks leave out autoattack, the one its leaderboard reports"]
     assert other.to_json()["followed"] is False
+    wider = follow(salman, threat="Linf", radius=8 / 255, data_options={}, limit=None, attack_keys=["autoattack"])
+    assert wider.radius == 8 / 255 and wider.departures == ["ε = 8/255 (the protocol's is 4/255)"]
+    l2 = follow(salman, threat="L2", radius=None, data_options={}, limit=None, attack_keys=None)
+    assert l2.radius is None  # 4/255 is no L2 radius: the command's default for L2 applies
+    assert "ε = 4/255" not in l2.supplied and "test_list='robustbench'" in l2.supplied
+    assert l2.departures == ["--threat L2 (the protocol's is Linf)"]  # attacks not judged (None)
 
 
 def test_eval_of_a_robustbench_imagenet_model_takes_its_protocol_unless_told_otherwise(cli, tmp_path):

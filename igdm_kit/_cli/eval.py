@@ -108,9 +108,15 @@ def register(app: typer.Typer) -> None:
                 raise IgdmKitError("--aa-state and --save-flags do not apply to --shifts",
                                    "drop them, or evaluate without --shifts")
             chosen = parse_attacks(attacks, attack) if attacks is not None or attack else None
+            followed = follow_protocol(sources.protocol(src, dataset), threat=threat, radius=radius,
+                                       data_options=data_options, limit=limit, attack_keys=None)
+            if followed is not None:  # its ε, images and preprocessing; the shift attacks are the command's
+                radius, data_options = followed.radius, followed.data_options
             result = ood.run_shifts(src, shift_items, chosen, threat=threat, radius=radius, dataset=dataset,
                                     data_options=data_options, limit=limit, batch_size=batch_size,
                                     device=device, seed=seed, progress=progress)
+            if followed is not None:
+                result["protocol"] = followed.to_json()
             if json_:
                 print_json("eval", result)
             else:

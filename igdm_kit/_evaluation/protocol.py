@@ -20,7 +20,7 @@ class Followed:
     """What evaluating under ``protocol`` means for one command."""
 
     protocol: EvalProtocol
-    radius: float
+    radius: float | None  # None: under another threat, left to the command's default
     data_options: dict[str, Any]
     #: the settings the protocol supplied ("ε = 4/255", "test_list='robustbench'")
     supplied: list[str] = field(default_factory=list)
@@ -33,12 +33,16 @@ class Followed:
 
 
 def follow(protocol: EvalProtocol, *, threat: str, radius: float | None, data_options: dict[str, Any],
-           limit: int | None, attack_keys: list[str]) -> Followed:
-    """The radius and dataset options to evaluate with: the user's where given, else the protocol's."""
-    out = Followed(protocol, protocol.eps if radius is None else radius, dict(data_options))
-    if threat != protocol.threat:
+           limit: int | None, attack_keys: list[str] | None) -> Followed:
+    """The radius and dataset options to evaluate with: the user's where given, else the protocol's. Under
+    another threat than the protocol's its ε means nothing: an unset radius stays unset (the threat's default
+    then applies), while its images and preprocessing, the model's own, are still supplied. ``attack_keys``
+    None: the attacks are not judged (a shift table is no leaderboard number)."""
+    same_threat = threat == protocol.threat
+    out = Followed(protocol, protocol.eps if radius is None and same_threat else radius, dict(data_options))
+    if not same_threat:
         out.departures.append(f"--threat {threat} (the protocol's is {protocol.threat})")
-    if radius is None:
+    elif radius is None:
         out.supplied.append(f"ε = {protocol.eps_text}")
     elif not math.isclose(radius, protocol.eps, rel_tol=1e-9, abs_tol=1e-12):
         out.departures.append(f"ε = {eps_text(radius)} (the protocol's is {protocol.eps_text})")
@@ -50,6 +54,6 @@ def follow(protocol: EvalProtocol, *, threat: str, radius: float | None, data_op
             out.departures.append(f"--data-opt {key}={out.data_options[key]!r} (the protocol's is {value!r})")
     if limit is not None:
         out.departures.append(f"--limit {limit} (the protocol evaluates every one of its test images)")
-    if protocol.attack not in attack_keys:
+    if attack_keys is not None and protocol.attack not in attack_keys:
         out.departures.append(f"the attacks leave out {protocol.attack}, the one its leaderboard reports")
     return out

@@ -25,6 +25,7 @@ leaderboard (with ε = 4/255 and AutoAttack standard). A path instead names a li
 from __future__ import annotations
 
 import csv
+import hashlib
 import math
 from pathlib import Path
 from typing import Annotated, Literal
@@ -61,10 +62,10 @@ class ResizedImageOptions(ImageOptions):
 
 
 class ImageNetOptions(ResizedImageOptions):
-    test_list: Annotated[str, RecipePath(keywords=("robustbench",))] | None = Field(
+    test_list: Annotated[str, RecipePath(keywords=("robustbench", "all")), AddedLater()] | None = Field(
         None, min_length=1, description="evaluate on the validation images of a list: \"robustbench\" (its 5,000, "
                                         "from the robustbench extra) or the path of a file of <wnid>/<file name> "
-                                        "lines (relative to the recipe file); default: all of val/")
+                                        "lines (relative to the recipe file); \"all\" or unset: all of val/")
 
 
 class ImageNet(DatasetPlugin):
@@ -104,7 +105,7 @@ class ImageNet(DatasetPlugin):
             paths, labels = _kaggle_val(val, kaggle, index)
         else:
             paths, labels = self._class_folders(val, index, every_class=False)
-        if self.options.test_list is None:
+        if self.options.test_list in (None, "all"):
             return paths, labels
         return select_listed(paths, labels, read_test_list(self.options.test_list), val, index)
 
@@ -133,6 +134,8 @@ class ImageNet(DatasetPlugin):
         key = {"image_size": o.image_size, "test_crop": o.test_crop}
         if o.test_transform != "resize-crop":  # the default's key as it was: caches written before stay valid
             key["test_transform"] = o.test_transform
+        if o.test_list not in (None, "all"):  # a list: its images in its order (the fingerprint sorts the files)
+            key["test_order"] = hashlib.sha256("\n".join(map(str, paths)).encode()).hexdigest()
         crop = test_transform(o.image_size, o.test_crop, o.test_transform)
         return cached_split(o.cache_dir, "imagenet", split, key, paths, lambda: (
             _decode_all(paths, o.image_size, crop), np.asarray(labels, dtype=np.int64)))

@@ -288,7 +288,8 @@ def fitting_names(state: dict, dataset: str) -> list[str]:
 def _with_fitting_names(err: CheckpointError, state: dict, options) -> CheckpointError:
     """The mismatch error, its hint naming the zoo names the file would fit (or saying none does)."""
     names = [n for n in fitting_names(state, options.dataset) if n != options.name]
-    hint = (f"the file fits {', '.join(names)}: set teacher.loader_options.name to the one it is" if names else
+    hint = (f"the file fits {', '.join(names)}: name the one it is (teacher.loader_options.name, or --name)"
+            if names else
             f"no {options.dataset} model of the built-in table fits the file either; is it the {options.name} "
             f"checkpoint for {options.dataset}?")
     return CheckpointError(err.message, hint)
