@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 from dataclasses import dataclass
@@ -68,6 +69,36 @@ def _importable(name: str) -> bool:
     except Exception:  # noqa: BLE001 - absent or broken: tests of what needs it skip
         return False
     return True
+
+
+_EXTRA_HINT = re.compile(r"pip install 'igdm-kit\[([\w-]+)\]'")
+
+
+def load_recipe(path, overrides=None):
+    """``_recipe.load``, or a skip when the recipe needs an optional extra this Python lacks: its one-line
+    error then names the extra's install line (e.g. a timm student without the timm extra)."""
+    from igdm_kit import _recipe
+    from igdm_kit.errors import RecipeError
+
+    try:
+        return _recipe.load(path, overrides)
+    except RecipeError as exc:
+        extra = _EXTRA_HINT.search(str(exc))
+        if extra is None:
+            raise
+        pytest.skip(f"{path} needs the {extra.group(1)} extra: {exc.message}")
+
+
+def loadable_recipes(paths):
+    """(path, recipe) for each recipe that loads here; those needing an absent extra are left out, as
+    ``load_recipe`` skips them."""
+    out = []
+    for path in paths:
+        try:
+            out.append((path, load_recipe(path)))
+        except pytest.skip.Exception:
+            continue
+    return out
 
 
 def model_params() -> list:

@@ -12,7 +12,7 @@ import math
 
 import pytest
 import torch
-from conftest import RECIPES
+from conftest import RECIPES, loadable_recipes
 from oracles import np_kl
 from torch import nn
 
@@ -274,8 +274,7 @@ def test_rslad_igdm_recipes_ramp_over_300_epochs_as_the_reference():
     """The IGDM reference's RSLAD script divides the epoch by 300: the CIFAR RSLAD recipes (300 epochs)
     reach it with the default e/E, and no recipe sets the 200 of the ARD/AdaAD scripts for RSLAD."""
     found = 0
-    for path in _leaves():
-        r = R.load(path)
+    for path, r in loadable_recipes(_leaves()):
         if r.model.method.name != "rslad" or r.model.module is None or r.model.module.name != "igdm":
             continue
         ramp = r.components["module"].ramp_epochs
