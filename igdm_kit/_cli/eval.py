@@ -108,15 +108,9 @@ def register(app: typer.Typer) -> None:
                 raise IgdmKitError("--aa-state and --save-flags do not apply to --shifts",
                                    "drop them, or evaluate without --shifts")
             chosen = parse_attacks(attacks, attack) if attacks is not None or attack else None
-            followed = follow_protocol(sources.protocol(src, dataset), threat=threat, radius=radius,
-                                       data_options=data_options, limit=limit, attack_keys=None)
-            if followed is not None:  # its ε, images and preprocessing; the shift attacks are the command's
-                radius, data_options = followed.radius, followed.data_options
-            result = ood.run_shifts(src, shift_items, chosen, threat=threat, radius=radius, dataset=dataset,
+            result = run_shift_eval(src, shift_items, chosen, threat=threat, radius=radius, dataset=dataset,
                                     data_options=data_options, limit=limit, batch_size=batch_size,
                                     device=device, seed=seed, progress=progress)
-            if followed is not None:
-                result["protocol"] = followed.to_json()
             if json_:
                 print_json("eval", result)
             else:
@@ -130,6 +124,24 @@ def register(app: typer.Typer) -> None:
             print_json("eval", result)
             return
         print_table(result)
+
+
+def run_shift_eval(src, shift_items: list[Any], attacks: list[Any] | None, *, threat: str, radius: float | None,
+                   dataset: str | None, data_options: dict[str, Any], limit: int | None,
+                   **rest: Any) -> dict[str, Any]:
+    """``eval --shifts``: the shift table, under the model's benchmark protocol where it has one (its ε, images
+    and preprocessing; the shift attacks stay the command's)."""
+    from igdm_kit._evaluation import sources
+
+    followed = follow_protocol(sources.protocol(src, dataset), threat=threat, radius=radius,
+                               data_options=data_options, limit=limit, attack_keys=None)
+    if followed is not None:
+        radius, data_options = followed.radius, followed.data_options
+    result = ood.run_shifts(src, shift_items, attacks, threat=threat, radius=radius, dataset=dataset,
+                            data_options=data_options, limit=limit, **rest)
+    if followed is not None:
+        result["protocol"] = followed.to_json()
+    return result
 
 
 def run_eval(src, items: list[Any], *, threat: str, radius: float | None, dataset: str | None,

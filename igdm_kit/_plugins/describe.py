@@ -53,7 +53,7 @@ def added_later_fields(model: type[BaseModel]) -> dict[str, Any]:
 
 def path_fields(model: type[BaseModel]) -> list[str]:
     """The names of a model's ``PathOption`` fields."""
-    return [name for name, f in model.model_fields.items() if is_path(f)]
+    return list(path_keywords(model))
 
 
 def path_keywords(model: type[BaseModel]) -> dict[str, tuple[str, ...]]:

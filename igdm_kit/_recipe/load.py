@@ -147,7 +147,8 @@ def resolve_paths(written: dict[str, Any], merged: dict[str, Any], base: Path) -
         _absolute(values, merged[section], _path_keys(section, merged), base)
 
 
-def _absolute(written: dict[str, Any], merged: dict[str, Any], keys: dict[str, tuple[str, ...]], base: Path) -> None:
+def _absolute(written: dict[str, Any], merged: dict[str, Any], keys: dict[str, tuple[str, ...]],
+              base: Path) -> None:
     for key, keywords in keys.items():
         value = written.get(key)
         if value in keywords:
